@@ -1,0 +1,21 @@
+//! Pacific's dataplane: everything between a frame arriving on a port and the frames that leave.
+//!
+//! The crate knows ports, segments, gateways (T1, T0), routes, DFW rules, load-balancer backends
+//! and NAT pools. It does not know what a namespace or a pod is: `pacific-control` compiles its
+//! model into [`tables::Tables`] and publishes them as one immutable snapshot.
+//!
+//! Layout, north to south:
+//! - [`tables`]: the snapshot the control plane publishes (ports, segments, routes, rules).
+//! - [`pipeline`]: `process(now, port, frame) -> Verdict`, no I/O, no clock, no threads.
+//! - [`conntrack`]: the connection table shared by the workers; the fast path.
+//! - [`packet`]: zero-copy packet views, checksums (RFC 1071/1624) and frame builders.
+//! - [`tap`]: TAP devices (the only `unsafe` in the crate).
+//! - [`ports`]: worker threads that move frames between TAP queues and the pipeline.
+
+pub mod conntrack;
+pub mod counters;
+pub mod packet;
+pub mod pipeline;
+pub mod ports;
+pub mod tables;
+pub mod tap;

@@ -1,1 +1,768 @@
-//! Connection tracking (being written).
+//! Connection tracking: one entry per connection, reachable from both directions, carrying the
+//! actions the slow path decided so that every later packet costs one lookup and a rewrite.
+//!
+//! Shape: the table is split into shards, each a `parking_lot::Mutex` around a hash map from a
+//! [`FlowKey`] to an `Arc<Conn>`. A connection is inserted under two keys: the tuple of its first
+//! packet as it arrived (*original*) and the tuple its replies will arrive with after every
+//! translation (*reply*). Each key lives in the shard its own hash picks, so neither direction
+//! needs to know the other's shard; the two inserts are done one lock at a time.
+//!
+//! Inserting the reply key is also how NAT ports are allocated: a translated tuple is free exactly
+//! when no live connection holds it as its reply key, so a port stays reserved through TIME_WAIT
+//! and endpoint-dependent mapping (RFC 4787 terms) falls out: the same egress port serves every
+//! remote address at once. Alternatives considered: per-worker tables (the kernel spreads a
+//! connection's two directions over different TAP queues, hence workers) and a separate port
+//! allocator (it would duplicate what the reply key already says).
+//!
+//! Timeouts follow Linux conntrack's defaults (`nf_conntrack_tcp_timeout_*`). Time is passed in
+//! as milliseconds; nothing here reads a clock.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+
+use ahash::RandomState;
+use parking_lot::Mutex;
+
+use crate::tables::{PortId, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+
+/// A connection's tuple in one direction. For ICMP echo, `src_port` is the identifier and
+/// `dst_port` is 0 in both directions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FlowKey {
+    pub protocol: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    pub src_port: u16,
+    pub dst_port: u16,
+}
+
+impl FlowKey {
+    /// The key a packet travelling the other way would carry.
+    pub fn reversed(&self) -> FlowKey {
+        if self.protocol == PROTO_ICMP {
+            FlowKey {
+                src: self.dst,
+                dst: self.src,
+                ..*self
+            }
+        } else {
+            FlowKey {
+                protocol: self.protocol,
+                src: self.dst,
+                dst: self.src,
+                src_port: self.dst_port,
+                dst_port: self.src_port,
+            }
+        }
+    }
+}
+
+/// What to do with a packet of one direction of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowAction {
+    pub out_port: PortId,
+    /// Routed (source MAC becomes the router's, destination the port's peer) or switched (MACs
+    /// untouched, within one segment).
+    pub routed: bool,
+    /// Gateways crossed: the TTL is decremented by this much.
+    pub ttl_dec: u8,
+    /// Rewrite the source to this address and port (ICMP: identifier).
+    pub snat: Option<(Ipv4Addr, u16)>,
+    /// Rewrite the destination to this address and port.
+    pub dnat: Option<(Ipv4Addr, u16)>,
+}
+
+/// Which way a packet travels relative to the connection's first packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Original,
+    Reply,
+}
+
+/// TCP connection states (RFC 9293 section 3.3.2, as Linux conntrack names them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpState {
+    SynSent,
+    SynRecv,
+    Established,
+    FinWait,
+    CloseWait,
+    LastAck,
+    TimeWait,
+    Close,
+}
+
+impl TcpState {
+    pub fn name(self) -> &'static str {
+        match self {
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRecv => "SYN_RECV",
+            TcpState::Established => "ESTABLISHED",
+            TcpState::FinWait => "FIN_WAIT",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::TimeWait => "TIME_WAIT",
+            TcpState::Close => "CLOSE",
+        }
+    }
+}
+
+/// Per-protocol timeouts in milliseconds. Defaults are Linux's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub tcp_syn_sent: u64,
+    pub tcp_syn_recv: u64,
+    pub tcp_established: u64,
+    pub tcp_fin_wait: u64,
+    pub tcp_close_wait: u64,
+    pub tcp_last_ack: u64,
+    pub tcp_time_wait: u64,
+    pub tcp_close: u64,
+    /// A UDP flow that has seen traffic one way only.
+    pub udp: u64,
+    /// A UDP flow that has seen replies.
+    pub udp_stream: u64,
+    pub icmp: u64,
+    /// Any other IP protocol.
+    pub generic: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        const S: u64 = 1000;
+        Timeouts {
+            tcp_syn_sent: 120 * S,
+            tcp_syn_recv: 60 * S,
+            tcp_established: 432_000 * S,
+            tcp_fin_wait: 120 * S,
+            tcp_close_wait: 60 * S,
+            tcp_last_ack: 30 * S,
+            tcp_time_wait: 120 * S,
+            tcp_close: 10 * S,
+            udp: 30 * S,
+            udp_stream: 120 * S,
+            icmp: 30 * S,
+            generic: 600 * S,
+        }
+    }
+}
+
+impl Timeouts {
+    fn tcp(&self, state: TcpState) -> u64 {
+        match state {
+            TcpState::SynSent => self.tcp_syn_sent,
+            TcpState::SynRecv => self.tcp_syn_recv,
+            TcpState::Established => self.tcp_established,
+            TcpState::FinWait => self.tcp_fin_wait,
+            TcpState::CloseWait => self.tcp_close_wait,
+            TcpState::LastAck => self.tcp_last_ack,
+            TcpState::TimeWait => self.tcp_time_wait,
+            TcpState::Close => self.tcp_close,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConntrackConfig {
+    /// The most connections tracked at once; past it the oldest-expiring entries are evicted.
+    pub max_connections: usize,
+    pub timeouts: Timeouts,
+}
+
+impl Default for ConntrackConfig {
+    fn default() -> Self {
+        ConntrackConfig {
+            max_connections: 1 << 20,
+            timeouts: Timeouts::default(),
+        }
+    }
+}
+
+/// The part of a connection that changes after creation.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnMut {
+    pub actions: [FlowAction; 2],
+    /// The tables generation the actions were decided against.
+    pub generation: u64,
+    pub tcp: TcpState,
+    fin_orig: bool,
+    fin_reply: bool,
+    pub replied: bool,
+    pub expires_at: u64,
+    pub packets: [u64; 2],
+}
+
+/// Load-balancing facts of a connection, for re-validation and least-connections accounting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LbBinding {
+    pub service: usize,
+    pub backend: usize,
+}
+
+/// One tracked connection.
+#[derive(Debug)]
+pub struct Conn {
+    pub original: FlowKey,
+    pub reply: FlowKey,
+    /// The port the first packet arrived on.
+    pub in_port: PortId,
+    /// The service and backend the load balancer chose, if any: re-validation checks the backend
+    /// still exists, least-connections counts it.
+    pub lb: Option<LbBinding>,
+    pub state: Mutex<ConnMut>,
+}
+
+impl Conn {
+    pub fn new(
+        original: FlowKey,
+        reply: FlowKey,
+        in_port: PortId,
+        actions: [FlowAction; 2],
+    ) -> Conn {
+        Conn {
+            original,
+            reply,
+            in_port,
+            lb: None,
+            state: Mutex::new(ConnMut {
+                actions,
+                generation: 0,
+                tcp: TcpState::SynSent,
+                fin_orig: false,
+                fin_reply: false,
+                replied: false,
+                expires_at: 0,
+                packets: [0; 2],
+            }),
+        }
+    }
+}
+
+/// What `track` made of a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tracked {
+    /// Apply this action; `generation` says what it was decided against.
+    Pass { action: FlowAction, generation: u64 },
+    /// A packet that makes no sense for the connection's state (a SYN-ACK from the client...).
+    Invalid,
+}
+
+/// Why an insert did not happen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InsertError {
+    /// The reply tuple belongs to a live connection: pick another NAT port.
+    ReplyTaken,
+    /// The table is full and nothing could be evicted.
+    Full,
+}
+
+/// Counters of the table itself.
+#[derive(Debug, Default)]
+pub struct ConntrackStats {
+    pub created: AtomicU64,
+    pub expired: AtomicU64,
+    pub evicted: AtomicU64,
+    pub refused: AtomicU64,
+    pub removed: AtomicU64,
+}
+
+struct Shard {
+    map: std::collections::HashMap<FlowKey, Arc<Conn>, RandomState>,
+}
+
+pub struct Conntrack {
+    shards: Box<[Mutex<Shard>]>,
+    hasher: RandomState,
+    config: ConntrackConfig,
+    per_shard_limit: usize,
+    pub stats: ConntrackStats,
+}
+
+const SHARDS: usize = 64;
+
+impl Conntrack {
+    pub fn new(config: ConntrackConfig) -> Conntrack {
+        // Fixed seeds: every worker must hash a key to the same shard; keys are not attacker
+        // controlled beyond what any conntrack accepts.
+        let hasher = RandomState::with_seeds(0x5ac1, 0xf1c0, 0x7a5f, 0xe3d1);
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    map: std::collections::HashMap::with_hasher(hasher.clone()),
+                })
+            })
+            .collect();
+        // Two keys per connection.
+        let per_shard_limit = (config.max_connections * 2).div_ceil(SHARDS).max(2);
+        Conntrack {
+            shards,
+            hasher,
+            config,
+            per_shard_limit,
+            stats: ConntrackStats::default(),
+        }
+    }
+
+    pub fn config(&self) -> &ConntrackConfig {
+        &self.config
+    }
+
+    fn shard_of(&self, key: &FlowKey) -> usize {
+        (self.hasher.hash_one(key) as usize) % SHARDS
+    }
+
+    /// Hashes a key the way the table does (for callers that spread work by flow).
+    pub fn hash_key(&self, key: &FlowKey) -> u64 {
+        self.hasher.hash_one(key)
+    }
+
+    /// Looks a packet up and, when it belongs to a connection, advances the connection's state and
+    /// returns the action for its direction. `tcp_flags` is 0 for non-TCP.
+    pub fn track(
+        &self,
+        key: &FlowKey,
+        tcp_flags: u8,
+        now: u64,
+    ) -> Option<(Arc<Conn>, Dir, Tracked)> {
+        let shard = self.shards[self.shard_of(key)].lock();
+        let conn = shard.map.get(key)?;
+        let dir = if conn.original == *key {
+            Dir::Original
+        } else {
+            Dir::Reply
+        };
+        let tracked = self.advance(conn, dir, tcp_flags, now);
+        Some((Arc::clone(conn), dir, tracked))
+    }
+
+    /// Looks a key up without touching the connection's state.
+    pub fn get(&self, key: &FlowKey) -> Option<(Arc<Conn>, Dir)> {
+        let shard = self.shards[self.shard_of(key)].lock();
+        let conn = shard.map.get(key)?;
+        let dir = if conn.original == *key {
+            Dir::Original
+        } else {
+            Dir::Reply
+        };
+        Some((Arc::clone(conn), dir))
+    }
+
+    fn advance(&self, conn: &Conn, dir: Dir, flags: u8, now: u64) -> Tracked {
+        let mut st = conn.state.lock();
+        let t = &self.config.timeouts;
+        let timeout = match conn.original.protocol {
+            PROTO_TCP => match tcp_transition(&mut st, dir, flags) {
+                Some(state) => t.tcp(state),
+                None => return Tracked::Invalid,
+            },
+            PROTO_UDP => {
+                if dir == Dir::Reply {
+                    st.replied = true;
+                }
+                if st.replied {
+                    t.udp_stream
+                } else {
+                    t.udp
+                }
+            }
+            PROTO_ICMP => {
+                if dir == Dir::Reply {
+                    st.replied = true;
+                }
+                t.icmp
+            }
+            _ => t.generic,
+        };
+        st.expires_at = now.saturating_add(timeout);
+        st.packets[dir as usize] += 1;
+        Tracked::Pass {
+            action: st.actions[dir as usize],
+            generation: st.generation,
+        }
+    }
+
+    /// Inserts a new connection under both its keys, starting its state with the first packet's
+    /// `tcp_flags`. Fails without side effects when the reply key is taken (try another NAT port)
+    /// or when the table is full. When another worker inserted the same original key first, that
+    /// connection is returned instead and ours is dropped.
+    pub fn insert(
+        &self,
+        conn: Conn,
+        generation: u64,
+        tcp_flags: u8,
+        now: u64,
+    ) -> Result<(Arc<Conn>, Tracked), InsertError> {
+        let conn = Arc::new(conn);
+        conn.state.lock().generation = generation;
+        let reply_shard = self.shard_of(&conn.reply);
+        {
+            let mut shard = self.shards[reply_shard].lock();
+            if shard.map.contains_key(&conn.reply) {
+                return Err(InsertError::ReplyTaken);
+            }
+            if shard.map.len() >= self.per_shard_limit && !self.evict_one(&mut shard, now) {
+                self.stats.refused.fetch_add(1, Relaxed);
+                return Err(InsertError::Full);
+            }
+            shard.map.insert(conn.reply, Arc::clone(&conn));
+        }
+        let orig_shard = self.shard_of(&conn.original);
+        let existing = {
+            let mut shard = self.shards[orig_shard].lock();
+            match shard.map.get(&conn.original) {
+                Some(existing) => Some(Arc::clone(existing)),
+                None => {
+                    if shard.map.len() >= self.per_shard_limit && !self.evict_one(&mut shard, now) {
+                        drop(shard);
+                        self.remove_key_if(&conn.reply, &conn);
+                        self.stats.refused.fetch_add(1, Relaxed);
+                        return Err(InsertError::Full);
+                    }
+                    shard.map.insert(conn.original, Arc::clone(&conn));
+                    None
+                }
+            }
+        };
+        if let Some(existing) = existing {
+            self.remove_key_if(&conn.reply, &conn);
+            let tracked = self.advance(&existing, Dir::Original, tcp_flags, now);
+            return Ok((existing, tracked));
+        }
+        self.stats.created.fetch_add(1, Relaxed);
+        let tracked = self.advance(&conn, Dir::Original, tcp_flags, now);
+        Ok((conn, tracked))
+    }
+
+    /// Evicts, from a full shard, the entry that expires soonest among a small sample (exact LRU
+    /// would cost a list per shard). Returns false when the shard has nothing to evict.
+    fn evict_one(&self, shard: &mut Shard, now: u64) -> bool {
+        let victim = shard
+            .map
+            .iter()
+            .take(16)
+            .min_by_key(|(_, c)| c.state.lock().expires_at)
+            .map(|(k, c)| (*k, Arc::clone(c)));
+        let Some((key, conn)) = victim else {
+            return false;
+        };
+        shard.map.remove(&key);
+        // The partner key may live in this same shard (already locked) or in another one; the
+        // latter is cleaned lazily: `expire` drops a key whose partner is gone.
+        let partner = if key == conn.original {
+            conn.reply
+        } else {
+            conn.original
+        };
+        if shard
+            .map
+            .get(&partner)
+            .is_some_and(|c| Arc::ptr_eq(c, &conn))
+        {
+            shard.map.remove(&partner);
+        }
+        // Make the evicted connection expire now so its other key goes at the next sweep.
+        conn.state.lock().expires_at = now;
+        self.stats.evicted.fetch_add(1, Relaxed);
+        true
+    }
+
+    fn remove_key_if(&self, key: &FlowKey, conn: &Arc<Conn>) {
+        let mut shard = self.shards[self.shard_of(key)].lock();
+        if shard.map.get(key).is_some_and(|c| Arc::ptr_eq(c, conn)) {
+            shard.map.remove(key);
+        }
+    }
+
+    /// Removes a connection (both keys).
+    pub fn remove(&self, conn: &Arc<Conn>) {
+        self.remove_key_if(&conn.original, conn);
+        self.remove_key_if(&conn.reply, conn);
+        self.stats.removed.fetch_add(1, Relaxed);
+    }
+
+    /// Updates a connection's cached actions after re-validation against a new generation.
+    pub fn refresh(&self, conn: &Conn, actions: [FlowAction; 2], generation: u64) {
+        let mut st = conn.state.lock();
+        st.actions = actions;
+        st.generation = generation;
+    }
+
+    /// Drops every connection whose timeout has passed. Returns how many went.
+    pub fn expire(&self, now: u64) -> usize {
+        let mut gone = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let before = shard.map.len();
+            shard.map.retain(|_, c| c.state.lock().expires_at > now);
+            gone += before - shard.map.len();
+        }
+        // Each connection has two keys.
+        let conns = gone / 2;
+        self.stats.expired.fetch_add(conns as u64, Relaxed);
+        conns
+    }
+
+    /// Removes every connection for which `doomed` says so (a deleted pod, a flushed backend).
+    pub fn remove_where(&self, doomed: impl Fn(&Conn) -> bool) -> usize {
+        let mut gone = 0;
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let before = shard.map.len();
+            shard.map.retain(|_, c| !doomed(c));
+            gone += before - shard.map.len();
+        }
+        gone / 2
+    }
+
+    /// Live connections (each counted once).
+    pub fn len(&self) -> usize {
+        self.shards
+            .iter()
+            .map(|s| s.lock().map.len())
+            .sum::<usize>()
+            / 2
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// A copy of every live connection, for `pacific get nat` and `get conntrack`.
+    pub fn snapshot(&self, limit: usize) -> Vec<Arc<Conn>> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.lock();
+            for (key, conn) in shard.map.iter() {
+                if *key == conn.original {
+                    out.push(Arc::clone(conn));
+                    if out.len() >= limit {
+                        return out;
+                    }
+                }
+            }
+        }
+        out
+    }
+}
+
+/// TCP flag bits (RFC 9293 section 3.1).
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+/// Advances a TCP connection with one segment's flags. `None`: the segment is invalid in this
+/// state (conntrack INVALID) and must be dropped without changing anything.
+fn tcp_transition(st: &mut ConnMut, dir: Dir, flags: u8) -> Option<TcpState> {
+    use TcpState::*;
+    let syn = flags & TCP_SYN != 0;
+    let ack = flags & TCP_ACK != 0;
+    let fin = flags & TCP_FIN != 0;
+    let rst = flags & TCP_RST != 0;
+    let next = if rst {
+        Close
+    } else if syn && !ack {
+        match (dir, st.tcp) {
+            // A new SYN from the client on a closed or closing connection reopens it (port
+            // reuse, as Linux allows from TIME_WAIT).
+            (Dir::Original, SynSent | TimeWait | Close) => {
+                st.fin_orig = false;
+                st.fin_reply = false;
+                st.replied = false;
+                SynSent
+            }
+            (Dir::Original, s) => s,
+            // A SYN from the server side: simultaneous open is not supported.
+            (Dir::Reply, _) => return None,
+        }
+    } else if syn && ack {
+        match (dir, st.tcp) {
+            (Dir::Reply, SynSent | SynRecv) => {
+                st.replied = true;
+                SynRecv
+            }
+            (Dir::Reply, s) => s,
+            (Dir::Original, _) => return None,
+        }
+    } else {
+        if dir == Dir::Reply {
+            st.replied = true;
+        }
+        if fin {
+            match dir {
+                Dir::Original => st.fin_orig = true,
+                Dir::Reply => st.fin_reply = true,
+            }
+        }
+        match (st.fin_orig, st.fin_reply) {
+            (true, true) if fin => LastAck,
+            (true, true) if ack => TimeWait,
+            (true, true) => st.tcp,
+            (true, false) => FinWait,
+            (false, true) => CloseWait,
+            (false, false) => match st.tcp {
+                SynRecv if dir == Dir::Original && ack => Established,
+                // Picked up mid-stream (Linux's nf_conntrack_tcp_loose): trust it.
+                SynSent if st.packets == [0, 0] && ack => Established,
+                Close | TimeWait => return None,
+                s => s,
+            },
+        }
+    };
+    st.tcp = next;
+    Some(next)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> FlowKey {
+        FlowKey {
+            protocol: PROTO_TCP,
+            src: src.into(),
+            dst: dst.into(),
+            src_port: sport,
+            dst_port: dport,
+        }
+    }
+
+    fn action(port: PortId) -> FlowAction {
+        FlowAction {
+            out_port: port,
+            routed: true,
+            ttl_dec: 1,
+            snat: None,
+            dnat: None,
+        }
+    }
+
+    fn new_conn(orig: FlowKey) -> Conn {
+        Conn::new(orig, orig.reversed(), 1, [action(2), action(1)])
+    }
+
+    fn state(ct: &Conntrack, k: &FlowKey) -> TcpState {
+        ct.get(k).unwrap().0.state.lock().tcp
+    }
+
+    #[test]
+    fn tcp_handshake_data_and_close_walk_every_state() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let k = key([172, 211, 0, 18], 40000, [198, 51, 100, 100], 80);
+        let r = k.reversed();
+        ct.insert(new_conn(k), 1, TCP_SYN, 0).unwrap();
+        assert_eq!(state(&ct, &k), TcpState::SynSent);
+        ct.track(&r, TCP_SYN | TCP_ACK, 1);
+        assert_eq!(state(&ct, &k), TcpState::SynRecv);
+        ct.track(&k, TCP_ACK, 2);
+        assert_eq!(state(&ct, &k), TcpState::Established);
+        ct.track(&k, TCP_FIN | TCP_ACK, 3);
+        assert_eq!(state(&ct, &k), TcpState::FinWait);
+        ct.track(&r, TCP_FIN | TCP_ACK, 4);
+        assert_eq!(state(&ct, &k), TcpState::LastAck);
+        ct.track(&k, TCP_ACK, 5);
+        assert_eq!(state(&ct, &k), TcpState::TimeWait);
+        let expires = ct.get(&k).unwrap().0.state.lock().expires_at;
+        assert_eq!(expires, 5 + Timeouts::default().tcp_time_wait);
+        // A new SYN from the client reuses the tuple.
+        ct.track(&k, TCP_SYN, 6);
+        assert_eq!(state(&ct, &k), TcpState::SynSent);
+    }
+
+    #[test]
+    fn server_closing_first_goes_to_close_wait_and_rst_closes() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let k = key([172, 211, 0, 18], 40001, [172, 211, 0, 19], 3306);
+        let r = k.reversed();
+        ct.insert(new_conn(k), 1, TCP_SYN, 0).unwrap();
+        ct.track(&r, TCP_SYN | TCP_ACK, 1);
+        ct.track(&k, TCP_ACK, 2);
+        ct.track(&r, TCP_FIN | TCP_ACK, 3);
+        assert_eq!(state(&ct, &k), TcpState::CloseWait);
+        ct.track(&k, TCP_RST, 4);
+        assert_eq!(state(&ct, &k), TcpState::Close);
+        let expires = ct.get(&k).unwrap().0.state.lock().expires_at;
+        assert_eq!(expires, 4 + Timeouts::default().tcp_close);
+    }
+
+    #[test]
+    fn invalid_segments_change_nothing() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let k = key([172, 211, 0, 18], 40002, [172, 211, 0, 19], 80);
+        ct.insert(new_conn(k), 1, TCP_SYN, 0).unwrap();
+        // A SYN-ACK from the client side is nonsense.
+        let (_, _, t) = ct.track(&k, TCP_SYN | TCP_ACK, 1).unwrap();
+        assert_eq!(t, Tracked::Invalid);
+        assert_eq!(state(&ct, &k), TcpState::SynSent);
+        // A SYN from the server side too.
+        let (_, _, t) = ct.track(&k.reversed(), TCP_SYN, 1).unwrap();
+        assert_eq!(t, Tracked::Invalid);
+    }
+
+    #[test]
+    fn both_directions_find_one_connection_and_it_expires() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let k = FlowKey {
+            protocol: PROTO_UDP,
+            ..key([172, 211, 0, 18], 5353, [198, 51, 100, 100], 53)
+        };
+        ct.insert(new_conn(k), 1, 0, 1000).unwrap();
+        let (_, dir, t) = ct.track(&k.reversed(), 0, 2000).unwrap();
+        assert_eq!(dir, Dir::Reply);
+        assert_eq!(
+            t,
+            Tracked::Pass {
+                action: action(1),
+                generation: 1
+            }
+        );
+        assert_eq!(ct.len(), 1);
+        // Replied UDP lives 120 s from the last packet.
+        assert_eq!(ct.expire(2000 + 119_999), 0);
+        assert_eq!(ct.expire(2000 + 120_000), 1);
+        assert!(ct.get(&k).is_none() && ct.get(&k.reversed()).is_none());
+    }
+
+    #[test]
+    fn a_taken_reply_tuple_is_refused_without_side_effects() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let a = key([172, 211, 0, 18], 40000, [198, 51, 100, 100], 80);
+        let b = key([172, 211, 0, 20], 40000, [198, 51, 100, 100], 80);
+        // Both translate to the same egress tuple.
+        let reply = key([198, 51, 100, 100], 80, [172, 60, 96, 2], 40000);
+        ct.insert(
+            Conn::new(a, reply, 1, [action(2), action(1)]),
+            1,
+            TCP_SYN,
+            0,
+        )
+        .unwrap();
+        let err = ct.insert(
+            Conn::new(b, reply, 3, [action(2), action(3)]),
+            1,
+            TCP_SYN,
+            0,
+        );
+        assert_eq!(err.err(), Some(InsertError::ReplyTaken));
+        assert!(ct.get(&b).is_none());
+        assert_eq!(ct.len(), 1);
+    }
+
+    #[test]
+    fn a_full_table_evicts_and_counts() {
+        let ct = Conntrack::new(ConntrackConfig {
+            max_connections: 64,
+            ..Default::default()
+        });
+        for port in 0..1000u16 {
+            let k = FlowKey {
+                protocol: PROTO_UDP,
+                ..key([172, 211, 0, 18], 1024 + port, [198, 51, 100, 1], 53)
+            };
+            ct.insert(new_conn(k), 1, 0, u64::from(port)).unwrap();
+        }
+        assert!(ct.len() <= 64 + SHARDS, "len {}", ct.len());
+        assert!(ct.stats.evicted.load(Relaxed) > 0);
+    }
+}

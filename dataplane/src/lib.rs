@@ -19,3 +19,4 @@ pub mod pipeline;
 pub mod ports;
 pub mod tables;
 pub mod tap;
+pub mod testbed;

@@ -1,12 +1,45 @@
 //! The packet pipeline: one frame in, a verdict and a list of frames to transmit out.
 //!
-//! (API stub: the stages are being written; this file fixes the interface the workers use.)
+//! `process(ctx, now, port, packet)` has no file descriptors, no clock and no threads (STYLE.md,
+//! after quinn-proto and boringtun): the workers in `ports` do the I/O and the counting, tests and
+//! benches drive it on byte buffers.
+//!
+//! The walk of a packet (DESIGN.md, "Packet walk"):
+//! 1. Parse; a malformed frame is dropped and counted. IPv6 and unknown ethertypes likewise.
+//! 2. SpoofGuard: a pod's port sends only from the pod's own MAC and IP (ARP included).
+//! 3. ARP is answered from the tables (gateway addresses with the router MAC, pods of the same
+//!    segment with their own MAC: NSX's ARP suppression) and never flooded.
+//! 4. Connection lookup. A hit applies the cached action: TTL, NAT rewrite, MACs, out port.
+//! 5. A miss walks the gateways ([`Pipeline::walk`]): DLB at the source vNIC, then each gateway
+//!    in turn (TTL check, SLB at the T1 owning a VIP, route lookup, egress SNAT when a T1 hands a
+//!    packet for outside the pod pool to T0), the DFW at both ends, and finally a connection entry
+//!    carrying the actions of both directions.
+//! 6. ICMP errors that concern a tracked connection follow it back, inner header translated
+//!    (RFC 5508 section 4.2; RFC 3022 section 4.3).
+//!
+//! A gateway whose TTL check fails answers with ICMP time-exceeded from its own address facing
+//! the sender, quoting the packet as the sender sent it, so `traceroute` shows T1 and T0 even for
+//! connections that are translated further on.
 
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
-use crate::tables::{PortId, Tables};
+use crate::conntrack::{
+    Conn, ConnMut, Conntrack, ConntrackConfig, Dir, FlowAction, FlowKey, InsertError, LbBinding,
+    Tracked,
+};
+use crate::packet::build;
+use crate::packet::ethernet::ETHERTYPE_IPV6;
+use crate::packet::icmp;
+use crate::packet::parse::{parse_frame, ArpInfo, InnerPacket, Ipv4Info, ParsedFrame, L3, L4};
+use crate::packet::rewrite;
+use crate::packet::vnet::VnetHeader;
+use crate::tables::{
+    Backend, DfwQuery, Direction, FrontendKey, GatewayKind, NextHop, Port, PortId, PortKind,
+    RuleAction, Tables, PROTO_ICMP,
+};
 
 /// Bytes reserved in front of every frame for the virtio-net header (`struct virtio_net_hdr`,
 /// 10 bytes; TAP devices are opened with IFF_VNET_HDR and TUNSETVNETHDRSZ 10).
@@ -30,7 +63,10 @@ impl Default for PacketBuf {
 
 impl PacketBuf {
     pub fn new() -> Self {
-        PacketBuf { buf: vec![0u8; VNET_HDR_LEN + MAX_FRAME_LEN].into_boxed_slice(), len: 0 }
+        PacketBuf {
+            buf: vec![0u8; VNET_HDR_LEN + MAX_FRAME_LEN].into_boxed_slice(),
+            len: 0,
+        }
     }
 
     /// The bytes to write to a TAP queue: header and frame.
@@ -134,18 +170,78 @@ pub struct WorkerContext {
 
 impl Default for WorkerContext {
     fn default() -> Self {
-        WorkerContext { tx: Vec::with_capacity(16), scratch: PacketBuf::new() }
+        WorkerContext {
+            tx: Vec::with_capacity(16),
+            scratch: PacketBuf::new(),
+        }
     }
+}
+
+/// The decision the slow path reached for a new flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Path {
+    out_port: PortId,
+    routed: bool,
+    hops: u8,
+    /// Translate the source to this address (the port is allocated at insert).
+    snat_addr: Option<Ipv4Addr>,
+    dnat: Option<(Ipv4Addr, u16)>,
+    lb: Option<LbBinding>,
+}
+
+/// Where the walk through the gateways ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    Deliver(Path),
+    /// Addressed to a gateway itself (`owned`) or to an address in a pool the gateway answers
+    /// for without a service behind it (a ClusterIP's unused port): answered from `addr`.
+    Local {
+        addr: Ipv4Addr,
+        owned: bool,
+        hops: u8,
+    },
+    /// The TTL ran out at a gateway whose address facing the sender is `from`.
+    TtlExceeded {
+        from: Ipv4Addr,
+    },
+    /// No route or no host: ICMP destination unreachable from `from`.
+    Unreachable {
+        from: Ipv4Addr,
+        code: u8,
+    },
+    /// A load-balanced frontend with no backend: refused at once.
+    NoBackend {
+        frontend: Ipv4Addr,
+    },
+    Drop(DropReason),
+}
+
+/// Decisions of an existing connection that re-validation must keep.
+#[derive(Debug, Clone, Copy, Default)]
+struct Pin {
+    backend: Option<(Ipv4Addr, u16)>,
 }
 
 /// The pipeline: shared by all workers.
 pub struct Pipeline {
     tables: Arc<ArcSwap<Tables>>,
+    pub conntrack: Conntrack,
 }
 
 impl Pipeline {
     pub fn new(tables: Arc<ArcSwap<Tables>>) -> Self {
-        Pipeline { tables }
+        Self::with_config(tables, ConntrackConfig::default())
+    }
+
+    pub fn with_config(tables: Arc<ArcSwap<Tables>>, config: ConntrackConfig) -> Self {
+        Pipeline {
+            tables,
+            conntrack: Conntrack::new(config),
+        }
+    }
+
+    pub fn tables(&self) -> Arc<Tables> {
+        self.tables.load_full()
     }
 
     /// Processes one frame received on `in_port` at `now` (milliseconds of a monotonic clock).
@@ -157,12 +253,911 @@ impl Pipeline {
         pkt: &mut PacketBuf,
     ) -> Verdict {
         ctx.tx.clear();
-        let _ = (now, in_port, pkt, self.tables.load());
-        Verdict::Drop(DropReason::Unimplemented)
+        let tables = self.tables.load();
+        let Some(port) = tables.port(in_port) else {
+            return Verdict::Drop(DropReason::UnknownPort);
+        };
+        if pkt.len < VNET_HDR_LEN {
+            return Verdict::Drop(DropReason::Malformed);
+        }
+        let parsed = match parse_frame(pkt.frame()) {
+            Ok(parsed) => parsed,
+            Err(_) => return Verdict::Drop(DropReason::Malformed),
+        };
+        if let PortKind::Pod { ip, .. } = port.kind {
+            if parsed.src_mac != port.peer_mac {
+                return Verdict::Drop(DropReason::SpoofedSource);
+            }
+            let claimed = match &parsed.l3 {
+                L3::Arp(arp) if arp.sender_ip.is_unspecified() => ip, // an RFC 5227 probe
+                L3::Arp(arp) => arp.sender_ip,
+                L3::Ipv4(v4) => v4.src,
+                L3::Other => ip,
+            };
+            let arp_mac_ok = match &parsed.l3 {
+                L3::Arp(arp) => arp.sender_mac == port.peer_mac,
+                _ => true,
+            };
+            if claimed != ip || !arp_mac_ok {
+                return Verdict::Drop(DropReason::SpoofedSource);
+            }
+        }
+        match parsed.l3 {
+            L3::Arp(arp) => self.arp(&tables, ctx, port, &arp),
+            L3::Ipv4(ref ip) => {
+                // Ethernet pads short frames; the IP total length is the truth (STYLE.md 3).
+                let end = VNET_HDR_LEN + ip.offset + ip.total_len;
+                if end < pkt.len {
+                    pkt.len = end;
+                }
+                self.ipv4(&tables, ctx, now, port, &parsed, ip, pkt)
+            }
+            L3::Other if parsed.ethertype == ETHERTYPE_IPV6 => Verdict::Drop(DropReason::Ipv6),
+            L3::Other => Verdict::Drop(DropReason::UnsupportedEthertype),
+        }
+    }
+
+    /// ARP (RFC 826): requests for a gateway address get the router MAC; requests for a pod of the
+    /// requester's own segment get that pod's MAC (ARP suppression). Nothing is ever flooded.
+    fn arp(&self, t: &Tables, ctx: &mut WorkerContext, port: &Port, arp: &ArpInfo) -> Verdict {
+        const REQUEST: u16 = 1;
+        if arp.operation != REQUEST {
+            return Verdict::Consumed;
+        }
+        let answer = match port.kind {
+            PortKind::Pod { segment, .. } => {
+                let Some(seg) = t.segment(segment) else {
+                    return Verdict::Drop(DropReason::UnknownPort);
+                };
+                if arp.target_ip == seg.gateway_ip {
+                    Some(t.router_mac)
+                } else if arp.target_ip == arp.sender_ip {
+                    None // gratuitous
+                } else {
+                    t.hosts
+                        .get(&arp.target_ip)
+                        .and_then(|&p| t.port(p))
+                        .filter(
+                            |p| matches!(p.kind, PortKind::Pod { segment: s, .. } if s == segment),
+                        )
+                        .map(|p| p.peer_mac)
+                }
+            }
+            PortKind::Uplink { addr, .. } => (arp.target_ip == addr).then_some(t.router_mac),
+        };
+        let Some(mac) = answer else {
+            return Verdict::Consumed;
+        };
+        let scratch = &mut ctx.scratch;
+        scratch.buf[..VNET_HDR_LEN].fill(0);
+        let out = &mut scratch.buf[VNET_HDR_LEN..];
+        match build::build_arp_reply(out, mac, arp.target_ip, arp.sender_mac, arp.sender_ip) {
+            Some(n) => {
+                scratch.len = VNET_HDR_LEN + n;
+                ctx.tx.push(Tx {
+                    port: port.id,
+                    source: TxSource::Scratch,
+                });
+                Verdict::Reply
+            }
+            None => Verdict::Drop(DropReason::Malformed),
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn ipv4(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        now: u64,
+        port: &Port,
+        parsed: &ParsedFrame,
+        ip: &Ipv4Info,
+        pkt: &mut PacketBuf,
+    ) -> Verdict {
+        // L2: a frame not addressed to the router is switched inside its segment or dropped.
+        if parsed.dst_mac != t.router_mac {
+            return self.switch(t, ctx, port, parsed, ip);
+        }
+        if ip.is_fragment {
+            return Verdict::Drop(DropReason::Fragment);
+        }
+        let (key, tcp_flags) = match flow_key(ip) {
+            FlowOf::Key(key, flags) => (key, flags),
+            FlowOf::IcmpError(inner) => {
+                return self.related_icmp_error(t, ctx, now, port, ip, &inner, pkt)
+            }
+        };
+        if let Some((conn, dir, tracked)) = self.conntrack.track(&key, tcp_flags, now) {
+            let Tracked::Pass { action, generation } = tracked else {
+                return Verdict::Drop(DropReason::ConntrackInvalid);
+            };
+            let action = if generation == t.generation {
+                Some(action)
+            } else {
+                self.revalidate(t, &conn)
+                    .map(|actions| actions[dir as usize])
+            };
+            match action {
+                Some(action) => {
+                    if action.routed && ip.ttl <= action.ttl_dec {
+                        // Let the walk find which gateway the TTL runs out at.
+                        let walk = self.walk(t, port.id, &key, ip.ttl, Pin::default());
+                        return self.answer_walk(t, ctx, port, parsed, ip, pkt, walk);
+                    }
+                    return self.transmit(t, ctx, ip, &action, pkt);
+                }
+                None => {
+                    // The connection no longer stands (its backend or pod went, the DFW now
+                    // denies it). A client's next packet starts afresh below, so it is never
+                    // stuck on a dead backend; a server's reply has nowhere to go.
+                    self.conntrack.remove(&conn);
+                    if dir == Dir::Reply {
+                        return Verdict::Drop(DropReason::NoBackend);
+                    }
+                }
+            }
+        }
+        let walk = self.walk(t, port.id, &key, ip.ttl, Pin::default());
+        let Walk::Deliver(path) = walk else {
+            return self.answer_walk(t, ctx, port, parsed, ip, pkt, walk);
+        };
+        if let Some(rule_action) = self.dfw_verdict(t, port, &key, &path) {
+            if rule_action != RuleAction::Allow {
+                return Verdict::Drop(DropReason::DfwDeny);
+            }
+        }
+        match self.create(t, now, port.id, &key, tcp_flags, &path) {
+            Ok(action) => self.transmit(t, ctx, ip, &action, pkt),
+            Err(reason) => Verdict::Drop(reason),
+        }
+    }
+
+    /// A frame for another MAC: delivered to that pod if it is on the sender's segment; broadcast
+    /// and multicast stay on the segment (flooded to its other ports).
+    fn switch(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        port: &Port,
+        parsed: &ParsedFrame,
+        ip: &Ipv4Info,
+    ) -> Verdict {
+        let PortKind::Pod { segment, .. } = port.kind else {
+            return Verdict::Drop(DropReason::NotForUs);
+        };
+        if parsed.dst_mac.is_multicast() {
+            if let Some(seg) = t.segment(segment) {
+                ctx.tx
+                    .extend(seg.ports.iter().filter(|&&p| p != port.id).map(|&p| Tx {
+                        port: p,
+                        source: TxSource::Packet,
+                    }));
+            }
+            return if ctx.tx.is_empty() {
+                Verdict::Consumed
+            } else {
+                Verdict::Forward
+            };
+        }
+        let target = t.hosts.get(&ip.dst).and_then(|&p| t.port(p)).filter(|p| {
+            p.peer_mac == parsed.dst_mac
+                && matches!(p.kind, PortKind::Pod { segment: s, .. } if s == segment)
+        });
+        let Some(target) = target else {
+            return Verdict::Drop(DropReason::NotForUs);
+        };
+        // Same-segment traffic is still judged by the DFW at the destination vNIC.
+        if let (FlowOf::Key(key, _), PortKind::Pod { zone, .. }) = (flow_key(ip), &target.kind) {
+            let q = DfwQuery {
+                src: key.src,
+                dst: key.dst,
+                original_dst: key.dst,
+                protocol: key.protocol,
+                dst_port: key.dst_port,
+            };
+            if let Some(rule) = t.dfw.evaluate(*zone, Direction::In, &q) {
+                t.rule_counters.hit(rule.counter);
+                if rule.action != RuleAction::Allow {
+                    return Verdict::Drop(DropReason::DfwDeny);
+                }
+            }
+        }
+        ctx.tx.push(Tx {
+            port: target.id,
+            source: TxSource::Packet,
+        });
+        Verdict::Forward
+    }
+
+    /// Applies a connection's action to the packet and queues it.
+    fn transmit(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        ip: &Ipv4Info,
+        action: &FlowAction,
+        pkt: &mut PacketBuf,
+    ) -> Verdict {
+        let partial = VnetHeader::parse(&pkt.buf[..VNET_HDR_LEN]).is_some_and(|h| h.needs_csum());
+        let Some(out) = t.port(action.out_port) else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        let frame = pkt.frame_mut();
+        if action.ttl_dec > 0 {
+            rewrite::decrement_ttl(frame, ip, action.ttl_dec);
+        }
+        if let Some((addr, port)) = action.snat {
+            rewrite::rewrite_src(frame, ip, addr, port, partial);
+        }
+        if let Some((addr, port)) = action.dnat {
+            rewrite::rewrite_dst(frame, ip, addr, port, partial);
+        }
+        if action.routed {
+            rewrite::set_macs(frame, t.router_mac, out.peer_mac);
+        }
+        ctx.tx.push(Tx {
+            port: action.out_port,
+            source: TxSource::Packet,
+        });
+        Verdict::Forward
+    }
+
+    /// Walks a new flow through the gateways. Pure: reads the tables, changes nothing (the
+    /// round-robin cursor aside).
+    fn walk(&self, t: &Tables, in_port: PortId, key: &FlowKey, ttl: u8, pin: Pin) -> Walk {
+        let Some(port) = t.port(in_port) else {
+            return Walk::Drop(DropReason::UnknownPort);
+        };
+        let mut dst = key.dst;
+        let mut dport = key.dst_port;
+        let mut dnat = None;
+        let mut lb = None;
+        let mut snat_addr = None;
+        let (mut gw, mut facing) = match port.kind {
+            PortKind::Pod { segment, .. } => {
+                let Some(seg) = t.segment(segment) else {
+                    return Walk::Drop(DropReason::UnknownPort);
+                };
+                // The DLB sits at the source vNIC: a ClusterIP never leaves the pod's port.
+                let frontend = FrontendKey {
+                    protocol: key.protocol,
+                    ip: dst,
+                    port: dport,
+                };
+                if let Some(&svc) = t.cluster_ips.get(&frontend) {
+                    match self.choose_backend(t, svc, key, pin) {
+                        Some((index, b)) => {
+                            dnat = Some((b.ip, b.port));
+                            lb = Some(LbBinding {
+                                service: svc,
+                                backend: index,
+                            });
+                            dst = b.ip;
+                            dport = b.port;
+                            // Hairpin: a pod that reaches itself through its service would see
+                            // its own address as source, which its kernel drops; the gateway's
+                            // address stands in (kube-proxy masquerades the same case).
+                            if b.ip == key.src {
+                                snat_addr = Some(seg.gateway_ip);
+                            }
+                        }
+                        None => return Walk::NoBackend { frontend: key.dst },
+                    }
+                }
+                (seg.t1, seg.gateway_ip)
+            }
+            PortKind::Uplink { gateway, addr, .. } => (gateway, addr),
+        };
+        let mut hops: u8 = 0;
+        for _ in 0..8 {
+            let Some(g) = t.gateway(gw) else {
+                return Walk::Drop(DropReason::NoRoute);
+            };
+            // The SLB on the T1 that owns the VIP. After the translation the same gateway goes
+            // on to route towards the member (one TTL step for the T1, as NSX counts it).
+            if g.kind == GatewayKind::T1 && lb.is_none() && t.vip_owner.get(&dst) == Some(&gw) {
+                let frontend = FrontendKey {
+                    protocol: key.protocol,
+                    ip: dst,
+                    port: dport,
+                };
+                if let Some(&svc) = t.vips.get(&frontend) {
+                    let Some((index, b)) = self.choose_backend(t, svc, key, pin) else {
+                        return Walk::NoBackend { frontend: dst };
+                    };
+                    dnat = Some((b.ip, b.port));
+                    lb = Some(LbBinding {
+                        service: svc,
+                        backend: index,
+                    });
+                    dst = b.ip;
+                    dport = b.port;
+                    if t.services[svc].snat_automap {
+                        // NSX automap: the member sees the T1's own address on its segment.
+                        snat_addr = Some(self.member_facing_address(t, b.ip).unwrap_or(facing));
+                    }
+                }
+            }
+            if t.gateway_addrs.get(&dst) == Some(&gw) {
+                return Walk::Local {
+                    addr: dst,
+                    owned: true,
+                    hops,
+                };
+            }
+            if ttl <= hops + 1 {
+                return Walk::TtlExceeded { from: facing };
+            }
+            hops += 1;
+            let Some(route) = g.routes.lookup(dst) else {
+                return Walk::Unreachable {
+                    from: facing,
+                    code: icmp::NET_UNREACHABLE,
+                };
+            };
+            match route.next_hop {
+                NextHop::Local => {
+                    return Walk::Local {
+                        addr: dst,
+                        owned: t.gateway_addrs.contains_key(&dst),
+                        hops,
+                    };
+                }
+                NextHop::Segment(segment) => {
+                    let target = t.hosts.get(&dst).and_then(|&p| t.port(p)).filter(
+                        |p| matches!(p.kind, PortKind::Pod { segment: s, .. } if s == segment),
+                    );
+                    return match target {
+                        Some(p) => Walk::Deliver(Path {
+                            out_port: p.id,
+                            routed: true,
+                            hops,
+                            snat_addr,
+                            dnat,
+                            lb,
+                        }),
+                        None => Walk::Unreachable {
+                            from: facing,
+                            code: icmp::HOST_UNREACHABLE,
+                        },
+                    };
+                }
+                NextHop::Uplink(out_port) => {
+                    return Walk::Deliver(Path {
+                        out_port,
+                        routed: true,
+                        hops,
+                        snat_addr,
+                        dnat,
+                        lb,
+                    });
+                }
+                NextHop::Gateway(next) => {
+                    let Some(next_g) = t.gateway(next) else {
+                        return Walk::Drop(DropReason::NoRoute);
+                    };
+                    // Egress SNAT where a T1 hands a packet for outside the pod pool to T0.
+                    if g.kind == GatewayKind::T1
+                        && snat_addr.is_none()
+                        && !g.no_snat.iter().any(|n| n.contains(dst))
+                    {
+                        snat_addr = g.egress_ip;
+                    }
+                    facing = match g.kind {
+                        GatewayKind::T1 => g.transit_peer,
+                        GatewayKind::T0 => next_g.transit_ip,
+                    };
+                    gw = next;
+                }
+            }
+        }
+        Walk::Drop(DropReason::NoRoute)
+    }
+
+    /// The T1's address on the segment of `member` (where automap SNAT sources from).
+    fn member_facing_address(&self, t: &Tables, member: Ipv4Addr) -> Option<Ipv4Addr> {
+        let port = t.port(*t.hosts.get(&member)?)?;
+        match port.kind {
+            PortKind::Pod { segment, .. } => t.segment(segment).map(|s| s.gateway_ip),
+            PortKind::Uplink { addr, .. } => Some(addr),
+        }
+    }
+
+    fn choose_backend(
+        &self,
+        t: &Tables,
+        svc: usize,
+        key: &FlowKey,
+        pin: Pin,
+    ) -> Option<(usize, Backend)> {
+        let service = t.services.get(svc)?;
+        if let Some((ip, port)) = pin.backend {
+            let b = Backend { ip, port };
+            return service.backend_index(b).map(|i| (i, b));
+        }
+        let conn_hash = self.conntrack.hash_key(key);
+        let client_hash = self.conntrack.hash_key(&FlowKey {
+            protocol: 0,
+            src: key.src,
+            dst: key.src,
+            src_port: 0,
+            dst_port: 0,
+        });
+        let index = service.pick(conn_hash, client_hash)?;
+        service.backends.get(index).map(|&b| (index, b))
+    }
+
+    /// The DFW's say on a new flow: the source zone's egress rules, then the destination zone's
+    /// ingress rules; the first matching rule of each counts. `None`: no rule matched (allowed).
+    fn dfw_verdict(
+        &self,
+        t: &Tables,
+        port: &Port,
+        key: &FlowKey,
+        path: &Path,
+    ) -> Option<RuleAction> {
+        let (dst, dst_port) = path.dnat.unwrap_or((key.dst, key.dst_port));
+        let src = path.snat_addr.unwrap_or(key.src);
+        let mut verdict = None;
+        if let PortKind::Pod { zone, .. } = port.kind {
+            let q = DfwQuery {
+                src: key.src,
+                dst: key.dst,
+                original_dst: key.dst,
+                protocol: key.protocol,
+                dst_port: key.dst_port,
+            };
+            if let Some(rule) = t.dfw.evaluate(zone, Direction::Out, &q) {
+                t.rule_counters.hit(rule.counter);
+                if rule.action != RuleAction::Allow {
+                    return Some(rule.action);
+                }
+                verdict = Some(RuleAction::Allow);
+            }
+        }
+        if let Some(PortKind::Pod { zone, .. }) = t.port(path.out_port).map(|p| &p.kind) {
+            let q = DfwQuery {
+                src,
+                dst,
+                original_dst: key.dst,
+                protocol: key.protocol,
+                dst_port,
+            };
+            if let Some(rule) = t.dfw.evaluate(*zone, Direction::In, &q) {
+                t.rule_counters.hit(rule.counter);
+                return Some(rule.action);
+            }
+        }
+        verdict
+    }
+
+    /// Creates the connection entry for a new flow, allocating the SNAT port, and returns the
+    /// action for the first packet.
+    fn create(
+        &self,
+        t: &Tables,
+        now: u64,
+        in_port: PortId,
+        key: &FlowKey,
+        tcp_flags: u8,
+        path: &Path,
+    ) -> Result<FlowAction, DropReason> {
+        let (dst, dst_port) = path.dnat.unwrap_or((key.dst, key.dst_port));
+        let icmp = key.protocol == PROTO_ICMP;
+        let attempts: u32 = if path.snat_addr.is_some() { 64 } else { 1 };
+        let seed = self.conntrack.hash_key(key);
+        for attempt in 0..attempts {
+            let snat = path
+                .snat_addr
+                .map(|addr| (addr, nat_port(key, seed, attempt)));
+            let (src, src_port) = snat.unwrap_or((key.src, key.src_port));
+            let reply = if icmp {
+                FlowKey {
+                    protocol: PROTO_ICMP,
+                    src: dst,
+                    dst: src,
+                    src_port,
+                    dst_port: 0,
+                }
+            } else {
+                FlowKey {
+                    protocol: key.protocol,
+                    src: dst,
+                    dst: src,
+                    src_port: dst_port,
+                    dst_port: src_port,
+                }
+            };
+            let original_action = FlowAction {
+                out_port: path.out_port,
+                routed: path.routed,
+                ttl_dec: path.hops,
+                snat,
+                dnat: path.dnat,
+            };
+            let reply_action = FlowAction {
+                out_port: in_port,
+                routed: path.routed,
+                ttl_dec: path.hops,
+                snat: path.dnat.map(|_| (key.dst, key.dst_port)),
+                dnat: snat.map(|_| (key.src, key.src_port)),
+            };
+            let mut conn = Conn::new(*key, reply, in_port, [original_action, reply_action]);
+            conn.lb = path.lb;
+            match self.conntrack.insert(conn, t.generation, tcp_flags, now) {
+                Ok((conn, Tracked::Pass { action, .. })) => {
+                    if let Some(lb) = conn.lb {
+                        if let Some(active) = t
+                            .services
+                            .get(lb.service)
+                            .and_then(|s| s.active.get(lb.backend))
+                        {
+                            active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                    return Ok(action);
+                }
+                Ok((_, Tracked::Invalid)) => return Err(DropReason::ConntrackInvalid),
+                Err(InsertError::ReplyTaken) => continue,
+                Err(InsertError::Full) => return Err(DropReason::ConntrackFull),
+            }
+        }
+        Err(if path.snat_addr.is_some() {
+            DropReason::NatExhausted
+        } else {
+            DropReason::ConntrackInvalid
+        })
+    }
+
+    /// Re-checks a connection against tables of a newer generation: the route may have moved,
+    /// the DFW may now deny it, its backend may be gone. NAT bindings are kept. `None`: the
+    /// connection must end.
+    fn revalidate(&self, t: &Tables, conn: &Conn) -> Option<[FlowAction; 2]> {
+        let old: ConnMut = *conn.state.lock();
+        let [orig, reply] = old.actions;
+        let pin = Pin {
+            backend: conn.lb.and(orig.dnat),
+        };
+        let Walk::Deliver(path) = self.walk(t, conn.in_port, &conn.original, u8::MAX, pin) else {
+            return None;
+        };
+        if path.dnat != orig.dnat {
+            return None;
+        }
+        let port = t.port(conn.in_port)?;
+        if let Some(action) = self.dfw_verdict(t, port, &conn.original, &path) {
+            if action != RuleAction::Allow {
+                return None;
+            }
+        }
+        let actions = [
+            FlowAction {
+                out_port: path.out_port,
+                routed: path.routed,
+                ttl_dec: path.hops,
+                ..orig
+            },
+            FlowAction {
+                out_port: conn.in_port,
+                routed: path.routed,
+                ttl_dec: path.hops,
+                ..reply
+            },
+        ];
+        self.conntrack.refresh(conn, actions, t.generation);
+        Some(actions)
+    }
+
+    /// Answers what the walk could not deliver: echo replies, ICMP errors, TCP resets.
+    #[allow(clippy::too_many_arguments)]
+    fn answer_walk(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        port: &Port,
+        parsed: &ParsedFrame,
+        ip: &Ipv4Info,
+        pkt: &mut PacketBuf,
+        walk: Walk,
+    ) -> Verdict {
+        match walk {
+            Walk::Deliver(_) => Verdict::Drop(DropReason::NoRoute),
+            Walk::Drop(reason) => Verdict::Drop(reason),
+            Walk::TtlExceeded { from } => {
+                self.icmp_error(t, ctx, port, parsed, ip, pkt, from, icmp::TIME_EXCEEDED, 0);
+                Verdict::Drop(DropReason::TtlExceeded)
+            }
+            Walk::Unreachable { from, code } => {
+                self.icmp_error(
+                    t,
+                    ctx,
+                    port,
+                    parsed,
+                    ip,
+                    pkt,
+                    from,
+                    icmp::DEST_UNREACHABLE,
+                    code,
+                );
+                Verdict::Drop(DropReason::NoRoute)
+            }
+            Walk::NoBackend { frontend } => {
+                // Refuse at once, as kube-proxy's REJECT does: RST for TCP, port unreachable
+                // otherwise, from the frontend's address.
+                self.refuse(t, ctx, port, parsed, ip, pkt, frontend);
+                Verdict::Drop(DropReason::NoBackend)
+            }
+            Walk::Local { addr, owned, hops } => {
+                if owned {
+                    if let L4::IcmpEcho {
+                        icmp_type: icmp::ECHO_REQUEST,
+                        ..
+                    } = ip.l4
+                    {
+                        let frame = pkt.frame_mut();
+                        if let Some(n) = build::make_echo_reply_in_place(frame, ip, t.router_mac) {
+                            if hops > 1 {
+                                if let Ok(parsed) = parse_frame(&frame[..n]) {
+                                    if let L3::Ipv4(reply_ip) = parsed.l3 {
+                                        rewrite::decrement_ttl(frame, &reply_ip, hops - 1);
+                                    }
+                                }
+                            }
+                            // An echo reply leaves with a plain header: no offloads pending.
+                            pkt.buf[..VNET_HDR_LEN].fill(0);
+                            pkt.len = VNET_HDR_LEN + n;
+                            rewrite::set_macs(pkt.frame_mut(), t.router_mac, parsed.src_mac);
+                            ctx.tx.push(Tx {
+                                port: port.id,
+                                source: TxSource::Packet,
+                            });
+                            return Verdict::Reply;
+                        }
+                        return Verdict::Drop(DropReason::Malformed);
+                    }
+                }
+                if matches!(
+                    ip.l4,
+                    L4::IcmpEcho { .. } | L4::IcmpOther { .. } | L4::IcmpError { .. }
+                ) {
+                    return Verdict::Consumed;
+                }
+                self.refuse(t, ctx, port, parsed, ip, pkt, addr);
+                Verdict::Consumed
+            }
+        }
+    }
+
+    /// TCP RST (from `from`) or ICMP port unreachable, to the sender of the packet.
+    #[allow(clippy::too_many_arguments)]
+    fn refuse(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        port: &Port,
+        parsed: &ParsedFrame,
+        ip: &Ipv4Info,
+        pkt: &PacketBuf,
+        from: Ipv4Addr,
+    ) {
+        if let L4::Tcp { flags, .. } = ip.l4 {
+            if flags & crate::conntrack::TCP_RST != 0 {
+                return;
+            }
+            let scratch = &mut ctx.scratch;
+            scratch.buf[..VNET_HDR_LEN].fill(0);
+            let built = build::build_tcp_rst(
+                &mut scratch.buf[VNET_HDR_LEN..],
+                t.router_mac,
+                parsed.src_mac,
+                pkt.frame(),
+                ip,
+            );
+            if let Some(n) = built {
+                scratch.len = VNET_HDR_LEN + n;
+                ctx.tx.push(Tx {
+                    port: port.id,
+                    source: TxSource::Scratch,
+                });
+            }
+        } else {
+            self.icmp_error(
+                t,
+                ctx,
+                port,
+                parsed,
+                ip,
+                pkt,
+                from,
+                icmp::DEST_UNREACHABLE,
+                icmp::PORT_UNREACHABLE,
+            );
+        }
+    }
+
+    /// Builds an ICMP error about the received packet, from `from`, back out of the ingress port.
+    /// Never about an ICMP error (RFC 1122 section 3.2.2).
+    #[allow(clippy::too_many_arguments)]
+    fn icmp_error(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        port: &Port,
+        parsed: &ParsedFrame,
+        ip: &Ipv4Info,
+        pkt: &PacketBuf,
+        from: Ipv4Addr,
+        icmp_type: u8,
+        code: u8,
+    ) {
+        if matches!(ip.l4, L4::IcmpError { .. }) {
+            return;
+        }
+        let frame = pkt.frame();
+        let end = (ip.offset + ip.total_len).min(frame.len());
+        let Some(original) = frame.get(ip.offset..end) else {
+            return;
+        };
+        let scratch = &mut ctx.scratch;
+        scratch.buf[..VNET_HDR_LEN].fill(0);
+        let out = &mut scratch.buf[VNET_HDR_LEN..];
+        if let Some(n) = build::build_icmp_error(
+            out,
+            t.router_mac,
+            parsed.src_mac,
+            from,
+            icmp_type,
+            code,
+            0,
+            original,
+        ) {
+            scratch.len = VNET_HDR_LEN + n;
+            ctx.tx.push(Tx {
+                port: port.id,
+                source: TxSource::Scratch,
+            });
+        }
+    }
+
+    /// An ICMP error arrived. If it concerns a tracked connection it follows that connection
+    /// (outer and inner headers translated back); otherwise it is routed like any new packet.
+    #[allow(clippy::too_many_arguments)]
+    fn related_icmp_error(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        now: u64,
+        port: &Port,
+        ip: &Ipv4Info,
+        inner: &InnerPacket,
+        pkt: &mut PacketBuf,
+    ) -> Verdict {
+        let inner_key = if inner.protocol == PROTO_ICMP {
+            FlowKey {
+                protocol: PROTO_ICMP,
+                src: inner.src,
+                dst: inner.dst,
+                src_port: inner.src_port,
+                dst_port: 0,
+            }
+        } else {
+            FlowKey {
+                protocol: inner.protocol,
+                src: inner.src,
+                dst: inner.dst,
+                src_port: inner.src_port,
+                dst_port: inner.dst_port,
+            }
+        };
+        // The quoted packet travelled the other way: its reverse is a key of the connection.
+        if let Some((conn, dir)) = self.conntrack.get(&inner_key.reversed()) {
+            let action = conn.state.lock().actions[dir as usize];
+            let Some(out) = t.port(action.out_port) else {
+                return Verdict::Drop(DropReason::NoRoute);
+            };
+            let frame = pkt.frame_mut();
+            if action.routed && ip.ttl > action.ttl_dec && action.ttl_dec > 0 {
+                rewrite::decrement_ttl(frame, ip, action.ttl_dec);
+            }
+            // The error's source is the remote end itself when it reports on its own behalf.
+            if let Some((addr, _)) = action.snat {
+                if ip.src == inner.dst {
+                    rewrite::rewrite_src(frame, ip, addr, 0, false);
+                }
+            }
+            if let Some((addr, _)) = action.dnat {
+                rewrite::rewrite_dst(frame, ip, addr, 0, false);
+            }
+            rewrite::rewrite_icmp_error_inner(frame, ip, inner, action.dnat, action.snat);
+            if action.routed {
+                rewrite::set_macs(frame, t.router_mac, out.peer_mac);
+            }
+            ctx.tx.push(Tx {
+                port: action.out_port,
+                source: TxSource::Packet,
+            });
+            return Verdict::Forward;
+        }
+        let key = FlowKey {
+            protocol: PROTO_ICMP,
+            src: ip.src,
+            dst: ip.dst,
+            src_port: 0,
+            dst_port: 0,
+        };
+        let Walk::Deliver(path) = self.walk(t, port.id, &key, ip.ttl, Pin::default()) else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        if self
+            .dfw_verdict(t, port, &key, &path)
+            .is_some_and(|a| a != RuleAction::Allow)
+        {
+            return Verdict::Drop(DropReason::DfwDeny);
+        }
+        let _ = now;
+        let action = FlowAction {
+            out_port: path.out_port,
+            routed: path.routed,
+            ttl_dec: path.hops,
+            snat: None,
+            dnat: None,
+        };
+        if ip.ttl <= action.ttl_dec {
+            return Verdict::Drop(DropReason::TtlExceeded);
+        }
+        self.transmit(t, ctx, ip, &action, pkt)
     }
 
     /// Expires idle state (connections) at `now`. Called periodically by a worker.
     pub fn expire(&self, now: u64) {
-        let _ = now;
+        self.conntrack.expire(now);
     }
 }
+
+enum FlowOf {
+    Key(FlowKey, u8),
+    IcmpError(InnerPacket),
+}
+
+/// The connection key of a packet and its TCP flags (0 for other protocols).
+fn flow_key(ip: &Ipv4Info) -> FlowOf {
+    let key = |src_port, dst_port| FlowKey {
+        protocol: ip.protocol,
+        src: ip.src,
+        dst: ip.dst,
+        src_port,
+        dst_port,
+    };
+    match ip.l4 {
+        L4::Tcp {
+            src_port,
+            dst_port,
+            flags,
+            ..
+        } => FlowOf::Key(key(src_port, dst_port), flags),
+        L4::Udp { src_port, dst_port } => FlowOf::Key(key(src_port, dst_port), 0),
+        L4::IcmpEcho { ident, .. } => FlowOf::Key(key(ident, 0), 0),
+        L4::IcmpError { inner, .. } if inner.has_ports => FlowOf::IcmpError(inner),
+        L4::IcmpError { .. } | L4::IcmpOther { .. } | L4::Other => FlowOf::Key(key(0, 0), 0),
+    }
+}
+
+/// The NAT port to try at `attempt`: the client's own port first (most connections keep their
+/// port), then a hash-driven sequence over the ephemeral range (ICMP: every identifier).
+fn nat_port(key: &FlowKey, seed: u64, attempt: u32) -> u16 {
+    if attempt == 0 {
+        return key.src_port;
+    }
+    let (lo, span) = if key.protocol == PROTO_ICMP {
+        (0u64, 65536u64)
+    } else {
+        (1024u64, 65536 - 1024)
+    };
+    let step = seed.rotate_left(17) | 1;
+    (lo + (seed.wrapping_add(u64::from(attempt).wrapping_mul(step)) % span)) as u16
+}
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;

@@ -1,0 +1,984 @@
+//! The `pacific` command line: a kubectl-like front end to the control socket, the daemon, the
+//! lab and the test server.
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde_json::{json, Value};
+
+use crate::client::{self, CallError};
+use crate::daemon::{record_path_for, Daemon, DaemonConfig};
+use crate::lab::record::{teardown, LabRecord};
+use crate::netexec::{self, NetexecConfig};
+
+/// The seed lab, applied by `pacific lab up` when no file is given.
+pub const SEED_LAB: &str = include_str!("seed-lab.yaml");
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "pacific",
+    version,
+    about = "Pacific: NSX-T style T1/T0 networking, DFW, SNAT and load balancing for network namespaces, in userspace"
+)]
+struct Cli {
+    /// The daemon's control socket.
+    #[arg(
+        long,
+        global = true,
+        env = "PACIFIC_SOCKET",
+        default_value = "/run/pacific/pacific.sock"
+    )]
+    socket: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run the dataplane and the control socket (as root).
+    Daemon(DaemonArgs),
+    /// Build or remove the lab: a daemon, the seed lab's namespaces, pods and outside hosts.
+    Lab {
+        #[command(subcommand)]
+        action: LabCmd,
+    },
+    /// List objects: namespaces, pods, segments, routes, ports, svc, dfw, nat, outside, deployments, tkc.
+    Get(GetArgs),
+    /// Create or update objects from YAML manifests (Kubernetes and Pacific kinds).
+    Apply(ApplyArgs),
+    /// Delete the objects named in YAML manifests.
+    Delete(ApplyArgs),
+    /// Run a command inside a pod's namespace (NS/POD) or an outside host's (ext/HOST).
+    Exec {
+        target: String,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Pacific's test server: HTTP (/, /hostname, /clientip, /echo?msg=) and UDP echo.
+    Netexec {
+        #[arg(long = "http")]
+        http: Vec<u16>,
+        #[arg(long = "udp")]
+        udp: Vec<u16>,
+        /// The name it answers /hostname with (default: the host name).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Send one raw JSON-RPC call and print the result (for scripts).
+    Rpc {
+        method: String,
+        /// The params object, as JSON.
+        #[arg(default_value = "{}")]
+        params: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct DaemonArgs {
+    /// Worker threads (and TAP queues per port).
+    #[arg(long, default_value_t = default_workers())]
+    workers: usize,
+    /// Prefix of every namespace the daemon creates.
+    #[arg(long, env = "PACIFIC_PREFIX", default_value = "pac")]
+    prefix: String,
+    /// Set by `pacific lab up` when it starts the daemon.
+    #[arg(long, hide = true)]
+    started_by_lab: bool,
+}
+
+fn default_workers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4)
+}
+
+#[derive(Subcommand, Debug)]
+enum LabCmd {
+    /// Start a daemon if none answers, apply the lab (the embedded seed lab without FILE), print a summary.
+    Up {
+        file: Option<PathBuf>,
+        #[arg(long, default_value_t = default_workers())]
+        workers: usize,
+        #[arg(long, env = "PACIFIC_PREFIX", default_value = "pac")]
+        prefix: String,
+    },
+    /// Remove everything the lab created: namespaces, TAPs, processes, the daemon it started.
+    Down {
+        #[arg(long, env = "PACIFIC_PREFIX", default_value = "pac")]
+        prefix: String,
+    },
+    /// Print the embedded seed lab.
+    Show,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum, PartialEq, Eq)]
+enum Output {
+    Wide,
+    Json,
+}
+
+#[derive(Args, Debug)]
+struct GetArgs {
+    kind: String,
+    name: Option<String>,
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// All namespaces (the default when -n is not given).
+    #[arg(short = 'A', long)]
+    all_namespaces: bool,
+    #[arg(short = 'o', long)]
+    output: Option<Output>,
+}
+
+#[derive(Args, Debug)]
+struct ApplyArgs {
+    /// The manifest file, or - for standard input.
+    #[arg(short = 'f', long)]
+    filename: PathBuf,
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// Apply inside this TKG cluster (of the namespace given with -n).
+    #[arg(long)]
+    cluster: Option<String>,
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("error: {message}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode, String> {
+    let socket = cli.socket;
+    match cli.command {
+        Cmd::Daemon(args) => run_daemon(&socket, args.workers, &args.prefix, args.started_by_lab),
+        Cmd::Lab {
+            action:
+                LabCmd::Up {
+                    file,
+                    workers,
+                    prefix,
+                },
+        } => lab_up(&socket, file.as_deref(), workers, &prefix),
+        Cmd::Lab {
+            action: LabCmd::Down { prefix },
+        } => lab_down(&socket, &prefix),
+        Cmd::Lab {
+            action: LabCmd::Show,
+        } => {
+            print!("{SEED_LAB}");
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Get(args) => get(&socket, &args),
+        Cmd::Apply(args) => apply(&socket, &args, "apply"),
+        Cmd::Delete(args) => apply(&socket, &args, "delete"),
+        Cmd::Exec { target, command } => exec(&socket, &target, &command),
+        Cmd::Netexec { http, udp, name } => {
+            let name = name
+                .or_else(|| {
+                    std::fs::read_to_string("/proc/sys/kernel/hostname")
+                        .ok()
+                        .map(|s| s.trim().to_string())
+                })
+                .unwrap_or_default();
+            let message = std::env::var("MESSAGE").ok();
+            netexec::run(&NetexecConfig {
+                http_ports: http,
+                udp_ports: udp,
+                name,
+                message,
+            })
+            .map_err(|e| e.to_string())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Rpc { method, params } => {
+            let params: Value =
+                serde_json::from_str(&params).map_err(|e| format!("params are not JSON: {e}"))?;
+            let result = call(&socket, &method, params)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&result).unwrap_or_default()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn call(socket: &Path, method: &str, params: Value) -> Result<Value, String> {
+    client::call(socket, method, params).map_err(|e| match e {
+        CallError::Rpc {
+            message,
+            data: Some(data),
+            ..
+        } => {
+            let mut m = message;
+            if let Some(doc) = data.get("document").and_then(Value::as_u64) {
+                if !m.contains("document") {
+                    m = format!("document {doc}: {m}");
+                }
+            }
+            m
+        }
+        other => other.to_string(),
+    })
+}
+
+fn run_daemon(
+    socket: &Path,
+    workers: usize,
+    prefix: &str,
+    started_by_lab: bool,
+) -> Result<ExitCode, String> {
+    let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
+    let config = DaemonConfig {
+        socket: socket.to_path_buf(),
+        workers,
+        prefix: prefix.to_string(),
+        started_by_lab,
+        exe,
+    };
+    let daemon = Daemon::start(config)?;
+    install_signal_handlers(Arc::clone(&daemon))?;
+    let served = daemon.serve();
+    eprintln!("pacific: stopping");
+    daemon.stop();
+    served?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn install_signal_handlers(daemon: Arc<Daemon>) -> Result<(), String> {
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    std::thread::Builder::new()
+        .name("pacific-signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                daemon.request_shutdown();
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+fn lab_up(
+    socket: &Path,
+    file: Option<&Path>,
+    workers: usize,
+    prefix: &str,
+) -> Result<ExitCode, String> {
+    let manifest = match file {
+        Some(f) => read_manifest(f)?,
+        None => SEED_LAB.to_string(),
+    };
+    if !client::daemon_answers(socket) {
+        start_daemon(socket, workers, prefix)?;
+    }
+    let result = call(socket, "apply", json!({ "manifest": manifest }))?;
+    print_apply(&result);
+    print_summary(socket)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts `pacific daemon` in the background, detached, logging beside the socket, and waits
+/// for it to answer.
+fn start_daemon(socket: &Path, workers: usize, prefix: &str) -> Result<(), String> {
+    let dir = socket.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let log_path = dir.join("pacific-daemon.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)
+        .map_err(|e| format!("cannot open {}: {e}", log_path.display()))?;
+    let err = log.try_clone().map_err(|e| e.to_string())?;
+    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    use std::os::unix::process::CommandExt;
+    let mut child = Command::new(exe)
+        .arg("--socket")
+        .arg(socket)
+        .args([
+            "daemon",
+            "--workers",
+            &workers.to_string(),
+            "--prefix",
+            prefix,
+            "--started-by-lab",
+        ])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(err)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| format!("cannot start the daemon: {e}"))?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        if client::daemon_answers(socket) {
+            // The daemon outlives us; a thread would only wait for it in vain.
+            std::mem::forget(child);
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let tail: Vec<&str> = tail.lines().rev().take(5).collect();
+            return Err(format!(
+                "the daemon exited ({status}) before answering; its log {} ends with:\n{}",
+                log_path.display(),
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Err(format!(
+        "the daemon did not answer on {} within 30 s (log: {})",
+        socket.display(),
+        log_path.display()
+    ))
+}
+
+fn lab_down(socket: &Path, prefix: &str) -> Result<ExitCode, String> {
+    let record_path = record_path_for(socket);
+    let record = LabRecord::load(&record_path).ok().flatten();
+    let prefix = record.as_ref().map_or(prefix.to_string(), |r| {
+        if r.prefix.is_empty() {
+            prefix.to_string()
+        } else {
+            r.prefix.clone()
+        }
+    });
+    if let Ok(status) = client::call(socket, "daemon.status", json!({})) {
+        let ours = status
+            .get("started_by_lab")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        if ours {
+            let pid = status.get("pid").and_then(Value::as_u64).unwrap_or(0) as u32;
+            let _ = client::call(socket, "daemon.shutdown", json!({}));
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while crate::lab::netns::pid_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        } else {
+            let _ = client::call(socket, "lab.reset", json!({}));
+        }
+    }
+    let summary = teardown(&record_path, &prefix).map_err(|e| e.to_string())?;
+    if !client::daemon_answers(socket) {
+        let _ = std::fs::remove_file(socket);
+    }
+    println!("lab down: {summary}");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_manifest(path: &Path) -> Result<String, String> {
+    if path == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("cannot read standard input: {e}"))?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+    }
+}
+
+fn apply(socket: &Path, args: &ApplyArgs, method: &str) -> Result<ExitCode, String> {
+    let manifest = read_manifest(&args.filename)?;
+    let mut params = json!({ "manifest": manifest });
+    if let Some(ns) = &args.namespace {
+        params["namespace"] = json!(ns);
+    }
+    if let Some(c) = &args.cluster {
+        params["cluster"] = json!(c);
+    }
+    let result = call(socket, method, params)?;
+    print_apply(&result);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_apply(result: &Value) {
+    for line in result
+        .get("results")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        println!("{}", line.as_str().unwrap_or_default());
+    }
+    for w in result
+        .get("warnings")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        eprintln!("warning: {}", w.as_str().unwrap_or_default());
+    }
+}
+
+fn exec(socket: &Path, target: &str, command: &[String]) -> Result<ExitCode, String> {
+    let resolved = call(socket, "exec.resolve", json!({ "target": target }))?;
+    let netns = resolved
+        .get("netns")
+        .and_then(Value::as_str)
+        .ok_or("the daemon named no namespace")?;
+    let status = Command::new("ip")
+        .args(["netns", "exec", netns])
+        .args(command)
+        .status()
+        .map_err(|e| format!("cannot run ip netns exec: {e}"))?;
+    Ok(match status.code() {
+        Some(code) => ExitCode::from(code.clamp(0, 255) as u8),
+        None => ExitCode::from(128 + 9),
+    })
+}
+
+fn print_summary(socket: &Path) -> Result<(), String> {
+    let pods = call(socket, "pods.list", json!({}))?;
+    let namespaces = call(socket, "namespaces.list", json!({}))?;
+    let outside = call(socket, "outside.list", json!({}))?;
+    let services = call(socket, "services.list", json!({}))?;
+    println!();
+    println!("Namespaces (T1 gateway, segment, egress IP):");
+    for ns in rows(&namespaces) {
+        println!(
+            "  {:<12} {:<16} gateway {:<15} egress {}",
+            s(&ns["name"]),
+            s(&ns["subnet"]),
+            s(&ns["gateway"]),
+            s(&ns["egress_ip"])
+        );
+    }
+    println!("Pods:");
+    for p in rows(&pods) {
+        println!(
+            "  {:<48} {}",
+            format!("{}/{}", s(&p["namespace"]), s(&p["name"])),
+            s(&p["ip"])
+        );
+    }
+    println!("Services with VIPs:");
+    for svc in rows(&services).filter(|v| !v["external_ip"].is_null()) {
+        println!(
+            "  {:<48} {} -> VIP {}",
+            format!("{}/{}", s(&svc["namespace"]), s(&svc["name"])),
+            s(&svc["cluster_ip"]),
+            s(&svc["external_ip"])
+        );
+    }
+    println!("Outside hosts (behind the upstream router, 203.0.113.1):");
+    for h in rows(&outside) {
+        println!("  ext/{:<12} {}", s(&h["name"]), s(&h["address"]));
+    }
+    println!();
+    println!("Try:");
+    println!("  pacific exec ns-dev/wordpress -- ping -c1 172.211.0.19");
+    println!("  pacific exec ext/hop -- curl -s http://172.80.88.5/");
+    println!("  pacific exec ns-dev/wordpress -- traceroute -n 198.51.100.100");
+    Ok(())
+}
+
+fn rows(v: &Value) -> impl Iterator<Item = &Value> {
+    v.get("items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+}
+
+/// A JSON value as table text: strings bare, null as `<none>`.
+fn s(v: &Value) -> String {
+    match v {
+        Value::Null => "<none>".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// `kubectl`'s AGE: 45s, 12m, 5h, 3d.
+pub fn age(created: u64, now: u64) -> String {
+    let d = now.saturating_sub(created);
+    match d {
+        0..=119 => format!("{d}s"),
+        120..=7199 => format!("{}m", d / 60),
+        7200..=172_799 => format!("{}h", d / 3600),
+        _ => format!("{}d", d / 86400),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Prints rows as a kubectl-style table: upper-case headers, columns padded, three spaces apart.
+pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (i, cell) in row.iter().enumerate() {
+            if i < widths.len() {
+                widths[i] = widths[i].max(cell.len());
+            }
+        }
+    }
+    let mut out = String::new();
+    let line = |cells: Vec<&str>, out: &mut String| {
+        let last = cells.len().saturating_sub(1);
+        for (i, cell) in cells.iter().enumerate() {
+            if i == last {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{:<w$}   ", cell, w = widths[i]));
+            }
+        }
+        out.push('\n');
+    };
+    line(headers.to_vec(), &mut out);
+    for row in rows {
+        line(row.iter().map(String::as_str).collect(), &mut out);
+    }
+    out
+}
+
+fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
+    let kind = args.kind.to_ascii_lowercase();
+    let method = match kind.as_str() {
+        "namespaces" | "namespace" | "ns" => "namespaces.list",
+        "pods" | "pod" | "po" => "pods.list",
+        "segments" | "segment" | "seg" => "segments.list",
+        "routes" | "route" => "routes.list",
+        "ports" | "port" => "ports.list",
+        "services" | "service" | "svc" => "services.list",
+        "dfw" | "rules" | "firewall" => "dfw.list",
+        "nat" => "nat.list",
+        "outside" | "ext" | "hosts" => "outside.list",
+        "deployments" | "deployment" | "deploy" => "deployments.list",
+        "tkc" | "tanzukubernetesclusters" | "tanzukubernetescluster" => "tkc.list",
+        other => {
+            return Err(format!(
+                "unknown kind {other:?}: expected namespaces, pods, segments, routes, ports, svc, dfw, nat, outside, deployments or tkc"
+            ))
+        }
+    };
+    let mut params = json!({});
+    let takes_name = !matches!(
+        method,
+        "routes.list" | "ports.list" | "dfw.list" | "nat.list" | "outside.list"
+    );
+    if let Some(ns) = &args.namespace {
+        if method != "ports.list" && method != "outside.list" {
+            params["namespace"] = json!(ns);
+        }
+    }
+    if let Some(name) = &args.name {
+        if !takes_name {
+            return Err(format!("`pacific get {kind}` takes no NAME"));
+        }
+        params["name"] = json!(name);
+    }
+    let result = call(socket, method, params)?;
+    if args.output == Some(Output::Json) {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&result).unwrap_or_default()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    let wide = args.output == Some(Output::Wide);
+    let now = now();
+    let items: Vec<&Value> = rows(&result).collect();
+    if items.is_empty() && method != "routes.list" {
+        match &args.namespace {
+            Some(ns) => eprintln!("No resources found in {ns} namespace."),
+            None => eprintln!("No resources found"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let with_ns = args.namespace.is_none();
+    let ag = |v: &Value| age(v["created"].as_u64().unwrap_or(now), now);
+    let out = match method {
+        "namespaces.list" => {
+            let mut h = vec!["NAME", "STATUS", "AGE"];
+            if wide {
+                h.extend(["SEGMENT", "SUBNET", "GATEWAY", "T1", "EGRESS-IP"]);
+            }
+            let r: Vec<Vec<String>> = items
+                .iter()
+                .map(|v| {
+                    let mut row = vec![s(&v["name"]), s(&v["status"]), ag(v)];
+                    if wide {
+                        row.extend([
+                            s(&v["segment"]),
+                            s(&v["subnet"]),
+                            s(&v["gateway"]),
+                            s(&v["t1"]),
+                            s(&v["egress_ip"]),
+                        ]);
+                    }
+                    row
+                })
+                .collect();
+            table(&h, &r)
+        }
+        "pods.list" => {
+            let mut h = vec![];
+            if with_ns {
+                h.push("NAMESPACE");
+            }
+            h.extend(["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
+            if wide {
+                h.extend(["IP", "NODE", "PORT", "MAC"]);
+            }
+            let r: Vec<Vec<String>> = items
+                .iter()
+                .map(|v| {
+                    let mut row = vec![];
+                    if with_ns {
+                        row.push(s(&v["namespace"]));
+                    }
+                    row.extend([
+                        s(&v["name"]),
+                        s(&v["ready"]),
+                        s(&v["status"]),
+                        s(&v["restarts"]),
+                        ag(v),
+                    ]);
+                    if wide {
+                        row.extend([s(&v["ip"]), s(&v["node"]), s(&v["port"]), s(&v["mac"])]);
+                    }
+                    row
+                })
+                .collect();
+            table(&h, &r)
+        }
+        "segments.list" => {
+            let h = ["NAME", "NAMESPACE", "SUBNET", "GATEWAY", "T1", "PORTS"];
+            let r: Vec<Vec<String>> = items
+                .iter()
+                .map(|v| {
+                    vec![
+                        s(&v["name"]),
+                        s(&v["namespace"]),
+                        s(&v["subnet"]),
+                        s(&v["gateway"]),
+                        s(&v["t1"]),
+                        s(&v["ports"]),
+                    ]
+                })
+                .collect();
+            table(&h, &r)
+        }
+        "routes.list" => routes_text(&result, now),
+        "ports.list" => {
+            let h = [
+                "NAME",
+                "ID",
+                "KIND",
+                "IP",
+                "RX-PACKETS",
+                "RX-BYTES",
+                "TX-PACKETS",
+                "TX-BYTES",
+                "DROPS",
+            ];
+            let r: Vec<Vec<String>> = items
+                .iter()
+                .map(|v| {
+                    let drops = v["drops"]
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, n)| format!("{k}={n}"))
+                                .collect::<Vec<_>>()
+                                .join(",")
+                        })
+                        .filter(|d| !d.is_empty())
+                        .unwrap_or_else(|| "0".to_string());
+                    vec![
+                        s(&v["name"]),
+                        s(&v["id"]),
+                        s(&v["kind"]),
+                        s(&v["ip"]),
+                        s(&v["rx_packets"]),
+                        s(&v["rx_bytes"]),
+                        s(&v["tx_packets"]),
+                        s(&v["tx_bytes"]),
+                        drops,
+                    ]
+                })
+                .collect();
+            table(&h, &r)
+        }
+        "services.list" => {
+            let mut h = vec![];
+            if with_ns {
+                h.push("NAMESPACE");
+            }
+            h.extend([
+                "NAME",
+                "TYPE",
+                "CLUSTER-IP",
+                "EXTERNAL-IP",
+                "PORT(S)",
+                "AGE",
+            ]);
+            if wide {
+                h.extend(["SELECTOR", "ENDPOINTS"]);
+            }
+            let r: Vec<Vec<String>> = items
+                .iter()
+                .map(|v| {
+                    let mut row = vec![];
+                    if with_ns {
+                        row.push(s(&v["namespace"]));
+                    }
+                    row.extend([
+                        s(&v["name"]),
+                        s(&v["type"]),
+                        s(&v["cluster_ip"]),
+                        s(&v["external_ip"]),
+                        s(&v["ports"]),
+                        ag(v),
+                    ]);
+                    if wide {
+                        let sel = v["selector"]
+                            .as_object()
+                            .map(|m| {
+                                m.iter()
+                                    .map(|(k, x)| format!("{k}={}", s(x)))
+                                    .collect::<Vec<_>>()
+                                    .join(",")
+                            })
+                            .unwrap_or_else(|| "<none>".to_string());
+                        let eps = v["endpoints"]
+                            .as_array()
+                            .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
+                            .filter(|e| !e.is_empty())
+                            .unwrap_or_else(|| "<none>".to_string());
+                        row.extend([sel, eps]);
+                    }
+                    row
+                })
+                .collect();
+            table(&h, &r)
+        }
+        "dfw.list" => {
+            let h = [
+                "PRIORITY",
+                "SECTION",
+                "RULE",
+                "DIRECTION",
+                "SOURCES",
+                "DESTINATIONS",
+                "SERVICES",
+                "APPLIED-TO",
+                "ACTION",
+                "HITS",
+            ];
+            let r: Vec<Vec<String>> = items
+                .iter()
+                .map(|v| {
+                    vec![
+                        s(&v["priority"]),
+                        s(&v["section"]),
+                        s(&v["name"]),
+                        s(&v["direction"]),
+                        s(&v["sources"]),
+                        s(&v["destinations"]),
+                        s(&v["services"]),
+                        s(&v["applied_to"]),
+                        s(&v["action"]),
+                        s(&v["hits"]),
+                    ]
+                })
+                .collect();
+            table(&h, &r)
+        }
+        "nat.list" => {
+            let h = [
+                "NAMESPACE",
+                "PROTO",
+                "ORIGINAL",
+                "TRANSLATED",
+                "TYPE",
+                "STATE",
+                "PACKETS",
+            ];
+            let r: Vec<Vec<String>> = items
+                .iter()
+                .map(|v| {
+                    vec![
+                        s(&v["namespace"]),
+                        s(&v["protocol"]),
+                        s(&v["original"]),
+                        s(&v["translated"]),
+                        s(&v["type"]),
+                        s(&v["state"]),
+                        s(&v["packets"]),
+                    ]
+                })
+                .collect();
+            table(&h, &r)
+        }
+        "outside.list" => {
+            let h = ["NAME", "ADDRESS", "HTTP", "UDP", "AGE"];
+            let r: Vec<Vec<String>> = items
+                .iter()
+                .map(|v| {
+                    vec![
+                        s(&v["name"]),
+                        s(&v["address"]),
+                        s(&v["http_ports"]),
+                        s(&v["udp_ports"]),
+                        ag(v),
+                    ]
+                })
+                .collect();
+            table(&h, &r)
+        }
+        "deployments.list" => {
+            let h = [
+                "NAMESPACE",
+                "NAME",
+                "READY",
+                "UP-TO-DATE",
+                "AVAILABLE",
+                "AGE",
+            ];
+            let r: Vec<Vec<String>> = items
+                .iter()
+                .map(|v| {
+                    vec![
+                        s(&v["namespace"]),
+                        s(&v["name"]),
+                        s(&v["ready"]),
+                        s(&v["up_to_date"]),
+                        s(&v["available"]),
+                        ag(v),
+                    ]
+                })
+                .collect();
+            table(&h, &r)
+        }
+        _ => {
+            let h = [
+                "NAMESPACE",
+                "NAME",
+                "CONTROL PLANE",
+                "WORKER",
+                "SEGMENT",
+                "SUBNET",
+                "AGE",
+            ];
+            let r: Vec<Vec<String>> = items
+                .iter()
+                .map(|v| {
+                    vec![
+                        s(&v["namespace"]),
+                        s(&v["name"]),
+                        s(&v["control_plane"]),
+                        s(&v["workers"]),
+                        s(&v["segment"]),
+                        s(&v["subnet"]),
+                        ag(v),
+                    ]
+                })
+                .collect();
+            table(&h, &r)
+        }
+    };
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A gateway's routing table in the style of the seed's router (FRR's `show ip route`), with
+/// NSX's codes for routes a T1 advertised to T0.
+fn routes_text(result: &Value, now: u64) -> String {
+    let uptime = {
+        let d = now.saturating_sub(result["created"].as_u64().unwrap_or(now));
+        format!("{:02}:{:02}:{:02}", d / 3600, (d / 60) % 60, d % 60)
+    };
+    let mut out = format!(
+        "Gateway {}\nCodes: C - connected, S - static, t1c - Tier1-connected, t1l - Tier1-LB VIP,\n       t1n - Tier1-NAT, > - selected route, * - FIB route\n\n",
+        s(&result["gateway"])
+    );
+    for r in rows(result) {
+        let code = s(&r["code"]);
+        let prefix = s(&r["prefix"]);
+        let intf = s(&r["interface"]);
+        if r["local"].as_bool() == Some(true) {
+            out.push_str(&format!("{code}>* {prefix} is local ({intf}), {uptime}\n"));
+        } else if r["connected"].as_bool() == Some(true) {
+            out.push_str(&format!(
+                "{code}>* {prefix} is directly connected, {intf}, {uptime}\n"
+            ));
+        } else {
+            out.push_str(&format!(
+                "{code}>* {prefix} [{}/{}] via {}, {intf}, {uptime}\n",
+                s(&r["distance"]),
+                s(&r["metric"]),
+                s(&r["via"])
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_like_kubectl() {
+        assert_eq!(age(100, 145), "45s");
+        assert_eq!(age(0, 720), "12m");
+        assert_eq!(age(0, 5 * 3600), "5h");
+        assert_eq!(age(0, 3 * 86400), "3d");
+    }
+
+    #[test]
+    fn tables_pad_columns() {
+        let t = table(
+            &["NAME", "IP"],
+            &[vec!["wordpress-1".into(), "172.211.0.18".into()]],
+        );
+        assert_eq!(t, "NAME          IP\nwordpress-1   172.211.0.18\n");
+    }
+
+    #[test]
+    fn cli_parses_the_documented_commands() {
+        Cli::try_parse_from(["pacific", "get", "pods", "-n", "ns-dev", "-o", "wide"]).unwrap();
+        Cli::try_parse_from(["pacific", "apply", "-n", "ns-dev", "-f", "-"]).unwrap();
+        Cli::try_parse_from([
+            "pacific",
+            "exec",
+            "ns-dev/wordpress",
+            "--",
+            "ping",
+            "-c1",
+            "172.211.0.19",
+        ])
+        .unwrap();
+        Cli::try_parse_from(["pacific", "lab", "up"]).unwrap();
+        Cli::try_parse_from([
+            "pacific",
+            "daemon",
+            "--socket",
+            "/tmp/x.sock",
+            "--workers",
+            "2",
+        ])
+        .unwrap();
+        assert!(Cli::try_parse_from(["pacific", "get"]).is_err());
+    }
+}

@@ -1,0 +1,479 @@
+//! The compiler: desired state (`model::State`) to dataplane tables (`tables::Tables`).
+//!
+//! A pure function, so that what the dataplane will do can be read off a unit test without a
+//! kernel. It is where the NSX topology is decided:
+//! - one T0 (gateway 0) with the uplink; one T1 per namespace (gateways 1..), joined to T0 by a
+//!   /31 transit link from 100.64.0.0/16 (NSX's default T0-T1 transit range);
+//! - one segment per namespace and per TKG cluster, its first usable address the T1's gateway;
+//! - T0 learns from every T1 its segments (`t1c`), its LB VIPs (`t1l`) and its egress IP
+//!   (`t1n`), which is what NSX advertises and what the upstream router learns over eBGP;
+//! - the DFW defaults of SEED-LAB.md, one section per namespace.
+//!
+//! Rejected: incremental updates of live tables. A lab has hundreds of objects, a full compile
+//! takes microseconds, and a snapshot is trivially consistent.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use pacific_dataplane::tables::{
+    Backend, Dfw, DfwRule, Direction, FrontendKey, Gateway, GatewayId, GatewayKind, Ipv4Net,
+    LbAlgorithm as DpAlgorithm, LbService, MacAddr, NextHop, Port, PortId, PortKind, Route,
+    RouteOrigin, RouteTable, RuleAction, RuleCounters, Segment, SegmentId, Tables, PROTO_TCP,
+    PROTO_UDP,
+};
+
+use crate::model::objects::{LbAlgorithm, Protocol, ServiceType, State};
+
+/// The router MAC every gateway answers ARP with.
+pub const ROUTER_MAC: MacAddr = MacAddr([0x02, 0xac, 0x00, 0x00, 0x00, 0x01]);
+/// The MAC the lab gives the upstream router's end of the T0 uplink.
+pub const UPLINK_PEER_MAC: MacAddr = MacAddr([0x02, 0xac, 0xcb, 0x00, 0x71, 0x01]);
+/// The T0-T1 transit range (NSX's default `100.64.0.0/16`).
+pub const TRANSIT_BASE: Ipv4Addr = Ipv4Addr::new(100, 64, 0, 0);
+
+/// Who owns a port.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PortOwner {
+    /// A pod (namespace, name).
+    Pod(String, String),
+    /// The T0 uplink.
+    Uplink,
+}
+
+/// Stable DFW counter slots: a rule keeps its slot (and so its hit count) across compiles.
+#[derive(Debug, Default)]
+pub struct RuleSlots {
+    slots: HashMap<String, usize>,
+}
+
+/// How many DFW rules can exist at once (a fixed bank of counters, shared by every snapshot).
+pub const RULE_SLOTS: usize = 1 << 16;
+
+impl RuleSlots {
+    fn slot(&mut self, name: &str) -> usize {
+        let next = self.slots.len();
+        *self.slots.entry(name.to_string()).or_insert(next) % RULE_SLOTS
+    }
+}
+
+/// The T0-side and T1-side addresses of the transit link of the `index`th T1.
+pub fn transit_pair(index: u32) -> (Ipv4Addr, Ipv4Addr) {
+    let base = u32::from(TRANSIT_BASE) + 2 * index;
+    (Ipv4Addr::from(base), Ipv4Addr::from(base + 1))
+}
+
+fn protocol_number(p: Protocol) -> u8 {
+    match p {
+        Protocol::Tcp => PROTO_TCP,
+        Protocol::Udp => PROTO_UDP,
+    }
+}
+
+/// Compiles `state` into tables. `ports` says which pods have a realized port (a pod without
+/// one is left out of the dataplane); `counters` is the shared DFW counter bank.
+pub fn compile(
+    state: &State,
+    ports: &BTreeMap<PortOwner, PortId>,
+    generation: u64,
+    counters: &Arc<RuleCounters>,
+    slots: &mut RuleSlots,
+) -> Tables {
+    let mut t = Tables {
+        generation,
+        router_mac: ROUTER_MAC,
+        rule_counters: Arc::clone(counters),
+        ..Tables::default()
+    };
+    let pools = &state.pools;
+    let uplink_port = ports.get(&PortOwner::Uplink).copied();
+
+    // Gateways: T0 first, then one T1 per namespace, in name order.
+    let t0_id: GatewayId = 0;
+    let mut t0 = Gateway {
+        id: t0_id,
+        name: "t0".to_string(),
+        kind: GatewayKind::T0,
+        routes: RouteTable::default(),
+        transit_ip: state.uplink.t0_addr,
+        transit_peer: state.uplink.peer_addr,
+        egress_ip: None,
+        no_snat: Vec::new(),
+    };
+    t.gateway_addrs.insert(state.uplink.t0_addr, t0_id);
+    if let Some(port) = uplink_port {
+        t.ports_insert(Port {
+            id: port,
+            name: "t0/uplink".to_string(),
+            peer_mac: UPLINK_PEER_MAC,
+            kind: PortKind::Uplink {
+                gateway: t0_id,
+                addr: state.uplink.t0_addr,
+                prefix_len: state.uplink.prefix_len,
+                peer_ip: state.uplink.peer_addr,
+            },
+        });
+        t0.routes.insert(Route {
+            prefix: state.uplink.subnet(),
+            next_hop: NextHop::Uplink(port),
+            origin: RouteOrigin::Connected,
+        });
+        t0.routes.insert(Route {
+            prefix: any(),
+            next_hop: NextHop::Uplink(port),
+            origin: RouteOrigin::Static,
+        });
+    }
+    t.gateways.push(t0);
+
+    let mut t1_of: BTreeMap<&str, GatewayId> = BTreeMap::new();
+    let mut zone_of: BTreeMap<&str, u32> = BTreeMap::new();
+    for (index, ns) in state.namespaces.values().enumerate() {
+        let id = index as GatewayId + 1;
+        let (t0_side, t1_side) = transit_pair(index as u32);
+        let mut t1 = Gateway {
+            id,
+            name: format!("t1-{}", ns.name),
+            kind: GatewayKind::T1,
+            routes: RouteTable::default(),
+            transit_ip: t1_side,
+            transit_peer: t0_side,
+            egress_ip: Some(ns.egress_ip),
+            no_snat: vec![pools.pods],
+        };
+        t1.routes.insert(Route {
+            prefix: any(),
+            next_hop: NextHop::Gateway(t0_id),
+            origin: RouteOrigin::Static,
+        });
+        // ClusterIPs are handled at the vNIC; one that reaches a T1 has no service behind it
+        // and must not leak to the uplink.
+        t1.routes.insert(Route {
+            prefix: pools.services,
+            next_hop: NextHop::Local,
+            origin: RouteOrigin::Static,
+        });
+        t1.routes.insert(Route {
+            prefix: Ipv4Net::host(ns.egress_ip),
+            next_hop: NextHop::Local,
+            origin: RouteOrigin::Nat,
+        });
+        t.gateway_addrs.insert(t1_side, id);
+        t.gateway_addrs.insert(t0_side, t0_id);
+        t.gateway_addrs.insert(ns.egress_ip, id);
+        let t0 = &mut t.gateways[t0_id as usize];
+        t0.routes.insert(Route {
+            prefix: Ipv4Net::host(t1_side),
+            next_hop: NextHop::Gateway(id),
+            origin: RouteOrigin::Connected,
+        });
+        t0.routes.insert(Route {
+            prefix: Ipv4Net::host(ns.egress_ip),
+            next_hop: NextHop::Gateway(id),
+            origin: RouteOrigin::Nat,
+        });
+        t.gateways.push(t1);
+        t1_of.insert(&ns.name, id);
+        zone_of.insert(&ns.name, index as u32);
+    }
+
+    // Segments and their pods.
+    let mut segment_of: BTreeMap<&str, SegmentId> = BTreeMap::new();
+    for seg_ref in state.segments() {
+        let (Some(&t1), Some(&zone)) =
+            (t1_of.get(seg_ref.namespace), zone_of.get(seg_ref.namespace))
+        else {
+            continue;
+        };
+        let id = t.segments.len() as SegmentId;
+        let seg = seg_ref.segment;
+        t.segments.push(Segment {
+            id,
+            name: seg.name.clone(),
+            subnet: seg.subnet,
+            gateway_ip: seg.gateway,
+            t1,
+            zone,
+            ports: Vec::new(),
+        });
+        t.gateway_addrs.insert(seg.gateway, t1);
+        t.gateways[t1 as usize].routes.insert(Route {
+            prefix: seg.subnet,
+            next_hop: NextHop::Segment(id),
+            origin: RouteOrigin::Connected,
+        });
+        t.gateways[t0_id as usize].routes.insert(Route {
+            prefix: seg.subnet,
+            next_hop: NextHop::Gateway(t1),
+            origin: RouteOrigin::T1Connected,
+        });
+        segment_of.insert(&seg.name, id);
+    }
+    for pod in state.pods.values() {
+        let Some(&port) = ports.get(&PortOwner::Pod(pod.namespace.clone(), pod.name.clone()))
+        else {
+            continue;
+        };
+        let (Some(&segment), Some(&zone)) = (
+            segment_of.get(pod.segment.as_str()),
+            zone_of.get(pod.namespace.as_str()),
+        ) else {
+            continue;
+        };
+        t.ports_insert(Port {
+            id: port,
+            name: format!("{}/{}", pod.namespace, pod.name),
+            peer_mac: pod.mac,
+            kind: PortKind::Pod {
+                segment,
+                ip: pod.ip,
+                zone,
+            },
+        });
+        t.segments[segment as usize].ports.push(port);
+        t.hosts.insert(pod.ip, port);
+    }
+
+    // Load balancers: ClusterIPs (DLB, at every vNIC) and VIPs (SLB, on the namespace's T1).
+    for svc in state.services.values() {
+        let key_ns = match &svc.cluster {
+            Some(c) => format!("{}/{}", svc.namespace, c),
+            None => svc.namespace.clone(),
+        };
+        for port in &svc.ports {
+            let protocol = protocol_number(port.protocol);
+            let backends: Vec<Backend> = state
+                .endpoints
+                .iter()
+                .filter(|e| {
+                    e.namespace == key_ns
+                        && e.service == svc.name
+                        && e.port == port.port
+                        && e.protocol == port.protocol
+                })
+                .flat_map(|e| e.endpoints.iter())
+                .filter(|e| e.ready)
+                .map(|e| Backend {
+                    ip: e.ip,
+                    port: e.port,
+                })
+                .collect();
+            let label = format!("{}/{}:{}", key_ns, svc.name, port.port);
+            // A guest cluster's own ClusterIP is invisible to NSX.
+            if let (Some(cip), None) = (svc.cluster_ip, &svc.cluster) {
+                let frontend = Backend {
+                    ip: cip,
+                    port: port.port,
+                };
+                let mut lb = LbService::new(
+                    label.clone(),
+                    protocol,
+                    frontend,
+                    backends.clone(),
+                    DpAlgorithm::ConnectionHash,
+                );
+                lb.client_affinity = svc.session_affinity.is_some();
+                t.cluster_ips.insert(
+                    FrontendKey {
+                        protocol,
+                        ip: cip,
+                        port: port.port,
+                    },
+                    t.services.len(),
+                );
+                t.services.push(lb);
+            }
+            if let (ServiceType::LoadBalancer, Some(vip), Some(&t1)) = (
+                svc.service_type,
+                svc.load_balancer_ip,
+                t1_of.get(svc.namespace.as_str()),
+            ) {
+                let algorithm = match svc.algorithm {
+                    LbAlgorithm::RoundRobin => DpAlgorithm::RoundRobin,
+                    LbAlgorithm::LeastConnections => DpAlgorithm::LeastConnections,
+                    LbAlgorithm::SourceIpHash => DpAlgorithm::SourceIpHash,
+                };
+                let mut lb = LbService::new(
+                    format!("{label} (VIP {vip})"),
+                    protocol,
+                    Backend {
+                        ip: vip,
+                        port: port.port,
+                    },
+                    backends,
+                    algorithm,
+                );
+                lb.client_affinity = svc.session_affinity.is_some();
+                lb.snat_automap = !svc.external_traffic_local;
+                t.vips.insert(
+                    FrontendKey {
+                        protocol,
+                        ip: vip,
+                        port: port.port,
+                    },
+                    t.services.len(),
+                );
+                t.services.push(lb);
+                t.vip_owner.insert(vip, t1);
+                t.gateway_addrs.insert(vip, t1);
+                t.gateways[t1 as usize].routes.insert(Route {
+                    prefix: Ipv4Net::host(vip),
+                    next_hop: NextHop::Local,
+                    origin: RouteOrigin::LbVip,
+                });
+                t.gateways[t0_id as usize].routes.insert(Route {
+                    prefix: Ipv4Net::host(vip),
+                    next_hop: NextHop::Gateway(t1),
+                    origin: RouteOrigin::LbVip,
+                });
+            }
+        }
+    }
+
+    t.dfw = default_dfw(state, &t, &zone_of, slots);
+    t
+}
+
+fn any() -> Ipv4Net {
+    Ipv4Net::new(Ipv4Addr::UNSPECIFIED, 0).unwrap_or(Ipv4Net::host(Ipv4Addr::UNSPECIFIED))
+}
+
+/// The NSX defaults for vSphere Pods (SEED-LAB.md): per namespace, allow in from the ingress pool
+/// (load-balanced traffic, also when the client address is kept), from the T1's own addresses,
+/// from the namespace's own segments and from the supervisor control plane; deny every other
+/// inbound connection; allow everything outbound.
+fn default_dfw(
+    state: &State,
+    t: &Tables,
+    zone_of: &BTreeMap<&str, u32>,
+    slots: &mut RuleSlots,
+) -> Dfw {
+    let zones = state.namespaces.len();
+    let mut dfw = Dfw {
+        rules_in: vec![Vec::new(); zones],
+        rules_out: vec![Vec::new(); zones],
+    };
+    let supervisor: Vec<Ipv4Net> = state
+        .segments()
+        .into_iter()
+        .filter(|s| {
+            state
+                .namespaces
+                .get(s.namespace)
+                .is_some_and(|ns| ns.supervisor)
+        })
+        .map(|s| s.segment.subnet)
+        .collect();
+    for ns in state.namespaces.values() {
+        let Some(&zone) = zone_of.get(ns.name.as_str()) else {
+            continue;
+        };
+        let own: Vec<Ipv4Net> = state
+            .segments()
+            .into_iter()
+            .filter(|s| s.namespace == ns.name)
+            .map(|s| s.segment.subnet)
+            .collect();
+        let t1 = t
+            .gateways
+            .iter()
+            .find(|g| g.name == format!("t1-{}", ns.name));
+        let mut t1_addrs: Vec<Ipv4Net> = own
+            .iter()
+            .filter_map(|net| net.nth(1))
+            .map(Ipv4Net::host)
+            .collect();
+        if let Some(g) = t1 {
+            t1_addrs.push(Ipv4Net::host(g.transit_ip));
+        }
+        let mut rule = |name: &str,
+                        direction,
+                        sources: Vec<Ipv4Net>,
+                        original_destinations: Vec<Ipv4Net>,
+                        action| {
+            let full = format!("{}-{}", ns.name, name);
+            DfwRule {
+                counter: slots.slot(&full),
+                name: full,
+                section: ns.name.clone(),
+                zone,
+                direction,
+                sources,
+                original_destinations,
+                destinations: Vec::new(),
+                protocol: None,
+                dst_ports: None,
+                action,
+            }
+        };
+        let inbound = vec![
+            rule(
+                "allow-ingress-pool",
+                Direction::In,
+                vec![state.pools.ingress],
+                vec![],
+                RuleAction::Allow,
+            ),
+            rule(
+                "allow-lb-vip",
+                Direction::In,
+                vec![],
+                vec![state.pools.ingress],
+                RuleAction::Allow,
+            ),
+            rule(
+                "allow-t1",
+                Direction::In,
+                t1_addrs,
+                vec![],
+                RuleAction::Allow,
+            ),
+            rule(
+                "allow-intra-namespace",
+                Direction::In,
+                own.clone(),
+                vec![],
+                RuleAction::Allow,
+            ),
+            rule(
+                "allow-supervisor",
+                Direction::In,
+                supervisor.clone(),
+                vec![],
+                RuleAction::Allow,
+            ),
+            rule(
+                "default-deny-ingress",
+                Direction::In,
+                vec![],
+                vec![],
+                RuleAction::Drop,
+            ),
+        ];
+        let outbound = vec![rule(
+            "allow-egress",
+            Direction::Out,
+            vec![],
+            vec![],
+            RuleAction::Allow,
+        )];
+        dfw.rules_in[zone as usize] = inbound;
+        dfw.rules_out[zone as usize] = outbound;
+    }
+    dfw
+}
+
+/// Helpers on `Tables` used while building.
+trait PortsInsert {
+    fn ports_insert(&mut self, port: Port);
+}
+
+impl PortsInsert for Tables {
+    fn ports_insert(&mut self, port: Port) {
+        let index = port.id as usize;
+        if self.ports.len() <= index {
+            self.ports.resize(index + 1, None);
+        }
+        self.ports[index] = Some(port);
+    }
+}

@@ -1,0 +1,907 @@
+//! The daemon: owns the desired state, realizes it in network namespaces, compiles it into
+//! tables for the dataplane, and serves the control socket.
+//!
+//! Threads: the dataplane workers (`pacific_dataplane::ports`), one accept thread for the control
+//! socket plus one thread per connected client, one signal thread. Clients never touch packets:
+//! a request takes the control lock, changes the state, realizes it, and publishes a new table
+//! snapshot; the workers pick the snapshot up between packets (DESIGN.md, "Concurrency").
+//!
+//! Realization is the lab half of an apply: a pod is a network namespace `{prefix}-{ns}-{pod}`
+//! whose `eth0` is a TAP the daemon created inside it; pods with container ports run Pacific's
+//! test server (`pacific netexec`) in place of their image. The T0 uplink is a TAP inside the
+//! upstream router's namespace, which also holds the outside hosts. Everything created is written
+//! to the lab record so `pacific lab down` can remove it even after a SIGKILL.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::Ipv4Addr;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use pacific_dataplane::pipeline::Pipeline;
+use pacific_dataplane::ports::Dataplane;
+use pacific_dataplane::tables::{PortId, RuleCounters, Tables};
+use pacific_dataplane::tap::{TapDevice, TapOptions};
+
+use crate::compile::{self, PortOwner, RuleSlots, UPLINK_PEER_MAC};
+use crate::lab::netns::{self, PodInterface};
+use crate::lab::outside::{self, OutsideHost as LabOutsideHost, UpstreamRouter};
+use crate::lab::record::LabRecord;
+use crate::model::manifest::parse_manifests;
+use crate::model::objects::{split_key, State};
+use crate::model::store::{ApplyError, Store};
+use crate::rpc::{self, RpcError};
+use crate::views;
+
+/// How the daemon was asked to run.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    pub socket: PathBuf,
+    pub workers: usize,
+    /// Prefix of every namespace the daemon creates (`pac` by default; tests use their own).
+    pub prefix: String,
+    /// Set when `pacific lab up` started this daemon: `lab down` then stops it.
+    pub started_by_lab: bool,
+    /// The binary to run as the test server (`pacific netexec`).
+    pub exe: PathBuf,
+}
+
+impl DaemonConfig {
+    pub fn state_dir(&self) -> PathBuf {
+        self.socket
+            .parent()
+            .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+    }
+
+    pub fn record_path(&self) -> PathBuf {
+        record_path_for(&self.socket)
+    }
+}
+
+/// Where the lab record of the daemon on `socket` lives (beside the socket).
+pub fn record_path_for(socket: &Path) -> PathBuf {
+    let dir = socket
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let stem = socket
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("pacific");
+    dir.join(format!("{stem}.lab.json"))
+}
+
+/// What has been realized of one pod.
+struct RealizedPod {
+    port: PortId,
+    netns: String,
+    ip: Ipv4Addr,
+    mac: pacific_dataplane::tables::MacAddr,
+    /// The test server's pid, when the pod has ports.
+    server: Option<u32>,
+    /// The test-server command line it was started with (a change restarts it).
+    server_args: Vec<String>,
+}
+
+/// The mutable control state, behind one lock.
+struct Control {
+    store: Store,
+    pods: BTreeMap<(String, String), RealizedPod>,
+    /// Cluster workloads (TKG replicas) running as processes in node namespaces.
+    workloads: BTreeMap<(String, String), (u32, Vec<String>)>,
+    outside: BTreeMap<String, (String, Option<u32>)>,
+    ports: BTreeMap<PortOwner, PortId>,
+    next_port: PortId,
+    slots: RuleSlots,
+    generation: u64,
+    record: LabRecord,
+}
+
+pub struct Daemon {
+    config: DaemonConfig,
+    hostname: String,
+    started: Instant,
+    control: Mutex<Control>,
+    tables: Arc<ArcSwap<Tables>>,
+    pub pipeline: Arc<Pipeline>,
+    dataplane: Mutex<Dataplane>,
+    counters: Arc<RuleCounters>,
+    upstream: UpstreamRouter,
+    shutdown: AtomicBool,
+    clients: AtomicUsize,
+}
+
+/// At most this many control connections at once; more are answered with an error and closed.
+const MAX_CLIENTS: usize = 64;
+/// The longest request line accepted (a manifest travels in one line).
+const MAX_REQUEST: usize = 8 << 20;
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".to_string())
+}
+
+fn log(msg: impl AsRef<str>) {
+    eprintln!("pacific: {}", msg.as_ref());
+}
+
+impl Daemon {
+    /// Starts the dataplane and the upstream router with the T0 uplink; does not serve yet.
+    pub fn start(config: DaemonConfig) -> Result<Arc<Daemon>, String> {
+        std::fs::create_dir_all(config.state_dir())
+            .map_err(|e| format!("cannot create {}: {e}", config.state_dir().display()))?;
+        let hostname = hostname();
+        let store = Store::new(&hostname);
+        let counters = Arc::new(RuleCounters::with_slots(compile::RULE_SLOTS));
+        let tables = Arc::new(ArcSwap::from_pointee(Tables::default()));
+        let pipeline = Arc::new(Pipeline::new(Arc::clone(&tables)));
+        let dataplane = Dataplane::start(pipeline.clone(), config.workers.max(1))
+            .map_err(|e| format!("cannot start the dataplane workers: {e}"))?;
+        let uplink = store.state().uplink.clone();
+        let upstream = UpstreamRouter {
+            netns: format!("{}-upstream", config.prefix),
+            uplink_ifname: "uplink".to_string(),
+            uplink_addr: uplink.peer_addr,
+            uplink_prefix_len: uplink.prefix_len,
+            t0_addr: uplink.t0_addr,
+            hosts_gateway: Ipv4Addr::new(198, 51, 100, 1),
+            hosts_prefix_len: 24,
+        };
+        let mut record = LabRecord::load(&config.record_path())
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        record.prefix = config.prefix.clone();
+        record.daemon_pid = Some(std::process::id());
+        record.daemon_started_by_lab = config.started_by_lab;
+        record.socket = config.socket.clone();
+        let daemon = Arc::new(Daemon {
+            hostname,
+            started: Instant::now(),
+            control: Mutex::new(Control {
+                store,
+                pods: BTreeMap::new(),
+                workloads: BTreeMap::new(),
+                outside: BTreeMap::new(),
+                ports: BTreeMap::new(),
+                next_port: 0,
+                slots: RuleSlots::default(),
+                generation: 0,
+                record,
+            }),
+            tables,
+            pipeline,
+            dataplane: Mutex::new(dataplane),
+            counters,
+            upstream,
+            shutdown: AtomicBool::new(false),
+            clients: AtomicUsize::new(0),
+            config,
+        });
+        daemon.save_record();
+        daemon.create_uplink()?;
+        let mut control = daemon.control.lock();
+        daemon.publish(&mut control);
+        drop(control);
+        Ok(daemon)
+    }
+
+    fn save_record(&self) {
+        let control = self.control.lock();
+        if let Err(e) = control.record.save(&self.config.record_path()) {
+            log(format!("cannot write the lab record: {e}"));
+        }
+    }
+
+    /// The upstream router namespace and the T0 uplink TAP inside it.
+    fn create_uplink(&self) -> Result<(), String> {
+        let r = &self.upstream;
+        {
+            let mut control = self.control.lock();
+            control.record.add_namespace(&r.netns);
+        }
+        self.save_record();
+        outside::create_upstream_router(r).map_err(|e| e.to_string())?;
+        let tap = TapDevice::create_in_netns(
+            &netns::netns_path(&r.netns),
+            &r.uplink_ifname,
+            &self.tap_options(),
+        )
+        .map_err(|e| format!("cannot create the T0 uplink: {e}"))?;
+        netns::ip_netns(
+            &r.netns,
+            &[
+                "link",
+                "set",
+                "dev",
+                &r.uplink_ifname,
+                "address",
+                &UPLINK_PEER_MAC.to_string(),
+            ],
+        )
+        .map_err(|e| e.to_string())?;
+        let pools = {
+            let control = self.control.lock();
+            let p = &control.store.state().pools;
+            vec![p.pods, p.services, p.ingress, p.egress]
+        };
+        outside::configure_uplink(r, &pools).map_err(|e| e.to_string())?;
+        let mut control = self.control.lock();
+        let port = control.next_port;
+        control.next_port += 1;
+        self.dataplane
+            .lock()
+            .add_port(port, tap)
+            .map_err(|e| format!("cannot attach the uplink: {e}"))?;
+        control.ports.insert(PortOwner::Uplink, port);
+        Ok(())
+    }
+
+    fn tap_options(&self) -> TapOptions {
+        TapOptions {
+            queues: self.config.workers.max(1),
+            vnet_hdr: true,
+            offloads: true,
+        }
+    }
+
+    /// Compiles the current state and publishes the tables.
+    fn publish(&self, control: &mut Control) {
+        control.generation += 1;
+        let tables = compile::compile(
+            control.store.state(),
+            &control.ports,
+            control.generation,
+            &self.counters,
+            &mut control.slots,
+        );
+        self.tables.store(Arc::new(tables));
+    }
+
+    /// Serves the control socket until shutdown. Removes a stale socket file first; refuses to
+    /// start when another daemon answers on it.
+    pub fn serve(self: &Arc<Daemon>) -> Result<(), String> {
+        let path = &self.config.socket;
+        if UnixStream::connect(path).is_ok() {
+            return Err(format!(
+                "another daemon already answers on {}",
+                path.display()
+            ));
+        }
+        let _ = std::fs::remove_file(path);
+        let listener = UnixListener::bind(path)
+            .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        log(format!(
+            "control socket {}; {} worker(s)",
+            path.display(),
+            self.config.workers
+        ));
+        while !self.shutdown.load(Ordering::Relaxed) {
+            match listener.accept() {
+                Ok((stream, _)) => {
+                    let _ = stream.set_nonblocking(false);
+                    if self.clients.load(Ordering::Relaxed) >= MAX_CLIENTS {
+                        let mut s = stream;
+                        let _ = writeln!(
+                            s,
+                            "{}",
+                            rpc::error_response(&Value::Null, &RpcError::server_busy())
+                        );
+                        continue;
+                    }
+                    self.clients.fetch_add(1, Ordering::Relaxed);
+                    let daemon = Arc::clone(self);
+                    let spawned = std::thread::Builder::new()
+                        .name("pacific-client".into())
+                        .spawn(move || {
+                            daemon.client(stream);
+                            daemon.clients.fetch_sub(1, Ordering::Relaxed);
+                        });
+                    if spawned.is_err() {
+                        self.clients.fetch_sub(1, Ordering::Relaxed);
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => {
+                    log(format!("accept: {e}"));
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        let _ = std::fs::remove_file(path);
+        Ok(())
+    }
+
+    pub fn request_shutdown(&self) {
+        self.shutdown.store(true, Ordering::Relaxed);
+    }
+
+    /// One client: newline-delimited JSON-RPC requests, answered in order. A bad line gets an
+    /// error response; the connection stays open.
+    fn client(&self, stream: UnixStream) {
+        let Ok(write_half) = stream.try_clone() else {
+            return;
+        };
+        let mut writer = std::io::BufWriter::new(write_half);
+        let mut reader = BufReader::new(stream);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            let mut limited = (&mut reader).take(MAX_REQUEST as u64 + 1);
+            match limited.read_until(b'\n', &mut line) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+            if line.len() > MAX_REQUEST {
+                let err =
+                    RpcError::invalid_request(format!("request longer than {MAX_REQUEST} bytes"));
+                let _ = writeln!(writer, "{}", rpc::error_response(&Value::Null, &err));
+                let _ = writer.flush();
+                // Skip the rest of the oversized line.
+                let mut rest = Vec::new();
+                let _ = reader.read_until(b'\n', &mut rest);
+                continue;
+            }
+            let text = String::from_utf8_lossy(&line);
+            if text.trim().is_empty() {
+                continue;
+            }
+            if let Some(response) =
+                rpc::handle_line(&text, |method, params| self.dispatch(method, params))
+            {
+                if writeln!(writer, "{response}")
+                    .and_then(|_| writer.flush())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            if self.shutdown.load(Ordering::Relaxed) {
+                return;
+            }
+        }
+    }
+
+    /// Routes one method call.
+    pub fn dispatch(&self, method: &str, params: &Value) -> Result<Value, RpcError> {
+        match method {
+            "apply" => self.apply(params, false),
+            "delete" => self.apply(params, true),
+            "daemon.status" => Ok(json!({
+                "pid": std::process::id(),
+                "prefix": self.config.prefix,
+                "workers": self.config.workers,
+                "uptime_seconds": self.started.elapsed().as_secs(),
+                "generation": self.tables.load().generation,
+                "connections": self.pipeline.conntrack.len(),
+                "started_by_lab": self.config.started_by_lab,
+            })),
+            "daemon.shutdown" => {
+                rpc::no_params(params)?;
+                self.request_shutdown();
+                Ok(json!({"stopping": true}))
+            }
+            "lab.reset" => {
+                rpc::no_params(params)?;
+                self.reset();
+                Ok(json!({"reset": true}))
+            }
+            "exec.resolve" => {
+                let target: String = rpc::param(params, "target")?;
+                self.resolve(&target).map(|ns| json!({"netns": ns}))
+            }
+            _ => {
+                let control = self.control.lock();
+                let tables = self.tables.load_full();
+                let ctx = views::ViewContext {
+                    state: control.store.state(),
+                    tables: &tables,
+                    pipeline: &self.pipeline,
+                    dataplane: &self.dataplane,
+                    ports: &control.ports,
+                    netns_of: &|ns: &str, pod: &str| {
+                        control
+                            .pods
+                            .get(&(ns.to_string(), pod.to_string()))
+                            .map(|p| p.netns.clone())
+                    },
+                    now: unix_now(),
+                    upstream_netns: &self.upstream.netns,
+                };
+                views::dispatch(&ctx, method, params)
+            }
+        }
+    }
+
+    /// `apply` and `delete`: validate the whole request, change the state, realize, publish.
+    fn apply(&self, params: &Value, delete: bool) -> Result<Value, RpcError> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Params {
+            manifest: String,
+            namespace: Option<String>,
+            cluster: Option<String>,
+        }
+        let p: Params = rpc::params(params)?;
+        let manifests = parse_manifests(&p.manifest, p.namespace.as_deref(), p.cluster.as_deref())
+            .map_err(|e| RpcError::manifest(&e))?;
+        let mut control = self.control.lock();
+        let now = unix_now();
+        let outcomes = if delete {
+            control.store.delete(manifests, now)
+        } else {
+            control.store.apply(manifests, now)
+        }
+        .map_err(|e: ApplyError| RpcError::apply(&e))?;
+        let problems = self.realize(&mut control);
+        self.publish(&mut control);
+        drop(control);
+        self.save_record();
+        self.sync_upstream();
+        let results: Vec<String> = outcomes.iter().map(|o| o.to_string()).collect();
+        Ok(json!({"results": results, "warnings": problems}))
+    }
+
+    /// Brings namespaces, TAPs and test servers in line with the state. Returns the problems met
+    /// (the state stays applied; a pod whose namespace could not be built is left out of the
+    /// dataplane and reported).
+    fn realize(&self, control: &mut Control) -> Vec<String> {
+        let mut problems = Vec::new();
+        let state = control.store.state().clone();
+        // Pods that went away or changed address.
+        let stale: Vec<(String, String)> = control
+            .pods
+            .iter()
+            .filter(|(key, r)| {
+                state
+                    .pods
+                    .get(*key)
+                    .is_none_or(|p| p.ip != r.ip || p.mac != r.mac)
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in stale {
+            if let Some(r) = control.pods.remove(&key) {
+                self.dataplane.lock().remove_port(r.port);
+                control
+                    .ports
+                    .remove(&PortOwner::Pod(key.0.clone(), key.1.clone()));
+                if let Err(e) = netns::delete_netns(&r.netns) {
+                    problems.push(e.to_string());
+                }
+                control.record.namespaces.retain(|n| *n != r.netns);
+                // Workloads that ran on this node went with its namespace.
+                control
+                    .workloads
+                    .retain(|_, (pid, _)| netns::pid_alive(*pid));
+            }
+        }
+        // New pods.
+        for (key, pod) in &state.pods {
+            if control.pods.contains_key(key) {
+                continue;
+            }
+            match self.realize_pod(control, &state, key) {
+                Ok(r) => {
+                    control
+                        .ports
+                        .insert(PortOwner::Pod(key.0.clone(), key.1.clone()), r.port);
+                    control.pods.insert(key.clone(), r);
+                }
+                Err(e) => problems.push(format!("pod {}/{}: {e}", pod.namespace, pod.name)),
+            }
+        }
+        // Test servers follow the pods' ports and MESSAGE.
+        for (key, pod) in &state.pods {
+            let args = server_args(&state, pod);
+            let Some(r) = control.pods.get_mut(key) else {
+                continue;
+            };
+            if r.server_args == args && r.server.is_none_or(netns::pid_alive) {
+                continue;
+            }
+            if let Some(pid) = r.server.take() {
+                netns::terminate_pids(&[pid], Duration::from_secs(2));
+            }
+            r.server_args = args.clone();
+            if !args.is_empty() {
+                match self.spawn_server(&r.netns, &pod.name, &args, message_of(&pod.containers)) {
+                    Ok(pid) => {
+                        r.server = Some(pid);
+                        control.record.add_pid(pid);
+                    }
+                    Err(e) => problems.push(format!(
+                        "test server of {}/{}: {e}",
+                        pod.namespace, pod.name
+                    )),
+                }
+            }
+        }
+        self.realize_workloads(control, &state, &mut problems);
+        self.realize_outside(control, &state, &mut problems);
+        problems
+    }
+
+    fn realize_pod(
+        &self,
+        control: &mut Control,
+        state: &State,
+        key: &(String, String),
+    ) -> Result<RealizedPod, String> {
+        let pod = state.pods.get(key).ok_or("pod vanished")?;
+        let segment = state
+            .segments()
+            .into_iter()
+            .find(|s| s.segment.name == pod.segment)
+            .map(|s| s.segment.clone())
+            .ok_or_else(|| format!("segment {} not found", pod.segment))?;
+        let netns_name = pod_netns(&self.config.prefix, &pod.namespace, &pod.name);
+        control.record.add_namespace(&netns_name);
+        if let Err(e) = control.record.save(&self.config.record_path()) {
+            log(format!("cannot write the lab record: {e}"));
+        }
+        netns::add_netns(&netns_name).map_err(|e| e.to_string())?;
+        let tap = TapDevice::create_in_netns(
+            &netns::netns_path(&netns_name),
+            "eth0",
+            &self.tap_options(),
+        )
+        .map_err(|e| e.to_string())?;
+        netns::configure_pod_interface(
+            &netns_name,
+            &PodInterface {
+                ifname: "eth0".to_string(),
+                mac: pod.mac,
+                addr: pod.ip,
+                prefix_len: segment.subnet.prefix_len(),
+                gateway: segment.gateway,
+                mtu: 1500,
+            },
+        )
+        .map_err(|e| e.to_string())?;
+        let port = control.next_port;
+        control.next_port += 1;
+        self.dataplane
+            .lock()
+            .add_port(port, tap)
+            .map_err(|e| e.to_string())?;
+        Ok(RealizedPod {
+            port,
+            netns: netns_name,
+            ip: pod.ip,
+            mac: pod.mac,
+            server: None,
+            server_args: Vec::new(),
+        })
+    }
+
+    fn spawn_server(
+        &self,
+        netns_name: &str,
+        name: &str,
+        args: &[String],
+        message: Option<String>,
+    ) -> Result<u32, String> {
+        let exe = self.config.exe.to_string_lossy().to_string();
+        let mut argv = vec![
+            exe,
+            "netexec".to_string(),
+            "--name".to_string(),
+            name.to_string(),
+        ];
+        argv.extend(args.iter().cloned());
+        let env: Vec<(String, String)> = message
+            .map(|m| ("MESSAGE".to_string(), m))
+            .into_iter()
+            .collect();
+        let log_path = self
+            .config
+            .state_dir()
+            .join(format!("{}.netexec.log", self.config.prefix));
+        netns::spawn_in_netns(netns_name, &argv, &env, &log_path).map_err(|e| e.to_string())
+    }
+
+    /// TKG replicas: one test server per replica in its node's namespace, listening on its
+    /// container ports and on the nodePorts of the services that select it (SO_REUSEPORT lets
+    /// replicas on one node share a nodePort, as kube-proxy spreads them).
+    fn realize_workloads(&self, control: &mut Control, state: &State, problems: &mut Vec<String>) {
+        let wanted: BTreeMap<(String, String), (String, Vec<String>, Option<String>)> = state
+            .cluster_workloads
+            .iter()
+            .filter_map(|(key, w)| {
+                let node = control.pods.get(&(w.namespace.clone(), w.node.clone()))?;
+                let mut ports: BTreeSet<String> = BTreeSet::new();
+                let mut udp: BTreeSet<String> = BTreeSet::new();
+                for c in &w.containers {
+                    for p in &c.ports {
+                        match p.protocol {
+                            crate::model::objects::Protocol::Tcp => {
+                                ports.insert(p.container_port.to_string())
+                            }
+                            crate::model::objects::Protocol::Udp => {
+                                udp.insert(p.container_port.to_string())
+                            }
+                        };
+                    }
+                }
+                for svc in state.services.values() {
+                    if svc.cluster.as_deref() != Some(&w.cluster) || svc.namespace != w.namespace {
+                        continue;
+                    }
+                    let selected = svc.selector.as_ref().is_some_and(|sel| {
+                        !sel.is_empty() && sel.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+                    });
+                    if !selected {
+                        continue;
+                    }
+                    for sp in &svc.ports {
+                        if let Some(np) = sp.node_port {
+                            match sp.protocol {
+                                crate::model::objects::Protocol::Tcp => {
+                                    ports.insert(np.to_string())
+                                }
+                                crate::model::objects::Protocol::Udp => udp.insert(np.to_string()),
+                            };
+                        }
+                    }
+                }
+                let mut args = Vec::new();
+                for p in ports {
+                    args.push("--http".to_string());
+                    args.push(p);
+                }
+                for p in udp {
+                    args.push("--udp".to_string());
+                    args.push(p);
+                }
+                Some((
+                    key.clone(),
+                    (node.netns.clone(), args, message_of(&w.containers)),
+                ))
+            })
+            .collect();
+        let gone: Vec<(String, String)> = control
+            .workloads
+            .iter()
+            .filter(|(k, (_, args))| wanted.get(*k).is_none_or(|(_, a, _)| a != args))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in gone {
+            if let Some((pid, _)) = control.workloads.remove(&key) {
+                netns::terminate_pids(&[pid], Duration::from_secs(2));
+            }
+        }
+        for (key, (netns_name, args, message)) in wanted {
+            if control.workloads.contains_key(&key) || args.is_empty() {
+                continue;
+            }
+            match self.spawn_server(&netns_name, &key.1, &args, message) {
+                Ok(pid) => {
+                    control.record.add_pid(pid);
+                    control.workloads.insert(key, (pid, args));
+                }
+                Err(e) => problems.push(format!("replica {}: {e}", key.1)),
+            }
+        }
+    }
+
+    fn realize_outside(&self, control: &mut Control, state: &State, problems: &mut Vec<String>) {
+        let gone: Vec<String> = control
+            .outside
+            .keys()
+            .filter(|k| !state.outside_hosts.contains_key(*k))
+            .cloned()
+            .collect();
+        for name in gone {
+            if let Some((ns, _)) = control.outside.remove(&name) {
+                if let Err(e) = netns::delete_netns(&ns) {
+                    problems.push(e.to_string());
+                }
+                control.record.namespaces.retain(|n| *n != ns);
+            }
+        }
+        for (name, host) in &state.outside_hosts {
+            if control.outside.contains_key(name) {
+                continue;
+            }
+            let ns = format!("{}-ext-{}", self.config.prefix, name);
+            control.record.add_namespace(&ns);
+            let _ = control.record.save(&self.config.record_path());
+            let h = LabOutsideHost {
+                name: name.clone(),
+                addr: host.addr,
+                prefix_len: host.prefix_len,
+                http_ports: host.http_ports.clone(),
+            };
+            if let Err(e) = outside::add_outside_host(&self.upstream, &ns, &h) {
+                problems.push(format!("outside host {name}: {e}"));
+                continue;
+            }
+            let mut args = Vec::new();
+            for p in &host.http_ports {
+                args.extend(["--http".to_string(), p.to_string()]);
+            }
+            for p in &host.udp_ports {
+                args.extend(["--udp".to_string(), p.to_string()]);
+            }
+            let mut pid = None;
+            if !args.is_empty() {
+                match self.spawn_server(&ns, name, &args, None) {
+                    Ok(p) => {
+                        control.record.add_pid(p);
+                        pid = Some(p);
+                    }
+                    Err(e) => problems.push(format!("test server of ext/{name}: {e}")),
+                }
+            }
+            control.outside.insert(name.clone(), (ns, pid));
+        }
+    }
+
+    /// The upstream router learns every VIP and egress IP (the seed's eBGP /32s).
+    fn sync_upstream(&self) {
+        let tables = self.tables.load();
+        let mut routes: Vec<_> = tables
+            .gateways
+            .first()
+            .map(|t0| {
+                t0.routes
+                    .routes()
+                    .into_iter()
+                    .filter(|r| {
+                        matches!(
+                            r.origin,
+                            pacific_dataplane::tables::RouteOrigin::LbVip
+                                | pacific_dataplane::tables::RouteOrigin::Nat
+                        )
+                    })
+                    .map(|r| r.prefix)
+                    .collect()
+            })
+            .unwrap_or_default();
+        routes.sort();
+        routes.dedup();
+        if let Err(e) = outside::sync_bgp_routes(&self.upstream, &routes) {
+            log(format!("cannot update the upstream router's routes: {e}"));
+        }
+    }
+
+    /// `pacific exec NS/POD` and `ext/HOST`: the namespace to enter. A deployment's name stands
+    /// for its pod when it has exactly one.
+    fn resolve(&self, target: &str) -> Result<String, RpcError> {
+        let Some((ns, name)) = target.split_once('/') else {
+            return Err(RpcError::invalid_params(
+                "target",
+                format!("{target:?}: expected NAMESPACE/POD or ext/HOST"),
+            ));
+        };
+        let control = self.control.lock();
+        if ns == "ext" {
+            return match control.outside.get(name) {
+                Some((netns_name, _)) => Ok(netns_name.clone()),
+                None if name == "upstream" || name == "router" => Ok(self.upstream.netns.clone()),
+                None => Err(RpcError::not_found(
+                    "target",
+                    format!("no outside host {name:?}"),
+                )),
+            };
+        }
+        if let Some(r) = control.pods.get(&(ns.to_string(), name.to_string())) {
+            return Ok(r.netns.clone());
+        }
+        // A deployment's name stands for its pods.
+        let matches: Vec<&RealizedPod> = control
+            .store
+            .state()
+            .pods
+            .values()
+            .filter(|p| p.namespace == ns && p.owner.as_deref() == Some(name))
+            .filter_map(|p| control.pods.get(&(p.namespace.clone(), p.name.clone())))
+            .collect();
+        match matches.as_slice() {
+            [one] => Ok(one.netns.clone()),
+            [] => Err(RpcError::not_found(
+                "target",
+                format!("no pod {name:?} in namespace {ns:?}"),
+            )),
+            _ => Err(RpcError::invalid_params(
+                "target",
+                format!(
+                    "{name:?} matches {} pods in {ns:?}; name one",
+                    matches.len()
+                ),
+            )),
+        }
+    }
+
+    /// Removes everything realized and empties the state (used by `lab down` when the daemon was
+    /// not started by the lab, and on shutdown).
+    pub fn reset(&self) {
+        let mut control = self.control.lock();
+        let pods: Vec<RealizedPod> = std::mem::take(&mut control.pods).into_values().collect();
+        let workload_pids: Vec<u32> = std::mem::take(&mut control.workloads)
+            .into_values()
+            .map(|(p, _)| p)
+            .collect();
+        netns::terminate_pids(&workload_pids, Duration::from_secs(2));
+        for r in pods {
+            self.dataplane.lock().remove_port(r.port);
+            let _ = netns::delete_netns(&r.netns);
+        }
+        control.ports.retain(|owner, _| *owner == PortOwner::Uplink);
+        for (_, (ns, _)) in std::mem::take(&mut control.outside) {
+            let _ = netns::delete_netns(&ns);
+        }
+        control.store = Store::new(&self.hostname);
+        let upstream = self.upstream.netns.clone();
+        control.record.namespaces.retain(|n| *n == upstream);
+        control.record.pids.clear();
+        self.publish(&mut control);
+        drop(control);
+        self.save_record();
+        self.sync_upstream();
+    }
+
+    /// Stops the dataplane, removes every namespace and process it created, and the socket.
+    pub fn stop(&self) {
+        self.reset();
+        self.dataplane.lock().shutdown();
+        let _ = netns::delete_netns(&self.upstream.netns);
+        let _ = std::fs::remove_file(&self.config.socket);
+        let _ = std::fs::remove_file(self.config.record_path());
+    }
+}
+
+/// The namespace of a pod: `{prefix}-{namespace}-{pod}`.
+pub fn pod_netns(prefix: &str, namespace: &str, pod: &str) -> String {
+    format!("{prefix}-{namespace}-{pod}")
+}
+
+/// The test server's arguments for a pod: HTTP on its TCP container ports, echo on its UDP ones.
+fn server_args(_state: &State, pod: &crate::model::objects::Pod) -> Vec<String> {
+    let mut args = Vec::new();
+    let mut seen = BTreeSet::new();
+    for c in &pod.containers {
+        for p in &c.ports {
+            let flag = match p.protocol {
+                crate::model::objects::Protocol::Tcp => "--http",
+                crate::model::objects::Protocol::Udp => "--udp",
+            };
+            if seen.insert((flag, p.container_port)) {
+                args.push(flag.to_string());
+                args.push(p.container_port.to_string());
+            }
+        }
+    }
+    args
+}
+
+fn message_of(containers: &[crate::model::objects::Container]) -> Option<String> {
+    containers
+        .iter()
+        .find_map(|c| c.env.get("MESSAGE").cloned())
+}
+
+#[allow(dead_code)]
+fn key_namespace(key: &str) -> &str {
+    split_key(key).0
+}

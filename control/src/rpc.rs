@@ -1,0 +1,318 @@
+//! JSON-RPC 2.0 framing for the control socket: one request or response per line.
+//!
+//! Every error is a JSON-RPC error object with a code, a message a person can act on, and in
+//! `data` the field at fault (and, for manifests, the document, kind and name), so that scripts
+//! can point at the exact spot. A malformed line never closes the connection.
+
+use serde::de::DeserializeOwned;
+use serde_json::{json, Map, Value};
+
+use crate::model::manifest::ManifestError;
+use crate::model::store::{ApplyError, ErrorCode};
+
+/// JSON-RPC's reserved codes (section 5.1) and ours (-32000 and below).
+pub mod code {
+    pub const PARSE_ERROR: i64 = -32700;
+    pub const INVALID_REQUEST: i64 = -32600;
+    pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
+    /// A manifest or request that fails validation.
+    pub const INVALID: i64 = -32000;
+    /// It conflicts with what exists (an address in use...).
+    pub const CONFLICT: i64 = -32001;
+    pub const NOT_FOUND: i64 = -32002;
+    /// A pool has nothing left.
+    pub const EXHAUSTED: i64 = -32003;
+    pub const BUSY: i64 = -32004;
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpcError {
+    pub code: i64,
+    pub message: String,
+    pub data: Option<Value>,
+}
+
+impl RpcError {
+    pub fn new(code: i64, message: impl Into<String>) -> RpcError {
+        RpcError {
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    fn with_field(code: i64, field: &str, message: impl Into<String>) -> RpcError {
+        let message = message.into();
+        RpcError {
+            code,
+            message: format!("{field}: {message}"),
+            data: Some(json!({ "field": field })),
+        }
+    }
+
+    pub fn invalid_request(message: impl Into<String>) -> RpcError {
+        Self::new(code::INVALID_REQUEST, message)
+    }
+
+    pub fn invalid_params(field: &str, message: impl Into<String>) -> RpcError {
+        Self::with_field(code::INVALID_PARAMS, &format!("params.{field}"), message)
+    }
+
+    pub fn not_found(field: &str, message: impl Into<String>) -> RpcError {
+        Self::with_field(code::NOT_FOUND, &format!("params.{field}"), message)
+    }
+
+    pub fn server_busy() -> RpcError {
+        Self::new(code::BUSY, "too many control connections; try again")
+    }
+
+    pub fn manifest(e: &ManifestError) -> RpcError {
+        RpcError {
+            code: code::INVALID,
+            message: e.to_string(),
+            data: Some(json!({
+                "document": e.document,
+                "kind": e.kind,
+                "name": e.name,
+                "field": e.field,
+            })),
+        }
+    }
+
+    pub fn apply(e: &ApplyError) -> RpcError {
+        let code = match e.code {
+            ErrorCode::Invalid => code::INVALID,
+            ErrorCode::Conflict => code::CONFLICT,
+            ErrorCode::NotFound => code::NOT_FOUND,
+            ErrorCode::Exhausted => code::EXHAUSTED,
+        };
+        RpcError {
+            code,
+            message: e.to_string(),
+            data: Some(json!({
+                "document": e.document,
+                "kind": e.kind,
+                "name": e.name,
+                "field": e.field,
+            })),
+        }
+    }
+}
+
+pub fn error_response(id: &Value, e: &RpcError) -> String {
+    let mut error = Map::new();
+    error.insert("code".into(), json!(e.code));
+    error.insert("message".into(), json!(e.message));
+    if let Some(data) = &e.data {
+        error.insert("data".into(), data.clone());
+    }
+    json!({"jsonrpc": "2.0", "id": id, "error": Value::Object(error)}).to_string()
+}
+
+pub fn result_response(id: &Value, result: Value) -> String {
+    json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string()
+}
+
+/// Handles one request line with `dispatch(method, params)`. `None` for a notification (a
+/// request without `id`), which JSON-RPC answers with nothing.
+pub fn handle_line(
+    line: &str,
+    dispatch: impl FnOnce(&str, &Value) -> Result<Value, RpcError>,
+) -> Option<String> {
+    let request: Value = match serde_json::from_str(line) {
+        Ok(v) => v,
+        Err(e) => {
+            return Some(error_response(
+                &Value::Null,
+                &RpcError::new(code::PARSE_ERROR, format!("parse error: {e}")),
+            ))
+        }
+    };
+    let Value::Object(obj) = &request else {
+        return Some(error_response(
+            &Value::Null,
+            &RpcError::invalid_request("a request must be a JSON object"),
+        ));
+    };
+    let id = obj.get("id").cloned();
+    let reply_id = id.clone().unwrap_or(Value::Null);
+    if !matches!(reply_id, Value::Null | Value::Number(_) | Value::String(_)) {
+        return Some(error_response(
+            &Value::Null,
+            &RpcError::with_field(
+                code::INVALID_REQUEST,
+                "id",
+                "must be a number, a string or null",
+            ),
+        ));
+    }
+    if obj.get("jsonrpc") != Some(&json!("2.0")) {
+        return Some(error_response(
+            &reply_id,
+            &RpcError::with_field(code::INVALID_REQUEST, "jsonrpc", "must be \"2.0\""),
+        ));
+    }
+    let Some(method) = obj.get("method").and_then(Value::as_str) else {
+        return Some(error_response(
+            &reply_id,
+            &RpcError::with_field(code::INVALID_REQUEST, "method", "missing or not a string"),
+        ));
+    };
+    let params = obj
+        .get("params")
+        .cloned()
+        .unwrap_or(Value::Object(Map::new()));
+    if !params.is_object() {
+        return Some(error_response(
+            &reply_id,
+            &RpcError::with_field(
+                code::INVALID_PARAMS,
+                "params",
+                "must be an object (named parameters)",
+            ),
+        ));
+    }
+    let outcome = dispatch(method, &params);
+    id.as_ref()?;
+    Some(match outcome {
+        Ok(result) => result_response(&reply_id, result),
+        Err(e) => error_response(&reply_id, &e),
+    })
+}
+
+/// Deserializes a method's params, naming the field at fault.
+pub fn params<T: DeserializeOwned>(params: &Value) -> Result<T, RpcError> {
+    serde_json::from_value(params.clone()).map_err(|e| {
+        let text = e.to_string();
+        // serde's messages quote the field: "unknown field `x`", "missing field `y`".
+        let field = text.split('`').nth(1).unwrap_or("").to_string();
+        if field.is_empty() {
+            RpcError::new(code::INVALID_PARAMS, format!("params: {text}"))
+        } else {
+            RpcError::invalid_params(&field, text)
+        }
+    })
+}
+
+/// One required string-like parameter.
+pub fn param<T: DeserializeOwned>(params: &Value, name: &str) -> Result<T, RpcError> {
+    let value = params
+        .get(name)
+        .ok_or_else(|| RpcError::invalid_params(name, "missing"))?;
+    serde_json::from_value(value.clone()).map_err(|e| RpcError::invalid_params(name, e.to_string()))
+}
+
+/// An optional parameter.
+pub fn opt_param<T: DeserializeOwned>(params: &Value, name: &str) -> Result<Option<T>, RpcError> {
+    match params.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => serde_json::from_value(v.clone())
+            .map(Some)
+            .map_err(|e| RpcError::invalid_params(name, e.to_string())),
+    }
+}
+
+/// Rejects any parameter for methods that take none.
+pub fn no_params(params: &Value) -> Result<(), RpcError> {
+    match params.as_object().and_then(|o| o.keys().next()) {
+        Some(k) => Err(RpcError::invalid_params(
+            k,
+            "this method takes no parameters",
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Rejects parameters outside `allowed`.
+pub fn only_params(params: &Value, allowed: &[&str]) -> Result<(), RpcError> {
+    if let Some(obj) = params.as_object() {
+        for k in obj.keys() {
+            if !allowed.contains(&k.as_str()) {
+                return Err(RpcError::invalid_params(
+                    k,
+                    format!(
+                        "unknown parameter (expected one of: {})",
+                        allowed.join(", ")
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn echo(method: &str, params: &Value) -> Result<Value, RpcError> {
+        match method {
+            "echo" => Ok(params.clone()),
+            _ => Err(RpcError::new(
+                code::METHOD_NOT_FOUND,
+                format!("no method {method:?}"),
+            )),
+        }
+    }
+
+    fn parse(s: &str) -> Value {
+        serde_json::from_str(s).unwrap()
+    }
+
+    #[test]
+    fn a_good_request_gets_its_result_with_its_id() {
+        let out = handle_line(
+            r#"{"jsonrpc":"2.0","id":7,"method":"echo","params":{"a":1}}"#,
+            echo,
+        )
+        .unwrap();
+        assert_eq!(
+            parse(&out),
+            json!({"jsonrpc":"2.0","id":7,"result":{"a":1}})
+        );
+    }
+
+    #[test]
+    fn malformed_lines_get_errors_naming_the_problem() {
+        let out = parse(&handle_line("{not json", echo).unwrap());
+        assert_eq!(out["error"]["code"], json!(code::PARSE_ERROR));
+        let out = parse(&handle_line(r#"{"jsonrpc":"1.0","id":1,"method":"echo"}"#, echo).unwrap());
+        assert_eq!(out["error"]["code"], json!(code::INVALID_REQUEST));
+        assert_eq!(out["error"]["data"]["field"], json!("jsonrpc"));
+        let out = parse(
+            &handle_line(
+                r#"{"jsonrpc":"2.0","id":1,"method":"echo","params":[1]}"#,
+                echo,
+            )
+            .unwrap(),
+        );
+        assert_eq!(out["error"]["data"]["field"], json!("params"));
+        let out =
+            parse(&handle_line(r#"{"jsonrpc":"2.0","id":"x","method":"nope"}"#, echo).unwrap());
+        assert_eq!(out["error"]["code"], json!(code::METHOD_NOT_FOUND));
+        assert_eq!(out["id"], json!("x"));
+    }
+
+    #[test]
+    fn notifications_get_no_answer() {
+        assert_eq!(
+            handle_line(r#"{"jsonrpc":"2.0","method":"echo"}"#, echo),
+            None
+        );
+    }
+
+    #[test]
+    fn typed_params_name_the_field_at_fault() {
+        #[derive(serde::Deserialize, Debug)]
+        #[serde(deny_unknown_fields)]
+        #[allow(dead_code)]
+        struct P {
+            manifest: String,
+        }
+        let e = params::<P>(&json!({"manifest": "x", "colour": 1})).unwrap_err();
+        assert_eq!(e.data.unwrap()["field"], json!("params.colour"));
+        let e = params::<P>(&json!({})).unwrap_err();
+        assert_eq!(e.data.unwrap()["field"], json!("params.manifest"));
+    }
+}

@@ -1,0 +1,499 @@
+//! Read-only methods of the control socket (`*.list`): the state and the dataplane as rows.
+//!
+//! Rows are JSON objects with the fields the CLI prints (and more, for scripts); the CLI shapes
+//! them into `kubectl`-style tables. Nothing here changes anything.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+
+use pacific_dataplane::conntrack::Dir;
+use pacific_dataplane::pipeline::Pipeline;
+use pacific_dataplane::ports::Dataplane;
+use pacific_dataplane::tables::{
+    Direction, NextHop, PortId, PortKind, RouteOrigin, RuleAction, Tables,
+};
+
+use crate::compile::PortOwner;
+use crate::model::objects::{split_key, ServiceType, State};
+use crate::rpc::{self, code, RpcError};
+
+pub struct ViewContext<'a> {
+    pub state: &'a State,
+    pub tables: &'a Tables,
+    pub pipeline: &'a Pipeline,
+    pub dataplane: &'a Mutex<Dataplane>,
+    pub ports: &'a BTreeMap<PortOwner, PortId>,
+    pub netns_of: &'a dyn Fn(&str, &str) -> Option<String>,
+    pub now: u64,
+    pub upstream_netns: &'a str,
+}
+
+pub fn dispatch(ctx: &ViewContext, method: &str, params: &Value) -> Result<Value, RpcError> {
+    match method {
+        "namespaces.list" => namespaces(ctx, params),
+        "pods.list" => pods(ctx, params),
+        "segments.list" => segments(ctx, params),
+        "routes.list" => routes(ctx, params),
+        "ports.list" => ports(ctx, params),
+        "services.list" => services(ctx, params),
+        "dfw.list" => dfw(ctx, params),
+        "nat.list" => nat(ctx, params),
+        "outside.list" => outside(ctx, params),
+        "deployments.list" => deployments(ctx, params),
+        "tkc.list" => tkc(ctx, params),
+        _ => Err(RpcError::new(
+            code::METHOD_NOT_FOUND,
+            format!("no method {method:?} (see README, Control protocol)"),
+        )),
+    }
+}
+
+struct Filter {
+    namespace: Option<String>,
+    name: Option<String>,
+}
+
+fn filter(params: &Value) -> Result<Filter, RpcError> {
+    rpc::only_params(params, &["namespace", "name"])?;
+    Ok(Filter {
+        namespace: rpc::opt_param(params, "namespace")?,
+        name: rpc::opt_param(params, "name")?,
+    })
+}
+
+impl Filter {
+    fn keeps(&self, namespace: &str, name: &str) -> bool {
+        self.namespace.as_deref().is_none_or(|n| {
+            n == namespace || split_key(namespace).0 == n && namespace.contains('/')
+        }) && self.name.as_deref().is_none_or(|n| n == name)
+    }
+
+    fn check_namespace(&self, state: &State) -> Result<(), RpcError> {
+        match &self.namespace {
+            Some(ns) if !state.namespaces.contains_key(ns) => Err(RpcError::not_found(
+                "namespace",
+                format!("namespace {ns:?} not found"),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+fn items(rows: Vec<Value>) -> Value {
+    json!({ "items": rows })
+}
+
+fn namespaces(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
+    let f = filter(params)?;
+    let rows = ctx
+        .state
+        .namespaces
+        .values()
+        .filter(|ns| {
+            f.name.as_deref().is_none_or(|n| n == ns.name)
+                && f.namespace.as_deref().is_none_or(|n| n == ns.name)
+        })
+        .map(|ns| {
+            let t1 = ctx
+                .tables
+                .gateways
+                .iter()
+                .find(|g| g.name == format!("t1-{}", ns.name));
+            json!({
+                "name": ns.name,
+                "status": "Active",
+                "created": ns.created,
+                "segment": ns.segment.name,
+                "subnet": ns.segment.subnet.to_string(),
+                "gateway": ns.segment.gateway,
+                "egress_ip": ns.egress_ip,
+                "t1": t1.map(|g| g.name.clone()),
+                "t1_transit_ip": t1.map(|g| g.transit_ip),
+                "supervisor": ns.supervisor,
+                "labels": ns.labels,
+            })
+        })
+        .collect();
+    Ok(items(rows))
+}
+
+fn pods(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
+    let f = filter(params)?;
+    f.check_namespace(ctx.state)?;
+    let rows = ctx
+        .state
+        .pods
+        .values()
+        .filter(|p| f.keeps(&p.namespace, &p.name))
+        .map(|p| {
+            let port = ctx
+                .ports
+                .get(&PortOwner::Pod(p.namespace.clone(), p.name.clone()));
+            let netns = (ctx.netns_of)(&p.namespace, &p.name);
+            json!({
+                "namespace": p.namespace,
+                "name": p.name,
+                "ready": if port.is_some() { "1/1" } else { "0/1" },
+                "status": if port.is_some() { "Running" } else { "Pending" },
+                "restarts": 0,
+                "created": p.created,
+                "ip": p.ip,
+                "node": p.node,
+                "port": port.map(|id| format!("port-{id}")),
+                "mac": p.mac.to_string(),
+                "segment": p.segment,
+                "labels": p.labels,
+                "netns": netns,
+                "owner": p.owner,
+                "tkg_node": p.tkg_node,
+                "images": p.containers.iter().map(|c| c.image.clone()).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Ok(items(rows))
+}
+
+fn segments(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
+    let f = filter(params)?;
+    f.check_namespace(ctx.state)?;
+    let rows = ctx
+        .state
+        .segments()
+        .into_iter()
+        .filter(|s| {
+            f.namespace.as_deref().is_none_or(|n| n == s.namespace)
+                && f.name.as_deref().is_none_or(|n| n == s.segment.name)
+        })
+        .map(|s| {
+            let ports = ctx
+                .tables
+                .segments
+                .iter()
+                .find(|t| t.name == s.segment.name)
+                .map_or(0, |t| t.ports.len());
+            json!({
+                "name": s.segment.name,
+                "namespace": s.namespace,
+                "cluster": s.cluster,
+                "subnet": s.segment.subnet.to_string(),
+                "gateway": s.segment.gateway,
+                "t1": format!("t1-{}", s.namespace),
+                "ports": ports,
+            })
+        })
+        .collect();
+    Ok(items(rows))
+}
+
+fn origin_code(origin: RouteOrigin) -> &'static str {
+    match origin {
+        RouteOrigin::Connected => "C",
+        RouteOrigin::Static => "S",
+        RouteOrigin::LbVip => "t1l",
+        RouteOrigin::Nat => "t1n",
+        RouteOrigin::T1Connected => "t1c",
+    }
+}
+
+fn routes(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
+    rpc::only_params(params, &["namespace"])?;
+    let ns: Option<String> = rpc::opt_param(params, "namespace")?;
+    let gateway = match &ns {
+        None => ctx.tables.gateways.first(),
+        Some(ns) => {
+            if !ctx.state.namespaces.contains_key(ns) {
+                return Err(RpcError::not_found(
+                    "namespace",
+                    format!("namespace {ns:?} not found"),
+                ));
+            }
+            ctx.tables
+                .gateways
+                .iter()
+                .find(|g| g.name == format!("t1-{ns}"))
+        }
+    };
+    let Some(g) = gateway else {
+        return Ok(json!({"gateway": null, "items": []}));
+    };
+    let rows = g
+        .routes
+        .routes()
+        .into_iter()
+        .map(|r| {
+            let (via, interface, connected) = match r.next_hop {
+                NextHop::Segment(s) => (None, ctx.tables.segment(s).map(|s| s.name.clone()), true),
+                NextHop::Gateway(id) => {
+                    let next = ctx.tables.gateway(id);
+                    let via = next.map(|n| {
+                        if g.id == 0 {
+                            n.transit_ip
+                        } else {
+                            g.transit_peer
+                        }
+                    });
+                    (via, next.map(|n| n.name.clone()), false)
+                }
+                NextHop::Uplink(p) => {
+                    let peer = ctx.tables.port(p).and_then(|p| match p.kind {
+                        PortKind::Uplink { peer_ip, .. } => Some(peer_ip),
+                        PortKind::Pod { .. } => None,
+                    });
+                    let connected = r.origin == RouteOrigin::Connected;
+                    (
+                        if connected { None } else { peer },
+                        Some("uplink".to_string()),
+                        connected,
+                    )
+                }
+                NextHop::Local => (None, Some("local".to_string()), false),
+            };
+            let (distance, metric) = match r.origin {
+                RouteOrigin::Connected => (0, 0),
+                RouteOrigin::Static => (1, 0),
+                _ => (3, 0),
+            };
+            json!({
+                "code": origin_code(r.origin),
+                "prefix": r.prefix.to_string(),
+                "via": via,
+                "interface": interface,
+                "connected": connected,
+                "local": r.next_hop == NextHop::Local,
+                "distance": distance,
+                "metric": metric,
+            })
+        })
+        .collect::<Vec<_>>();
+    Ok(
+        json!({"gateway": g.name, "upstream_netns": ctx.upstream_netns, "created": ctx.state.namespaces.values().map(|n| n.created).min(), "items": rows}),
+    )
+}
+
+fn ports(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
+    rpc::only_params(params, &[])?;
+    let counters = ctx.dataplane.lock().all_counters();
+    let rows = counters
+        .into_iter()
+        .map(|(id, c)| {
+            let snap = c.snapshot();
+            let port = ctx.tables.port(id);
+            let (kind, ip) = match port.map(|p| &p.kind) {
+                Some(PortKind::Pod { ip, .. }) => ("pod", Some(*ip)),
+                Some(PortKind::Uplink { addr, .. }) => ("uplink", Some(*addr)),
+                None => ("detached", None),
+            };
+            let drops: BTreeMap<&str, u64> = snap.drops.iter().copied().collect();
+            json!({
+                "id": id,
+                "name": port.map_or_else(|| format!("port-{id}"), |p| p.name.clone()),
+                "kind": kind,
+                "ip": ip,
+                "peer_mac": port.map(|p| p.peer_mac.to_string()),
+                "rx_packets": snap.rx_packets,
+                "rx_bytes": snap.rx_bytes,
+                "tx_packets": snap.tx_packets,
+                "tx_bytes": snap.tx_bytes,
+                "drops": drops,
+            })
+        })
+        .collect();
+    Ok(items(rows))
+}
+
+fn services(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
+    let f = filter(params)?;
+    f.check_namespace(ctx.state)?;
+    let rows = ctx
+        .state
+        .services
+        .iter()
+        .filter(|((key_ns, name), _)| f.keeps(key_ns, name))
+        .map(|((key_ns, _), s)| {
+            let ports: Vec<String> = s
+                .ports
+                .iter()
+                .map(|p| match p.node_port {
+                    Some(np) if s.service_type != ServiceType::ClusterIP => format!("{}:{}/{}", p.port, np, p.protocol),
+                    _ => format!("{}/{}", p.port, p.protocol),
+                })
+                .collect();
+            let endpoints: Vec<String> = ctx
+                .state
+                .endpoints
+                .iter()
+                .filter(|e| e.namespace == *key_ns && e.service == s.name)
+                .flat_map(|e| e.endpoints.iter().filter(|x| x.ready).map(|x| format!("{}:{}", x.ip, x.port)))
+                .collect();
+            json!({
+                "namespace": key_ns,
+                "name": s.name,
+                "type": s.service_type.to_string(),
+                "cluster_ip": s.cluster_ip.map_or("None".to_string(), |ip| ip.to_string()),
+                "external_ip": s.load_balancer_ip,
+                "ports": ports.join(","),
+                "created": s.created,
+                "selector": s.selector,
+                "endpoints": endpoints,
+                "algorithm": s.algorithm.to_string(),
+                "session_affinity": if s.session_affinity.is_some() { "ClientIP" } else { "None" },
+                "external_traffic_policy": if s.external_traffic_local { "Local" } else { "Cluster" },
+                "status": { "loadBalancer": { "ingress": s.load_balancer_ip.map(|ip| vec![json!({"ip": ip})]).unwrap_or_default() } },
+            })
+        })
+        .collect();
+    Ok(items(rows))
+}
+
+fn nets(list: &[pacific_dataplane::tables::Ipv4Net]) -> String {
+    if list.is_empty() {
+        "any".to_string()
+    } else {
+        list.iter()
+            .map(|n| n.to_string())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
+fn dfw(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
+    rpc::only_params(params, &["namespace"])?;
+    let ns: Option<String> = rpc::opt_param(params, "namespace")?;
+    if let Some(ns) = &ns {
+        if !ctx.state.namespaces.contains_key(ns) {
+            return Err(RpcError::not_found(
+                "namespace",
+                format!("namespace {ns:?} not found"),
+            ));
+        }
+    }
+    let mut rows = Vec::new();
+    let mut priority = 0;
+    for rules in ctx
+        .tables
+        .dfw
+        .rules_in
+        .iter()
+        .chain(ctx.tables.dfw.rules_out.iter())
+    {
+        for r in rules {
+            priority += 1;
+            if ns.as_deref().is_some_and(|n| n != r.section) {
+                continue;
+            }
+            rows.push(json!({
+                "priority": priority,
+                "section": r.section,
+                "name": r.name,
+                "direction": match r.direction { Direction::In => "IN", Direction::Out => "OUT" },
+                "sources": nets(&r.sources),
+                "destinations": if r.original_destinations.is_empty() { nets(&r.destinations) } else { format!("via VIP {}", nets(&r.original_destinations)) },
+                "applied_to": format!("seg-{}", r.section),
+                "services": match (r.protocol, r.dst_ports) {
+                    (None, _) => "any".to_string(),
+                    (Some(p), None) => format!("proto {p}"),
+                    (Some(p), Some((lo, hi))) => format!("proto {p} ports {lo}-{hi}"),
+                },
+                "action": match r.action { RuleAction::Allow => "ALLOW", RuleAction::Drop => "DROP", RuleAction::Reject => "REJECT" },
+                "hits": ctx.tables.rule_counters.get(r.counter),
+            }));
+        }
+    }
+    Ok(items(rows))
+}
+
+fn protocol_name(p: u8) -> String {
+    match p {
+        1 => "icmp".to_string(),
+        6 => "tcp".to_string(),
+        17 => "udp".to_string(),
+        n => n.to_string(),
+    }
+}
+
+fn nat(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
+    rpc::only_params(params, &["namespace", "all"])?;
+    let ns: Option<String> = rpc::opt_param(params, "namespace")?;
+    let all: bool = rpc::opt_param(params, "all")?.unwrap_or(false);
+    let segment_of = |ip: Ipv4Addr| -> Option<String> {
+        ctx.state
+            .segments()
+            .into_iter()
+            .find(|s| s.segment.subnet.contains(ip))
+            .map(|s| s.namespace.to_string())
+    };
+    let mut rows = Vec::new();
+    for conn in ctx.pipeline.conntrack.snapshot(100_000) {
+        let st = *conn.state.lock();
+        let [orig, _] = st.actions;
+        if !all && orig.snat.is_none() && orig.dnat.is_none() {
+            continue;
+        }
+        let owner =
+            segment_of(conn.original.src).or_else(|| orig.dnat.and_then(|(ip, _)| segment_of(ip)));
+        if ns.is_some() && owner != ns {
+            continue;
+        }
+        let kind = match (orig.snat.is_some(), orig.dnat.is_some()) {
+            (true, true) => "DNAT+SNAT",
+            (true, false) => "SNAT",
+            (false, true) => "DNAT",
+            (false, false) => "-",
+        };
+        let o = &conn.original;
+        let r = &conn.reply;
+        rows.push(json!({
+            "namespace": owner,
+            "protocol": protocol_name(o.protocol),
+            "original": format!("{}:{} -> {}:{}", o.src, o.src_port, o.dst, o.dst_port),
+            "translated": format!("{}:{} -> {}:{}", r.dst, r.dst_port, r.src, r.src_port),
+            "type": kind,
+            "state": if o.protocol == 6 { st.tcp.name().to_string() } else if st.replied { "REPLIED".to_string() } else { "UNREPLIED".to_string() },
+            "packets": st.packets[Dir::Original as usize] + st.packets[Dir::Reply as usize],
+        }));
+    }
+    Ok(items(rows))
+}
+
+fn outside(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
+    rpc::only_params(params, &[])?;
+    let rows = ctx
+        .state
+        .outside_hosts
+        .values()
+        .map(|h| json!({"name": h.name, "address": format!("{}/{}", h.addr, h.prefix_len), "http_ports": h.http_ports, "udp_ports": h.udp_ports, "created": h.created}))
+        .collect();
+    Ok(items(rows))
+}
+
+fn deployments(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
+    let f = filter(params)?;
+    f.check_namespace(ctx.state)?;
+    let rows = ctx
+        .state
+        .deployments
+        .iter()
+        .filter(|((key_ns, name), _)| f.keeps(key_ns, name))
+        .map(|((key_ns, _), d)| {
+            let ready = ctx.state.pods.values().filter(|p| p.namespace == *key_ns && p.owner.as_deref() == Some(d.name.as_str())).count()
+                + ctx.state.cluster_workloads.values().filter(|w| format!("{}/{}", w.namespace, w.cluster) == *key_ns && w.owner.as_deref() == Some(d.name.as_str())).count();
+            json!({"namespace": key_ns, "name": d.name, "ready": format!("{ready}/{}", d.replicas), "up_to_date": d.replicas, "available": ready, "created": d.created})
+        })
+        .collect();
+    Ok(items(rows))
+}
+
+fn tkc(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
+    let f = filter(params)?;
+    let rows = ctx
+        .state
+        .tkg_clusters
+        .values()
+        .filter(|c| f.keeps(&c.namespace, &c.name))
+        .map(|c| json!({"namespace": c.namespace, "name": c.name, "control_plane": c.control_plane_count, "workers": c.worker_count, "segment": c.segment.name, "subnet": c.segment.subnet.to_string(), "created": c.created}))
+        .collect();
+    Ok(items(rows))
+}

@@ -1,0 +1,685 @@
+//! Frames the router writes itself (ARP replies and requests, echo replies, ICMP errors, TCP
+//! resets) and generic frames for tests and benches.
+//!
+//! Every builder writes into a caller's buffer and returns the length written, or `None` when the
+//! buffer is too small or the inputs cannot make a valid frame: no allocation, no panic (STYLE.md:
+//! outputs go into caller buffers, as in quinn-proto). Frames are not padded to Ethernet's 60-byte
+//! minimum: a TAP does not need it and Linux does not pad on veth or TAP either.
+//!
+//! What goes into the router's own headers, and why:
+//! - IPv4: identification 0 (an unfragmentable packet needs none, RFC 6864 section 4.1), TTL 64.
+//! - ICMP errors: precedence 6, TOS 0xc0 (RFC 1812 section 4.3.2.5), DF clear so the error can
+//!   reach its destination whatever the path MTU, at most 576 bytes (RFC 1812 section 4.3.2.3).
+//!   Whether an error may be sent at all (not about an ICMP error, a broadcast, a non-first
+//!   fragment: RFC 1812 section 4.3.2.7) is the caller's decision.
+//! - TCP resets follow RFC 9293 section 3.10.7.1 and are never sent in answer to a reset.
+
+use std::net::Ipv4Addr;
+
+use super::arp::{ArpPacket, ARP_OP_REPLY, ARP_OP_REQUEST, PACKET_LEN as ARP_LEN};
+use super::checksum::update16;
+use super::ethernet::{self, mac_at, EthernetFrame, ETHERTYPE_ARP, ETHERTYPE_IPV4};
+use super::icmp::{self, IcmpPacket, DEST_UNREACHABLE, ECHO_REPLY, ECHO_REQUEST, FRAG_NEEDED};
+use super::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use super::parse::{Ipv4Info, L4};
+use super::rewrite::set_macs;
+use super::tcp::{self, TcpSegment, ACK, RST};
+use super::udp::{self, UdpDatagram};
+use super::MacAddr;
+
+const ETH_LEN: usize = ethernet::HEADER_LEN;
+const IP_LEN: usize = ipv4::HEADER_LEN;
+const L4_AT: usize = ETH_LEN + IP_LEN;
+
+/// The TTL of packets the router originates.
+pub const DEFAULT_TTL: u8 = 64;
+/// TOS of ICMP errors: precedence 6, internetwork control (RFC 1812 section 4.3.2.5).
+pub const ICMP_ERROR_TOS: u8 = 0xc0;
+/// The most of the original packet an ICMP error quotes: 576 - 20 - 8, so that the error fits in
+/// the 576 bytes every host accepts (RFC 1812 section 4.3.2.3).
+pub const MAX_ICMP_QUOTE: usize = 576 - IP_LEN - icmp::HEADER_LEN;
+
+/// An ARP reply telling `to_mac`/`to_ip` that `our_ip` is at `our_mac` (RFC 826).
+pub fn build_arp_reply(
+    out: &mut [u8],
+    our_mac: MacAddr,
+    our_ip: Ipv4Addr,
+    to_mac: MacAddr,
+    to_ip: Ipv4Addr,
+) -> Option<usize> {
+    emit_arp(out, ARP_OP_REPLY, our_mac, our_ip, to_mac, to_mac, to_ip)
+}
+
+/// A broadcast ARP request for `target_ip` (RFC 826; the target hardware address is zero, as
+/// Linux sends it).
+pub fn build_arp_request(
+    out: &mut [u8],
+    src_mac: MacAddr,
+    src_ip: Ipv4Addr,
+    target_ip: Ipv4Addr,
+) -> Option<usize> {
+    emit_arp(
+        out,
+        ARP_OP_REQUEST,
+        src_mac,
+        src_ip,
+        MacAddr::BROADCAST,
+        MacAddr::ZERO,
+        target_ip,
+    )
+}
+
+fn emit_arp(
+    out: &mut [u8],
+    op: u16,
+    sender_mac: MacAddr,
+    sender_ip: Ipv4Addr,
+    eth_dst: MacAddr,
+    target_mac: MacAddr,
+    target_ip: Ipv4Addr,
+) -> Option<usize> {
+    let len = ETH_LEN + ARP_LEN;
+    let out = out.get_mut(..len)?;
+    emit_ethernet(out, sender_mac, eth_dst, ETHERTYPE_ARP);
+    let mut arp = ArpPacket::new_unchecked(&mut out[ETH_LEN..]);
+    arp.set_ethernet_ipv4();
+    arp.set_operation(op);
+    arp.set_sender_hardware_addr(sender_mac);
+    arp.set_sender_protocol_addr(sender_ip);
+    arp.set_target_hardware_addr(target_mac);
+    arp.set_target_protocol_addr(target_ip);
+    Some(len)
+}
+
+/// Turns an echo request into its reply in place (RFC 792): MACs swapped (the reply comes from
+/// `router_mac`), addresses swapped, type 0, the ICMP checksum updated for the type change alone
+/// (RFC 1624), TTL reset to 64 and the header checksum recomputed. IP options are sent back as
+/// they came. Returns the reply's frame length (the request's, trimmed to its IP total length),
+/// or `None` if `ip` is not an echo request of this frame.
+pub fn make_echo_reply_in_place(
+    frame: &mut [u8],
+    ip: &Ipv4Info,
+    router_mac: MacAddr,
+) -> Option<usize> {
+    let L4::IcmpEcho {
+        icmp_type: ECHO_REQUEST,
+        code,
+        ..
+    } = ip.l4
+    else {
+        return None;
+    };
+    let end = ip.end();
+    let icmp_at = ip.l4_offset();
+    if frame.len() < end || icmp_at + icmp::HEADER_LEN > end || ip.offset < ETH_LEN {
+        return None;
+    }
+    let requester = mac_at(frame, ethernet::field::SOURCE.start);
+    set_macs(frame, router_mac, requester);
+
+    let header = &mut frame[ip.offset..icmp_at];
+    let (src, dst) = (ipv4::field::SRC_ADDR, ipv4::field::DST_ADDR);
+    let (head, tail) = header.split_at_mut(dst.start);
+    head[src].swap_with_slice(&mut tail[..4]);
+    let mut packet = Ipv4Packet::new_unchecked(header);
+    packet.set_ttl(DEFAULT_TTL);
+    packet.fill_checksum();
+
+    let mut msg = IcmpPacket::new_unchecked(&mut frame[icmp_at..end]);
+    let old = u16::from_be_bytes([ECHO_REQUEST, code]);
+    let new = u16::from_be_bytes([ECHO_REPLY, code]);
+    msg.set_msg_type(ECHO_REPLY);
+    let csum = update16(msg.checksum(), old, new);
+    msg.set_checksum(csum);
+    Some(end)
+}
+
+/// An ICMP error (RFC 792) from `from_ip` to the source of `original`, the offending IP packet
+/// from its header on, trimmed to its total length. Quotes up to [`MAX_ICMP_QUOTE`] bytes of it
+/// (RFC 1812 section 4.3.2.3: at least the header and 8 bytes; Linux quotes as much as fits in
+/// 576). `next_hop_mtu` is written for "fragmentation needed" (RFC 1191) and ignored otherwise.
+/// TTL 64, DF clear, TOS 0xc0, both checksums computed. `None` if `original` is shorter than an
+/// IP header or `out` is too small.
+#[allow(clippy::too_many_arguments)]
+pub fn build_icmp_error(
+    out: &mut [u8],
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    from_ip: Ipv4Addr,
+    icmp_type: u8,
+    code: u8,
+    next_hop_mtu: u16,
+    original: &[u8],
+) -> Option<usize> {
+    let to_ip = Ipv4Packet::new_unchecked(original.get(..IP_LEN)?).src_addr();
+    let quote = &original[..original.len().min(MAX_ICMP_QUOTE)];
+    let icmp_len = icmp::HEADER_LEN + quote.len();
+    let head = Ipv4Head {
+        src: from_ip,
+        dst: to_ip,
+        ttl: DEFAULT_TTL,
+        protocol: PROTO_ICMP,
+        tos: ICMP_ERROR_TOS,
+        dont_frag: false,
+    };
+    let len = emit_headers(out, src_mac, dst_mac, &head, icmp_len)?;
+    let mut msg = IcmpPacket::new_unchecked(&mut out[L4_AT..len]);
+    msg.set_msg_type(icmp_type);
+    msg.set_msg_code(code);
+    let mtu = if (icmp_type, code) == (DEST_UNREACHABLE, FRAG_NEEDED) {
+        next_hop_mtu
+    } else {
+        0
+    };
+    msg.set_next_hop_mtu(mtu);
+    msg.data_mut().copy_from_slice(quote);
+    msg.fill_checksum();
+    Some(len)
+}
+
+/// A TCP reset answering the segment `ip` describes in `frame` (RFC 9293 section 3.10.7.1): it
+/// appears to come from the segment's destination (addresses and ports swapped). If the segment
+/// has ACK, the reset takes its sequence number from that acknowledgment and carries no ACK;
+/// otherwise it has sequence number 0 and acknowledges everything the segment occupied (data,
+/// plus one for SYN and one for FIN). `None` for a segment that is itself a reset, for anything
+/// that is not TCP, or when `out` is too small.
+pub fn build_tcp_rst(
+    out: &mut [u8],
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    frame: &[u8],
+    ip: &Ipv4Info,
+) -> Option<usize> {
+    let L4::Tcp {
+        src_port,
+        dst_port,
+        flags,
+        seq,
+        ack,
+    } = ip.l4
+    else {
+        return None;
+    };
+    if flags & RST != 0 {
+        return None;
+    }
+    let segment = TcpSegment::new_checked(frame.get(ip.l4_offset()..ip.end())?).ok()?;
+    let (rst_seq, rst_ack, rst_flags) = if flags & ACK != 0 {
+        (ack, 0, RST)
+    } else {
+        (0, seq.wrapping_add(segment.segment_len()), RST | ACK)
+    };
+    let head = Ipv4Head::new(ip.dst, ip.src, DEFAULT_TTL, PROTO_TCP);
+    let fields = TcpFields {
+        src_port: dst_port,
+        dst_port: src_port,
+        seq: rst_seq,
+        ack: rst_ack,
+        flags: rst_flags,
+        window: 0,
+    };
+    emit_tcp(out, src_mac, dst_mac, &head, &fields, &[])
+}
+
+/// A UDP datagram in an Ethernet frame, checksums computed (for tests and benches).
+#[allow(clippy::too_many_arguments)]
+pub fn build_udp(
+    out: &mut [u8],
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    src_port: u16,
+    dst_port: u16,
+    payload: &[u8],
+) -> Option<usize> {
+    let udp_len = udp::HEADER_LEN + payload.len();
+    let len_field = u16::try_from(udp_len).ok()?;
+    let head = Ipv4Head::new(src, dst, ttl, PROTO_UDP);
+    let len = emit_headers(out, src_mac, dst_mac, &head, udp_len)?;
+    let mut udp = UdpDatagram::new_unchecked(&mut out[L4_AT..len]);
+    udp.set_src_port(src_port);
+    udp.set_dst_port(dst_port);
+    udp.set_length(len_field);
+    udp.payload_mut().copy_from_slice(payload);
+    udp.fill_checksum(src, dst);
+    Some(len)
+}
+
+/// A TCP segment without options in an Ethernet frame, window 65535, checksums computed (for
+/// tests and benches).
+#[allow(clippy::too_many_arguments)]
+pub fn build_tcp(
+    out: &mut [u8],
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    src_port: u16,
+    dst_port: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    payload: &[u8],
+) -> Option<usize> {
+    let head = Ipv4Head::new(src, dst, ttl, PROTO_TCP);
+    let fields = TcpFields {
+        src_port,
+        dst_port,
+        seq,
+        ack,
+        flags,
+        window: u16::MAX,
+    };
+    emit_tcp(out, src_mac, dst_mac, &head, &fields, payload)
+}
+
+/// An ICMP echo request (`request`) or reply in an Ethernet frame, checksums computed (for tests
+/// and benches).
+#[allow(clippy::too_many_arguments)]
+pub fn build_icmp_echo(
+    out: &mut [u8],
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    request: bool,
+    ident: u16,
+    seq: u16,
+    payload: &[u8],
+) -> Option<usize> {
+    let head = Ipv4Head::new(src, dst, ttl, PROTO_ICMP);
+    let len = emit_headers(
+        out,
+        src_mac,
+        dst_mac,
+        &head,
+        icmp::HEADER_LEN + payload.len(),
+    )?;
+    let mut msg = IcmpPacket::new_unchecked(&mut out[L4_AT..len]);
+    msg.set_msg_type(if request { ECHO_REQUEST } else { ECHO_REPLY });
+    msg.set_msg_code(0);
+    msg.set_echo_ident(ident);
+    msg.set_echo_seq_no(seq);
+    msg.data_mut().copy_from_slice(payload);
+    msg.fill_checksum();
+    Some(len)
+}
+
+/// What varies in the IPv4 headers we write.
+struct Ipv4Head {
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    protocol: u8,
+    tos: u8,
+    dont_frag: bool,
+}
+
+impl Ipv4Head {
+    /// An ordinary header: TOS 0 and DF set, as Linux sends with path MTU discovery.
+    fn new(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, protocol: u8) -> Self {
+        Ipv4Head {
+            src,
+            dst,
+            ttl,
+            protocol,
+            tos: 0,
+            dont_frag: true,
+        }
+    }
+}
+
+struct TcpFields {
+    src_port: u16,
+    dst_port: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+    window: u16,
+}
+
+fn emit_ethernet(out: &mut [u8], src: MacAddr, dst: MacAddr, ethertype: u16) {
+    let mut eth = EthernetFrame::new_unchecked(out);
+    eth.set_dst_addr(dst);
+    eth.set_src_addr(src);
+    eth.set_ethertype(ethertype);
+}
+
+/// Writes Ethernet and IPv4 headers (checksum filled) for `l4_len` bytes of transport data;
+/// returns the frame length, or `None` if it exceeds `out` or IPv4's 65535 bytes.
+fn emit_headers(
+    out: &mut [u8],
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    head: &Ipv4Head,
+    l4_len: usize,
+) -> Option<usize> {
+    let total = u16::try_from(IP_LEN.checked_add(l4_len)?).ok()?;
+    let len = ETH_LEN + usize::from(total);
+    let out = out.get_mut(..len)?;
+    emit_ethernet(out, src_mac, dst_mac, ETHERTYPE_IPV4);
+    let mut ip = Ipv4Packet::new_unchecked(&mut out[ETH_LEN..L4_AT]);
+    ip.set_version_and_header_len(IP_LEN);
+    ip.set_dscp_ecn(head.tos);
+    ip.set_total_len(total);
+    ip.set_ident(0);
+    ip.set_unfragmented(head.dont_frag);
+    ip.set_ttl(head.ttl);
+    ip.set_protocol(head.protocol);
+    ip.set_src_addr(head.src);
+    ip.set_dst_addr(head.dst);
+    ip.fill_checksum();
+    Some(len)
+}
+
+fn emit_tcp(
+    out: &mut [u8],
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    head: &Ipv4Head,
+    fields: &TcpFields,
+    payload: &[u8],
+) -> Option<usize> {
+    let len = emit_headers(out, src_mac, dst_mac, head, tcp::HEADER_LEN + payload.len())?;
+    let mut tcp = TcpSegment::new_unchecked(&mut out[L4_AT..len]);
+    tcp.set_src_port(fields.src_port);
+    tcp.set_dst_port(fields.dst_port);
+    tcp.set_seq_number(fields.seq);
+    tcp.set_ack_number(fields.ack);
+    tcp.set_header_len(tcp::HEADER_LEN);
+    tcp.set_flags(fields.flags);
+    tcp.set_window_len(fields.window);
+    tcp.set_urgent_at(0);
+    tcp.payload_mut().copy_from_slice(payload);
+    tcp.fill_checksum(head.src, head.dst);
+    Some(len)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::packet::parse::{parse_frame, L3};
+    use crate::packet::rewrite::verify_checksums;
+    use crate::packet::samples;
+    use crate::packet::tcp::{FIN, PSH, SYN};
+
+    const A: Ipv4Addr = Ipv4Addr::new(172, 211, 0, 18);
+    const B: Ipv4Addr = Ipv4Addr::new(172, 211, 0, 17);
+    const MAC_A: MacAddr = MacAddr([0x02, 0xac, 0xd3, 0, 0, 0x12]);
+    const MAC_B: MacAddr = MacAddr([0x02, 0xac, 0xd3, 0, 0, 0x11]);
+
+    fn ipv4(frame: &[u8]) -> Ipv4Info {
+        match parse_frame(frame).unwrap().l3 {
+            L3::Ipv4(ip) => ip,
+            other => panic!("not IPv4: {other:?}"),
+        }
+    }
+
+    /// Equal except the IP identification and, with it, the header checksum.
+    fn assert_same_but_ident(ours: &[u8], captured: &[u8]) {
+        assert_eq!(ours.len(), captured.len());
+        for (i, (a, b)) in ours.iter().zip(captured).enumerate() {
+            if !(18..20).contains(&i) && !(24..26).contains(&i) {
+                assert_eq!(a, b, "byte {i}");
+            }
+        }
+        assert_eq!(verify_checksums(ours), Some((true, true)));
+    }
+
+    #[test]
+    fn arp_request_and_reply_match_captures() {
+        let mut out = [0u8; 64];
+        let n = build_arp_request(&mut out, MAC_A, A, B).unwrap();
+        assert_eq!(out[..n], samples::ARP_REQUEST);
+        let n = build_arp_reply(&mut out, MAC_B, B, MAC_A, A).unwrap();
+        assert_eq!(out[..n], samples::ARP_REPLY);
+        assert_eq!(build_arp_reply(&mut out[..41], MAC_B, B, MAC_A, A), None);
+    }
+
+    #[test]
+    fn echo_reply_in_place_matches_the_kernels() {
+        let mut f = samples::ICMP_ECHO_REQUEST.to_vec();
+        f.extend_from_slice(&[0; 6]); // padding, to be trimmed
+        let ip = ipv4(&f);
+        let n = make_echo_reply_in_place(&mut f, &ip, MAC_B).unwrap();
+        assert_eq!(n, 66);
+        let reply = &f[..n];
+        // The kernel's reply has its own IP identification and no DF; all else is the same.
+        let mut kernel = samples::ICMP_ECHO_REPLY;
+        kernel[18..22].copy_from_slice(&samples::ICMP_ECHO_REQUEST[18..22]);
+        assert_same_but_ident(reply, &kernel);
+        let ip = ipv4(reply);
+        assert_eq!((ip.src, ip.dst, ip.ttl), (B, A, 64));
+        // Not an echo request: refused, untouched.
+        let mut f = samples::ICMP_ECHO_REPLY;
+        let ip = ipv4(&f);
+        assert_eq!(make_echo_reply_in_place(&mut f, &ip, MAC_B), None);
+        assert_eq!(f, samples::ICMP_ECHO_REPLY);
+    }
+
+    #[test]
+    fn port_unreachable_matches_the_kernels() {
+        let mut out = [0u8; 600];
+        let n = build_icmp_error(
+            &mut out,
+            MAC_B,
+            MAC_A,
+            B,
+            3,
+            3,
+            1400,
+            &samples::UDP_DNS[14..],
+        )
+        .unwrap();
+        assert_same_but_ident(&out[..n], &samples::ICMP_PORT_UNREACHABLE);
+    }
+
+    #[test]
+    fn icmp_error_quote_limits_and_mtu() {
+        let mut big = vec![0u8; 1514];
+        let n = build_udp(&mut big, MAC_A, MAC_B, A, B, 64, 1, 2, &[7u8; 1472]).unwrap();
+        assert_eq!(n, 1514);
+        let mut out = [0u8; 700];
+        let n = build_icmp_error(&mut out, MAC_B, MAC_A, B, 3, 4, 1400, &big[14..n]).unwrap();
+        assert_eq!(n, 14 + 576);
+        assert_eq!(verify_checksums(&out[..n]), Some((true, true)));
+        let ip = ipv4(&out[..n]);
+        assert_eq!((ip.src, ip.dst, ip.ttl), (B, A, 64));
+        assert_eq!(out[14 + 1], ICMP_ERROR_TOS);
+        assert_eq!(out[20..22], [0, 0], "DF clear");
+        assert_eq!(out[38..42], [0, 0, 0x05, 0x78], "next-hop MTU 1400");
+        // Other types leave those bytes zero.
+        let n = build_icmp_error(&mut out, MAC_B, MAC_A, B, 11, 0, 1400, &big[14..50]).unwrap();
+        assert_eq!((n, &out[38..42]), (14 + 20 + 8 + 36, &[0u8; 4][..]));
+        // No IP header to answer, or no room: nothing.
+        assert_eq!(
+            build_icmp_error(&mut out, MAC_B, MAC_A, B, 11, 0, 0, &big[14..33]),
+            None
+        );
+        assert_eq!(
+            build_icmp_error(&mut out[..61], MAC_B, MAC_A, B, 11, 0, 0, &big[14..34]),
+            None
+        );
+        assert!(
+            build_icmp_error(&mut out[..62], MAC_B, MAC_A, B, 11, 0, 0, &big[14..34]).is_some()
+        );
+    }
+
+    #[test]
+    fn reset_for_a_syn_matches_the_kernels() {
+        let ip = ipv4(&samples::TCP_SYN);
+        let mut out = [0u8; 64];
+        let n = build_tcp_rst(&mut out, MAC_B, MAC_A, &samples::TCP_SYN, &ip).unwrap();
+        assert_eq!(out[..n], samples::TCP_RST_ACK);
+        // No answer to a reset.
+        let rst = ipv4(&samples::TCP_RST_ACK);
+        assert_eq!(
+            build_tcp_rst(&mut out, MAC_A, MAC_B, &samples::TCP_RST_ACK, &rst),
+            None
+        );
+        assert_eq!(
+            build_tcp_rst(&mut out[..53], MAC_B, MAC_A, &samples::TCP_SYN, &ip),
+            None
+        );
+    }
+
+    #[test]
+    fn reset_sequence_numbers() {
+        let mut seg = [0u8; 128];
+        let mut out = [0u8; 64];
+        // With ACK: seq = their ack, no ACK.
+        let n = build_tcp(
+            &mut seg,
+            MAC_A,
+            MAC_B,
+            A,
+            B,
+            64,
+            1000,
+            80,
+            500,
+            9000,
+            ACK | PSH,
+            b"abc",
+        )
+        .unwrap();
+        let m = build_tcp_rst(&mut out, MAC_B, MAC_A, &seg[..n], &ipv4(&seg[..n])).unwrap();
+        let ip = ipv4(&out[..m]);
+        assert_eq!(
+            ip.l4,
+            L4::Tcp {
+                src_port: 80,
+                dst_port: 1000,
+                flags: RST,
+                seq: 9000,
+                ack: 0
+            }
+        );
+        assert_eq!(verify_checksums(&out[..m]), Some((true, true)));
+        // Without ACK: seq 0, ack = seq + data + SYN + FIN, wrapping.
+        let n = build_tcp(
+            &mut seg,
+            MAC_A,
+            MAC_B,
+            A,
+            B,
+            64,
+            1000,
+            80,
+            u32::MAX,
+            0,
+            SYN | FIN,
+            b"ab",
+        )
+        .unwrap();
+        let m = build_tcp_rst(&mut out, MAC_B, MAC_A, &seg[..n], &ipv4(&seg[..n])).unwrap();
+        let ip = ipv4(&out[..m]);
+        assert_eq!((ip.src, ip.dst), (B, A));
+        assert_eq!(
+            ip.l4,
+            L4::Tcp {
+                src_port: 80,
+                dst_port: 1000,
+                flags: RST | ACK,
+                seq: 0,
+                ack: 3
+            }
+        );
+    }
+
+    #[test]
+    fn generic_builders_match_captures() {
+        let mut out = [0u8; 128];
+        let n = build_udp(&mut out, MAC_A, MAC_B, A, B, 64, 57087, 5353, b"hello\n").unwrap();
+        assert_same_but_ident(&out[..n], &samples::UDP_DNS);
+        let payload = &samples::ICMP_ECHO_REQUEST[42..];
+        let n = build_icmp_echo(&mut out, MAC_A, MAC_B, A, B, 64, true, 3749, 1, payload).unwrap();
+        assert_same_but_ident(&out[..n], &samples::ICMP_ECHO_REQUEST);
+        let n = build_tcp(
+            &mut out,
+            MAC_B,
+            MAC_A,
+            B,
+            A,
+            64,
+            8080,
+            60698,
+            0,
+            4019171491,
+            RST | ACK,
+            b"",
+        )
+        .unwrap();
+        let mut rst = samples::TCP_RST_ACK;
+        rst[48..50].copy_from_slice(&[0xff, 0xff]); // our window
+        let csum = update16(u16::from_be_bytes([rst[50], rst[51]]), 0, 0xffff);
+        rst[50..52].copy_from_slice(&csum.to_be_bytes());
+        assert_eq!(out[..n], rst);
+    }
+
+    #[test]
+    fn builders_refuse_small_buffers() {
+        let mut out = [0u8; 128];
+        let full = build_tcp(&mut out, MAC_A, MAC_B, A, B, 64, 1, 2, 3, 4, SYN, b"xyz").unwrap();
+        for len in 0..full {
+            assert_eq!(
+                build_tcp(
+                    &mut out[..len],
+                    MAC_A,
+                    MAC_B,
+                    A,
+                    B,
+                    64,
+                    1,
+                    2,
+                    3,
+                    4,
+                    SYN,
+                    b"xyz"
+                ),
+                None
+            );
+            assert_eq!(
+                build_udp(
+                    &mut out[..len],
+                    MAC_A,
+                    MAC_B,
+                    A,
+                    B,
+                    64,
+                    1,
+                    2,
+                    b"xyzxyzxyzxyzxyz"
+                ),
+                None
+            );
+            assert_eq!(
+                build_icmp_echo(
+                    &mut out[..len],
+                    MAC_A,
+                    MAC_B,
+                    A,
+                    B,
+                    64,
+                    true,
+                    1,
+                    2,
+                    b"xyzxyzxyzxyzxyz"
+                ),
+                None
+            );
+        }
+        // IPv4 cannot carry more than 65535 bytes.
+        let mut huge = vec![0u8; 70_000];
+        let payload = vec![0u8; 65_535 - 28 + 1];
+        assert_eq!(
+            build_udp(&mut huge, MAC_A, MAC_B, A, B, 64, 1, 2, &payload),
+            None
+        );
+        assert!(build_udp(&mut huge, MAC_A, MAC_B, A, B, 64, 1, 2, &payload[1..]).is_some());
+    }
+}

@@ -1,0 +1,616 @@
+//! One pass over a frame: everything the pipeline needs, as values and offsets, no copies.
+//!
+//! [`parse_frame`] validates a frame from Ethernet down to the transport header once and returns
+//! a [`ParsedFrame`]: addresses, ports, flags, and the offsets that [`super::rewrite`] takes back
+//! to change the frame in place. The pipeline never holds a view across stages, so nothing
+//! borrows the frame while it is being rewritten.
+//!
+//! What is checked, and why:
+//! - IPv4 per RFC 791 and RFC 1812 section 5.2.2 (a router must check version, header length,
+//!   total length and header checksum and discard what fails). Bytes beyond the total length are
+//!   Ethernet padding and are left for the caller to trim, never rejected.
+//! - Transport headers only in first fragments (fragment offset 0): later fragments carry none,
+//!   and their [`L4`] is `Other`. A first fragment too short for its transport header is rejected
+//!   as truncated, which also drops the tiny-fragment attack of RFC 1858.
+//! - TCP, UDP and ICMP checksums are not verified: a router does not (RFC 1812), and frames from a
+//!   TAP with offload carry partial ones.
+//! - ICMP errors (destination unreachable, time exceeded, parameter problem) must quote at least a
+//!   whole IPv4 header (RFC 792); the quoted transport header may be cut short (RFC 792 asks only
+//!   for 64 bits of it), and [`InnerPacket::has_ports`] tells whether its ports are there.
+
+use std::net::Ipv4Addr;
+
+use super::arp::ArpPacket;
+use super::ethernet::{self, EthernetFrame, ETHERTYPE_ARP, ETHERTYPE_IPV4};
+use super::icmp::{self, IcmpPacket, ECHO_REPLY, ECHO_REQUEST};
+use super::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+use super::tcp::TcpSegment;
+use super::udp::UdpDatagram;
+use super::{get_u16, MacAddr, WireError};
+
+/// A frame as the pipeline sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParsedFrame {
+    pub dst_mac: MacAddr,
+    pub src_mac: MacAddr,
+    pub ethertype: u16,
+    pub l3: L3,
+}
+
+/// The network layer of a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L3 {
+    Arp(ArpInfo),
+    Ipv4(Ipv4Info),
+    /// Any other ethertype (IPv6, VLAN-tagged, ...): not parsed.
+    Other,
+}
+
+/// An Ethernet/IPv4 ARP packet (RFC 826).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArpInfo {
+    pub operation: u16,
+    pub sender_mac: MacAddr,
+    pub sender_ip: Ipv4Addr,
+    pub target_mac: MacAddr,
+    pub target_ip: Ipv4Addr,
+}
+
+/// An IPv4 packet, validated, with its transport header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Info {
+    /// Offset of the IP header in the frame (14: no VLAN tags).
+    pub offset: usize,
+    /// IHL * 4: at least 20, at most `total_len`.
+    pub header_len: usize,
+    /// The total length field: at most the bytes after `offset`. The frame may be longer
+    /// (Ethernet padding).
+    pub total_len: usize,
+    pub ttl: u8,
+    pub protocol: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// MF set or a non-zero fragment offset.
+    pub is_fragment: bool,
+    /// Fragment offset zero (also true for a packet that is no fragment at all).
+    pub is_first_fragment: bool,
+    /// The transport header; parsed only in first fragments, `L4::Other` otherwise.
+    pub l4: L4,
+}
+
+impl Ipv4Info {
+    /// Offset of the transport header in the frame.
+    pub fn l4_offset(&self) -> usize {
+        self.offset + self.header_len
+    }
+
+    /// Offset just past the IP packet in the frame: where padding, if any, starts.
+    pub fn end(&self) -> usize {
+        self.offset + self.total_len
+    }
+}
+
+/// The transport layer of a (first-fragment) IPv4 packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4 {
+    Tcp {
+        src_port: u16,
+        dst_port: u16,
+        flags: u8,
+        seq: u32,
+        ack: u32,
+    },
+    Udp {
+        src_port: u16,
+        dst_port: u16,
+    },
+    /// Echo request or reply.
+    IcmpEcho {
+        icmp_type: u8,
+        code: u8,
+        ident: u16,
+        seq: u16,
+    },
+    /// Destination unreachable, time exceeded or parameter problem, with the packet it quotes.
+    IcmpError {
+        icmp_type: u8,
+        code: u8,
+        inner: InnerPacket,
+    },
+    /// Any other ICMP message.
+    IcmpOther {
+        icmp_type: u8,
+        code: u8,
+    },
+    /// Another protocol, or a fragment other than the first.
+    Other,
+}
+
+/// The packet an ICMP error quotes: the original as it was sent, from the host that sent it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct InnerPacket {
+    /// Offset of the quoted IP header in the frame.
+    pub offset: usize,
+    /// Its IHL * 4; the whole header is present.
+    pub header_len: usize,
+    pub protocol: u8,
+    pub src: Ipv4Addr,
+    pub dst: Ipv4Addr,
+    /// TCP/UDP ports; for a quoted ICMP echo, its identifier in both.
+    pub src_port: u16,
+    pub dst_port: u16,
+    /// The ports are present: at least 4 bytes of a quoted TCP/UDP header, or the 8 bytes of a
+    /// quoted ICMP echo header, in a quoted first fragment.
+    pub has_ports: bool,
+}
+
+impl InnerPacket {
+    /// Offset of the quoted transport header in the frame.
+    pub fn l4_offset(&self) -> usize {
+        self.offset + self.header_len
+    }
+}
+
+/// Parses a frame (without virtio-net header) as described in the module note.
+pub fn parse_frame(frame: &[u8]) -> Result<ParsedFrame, WireError> {
+    let eth = EthernetFrame::new_checked(frame)?;
+    let ethertype = eth.ethertype();
+    let l3 = match ethertype {
+        ETHERTYPE_ARP => L3::Arp(parse_arp(eth.payload())?),
+        ETHERTYPE_IPV4 => L3::Ipv4(parse_ipv4(frame, ethernet::HEADER_LEN)?),
+        _ => L3::Other,
+    };
+    Ok(ParsedFrame {
+        dst_mac: eth.dst_addr(),
+        src_mac: eth.src_addr(),
+        ethertype,
+        l3,
+    })
+}
+
+fn parse_arp(payload: &[u8]) -> Result<ArpInfo, WireError> {
+    let arp = ArpPacket::new_checked(payload)?;
+    if !arp.is_ethernet_ipv4() {
+        return Err(WireError::UnsupportedArp);
+    }
+    Ok(ArpInfo {
+        operation: arp.operation(),
+        sender_mac: arp.sender_hardware_addr(),
+        sender_ip: arp.sender_protocol_addr(),
+        target_mac: arp.target_hardware_addr(),
+        target_ip: arp.target_protocol_addr(),
+    })
+}
+
+fn parse_ipv4(frame: &[u8], offset: usize) -> Result<Ipv4Info, WireError> {
+    let ip = Ipv4Packet::new_checked(frame.get(offset..).ok_or(WireError::Truncated)?)?;
+    if !ip.verify_checksum() {
+        return Err(WireError::BadChecksum);
+    }
+    let header_len = ip.header_len();
+    let is_first_fragment = ip.frag_offset() == 0;
+    let l4 = if is_first_fragment {
+        parse_l4(frame, offset + header_len, ip.protocol(), ip.payload())?
+    } else {
+        L4::Other
+    };
+    Ok(Ipv4Info {
+        offset,
+        header_len,
+        total_len: ip.total_len(),
+        ttl: ip.ttl(),
+        protocol: ip.protocol(),
+        src: ip.src_addr(),
+        dst: ip.dst_addr(),
+        is_fragment: ip.is_fragment(),
+        is_first_fragment,
+        l4,
+    })
+}
+
+/// `payload` is the IP payload, found at `l4_offset` in `frame`.
+fn parse_l4(frame: &[u8], l4_offset: usize, protocol: u8, payload: &[u8]) -> Result<L4, WireError> {
+    Ok(match protocol {
+        PROTO_TCP => {
+            let tcp = TcpSegment::new_checked(payload)?;
+            L4::Tcp {
+                src_port: tcp.src_port(),
+                dst_port: tcp.dst_port(),
+                flags: tcp.flags(),
+                seq: tcp.seq_number(),
+                ack: tcp.ack_number(),
+            }
+        }
+        PROTO_UDP => {
+            let udp = UdpDatagram::new_checked(payload)?;
+            L4::Udp {
+                src_port: udp.src_port(),
+                dst_port: udp.dst_port(),
+            }
+        }
+        PROTO_ICMP => {
+            let msg = IcmpPacket::new_checked(payload)?;
+            let (icmp_type, code) = (msg.msg_type(), msg.msg_code());
+            match icmp_type {
+                ECHO_REQUEST | ECHO_REPLY => L4::IcmpEcho {
+                    icmp_type,
+                    code,
+                    ident: msg.echo_ident(),
+                    seq: msg.echo_seq_no(),
+                },
+                t if icmp::is_error(t) => {
+                    let inner = parse_inner(frame, l4_offset + icmp::HEADER_LEN, msg.data())?;
+                    L4::IcmpError {
+                        icmp_type,
+                        code,
+                        inner,
+                    }
+                }
+                _ => L4::IcmpOther { icmp_type, code },
+            }
+        }
+        _ => L4::Other,
+    })
+}
+
+/// `quote` is the data of an ICMP error, found at `offset` in the frame.
+fn parse_inner(frame: &[u8], offset: usize, quote: &[u8]) -> Result<InnerPacket, WireError> {
+    debug_assert_eq!(frame.get(offset..offset + quote.len()), Some(quote));
+    if quote.len() < ipv4::HEADER_LEN {
+        return Err(WireError::BadIcmpQuote);
+    }
+    // Only the header has to be whole: the quoted total length describes the original packet,
+    // of which the quote is a prefix.
+    let ip = Ipv4Packet::new_unchecked(quote);
+    let header_len = ip.header_len();
+    if ip.version() != 4 || header_len < ipv4::HEADER_LEN || header_len > quote.len() {
+        return Err(WireError::BadIcmpQuote);
+    }
+    let protocol = ip.protocol();
+    let l4 = &quote[header_len..];
+    let first = ip.frag_offset() == 0;
+    let (src_port, dst_port, has_ports) = match protocol {
+        PROTO_TCP | PROTO_UDP if first && l4.len() >= 4 => (get_u16(l4, 0), get_u16(l4, 2), true),
+        PROTO_ICMP
+            if first
+                && l4.len() >= icmp::HEADER_LEN
+                && matches!(l4[icmp::field::TYPE], ECHO_REQUEST | ECHO_REPLY) =>
+        {
+            let ident = get_u16(l4, icmp::field::ECHO_IDENT.start);
+            (ident, ident, true)
+        }
+        _ => (0, 0, false),
+    };
+    Ok(InnerPacket {
+        offset,
+        header_len,
+        protocol,
+        src: ip.src_addr(),
+        dst: ip.dst_addr(),
+        src_port,
+        dst_port,
+        has_ports,
+    })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::packet::checksum;
+    use crate::packet::samples;
+    use crate::packet::tcp::{ACK, SYN};
+
+    const A: Ipv4Addr = Ipv4Addr::new(172, 211, 0, 18);
+    const B: Ipv4Addr = Ipv4Addr::new(172, 211, 0, 17);
+
+    /// Recomputes the IP header checksum of a frame edited by a test.
+    pub(crate) fn fix_ip_checksum(frame: &mut [u8]) {
+        let hl = usize::from(frame[14] & 0x0f) * 4;
+        let c = checksum::ipv4_header_checksum(&frame[14..14 + hl]);
+        frame[24..26].copy_from_slice(&c.to_be_bytes());
+    }
+
+    fn ipv4(frame: &[u8]) -> Ipv4Info {
+        match parse_frame(frame).unwrap().l3 {
+            L3::Ipv4(ip) => ip,
+            other => panic!("not IPv4: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn captured_arp_request() {
+        let parsed = parse_frame(&samples::ARP_REQUEST).unwrap();
+        assert_eq!(parsed.dst_mac, MacAddr::BROADCAST);
+        assert_eq!(parsed.src_mac.to_string(), "02:ac:d3:00:00:12");
+        assert_eq!(parsed.ethertype, ETHERTYPE_ARP);
+        let L3::Arp(arp) = parsed.l3 else {
+            panic!("{parsed:?}")
+        };
+        assert_eq!(
+            arp,
+            ArpInfo {
+                operation: 1,
+                sender_mac: parsed.src_mac,
+                sender_ip: A,
+                target_mac: MacAddr::ZERO,
+                target_ip: B,
+            }
+        );
+    }
+
+    #[test]
+    fn captured_echo_request() {
+        let ip = ipv4(&samples::ICMP_ECHO_REQUEST);
+        assert_eq!((ip.offset, ip.header_len, ip.total_len), (14, 20, 52));
+        assert_eq!(
+            (ip.ttl, ip.protocol, ip.src, ip.dst),
+            (64, PROTO_ICMP, A, B)
+        );
+        assert!(!ip.is_fragment && ip.is_first_fragment);
+        assert_eq!(
+            ip.l4,
+            L4::IcmpEcho {
+                icmp_type: 8,
+                code: 0,
+                ident: 3749,
+                seq: 1
+            }
+        );
+        assert_eq!((ip.l4_offset(), ip.end()), (34, 66));
+    }
+
+    #[test]
+    fn captured_tcp_syn_and_rst() {
+        let ip = ipv4(&samples::TCP_SYN);
+        assert_eq!(
+            ip.l4,
+            L4::Tcp {
+                src_port: 60698,
+                dst_port: 8080,
+                flags: SYN,
+                seq: 4019171490,
+                ack: 0
+            }
+        );
+        let ip = ipv4(&samples::TCP_RST_ACK);
+        assert_eq!(
+            ip.l4,
+            L4::Tcp {
+                src_port: 8080,
+                dst_port: 60698,
+                flags: 0x14,
+                seq: 0,
+                ack: 4019171491
+            }
+        );
+        assert_eq!(ACK, 0x10);
+    }
+
+    #[test]
+    fn captured_udp_and_its_port_unreachable() {
+        assert_eq!(
+            ipv4(&samples::UDP_DNS).l4,
+            L4::Udp {
+                src_port: 57087,
+                dst_port: 5353
+            }
+        );
+        let ip = ipv4(&samples::ICMP_PORT_UNREACHABLE);
+        assert_eq!((ip.src, ip.dst), (B, A));
+        let L4::IcmpError {
+            icmp_type: 3,
+            code: 3,
+            inner,
+        } = ip.l4
+        else {
+            panic!("{:?}", ip.l4)
+        };
+        assert_eq!(
+            inner,
+            InnerPacket {
+                offset: 42,
+                header_len: 20,
+                protocol: PROTO_UDP,
+                src: A,
+                dst: B,
+                src_port: 57087,
+                dst_port: 5353,
+                has_ports: true,
+            }
+        );
+        assert_eq!(inner.l4_offset(), 62);
+    }
+
+    #[test]
+    fn padding_is_accepted_not_parsed() {
+        let mut frame = samples::TCP_RST_ACK.to_vec();
+        frame.resize(60, 0xee);
+        let ip = ipv4(&frame);
+        assert_eq!((ip.total_len, ip.end()), (40, 54));
+        let mut frame = samples::ARP_REQUEST.to_vec();
+        frame.resize(60, 0);
+        assert!(matches!(parse_frame(&frame).unwrap().l3, L3::Arp(_)));
+    }
+
+    #[test]
+    fn every_truncation_is_an_error_or_a_valid_parse() {
+        for sample in samples::ALL {
+            let whole = parse_frame(sample).unwrap();
+            for len in 0..sample.len() {
+                match parse_frame(&sample[..len]) {
+                    // Only ARP survives a cut (it is shorter than the 60-byte minimum already)
+                    // and only when nothing of the ARP packet is lost.
+                    Ok(p) => assert!(matches!(p.l3, L3::Arp(_)) && len >= 42, "{len}: {p:?}"),
+                    Err(e) => assert!(len < sample.len(), "{e}"),
+                }
+            }
+            assert_eq!(parse_frame(sample).unwrap(), whole);
+        }
+    }
+
+    #[test]
+    fn every_single_bit_flip_parses_or_fails_cleanly() {
+        for sample in samples::ALL {
+            let mut frame = sample.to_vec();
+            for bit in 0..frame.len() * 8 {
+                frame[bit / 8] ^= 1 << (bit % 8);
+                let _ = parse_frame(&frame);
+                // And with the header checksum made right again, to reach the deeper layers.
+                if frame.len() >= 34 && frame[12..14] == [0x08, 0x00] && frame[14] & 0x0f == 5 {
+                    let saved = [frame[24], frame[25]];
+                    fix_ip_checksum(&mut frame);
+                    let _ = parse_frame(&frame);
+                    frame[24..26].copy_from_slice(&saved);
+                }
+                frame[bit / 8] ^= 1 << (bit % 8);
+            }
+        }
+    }
+
+    #[test]
+    fn ipv4_lengths_and_checksum_are_enforced() {
+        let edit = |at: usize, v: u8| {
+            let mut f = samples::TCP_SYN.to_vec();
+            f[at] = v;
+            fix_ip_checksum(&mut f);
+            parse_frame(&f).err()
+        };
+        for ihl in 0..5 {
+            assert_eq!(
+                edit(14, 0x40 | ihl),
+                Some(WireError::BadHeaderLength),
+                "IHL {ihl}"
+            );
+        }
+        assert_eq!(edit(14, 0x55), Some(WireError::BadVersion));
+        assert_eq!(edit(17, 19), Some(WireError::BadTotalLength)); // total 19 < IHL*4
+        assert_eq!(edit(17, 61), Some(WireError::BadTotalLength)); // total 61 > 60 present
+        assert_eq!(edit(17, 50), Some(WireError::BadDataOffset)); // 40-byte TCP header in 30
+        assert_eq!(edit(17, 30), Some(WireError::Truncated)); // 10 bytes of TCP
+        let mut f = samples::TCP_SYN.to_vec();
+        f[22] -= 1; // TTL, checksum left stale
+        assert_eq!(parse_frame(&f).err(), Some(WireError::BadChecksum));
+    }
+
+    #[test]
+    fn header_options_move_the_transport_header() {
+        // Rebuild the UDP sample with 4 bytes of options (an End of Options list).
+        let mut f = samples::UDP_DNS[..34].to_vec();
+        f.extend_from_slice(&[0, 0, 0, 0]);
+        f.extend_from_slice(&samples::UDP_DNS[34..]);
+        f[14] = 0x46;
+        f[17] += 4;
+        fix_ip_checksum(&mut f);
+        let ip = ipv4(&f);
+        assert_eq!((ip.header_len, ip.l4_offset()), (24, 38));
+        assert_eq!(
+            ip.l4,
+            L4::Udp {
+                src_port: 57087,
+                dst_port: 5353
+            }
+        );
+    }
+
+    #[test]
+    fn fragments() {
+        // A later fragment: offset 8 (one unit), no transport header read even if it looks like one.
+        let mut f = samples::UDP_DNS.to_vec();
+        f[20..22].copy_from_slice(&0x0001u16.to_be_bytes());
+        fix_ip_checksum(&mut f);
+        let ip = ipv4(&f);
+        assert!(ip.is_fragment && !ip.is_first_fragment);
+        assert_eq!(ip.l4, L4::Other);
+        // A first fragment (MF) has its transport header parsed.
+        f[20..22].copy_from_slice(&0x2000u16.to_be_bytes());
+        fix_ip_checksum(&mut f);
+        let ip = ipv4(&f);
+        assert!(ip.is_fragment && ip.is_first_fragment);
+        assert_eq!(
+            ip.l4,
+            L4::Udp {
+                src_port: 57087,
+                dst_port: 5353
+            }
+        );
+        // A first fragment too short for a TCP header (RFC 1858's tiny fragment) is refused.
+        let mut f = samples::TCP_SYN[..42].to_vec();
+        f[17] = 28;
+        f[20] = 0x20;
+        fix_ip_checksum(&mut f);
+        assert_eq!(parse_frame(&f).err(), Some(WireError::Truncated));
+    }
+
+    #[test]
+    fn other_arp_and_other_ethertypes() {
+        let mut f = samples::ARP_REQUEST;
+        f[19] = 16; // hardware address length
+        assert_eq!(parse_frame(&f).err(), Some(WireError::UnsupportedArp));
+        let mut f = samples::TCP_SYN;
+        f[12..14].copy_from_slice(&0x86ddu16.to_be_bytes());
+        let p = parse_frame(&f).unwrap();
+        assert_eq!((p.ethertype, p.l3), (0x86dd, L3::Other));
+    }
+
+    #[test]
+    fn icmp_quotes() {
+        // Keep the captured port unreachable but cut its quote to `n` bytes.
+        let cut = |n: usize| {
+            let mut f = samples::ICMP_PORT_UNREACHABLE[..42 + n].to_vec();
+            f[16..18].copy_from_slice(&((28 + n) as u16).to_be_bytes());
+            fix_ip_checksum(&mut f);
+            parse_frame(&f)
+        };
+        for n in 0..20 {
+            assert_eq!(cut(n).err(), Some(WireError::BadIcmpQuote), "quote of {n}");
+        }
+        for n in 20..24 {
+            let L3::Ipv4(ip) = cut(n).unwrap().l3 else {
+                panic!()
+            };
+            let L4::IcmpError { inner, .. } = ip.l4 else {
+                panic!()
+            };
+            assert!(!inner.has_ports && inner.src_port == 0, "quote of {n}");
+        }
+        let L3::Ipv4(ip) = cut(24).unwrap().l3 else {
+            panic!()
+        };
+        let L4::IcmpError { inner, .. } = ip.l4 else {
+            panic!()
+        };
+        assert!(inner.has_ports && (inner.src_port, inner.dst_port) == (57087, 5353));
+        // A quoted header of the wrong version is refused.
+        let mut f = samples::ICMP_PORT_UNREACHABLE.to_vec();
+        f[42] = 0x65;
+        assert_eq!(parse_frame(&f).err(), Some(WireError::BadIcmpQuote));
+    }
+
+    #[test]
+    fn icmp_error_quoting_an_echo_has_its_ident() {
+        // Time exceeded for the captured echo request, quoting it whole.
+        let mut out = [0u8; 128];
+        let n = crate::packet::build::build_icmp_error(
+            &mut out,
+            MacAddr([2, 0, 0, 0, 0, 1]),
+            MacAddr([2, 0, 0, 0, 0, 2]),
+            Ipv4Addr::new(172, 211, 0, 1),
+            icmp::TIME_EXCEEDED,
+            0,
+            0,
+            &samples::ICMP_ECHO_REQUEST[14..],
+        )
+        .unwrap();
+        let ip = ipv4(&out[..n]);
+        let L4::IcmpError {
+            icmp_type: 11,
+            code: 0,
+            inner,
+        } = ip.l4
+        else {
+            panic!("{:?}", ip.l4)
+        };
+        assert_eq!((inner.protocol, inner.src, inner.dst), (PROTO_ICMP, A, B));
+        assert!(inner.has_ports && inner.src_port == 3749 && inner.dst_port == 3749);
+    }
+}

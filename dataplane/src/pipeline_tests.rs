@@ -1,0 +1,778 @@
+//! The pipeline on byte arrays: frames in, frames out, every checksum recomputed from scratch.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+
+use super::*;
+use crate::packet::build;
+use crate::packet::checksum;
+use crate::packet::parse::{parse_frame, L3, L4};
+use crate::tables::{MacAddr, Tables, PROTO_TCP};
+use crate::testbed::{self, *};
+
+struct Bed {
+    pipeline: Pipeline,
+    tables: Arc<ArcSwap<Tables>>,
+    ctx: WorkerContext,
+    pkt: PacketBuf,
+    now: u64,
+}
+
+impl Bed {
+    fn new() -> Bed {
+        let tables = Arc::new(ArcSwap::from_pointee(testbed::tables(
+            1,
+            Options::default(),
+        )));
+        Bed {
+            pipeline: Pipeline::new(Arc::clone(&tables)),
+            tables,
+            ctx: WorkerContext::default(),
+            pkt: PacketBuf::new(),
+            now: 1000,
+        }
+    }
+
+    fn send(&mut self, port: PortId, frame: &[u8]) -> Verdict {
+        self.pkt.set_frame(frame);
+        self.now += 1;
+        self.pipeline
+            .process(&mut self.ctx, self.now, port, &mut self.pkt)
+    }
+
+    /// The one frame transmitted, and where.
+    fn out(&self) -> (PortId, Vec<u8>) {
+        assert_eq!(
+            self.ctx.tx.len(),
+            1,
+            "expected one frame out, got {:?}",
+            self.ctx.tx
+        );
+        let tx = self.ctx.tx[0];
+        let bytes = match tx.source {
+            TxSource::Packet => self.pkt.frame().to_vec(),
+            TxSource::Scratch => self.ctx.scratch.frame().to_vec(),
+        };
+        (tx.port, bytes)
+    }
+}
+
+fn buf() -> Vec<u8> {
+    vec![0u8; 2048]
+}
+
+fn udp(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    sport: u16,
+    dport: u16,
+) -> Vec<u8> {
+    let mut b = buf();
+    let n = build::build_udp(
+        &mut b, src_mac, dst_mac, src, dst, ttl, sport, dport, b"hello",
+    )
+    .unwrap();
+    b.truncate(n);
+    b
+}
+
+fn tcp(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    sport: u16,
+    dport: u16,
+    flags: u8,
+) -> Vec<u8> {
+    let mut b = buf();
+    let n = build::build_tcp(
+        &mut b, src_mac, dst_mac, src, dst, 64, sport, dport, 1000, 0, flags, b"",
+    )
+    .unwrap();
+    b.truncate(n);
+    b
+}
+
+fn ping(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    ttl: u8,
+    ident: u16,
+) -> Vec<u8> {
+    let mut b = buf();
+    let n = build::build_icmp_echo(
+        &mut b,
+        src_mac,
+        dst_mac,
+        src,
+        dst,
+        ttl,
+        true,
+        ident,
+        1,
+        b"abcdefgh",
+    )
+    .unwrap();
+    b.truncate(n);
+    b
+}
+
+const SYN: u8 = 0x02;
+const ACK: u8 = 0x10;
+
+/// Parses a frame and checks every checksum against a from-scratch computation.
+fn check(frame: &[u8]) -> crate::packet::parse::Ipv4Info {
+    let parsed = parse_frame(frame).expect("frame parses");
+    let L3::Ipv4(ip) = parsed.l3 else {
+        panic!("not IPv4")
+    };
+    let header = &frame[ip.offset..ip.offset + ip.header_len];
+    assert_eq!(checksum::sum(header, 0) as u16 & 0, 0);
+    assert_eq!(
+        checksum::fold(checksum::sum(header, 0)),
+        0xffff,
+        "IP header checksum"
+    );
+    let l4 = &frame[ip.offset + ip.header_len..ip.offset + ip.total_len];
+    match ip.protocol {
+        PROTO_ICMP => assert_eq!(
+            checksum::fold(checksum::sum(l4, 0)),
+            0xffff,
+            "ICMP checksum"
+        ),
+        p => {
+            let pseudo = checksum::pseudo_header_sum(ip.src, ip.dst, p, l4.len() as u16);
+            assert_eq!(
+                checksum::fold(checksum::sum(l4, pseudo)),
+                0xffff,
+                "L4 checksum"
+            );
+        }
+    }
+    ip
+}
+
+fn macs(frame: &[u8]) -> (MacAddr, MacAddr) {
+    let p = parse_frame(frame).unwrap();
+    (p.src_mac, p.dst_mac)
+}
+
+#[test]
+fn arp_for_the_gateway_is_answered_with_the_router_mac() {
+    let mut bed = Bed::new();
+    let mut b = buf();
+    let n = build::build_arp_request(&mut b, pod_mac(A1_IP), A1_IP, GW_A).unwrap();
+    assert_eq!(bed.send(A1, &b[..n]), Verdict::Reply);
+    let (port, frame) = bed.out();
+    assert_eq!(port, A1);
+    let L3::Arp(arp) = parse_frame(&frame).unwrap().l3 else {
+        panic!()
+    };
+    assert_eq!(
+        (arp.operation, arp.sender_ip, arp.sender_mac, arp.target_ip),
+        (2, GW_A, ROUTER_MAC, A1_IP)
+    );
+}
+
+#[test]
+fn arp_is_suppressed_within_a_segment_and_never_crosses_it() {
+    let mut bed = Bed::new();
+    let mut b = buf();
+    let n = build::build_arp_request(&mut b, pod_mac(A1_IP), A1_IP, A2_IP).unwrap();
+    assert_eq!(bed.send(A1, &b[..n]), Verdict::Reply);
+    let L3::Arp(arp) = parse_frame(&bed.out().1).unwrap().l3 else {
+        panic!()
+    };
+    assert_eq!(arp.sender_mac, pod_mac(A2_IP));
+    let n = build::build_arp_request(&mut b, pod_mac(A1_IP), A1_IP, B1_IP).unwrap();
+    assert_eq!(bed.send(A1, &b[..n]), Verdict::Consumed);
+    assert!(bed.ctx.tx.is_empty());
+}
+
+#[test]
+fn the_gateway_answers_ping() {
+    let mut bed = Bed::new();
+    assert_eq!(
+        bed.send(A1, &ping(pod_mac(A1_IP), ROUTER_MAC, A1_IP, GW_A, 64, 7)),
+        Verdict::Reply
+    );
+    let (port, frame) = bed.out();
+    assert_eq!(port, A1);
+    let ip = check(&frame);
+    assert_eq!((ip.src, ip.dst), (GW_A, A1_IP));
+    assert!(matches!(
+        ip.l4,
+        L4::IcmpEcho {
+            icmp_type: 0,
+            ident: 7,
+            ..
+        }
+    ));
+    assert_eq!(macs(&frame), (ROUTER_MAC, pod_mac(A1_IP)));
+}
+
+#[test]
+fn echo_between_pods_is_routed_through_t1_with_one_ttl_step() {
+    let mut bed = Bed::new();
+    assert_eq!(
+        bed.send(A1, &ping(pod_mac(A1_IP), ROUTER_MAC, A1_IP, A2_IP, 64, 9)),
+        Verdict::Forward
+    );
+    let (port, frame) = bed.out();
+    assert_eq!(port, A2);
+    let ip = check(&frame);
+    assert_eq!((ip.src, ip.dst, ip.ttl), (A1_IP, A2_IP, 63));
+    assert_eq!(macs(&frame), (ROUTER_MAC, pod_mac(A2_IP)));
+    // And the reply comes back on the cached path.
+    assert_eq!(
+        bed.send(A2, &{
+            let mut b = buf();
+            let n = build::build_icmp_echo(
+                &mut b,
+                pod_mac(A2_IP),
+                ROUTER_MAC,
+                A2_IP,
+                A1_IP,
+                64,
+                false,
+                9,
+                1,
+                b"abcdefgh",
+            )
+            .unwrap();
+            b.truncate(n);
+            b
+        }),
+        Verdict::Forward
+    );
+    assert_eq!(bed.out().0, A1);
+}
+
+#[test]
+fn ttl_expiry_answers_from_each_gateway_in_turn() {
+    let mut bed = Bed::new();
+    // TTL 1: expires at the T1, answered from its address on the pod's segment.
+    let probe = udp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        OUTSIDE_HOST,
+        1,
+        40000,
+        33434,
+    );
+    assert_eq!(bed.send(A1, &probe), Verdict::Drop(DropReason::TtlExceeded));
+    let (port, frame) = bed.out();
+    assert_eq!(port, A1);
+    let ip = check(&frame);
+    assert_eq!((ip.src, ip.dst), (GW_A, A1_IP));
+    let L4::IcmpError {
+        icmp_type: 11,
+        code: 0,
+        inner,
+    } = ip.l4
+    else {
+        panic!("{:?}", ip.l4)
+    };
+    // The quote is the probe as the pod sent it.
+    assert_eq!(
+        (inner.src, inner.dst, inner.src_port, inner.dst_port),
+        (A1_IP, OUTSIDE_HOST, 40000, 33434)
+    );
+    // TTL 2: expires at T0, answered from T0's side of the transit link.
+    let probe = udp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        OUTSIDE_HOST,
+        2,
+        40001,
+        33435,
+    );
+    assert_eq!(bed.send(A1, &probe), Verdict::Drop(DropReason::TtlExceeded));
+    let ip = check(&bed.out().1);
+    assert_eq!(ip.src, T0_TRANSIT_A);
+    // TTL 3 leaves through the uplink, translated to the egress IP, TTL 1.
+    let probe = udp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        OUTSIDE_HOST,
+        3,
+        40002,
+        33436,
+    );
+    assert_eq!(bed.send(A1, &probe), Verdict::Forward);
+    let (port, frame) = bed.out();
+    assert_eq!(port, UPLINK);
+    let ip = check(&frame);
+    assert_eq!((ip.src, ip.ttl), (EGRESS_A, 1));
+}
+
+#[test]
+fn egress_snat_translates_both_ways_and_related_icmp_errors_follow() {
+    let mut bed = Bed::new();
+    assert_eq!(
+        bed.send(
+            A1,
+            &udp(
+                pod_mac(A1_IP),
+                ROUTER_MAC,
+                A1_IP,
+                OUTSIDE_HOST,
+                64,
+                5353,
+                53
+            )
+        ),
+        Verdict::Forward
+    );
+    let (port, frame) = bed.out();
+    assert_eq!(port, UPLINK);
+    let ip = check(&frame);
+    let L4::Udp {
+        src_port: nat_port, ..
+    } = ip.l4
+    else {
+        panic!()
+    };
+    assert_eq!((ip.src, ip.dst), (EGRESS_A, OUTSIDE_HOST));
+    assert_eq!(macs(&frame), (ROUTER_MAC, UPLINK_PEER_MAC));
+    // The reply to the egress IP goes back to the pod.
+    let reply = udp(
+        UPLINK_PEER_MAC,
+        ROUTER_MAC,
+        OUTSIDE_HOST,
+        EGRESS_A,
+        60,
+        53,
+        nat_port,
+    );
+    assert_eq!(bed.send(UPLINK, &reply), Verdict::Forward);
+    let (port, frame) = bed.out();
+    assert_eq!(port, A1);
+    let ip = check(&frame);
+    assert_eq!((ip.src, ip.dst, ip.ttl), (OUTSIDE_HOST, A1_IP, 58));
+    assert!(matches!(
+        ip.l4,
+        L4::Udp {
+            src_port: 53,
+            dst_port: 5353
+        }
+    ));
+    // A port unreachable from the outside host about the translated datagram.
+    let mut original = udp(
+        ROUTER_MAC,
+        UPLINK_PEER_MAC,
+        EGRESS_A,
+        OUTSIDE_HOST,
+        62,
+        nat_port,
+        53,
+    );
+    let original_ip = original.split_off(14);
+    let mut b = buf();
+    let n = build::build_icmp_error(
+        &mut b,
+        UPLINK_PEER_MAC,
+        ROUTER_MAC,
+        OUTSIDE_HOST,
+        3,
+        3,
+        0,
+        &original_ip,
+    )
+    .unwrap();
+    // build_icmp_error sends to the quoted packet's source: the egress IP.
+    assert_eq!(bed.send(UPLINK, &b[..n]), Verdict::Forward);
+    let (port, frame) = bed.out();
+    assert_eq!(port, A1);
+    let ip = check(&frame);
+    assert_eq!((ip.src, ip.dst), (OUTSIDE_HOST, A1_IP));
+    let L4::IcmpError { inner, .. } = ip.l4 else {
+        panic!()
+    };
+    assert_eq!(
+        (inner.src, inner.src_port, inner.dst, inner.dst_port),
+        (A1_IP, 5353, OUTSIDE_HOST, 53)
+    );
+    let inner_header = &frame[inner.offset..inner.offset + inner.header_len];
+    assert_eq!(
+        checksum::fold(checksum::sum(inner_header, 0)),
+        0xffff,
+        "inner IP header checksum"
+    );
+}
+
+#[test]
+fn pod_to_pod_is_never_translated() {
+    let mut bed = Bed::new();
+    // ns-a to ns-b is routed (and denied by the DFW, see below); within ns-a it is delivered as is.
+    assert_eq!(
+        bed.send(
+            A1,
+            &tcp(pod_mac(A1_IP), ROUTER_MAC, A1_IP, A2_IP, 40000, 80, SYN)
+        ),
+        Verdict::Forward
+    );
+    let ip = check(&bed.out().1);
+    assert_eq!((ip.src, ip.dst), (A1_IP, A2_IP));
+}
+
+#[test]
+fn the_dfw_denies_outside_and_other_namespaces_and_counts_it() {
+    let mut bed = Bed::new();
+    let deny_slot = bed.tables.load().dfw.rules_in[0]
+        .iter()
+        .find(|r| r.name == "default-deny-ingress")
+        .unwrap()
+        .counter;
+    let syn = tcp(
+        UPLINK_PEER_MAC,
+        ROUTER_MAC,
+        OUTSIDE_HOST,
+        A1_IP,
+        40000,
+        80,
+        SYN,
+    );
+    assert_eq!(bed.send(UPLINK, &syn), Verdict::Drop(DropReason::DfwDeny));
+    assert!(bed.ctx.tx.is_empty(), "denied means silently dropped");
+    let from_b = tcp(pod_mac(B1_IP), ROUTER_MAC, B1_IP, A1_IP, 40000, 80, SYN);
+    assert_eq!(bed.send(B1, &from_b), Verdict::Drop(DropReason::DfwDeny));
+    assert_eq!(bed.tables.load().rule_counters.get(deny_slot), 2);
+    // Outbound is allowed, and so is the reply of an allowed connection.
+    assert_eq!(
+        bed.send(
+            A1,
+            &tcp(pod_mac(A1_IP), ROUTER_MAC, A1_IP, B1_IP, 41000, 80, SYN)
+        ),
+        Verdict::Drop(DropReason::DfwDeny)
+    );
+    assert_eq!(
+        bed.send(
+            A1,
+            &tcp(
+                pod_mac(A1_IP),
+                ROUTER_MAC,
+                A1_IP,
+                OUTSIDE_HOST,
+                41000,
+                80,
+                SYN
+            )
+        ),
+        Verdict::Forward
+    );
+    let ip = check(&bed.out().1);
+    let L4::Tcp { src_port, .. } = ip.l4 else {
+        panic!()
+    };
+    let synack = tcp(
+        UPLINK_PEER_MAC,
+        ROUTER_MAC,
+        OUTSIDE_HOST,
+        EGRESS_A,
+        80,
+        src_port,
+        SYN | ACK,
+    );
+    assert_eq!(bed.send(UPLINK, &synack), Verdict::Forward);
+    assert_eq!(bed.out().0, A1);
+}
+
+#[test]
+fn the_dlb_spreads_a_cluster_ip_and_translates_replies_back() {
+    let mut bed = Bed::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 40000..40040u16 {
+        assert_eq!(
+            bed.send(
+                A1,
+                &tcp(
+                    pod_mac(A1_IP),
+                    ROUTER_MAC,
+                    A1_IP,
+                    CLUSTER_IP,
+                    sport,
+                    80,
+                    SYN
+                )
+            ),
+            Verdict::Forward
+        );
+        let (port, frame) = bed.out();
+        let ip = check(&frame);
+        assert_eq!(ip.src, A1_IP);
+        assert!(matches!(ip.l4, L4::Tcp { dst_port: 80, .. }));
+        seen.insert((port, ip.dst));
+        // The backend's SYN-ACK comes back from the ClusterIP.
+        let synack = tcp(
+            pod_mac(ip.dst),
+            ROUTER_MAC,
+            ip.dst,
+            A1_IP,
+            80,
+            sport,
+            SYN | ACK,
+        );
+        assert_eq!(bed.send(port, &synack), Verdict::Forward);
+        let (back, frame) = bed.out();
+        assert_eq!(back, A1);
+        let ip = check(&frame);
+        assert_eq!(ip.src, CLUSTER_IP);
+    }
+    assert_eq!(seen, [(A2, A2_IP), (A3, A3_IP)].into_iter().collect());
+}
+
+#[test]
+fn the_slb_sends_vip_traffic_to_a_member_with_automap_snat() {
+    let mut bed = Bed::new();
+    let syn = tcp(
+        UPLINK_PEER_MAC,
+        ROUTER_MAC,
+        OUTSIDE_HOST,
+        VIP,
+        40000,
+        80,
+        SYN,
+    );
+    assert_eq!(bed.send(UPLINK, &syn), Verdict::Forward);
+    let (port, frame) = bed.out();
+    assert_eq!(port, A2);
+    let ip = check(&frame);
+    assert_eq!((ip.src, ip.dst), (GW_A, A2_IP));
+    let L4::Tcp { src_port, .. } = ip.l4 else {
+        panic!()
+    };
+    let synack = tcp(
+        pod_mac(A2_IP),
+        ROUTER_MAC,
+        A2_IP,
+        GW_A,
+        80,
+        src_port,
+        SYN | ACK,
+    );
+    assert_eq!(bed.send(A2, &synack), Verdict::Forward);
+    let (port, frame) = bed.out();
+    assert_eq!(port, UPLINK);
+    let ip = check(&frame);
+    assert_eq!((ip.src, ip.dst), (VIP, OUTSIDE_HOST));
+    assert!(matches!(
+        ip.l4,
+        L4::Tcp {
+            src_port: 80,
+            dst_port: 40000,
+            ..
+        }
+    ));
+}
+
+#[test]
+fn spoofguard_drops_foreign_sources() {
+    let mut bed = Bed::new();
+    let spoofed = ping(pod_mac(A1_IP), ROUTER_MAC, B1_IP, A2_IP, 64, 1);
+    assert_eq!(
+        bed.send(A1, &spoofed),
+        Verdict::Drop(DropReason::SpoofedSource)
+    );
+    let posing_as_ingress = ping(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        Ipv4Addr::new(172, 80, 0, 99),
+        B1_IP,
+        64,
+        1,
+    );
+    assert_eq!(
+        bed.send(A1, &posing_as_ingress),
+        Verdict::Drop(DropReason::SpoofedSource)
+    );
+    let wrong_mac = ping(pod_mac(A2_IP), ROUTER_MAC, A1_IP, A2_IP, 64, 1);
+    assert_eq!(
+        bed.send(A1, &wrong_mac),
+        Verdict::Drop(DropReason::SpoofedSource)
+    );
+}
+
+#[test]
+fn malformed_and_foreign_frames_are_dropped_and_named() {
+    let mut bed = Bed::new();
+    let good = ping(pod_mac(A1_IP), ROUTER_MAC, A1_IP, A2_IP, 64, 1);
+    assert_eq!(
+        bed.send(A1, &good[..20]),
+        Verdict::Drop(DropReason::Malformed)
+    );
+    let mut v6 = good.clone();
+    v6[12..14].copy_from_slice(&[0x86, 0xdd]);
+    assert_eq!(bed.send(A1, &v6), Verdict::Drop(DropReason::Ipv6));
+    assert_eq!(bed.send(99, &good), Verdict::Drop(DropReason::UnknownPort));
+}
+
+#[test]
+fn a_cluster_ip_without_backends_refuses_at_once() {
+    let mut bed = Bed::new();
+    let mut t = testbed::tables(2, Options::default());
+    t.services[0] = crate::tables::LbService::new(
+        "empty".into(),
+        PROTO_TCP,
+        crate::tables::Backend {
+            ip: CLUSTER_IP,
+            port: 80,
+        },
+        vec![],
+        crate::tables::LbAlgorithm::ConnectionHash,
+    );
+    bed.tables.store(Arc::new(t));
+    let syn = tcp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        CLUSTER_IP,
+        40000,
+        80,
+        SYN,
+    );
+    assert_eq!(bed.send(A1, &syn), Verdict::Drop(DropReason::NoBackend));
+    let (port, frame) = bed.out();
+    assert_eq!(port, A1);
+    let ip = check(&frame);
+    assert_eq!((ip.src, ip.dst), (CLUSTER_IP, A1_IP));
+    let L4::Tcp { flags, .. } = ip.l4 else {
+        panic!()
+    };
+    assert_ne!(flags & 0x04, 0, "RST");
+}
+
+#[test]
+fn a_dfw_change_applies_to_existing_connections_and_nat_bindings_survive_others() {
+    let mut bed = Bed::new();
+    // An allowed connection a2 -> a1 (intra-namespace).
+    assert_eq!(
+        bed.send(
+            A2,
+            &tcp(pod_mac(A2_IP), ROUTER_MAC, A2_IP, A1_IP, 40000, 80, SYN)
+        ),
+        Verdict::Forward
+    );
+    // An egress connection with a NAT binding.
+    assert_eq!(
+        bed.send(
+            A1,
+            &udp(
+                pod_mac(A1_IP),
+                ROUTER_MAC,
+                A1_IP,
+                OUTSIDE_HOST,
+                64,
+                7000,
+                53
+            )
+        ),
+        Verdict::Forward
+    );
+    let L4::Udp {
+        src_port: bound, ..
+    } = check(&bed.out().1).l4
+    else {
+        panic!()
+    };
+    // New tables: ns-a's intra-namespace rule now denies.
+    let mut t = testbed::tables(2, Options::default());
+    for r in t.dfw.rules_in[0]
+        .iter_mut()
+        .filter(|r| r.name == "allow-intra-namespace")
+    {
+        r.action = crate::tables::RuleAction::Drop;
+    }
+    bed.tables.store(Arc::new(t));
+    assert_eq!(
+        bed.send(
+            A2,
+            &tcp(pod_mac(A2_IP), ROUTER_MAC, A2_IP, A1_IP, 40000, 80, ACK)
+        ),
+        Verdict::Drop(DropReason::DfwDeny)
+    );
+    assert_eq!(
+        bed.send(
+            A1,
+            &udp(
+                pod_mac(A1_IP),
+                ROUTER_MAC,
+                A1_IP,
+                OUTSIDE_HOST,
+                64,
+                7000,
+                53
+            )
+        ),
+        Verdict::Forward
+    );
+    let L4::Udp { src_port, .. } = check(&bed.out().1).l4 else {
+        panic!()
+    };
+    assert_eq!(src_port, bound);
+}
+
+#[test]
+fn a_checksum_partial_frame_keeps_its_partial_sum_consistent_through_snat() {
+    let mut bed = Bed::new();
+    let frame = tcp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        OUTSIDE_HOST,
+        40000,
+        80,
+        SYN,
+    );
+    // Turn it into what a TAP with offloads hands over: NEEDS_CSUM, the checksum field holding
+    // the folded pseudo-header sum only.
+    let mut f = frame.clone();
+    let l4 = 14 + 20;
+    let len = (f.len() - l4) as u16;
+    let partial = checksum::fold(checksum::pseudo_header_sum(
+        A1_IP,
+        OUTSIDE_HOST,
+        PROTO_TCP,
+        len,
+    ));
+    f[l4 + 16..l4 + 18].copy_from_slice(&partial.to_be_bytes());
+    bed.pkt.set_frame(&f);
+    crate::packet::vnet::VnetHeader {
+        flags: 1,
+        gso_type: 0,
+        hdr_len: 0,
+        gso_size: 0,
+        csum_start: l4 as u16,
+        csum_offset: 16,
+    }
+    .write(&mut bed.pkt.buf[..VNET_HDR_LEN]);
+    bed.now += 1;
+    assert_eq!(
+        bed.pipeline
+            .process(&mut bed.ctx, bed.now, A1, &mut bed.pkt),
+        Verdict::Forward
+    );
+    let out = bed.pkt.frame().to_vec();
+    let ip = crate::packet::parse::parse_frame(&out).unwrap();
+    let L3::Ipv4(ip) = ip.l3 else { panic!() };
+    assert_eq!(ip.src, EGRESS_A);
+    let field = u16::from_be_bytes([out[l4 + 16], out[l4 + 17]]);
+    let expect = checksum::fold(checksum::pseudo_header_sum(
+        EGRESS_A,
+        OUTSIDE_HOST,
+        PROTO_TCP,
+        len,
+    ));
+    assert_eq!(field, expect, "partial sum follows the address change only");
+}

@@ -1,0 +1,216 @@
+//! The control plane as a user meets it: rejected manifests change nothing and say where they
+//! are wrong; the raw socket answers JSON-RPC errors with the right codes and stays usable; one
+//! client's bad request does not disturb another.
+
+use pacific_netns_tests::*;
+use serde_json::{json, Value};
+
+/// The state a user can see, for before/after comparisons.
+fn visible_state(lab: &Lab) -> (Value, Value, Value) {
+    (
+        lab.get_json("pods", None),
+        lab.get_json("namespaces", None),
+        lab.get_json("svc", None),
+    )
+}
+
+#[test]
+fn bad_yaml_is_rejected_and_changes_nothing() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("cyaml");
+    let before = visible_state(&lab);
+    let pods_text = stdout(&lab.pacific(&["get", "pods"]));
+    let bad = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: [ns-broken\n";
+    let out = lab.apply(bad, None, None);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "bad YAML must exit 1:\n{}",
+        describe(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("error:") && err.contains("document 1"),
+        "the error should name document 1:\n{err}"
+    );
+    assert_eq!(
+        visible_state(&lab),
+        before,
+        "a rejected apply changed the state"
+    );
+    assert_eq!(
+        stdout(&lab.pacific(&["get", "pods"])),
+        pods_text,
+        "`get pods` differs after a rejected apply"
+    );
+}
+
+const HALF_VALID: &str = r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: ns-half
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: broken
+  namespace: ns-half
+spec:
+  ports:
+  - port: 70000
+    targetPort: 80
+  selector:
+    app: broken
+"#;
+
+#[test]
+fn a_bad_second_document_rejects_the_whole_request() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("chalf");
+    let before = visible_state(&lab);
+    let out = lab.apply(HALF_VALID, None, None);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "port 70000 must be rejected:\n{}",
+        describe(&out)
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("spec.ports[0].port"),
+        "the error should name spec.ports[0].port:\n{err}"
+    );
+    assert!(
+        err.contains("document 2"),
+        "the error should name document 2:\n{err}"
+    );
+    let namespaces = lab.items("namespaces", None);
+    assert!(
+        !namespaces
+            .iter()
+            .any(|n| n["name"].as_str() == Some("ns-half")),
+        "the first document's namespace must not exist after a rejected request: {namespaces:?}"
+    );
+    assert_eq!(
+        visible_state(&lab),
+        before,
+        "a rejected apply changed the state"
+    );
+
+    // The same through the socket: a JSON-RPC error whose data points at the document and field.
+    let mut conn = lab.connect();
+    let resp = conn.call("apply", json!({ "manifest": HALF_VALID }));
+    let error = &resp["error"];
+    assert_eq!(
+        error["code"],
+        json!(-32000),
+        "invalid manifest code: {resp}"
+    );
+    assert_eq!(
+        error["data"]["field"],
+        json!("spec.ports[0].port"),
+        "{resp}"
+    );
+    assert_eq!(error["data"]["document"], json!(2), "{resp}");
+    assert!(resp.get("result").is_none(), "{resp}");
+}
+
+#[test]
+fn raw_socket_errors_carry_the_right_codes() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("craw");
+    let mut conn = lab.connect();
+
+    let resp = conn.roundtrip_raw("{\"jsonrpc\": \"2.0\", \"id\": 1, \"method\": ");
+    assert_eq!(
+        resp["error"]["code"],
+        json!(-32700),
+        "malformed JSON: {resp}"
+    );
+    assert_eq!(resp["jsonrpc"], json!("2.0"), "{resp}");
+    assert_eq!(
+        resp["id"],
+        Value::Null,
+        "a parse error's id is null (JSON-RPC 2.0, section 5): {resp}"
+    );
+
+    // The same connection still works.
+    let resp = conn.call("daemon.status", json!({}));
+    assert!(
+        resp["result"]["pid"].is_u64(),
+        "the connection should stay usable after a parse error: {resp}"
+    );
+
+    let resp = conn.call("no.such.method", json!({}));
+    assert_eq!(
+        resp["error"]["code"],
+        json!(-32601),
+        "unknown method: {resp}"
+    );
+
+    let resp = conn.call("pods.list", json!({ "namespace": 5 }));
+    assert_eq!(resp["error"]["code"], json!(-32602), "bad params: {resp}");
+    let field = resp["error"]["data"]["field"].as_str().unwrap_or_default();
+    assert!(
+        field.ends_with("namespace"),
+        "bad params should name the field `namespace`: {resp}"
+    );
+
+    let resp = conn.call("pods.list", json!({ "namespace": "ns-dev" }));
+    let pods = resp["result"]["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        pods.iter().any(|p| p["ip"] == json!("172.211.0.18")),
+        "pods.list after the errors: {resp}"
+    );
+
+    // The CLI's raw call reports the same error and exits 1.
+    let out = lab.rpc("no.such.method", &json!({}));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(stderr(&out).starts_with("error:"), "{}", describe(&out));
+}
+
+#[test]
+fn a_second_client_keeps_working_during_a_bad_request() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("ctwo");
+    let mut bad = lab.connect();
+    let mut good = lab.connect();
+    // Half a request, no newline yet: the daemon is waiting on this client.
+    bad.send_raw("{\"jsonrpc\": \"2.0\", \"id\": 7, \"meth");
+    let resp = good.call("pods.list", json!({ "namespace": "ns-dev" }));
+    assert!(
+        resp["result"]["items"].is_array(),
+        "the second client got no answer while the first was mid-request: {resp}"
+    );
+    // The first finishes with garbage; the second keeps working.
+    bad.send_raw("od\": oops}\n");
+    let resp = bad.read_response();
+    assert_eq!(resp["error"]["code"], json!(-32700), "{resp}");
+    let resp = good.call("daemon.status", json!({}));
+    assert!(resp["result"]["pid"].is_u64(), "{resp}");
+    let resp = good.call("apply", json!({ "manifest": "kind: [" }));
+    assert_eq!(
+        resp["error"]["code"],
+        json!(-32000),
+        "a bad manifest is an invalid-manifest error: {resp}"
+    );
+    let resp = bad.call("daemon.status", json!({}));
+    assert!(
+        resp["result"]["pid"].is_u64(),
+        "the first client's connection stays usable: {resp}"
+    );
+    // And the CLI, a third client, too.
+    let out = lab.pacific(&["get", "pods", "-n", "ns-dev"]);
+    assert!(out.status.success(), "{}", describe(&out));
+}

@@ -1,0 +1,282 @@
+//! Foundation: the seed lab comes up, forwards between pods, to their gateway and to the
+//! outside, shows its hops to traceroute, answers ARP with the router MAC, is idempotent to
+//! re-apply, and `lab down` leaves nothing behind, also after the daemon was SIGKILLed.
+
+use std::time::Duration;
+
+use pacific_netns_tests::*;
+
+const WORDPRESS: &str = "ns-dev/wordpress";
+const ROUTER_MAC: &str = "02:ac:00:00:00:01";
+
+#[test]
+fn pod_to_pod_in_one_segment() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("fpod");
+    assert!(
+        ping_until(&lab, WORDPRESS, "172.211.0.19", Duration::from_secs(10)),
+        "wordpress never reached wordpress-mysql"
+    );
+    let r = ping(&lab, WORDPRESS, "172.211.0.19", 5, &[]);
+    assert_eq!(r.received, 5, "wordpress -> 172.211.0.19: {r:?}");
+}
+
+#[test]
+fn pod_to_its_gateway_and_arp_shows_the_router_mac() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("fgw");
+    assert!(
+        ping_until(&lab, WORDPRESS, "172.211.0.17", Duration::from_secs(10)),
+        "wordpress never reached its gateway"
+    );
+    let r = ping(&lab, WORDPRESS, "172.211.0.17", 3, &[]);
+    assert_eq!(r.received, 3, "wordpress -> gateway 172.211.0.17: {r:?}");
+    let neigh = lab.exec(WORDPRESS, &["ip", "neigh", "show", "172.211.0.17"]);
+    let text = stdout(&neigh);
+    assert!(
+        text.contains(&format!("lladdr {ROUTER_MAC}")),
+        "the gateway's ARP entry in wordpress should carry the router MAC {ROUTER_MAC}:\n{}",
+        describe(&neigh)
+    );
+}
+
+#[test]
+fn pod_to_outside_host_and_back() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("fout");
+    assert!(
+        ping_until(&lab, WORDPRESS, "198.51.100.100", Duration::from_secs(10)),
+        "wordpress never reached ext/internet"
+    );
+    let r = ping(&lab, WORDPRESS, "198.51.100.100", 3, &[]);
+    assert_eq!(r.received, 3, "wordpress -> 198.51.100.100: {r:?}");
+    // And a TCP exchange both ways: ext/internet's web server answers the pod.
+    let body = curl_until(
+        &lab,
+        WORDPRESS,
+        "http://198.51.100.100/hostname",
+        Duration::from_secs(10),
+    );
+    assert!(
+        !body.trim().is_empty(),
+        "ext/internet's web server did not answer wordpress"
+    );
+}
+
+#[test]
+fn traceroute_lists_t1_t0_upstream_and_destination() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("ftrace");
+    assert!(
+        ping_until(
+            &lab,
+            "ns-dev/testbox",
+            "198.51.100.100",
+            Duration::from_secs(10)
+        ),
+        "testbox never reached ext/internet"
+    );
+    let out = lab.exec(
+        "ns-dev/testbox",
+        &[
+            "traceroute",
+            "-n",
+            "-q",
+            "1",
+            "-w",
+            "1",
+            "-m",
+            "8",
+            "198.51.100.100",
+        ],
+    );
+    let hops = parse_traceroute(&stdout(&out));
+    let ctx = describe(&out);
+    assert_eq!(
+        hops.first().cloned().flatten().as_deref(),
+        Some("172.211.0.17"),
+        "hop 1 must be the T1 (ns-dev's gateway):\n{ctx}"
+    );
+    let upstream = hops
+        .iter()
+        .position(|h| h.as_deref() == Some("203.0.113.1"));
+    let dest = hops
+        .iter()
+        .position(|h| h.as_deref() == Some("198.51.100.100"));
+    let (Some(upstream), Some(dest)) = (upstream, dest) else {
+        panic!(
+            "traceroute must list the upstream router 203.0.113.1 and then the destination:\n{ctx}"
+        )
+    };
+    assert!(
+        upstream >= 2,
+        "a T0 hop must sit between the T1 and the upstream router:\n{ctx}"
+    );
+    assert!(
+        hops[1..upstream].iter().all(Option::is_some),
+        "the T0 hop(s) must answer (no `*`):\n{ctx}"
+    );
+    assert_eq!(
+        dest,
+        upstream + 1,
+        "the destination follows the upstream router:\n{ctx}"
+    );
+    assert_eq!(
+        dest + 1,
+        hops.len(),
+        "traceroute stops at the destination:\n{ctx}"
+    );
+}
+
+#[test]
+fn lab_down_leaves_nothing() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("fdown");
+    let namespaces = netns_with_prefix(&lab.prefix);
+    assert!(
+        namespaces.iter().any(|n| n == &lab.upstream_netns()),
+        "lab up made no {}: {namespaces:?}",
+        lab.upstream_netns()
+    );
+    assert!(
+        !pids_with_cmdline(&lab.socket.display().to_string()).is_empty(),
+        "no daemon process names the socket"
+    );
+    let inside = lab.lab_processes();
+    assert!(
+        !inside.is_empty(),
+        "no test server runs inside the lab's namespaces"
+    );
+    let out = lab.down();
+    assert!(out.status.success(), "lab down failed:\n{}", describe(&out));
+    assert_eq!(
+        lab.leftovers(),
+        Vec::<String>::new(),
+        "lab down left these behind"
+    );
+    let alive: Vec<_> = inside
+        .iter()
+        .filter(|(pid, cmd)| cmdline(*pid).as_deref() == Some(cmd.as_str()))
+        .collect();
+    assert!(
+        alive.is_empty(),
+        "processes of the lab's namespaces survived lab down: {alive:?}"
+    );
+    // Idempotent: a second lab down succeeds and still leaves nothing.
+    let again = lab.down();
+    assert!(
+        again.status.success(),
+        "a second lab down failed:\n{}",
+        describe(&again)
+    );
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn lab_down_after_the_daemon_was_killed_leaves_nothing() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("fkill");
+    let status = lab.rpc_ok("daemon.status", &serde_json::json!({}));
+    let pid = status["pid"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("daemon.status has no pid: {status}")) as u32;
+    let cmd = cmdline(pid).unwrap_or_default();
+    assert!(
+        cmd.contains(&lab.socket.display().to_string()),
+        "pid {pid} is not our daemon: {cmd}"
+    );
+    let inside = lab.lab_processes();
+    signal(pid, libc::SIGKILL);
+    assert!(
+        wait_until(Duration::from_secs(10), || cmdline(pid).is_none()),
+        "the daemon {pid} survived SIGKILL"
+    );
+    let out = lab.down();
+    assert!(
+        out.status.success(),
+        "lab down after a SIGKILL failed:\n{}",
+        describe(&out)
+    );
+    assert_eq!(
+        lab.leftovers(),
+        Vec::<String>::new(),
+        "lab down after a SIGKILL left these behind"
+    );
+    let alive: Vec<_> = inside
+        .iter()
+        .filter(|(p, c)| cmdline(*p).as_deref() == Some(c.as_str()))
+        .collect();
+    assert!(
+        alive.is_empty(),
+        "processes of the lab's namespaces survived: {alive:?}"
+    );
+}
+
+#[test]
+fn lab_up_twice_is_idempotent() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("ftwice");
+    let ips = |lab: &Lab| {
+        let mut v: Vec<(String, String, String)> = lab
+            .items("pods", None)
+            .iter()
+            .map(|p| {
+                (
+                    p["namespace"].as_str().unwrap_or_default().to_string(),
+                    p["name"].as_str().unwrap_or_default().to_string(),
+                    p["ip"].as_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let before = ips(&lab);
+    assert!(
+        before.len() >= 8,
+        "the seed lab has at least 8 pods: {before:?}"
+    );
+    let out = lab.pacific(&["lab", "up", "--prefix", &lab.prefix, "--workers", "2"]);
+    assert!(
+        out.status.success(),
+        "second lab up failed:\n{}",
+        describe(&out)
+    );
+    let actions = apply_actions(&stdout(&out));
+    assert!(
+        !actions.is_empty(),
+        "the second lab up printed no apply results:\n{}",
+        describe(&out)
+    );
+    let changed: Vec<_> = actions.iter().filter(|(_, a)| a != "unchanged").collect();
+    assert!(
+        changed.is_empty(),
+        "the second lab up changed objects: {changed:?}\n{}",
+        describe(&out)
+    );
+    assert_eq!(ips(&lab), before, "pods changed their IPs");
+    // Still one daemon, and it still forwards.
+    assert_eq!(
+        pids_with_cmdline(&format!("{} daemon", lab.socket.display())).len(),
+        1,
+        "lab up started a second daemon"
+    );
+    assert!(
+        ping_until(&lab, WORDPRESS, "172.211.0.19", Duration::from_secs(10)),
+        "no forwarding after the second lab up"
+    );
+}

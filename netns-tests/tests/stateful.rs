@@ -1,0 +1,401 @@
+//! Stateful behaviour: the distributed load balancer's spread, session affinity and endpoint
+//! removal; an empty service refusing at once; the stateful firewall dropping unsolicited SYNs;
+//! ICMP errors finding their way back through SNAT; SpoofGuard.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use pacific_netns_tests::*;
+
+const WORDPRESS: &str = "ns-dev/wordpress";
+const HOP: &str = "ext/hop";
+const CLIENT: &str = "ns-lb/client";
+
+/// A namespace with a 3-replica web deployment (Pacific's test server on 8080), a client pod,
+/// and three ClusterIP services: plain, sticky (ClientIP affinity), and one whose selector
+/// matches nothing.
+fn ns_lb(replicas: u32) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: ns-lb
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: ns-lb
+spec:
+  replicas: {replicas}
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: web
+        image: registry.k8s.io/e2e-test-images/agnhost:2.39
+        ports:
+        - containerPort: 8080
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: client
+  namespace: ns-lb
+spec:
+  containers:
+  - name: client
+    image: busybox
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: ns-lb
+spec:
+  ports:
+  - port: 80
+    targetPort: 8080
+  selector:
+    app: web
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web-sticky
+  namespace: ns-lb
+spec:
+  sessionAffinity: ClientIP
+  ports:
+  - port: 80
+    targetPort: 8080
+  selector:
+    app: web
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: nobody
+  namespace: ns-lb
+spec:
+  ports:
+  - port: 80
+    targetPort: 8080
+  selector:
+    app: nothing-matches-this
+"#
+    )
+}
+
+/// The seed lab plus `ns_lb(3)`, with the web servers answering through the plain service.
+fn lb_lab(tag: &str) -> Lab {
+    let lab = Lab::up(tag);
+    lab.apply_ok(&ns_lb(3), None, None);
+    let ip = lab.cluster_ip("ns-lb", "web");
+    let first = curl_until(
+        &lab,
+        CLIENT,
+        &format!("http://{ip}/hostname"),
+        Duration::from_secs(20),
+    );
+    assert!(
+        !first.trim().is_empty(),
+        "ns-lb/web at {ip} never answered the client"
+    );
+    lab
+}
+
+/// The names of the pods of deployment `web` in ns-lb.
+fn web_pods(lab: &Lab) -> BTreeSet<String> {
+    lab.items("pods", Some("ns-lb"))
+        .iter()
+        .filter_map(|p| p["name"].as_str())
+        .filter(|n| n.starts_with("web-"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// `count` separate connections (`curl /hostname`) from the client to `ip`; answers per name.
+fn hostnames(lab: &Lab, ip: &str, count: u32) -> BTreeMap<String, u32> {
+    let script = format!(
+        "for i in $(seq {count}); do curl -s --max-time 2 http://{ip}/hostname; echo; done"
+    );
+    let out = lab.sh(CLIENT, &script);
+    let mut seen = BTreeMap::new();
+    for line in stdout(&out)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        *seen.entry(line.to_string()).or_insert(0) += 1;
+    }
+    let total: u32 = seen.values().sum();
+    assert_eq!(
+        total,
+        count,
+        "{count} connections to {ip} should all answer: {seen:?}\n{}",
+        describe(&out)
+    );
+    seen
+}
+
+#[test]
+fn cluster_ip_spreads_connections_over_three_endpoints() {
+    if !require_netns() {
+        return;
+    }
+    let lab = lb_lab("slbsprd");
+    let pods = web_pods(&lab);
+    assert_eq!(pods.len(), 3, "3 replicas: {pods:?}");
+    let ip = lab.cluster_ip("ns-lb", "web");
+    let seen = hostnames(&lab, &ip, 300);
+    let names: BTreeSet<String> = seen.keys().cloned().collect();
+    assert_eq!(
+        names, pods,
+        "every endpoint and only endpoints answer: {seen:?}"
+    );
+    assert!(
+        seen.values().all(|&n| n >= 50),
+        "300 connections over 3 endpoints, none should get fewer than 50: {seen:?}"
+    );
+}
+
+#[test]
+fn session_affinity_keeps_one_endpoint() {
+    if !require_netns() {
+        return;
+    }
+    let lab = lb_lab("slbaff");
+    let ip = lab.cluster_ip("ns-lb", "web-sticky");
+    let seen = hostnames(&lab, &ip, 20);
+    assert_eq!(
+        seen.len(),
+        1,
+        "sessionAffinity: ClientIP should keep one endpoint for 20 connections: {seen:?}"
+    );
+    assert!(
+        web_pods(&lab).contains(seen.keys().next().unwrap()),
+        "{seen:?}"
+    );
+}
+
+#[test]
+fn removing_an_endpoint_moves_only_its_share() {
+    if !require_netns() {
+        return;
+    }
+    let lab = lb_lab("slbdel");
+    let before = web_pods(&lab);
+    assert_eq!(before.len(), 3, "3 replicas: {before:?}");
+    let sticky = lab.cluster_ip("ns-lb", "web-sticky");
+    let affine = hostnames(&lab, &sticky, 5);
+    assert_eq!(affine.len(), 1, "{affine:?}");
+    let affine = affine.into_keys().next().unwrap_or_default();
+
+    lab.apply_ok(&ns_lb(2), None, None);
+    let after = web_pods(&lab);
+    assert_eq!(after.len(), 2, "scaled to 2: {after:?}");
+    assert!(
+        after.is_subset(&before),
+        "scaling down must keep the surviving pods: {before:?} -> {after:?}"
+    );
+
+    let ip = lab.cluster_ip("ns-lb", "web");
+    let seen = hostnames(&lab, &ip, 60);
+    let names: BTreeSet<String> = seen.keys().cloned().collect();
+    assert_eq!(
+        names, after,
+        "after scaling to 2, answers come from exactly the survivors: {seen:?}"
+    );
+
+    // The client's sticky backend: kept when it survived, moved to a survivor when it did not.
+    let sticky_now = hostnames(&lab, &sticky, 10);
+    assert_eq!(
+        sticky_now.len(),
+        1,
+        "affinity holds after the change: {sticky_now:?}"
+    );
+    let now = sticky_now.keys().next().cloned().unwrap_or_default();
+    if after.contains(&affine) {
+        assert_eq!(
+            now, affine,
+            "the client's backend survived, so its affinity must not move"
+        );
+    } else {
+        assert!(after.contains(&now), "{now} is not a survivor {after:?}");
+    }
+}
+
+#[test]
+fn service_without_endpoints_refuses_at_once() {
+    if !require_netns() {
+        return;
+    }
+    let lab = lb_lab("slbnone");
+    let ip = lab.cluster_ip("ns-lb", "nobody");
+    let url = format!("http://{ip}/");
+    let start = Instant::now();
+    let out = lab.exec(CLIENT, &["curl", "-sS", "--max-time", "5", &url]);
+    let took = start.elapsed();
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "curl {url} should fail to connect (exit 7, refused):\n{}",
+        describe(&out)
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "a service without endpoints should refuse at once, took {took:?}"
+    );
+}
+
+#[test]
+fn unsolicited_syn_from_outside_gets_no_answer() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("ssyn");
+    // wordpress does listen on 80: its own namespace connects.
+    let inside = wait_until(Duration::from_secs(15), || {
+        lab.exec(
+            "ns-dev/testbox",
+            &["nc", "-z", "-w", "2", "172.211.0.18", "80"],
+        )
+        .status
+        .success()
+    });
+    assert!(
+        inside,
+        "ns-dev/testbox cannot connect to wordpress 172.211.0.18:80"
+    );
+    let before = lab.dfw_hits("ns-dev", "default-deny-ingress");
+    let start = Instant::now();
+    let out = lab.exec(HOP, &["nc", "-z", "-w", "2", "172.211.0.18", "80"]);
+    assert!(
+        !out.status.success(),
+        "hop connected to 172.211.0.18:80 past the DFW:\n{}",
+        describe(&out)
+    );
+    // Silently dropped: nc waits out its timeout instead of being refused.
+    assert!(
+        start.elapsed() >= Duration::from_millis(1500),
+        "the SYN was answered (refused?) instead of dropped:\n{}",
+        describe(&out)
+    );
+    let after = lab.dfw_hits("ns-dev", "default-deny-ingress");
+    assert!(
+        after > before,
+        "ns-dev default-deny-ingress hits did not grow ({before} -> {after})"
+    );
+}
+
+#[test]
+fn traceroute_works_through_snat() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("strace");
+    // The path is SNATed: ext/internet sees the egress IP, not the pod.
+    let seen = curl_until(
+        &lab,
+        WORDPRESS,
+        "http://198.51.100.100/clientip",
+        Duration::from_secs(15),
+    );
+    assert!(
+        seen.starts_with("172.60.96.2:"),
+        "wordpress's traffic should leave as 172.60.96.2, ext/internet saw {seen:?}"
+    );
+    // ICMP-echo traceroute: time-exceeded errors from beyond T0 are addressed to the egress IP
+    // and must be translated back to the pod.
+    let out = lab.exec(
+        WORDPRESS,
+        &[
+            "traceroute",
+            "-I",
+            "-n",
+            "-q",
+            "1",
+            "-w",
+            "1",
+            "-m",
+            "8",
+            "198.51.100.100",
+        ],
+    );
+    let hops = parse_traceroute(&stdout(&out));
+    let ctx = describe(&out);
+    assert_eq!(
+        hops.first().cloned().flatten().as_deref(),
+        Some("172.211.0.17"),
+        "hop 1 is the T1:\n{ctx}"
+    );
+    let upstream = hops
+        .iter()
+        .position(|h| h.as_deref() == Some("203.0.113.1"));
+    assert!(
+        upstream.is_some_and(|u| u >= 2),
+        "the upstream router 203.0.113.1 answers after the T1 and T0:\n{ctx}"
+    );
+    assert_eq!(
+        hops.last().cloned().flatten().as_deref(),
+        Some("198.51.100.100"),
+        "traceroute reaches the destination:\n{ctx}"
+    );
+}
+
+#[test]
+fn spoofguard_drops_foreign_source_addresses() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("sspoof");
+    let testbox = "ns-dev/testbox";
+    assert!(
+        ping_until(&lab, testbox, "172.211.0.18", Duration::from_secs(10)),
+        "testbox cannot reach wordpress with its own address"
+    );
+    let wordpress = lab.pod_by_ip("ns-dev", "172.211.0.18");
+    let mac = wordpress["mac"].as_str().unwrap_or_default().to_string();
+    // Forged sources: ns-prod's nginx-local and an address from the ingress pool. A permanent
+    // neighbour entry makes sure the forged IP packets leave (ARP might be what is dropped).
+    for cmd in [
+        vec!["ip", "addr", "add", "172.211.0.130/32", "dev", "eth0"],
+        vec!["ip", "addr", "add", "172.80.0.99/32", "dev", "eth0"],
+        vec![
+            "ip",
+            "neigh",
+            "replace",
+            "172.211.0.18",
+            "lladdr",
+            &mac,
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    ] {
+        let out = lab.exec(testbox, &cmd);
+        assert!(
+            out.status.success(),
+            "{cmd:?} in testbox:\n{}",
+            describe(&out)
+        );
+    }
+    for forged in ["172.211.0.130", "172.80.0.99"] {
+        let before = lab.port_drops("172.211.0.20", "spoofguard");
+        let r = ping(&lab, testbox, "172.211.0.18", 3, &["-I", forged]);
+        assert_eq!(r.transmitted, 3, "ping -I {forged} did not run: {r:?}");
+        assert_eq!(
+            r.received, 0,
+            "testbox pinging from {forged} must get no reply: {r:?}"
+        );
+        let after = lab.port_drops("172.211.0.20", "spoofguard");
+        assert!(after >= before + 3, "testbox's port should count the forged packets as spoofguard drops ({before} -> {after})");
+    }
+}

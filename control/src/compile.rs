@@ -162,8 +162,9 @@ pub fn compile(
         t.gateway_addrs.insert(t0_side, t0_id);
         t.gateway_addrs.insert(ns.egress_ip, id);
         let t0 = &mut t.gateways[t0_id as usize];
+        // The /31 transit link: T0's end is local (gateway_addrs), the T1's end is behind it.
         t0.routes.insert(Route {
-            prefix: Ipv4Net::host(t1_side),
+            prefix: Ipv4Net::new(t0_side, 31).unwrap_or(Ipv4Net::host(t1_side)),
             next_hop: NextHop::Gateway(id),
             origin: RouteOrigin::Connected,
         });

@@ -35,7 +35,7 @@ use crate::lab::netns::{self, PodInterface};
 use crate::lab::outside::{self, OutsideHost as LabOutsideHost, UpstreamRouter};
 use crate::lab::record::LabRecord;
 use crate::model::manifest::parse_manifests;
-use crate::model::objects::{split_key, State};
+use crate::model::objects::State;
 use crate::model::store::{ApplyError, Store};
 use crate::rpc::{self, RpcError};
 use crate::views;
@@ -624,65 +624,23 @@ impl Daemon {
     /// container ports and on the nodePorts of the services that select it (SO_REUSEPORT lets
     /// replicas on one node share a nodePort, as kube-proxy spreads them).
     fn realize_workloads(&self, control: &mut Control, state: &State, problems: &mut Vec<String>) {
-        let wanted: BTreeMap<(String, String), (String, Vec<String>, Option<String>)> = state
+        let wanted: BTreeMap<(String, String), WorkloadServer> = state
             .cluster_workloads
             .iter()
             .filter_map(|(key, w)| {
                 let node = control.pods.get(&(w.namespace.clone(), w.node.clone()))?;
-                let mut ports: BTreeSet<String> = BTreeSet::new();
-                let mut udp: BTreeSet<String> = BTreeSet::new();
-                for c in &w.containers {
-                    for p in &c.ports {
-                        match p.protocol {
-                            crate::model::objects::Protocol::Tcp => {
-                                ports.insert(p.container_port.to_string())
-                            }
-                            crate::model::objects::Protocol::Udp => {
-                                udp.insert(p.container_port.to_string())
-                            }
-                        };
-                    }
-                }
-                for svc in state.services.values() {
-                    if svc.cluster.as_deref() != Some(&w.cluster) || svc.namespace != w.namespace {
-                        continue;
-                    }
-                    let selected = svc.selector.as_ref().is_some_and(|sel| {
-                        !sel.is_empty() && sel.iter().all(|(k, v)| w.labels.get(k) == Some(v))
-                    });
-                    if !selected {
-                        continue;
-                    }
-                    for sp in &svc.ports {
-                        if let Some(np) = sp.node_port {
-                            match sp.protocol {
-                                crate::model::objects::Protocol::Tcp => {
-                                    ports.insert(np.to_string())
-                                }
-                                crate::model::objects::Protocol::Udp => udp.insert(np.to_string()),
-                            };
-                        }
-                    }
-                }
-                let mut args = Vec::new();
-                for p in ports {
-                    args.push("--http".to_string());
-                    args.push(p);
-                }
-                for p in udp {
-                    args.push("--udp".to_string());
-                    args.push(p);
-                }
-                Some((
-                    key.clone(),
-                    (node.netns.clone(), args, message_of(&w.containers)),
-                ))
+                let server = WorkloadServer {
+                    netns: node.netns.clone(),
+                    args: workload_args(state, w),
+                    message: message_of(&w.containers),
+                };
+                Some((key.clone(), server))
             })
             .collect();
         let gone: Vec<(String, String)> = control
             .workloads
             .iter()
-            .filter(|(k, (_, args))| wanted.get(*k).is_none_or(|(_, a, _)| a != args))
+            .filter(|(k, (_, args))| wanted.get(*k).is_none_or(|w| w.args != *args))
             .map(|(k, _)| k.clone())
             .collect();
         for key in gone {
@@ -690,14 +648,14 @@ impl Daemon {
                 netns::terminate_pids(&[pid], Duration::from_secs(2));
             }
         }
-        for (key, (netns_name, args, message)) in wanted {
-            if control.workloads.contains_key(&key) || args.is_empty() {
+        for (key, w) in wanted {
+            if control.workloads.contains_key(&key) || w.args.is_empty() {
                 continue;
             }
-            match self.spawn_server(&netns_name, &key.1, &args, message) {
+            match self.spawn_server(&w.netns, &key.1, &w.args, w.message) {
                 Ok(pid) => {
                     control.record.add_pid(pid);
-                    control.workloads.insert(key, (pid, args));
+                    control.workloads.insert(key, (pid, w.args));
                 }
                 Err(e) => problems.push(format!("replica {}: {e}", key.1)),
             }
@@ -871,6 +829,50 @@ impl Daemon {
     }
 }
 
+/// A TKG replica's test server: the node namespace it runs in and its arguments.
+struct WorkloadServer {
+    netns: String,
+    args: Vec<String>,
+    message: Option<String>,
+}
+
+/// A replica listens on its container ports and on the nodePorts of the services of its cluster
+/// that select it (SO_REUSEPORT lets replicas on one node share a nodePort, spread by the
+/// kernel as kube-proxy would).
+fn workload_args(state: &State, w: &crate::model::objects::ClusterWorkload) -> Vec<String> {
+    use crate::model::objects::Protocol;
+    let mut ports: BTreeSet<(Protocol, u16)> = w
+        .containers
+        .iter()
+        .flat_map(|c| c.ports.iter().map(|p| (p.protocol, p.container_port)))
+        .collect();
+    for svc in state.services.values() {
+        if svc.cluster.as_deref() != Some(w.cluster.as_str()) || svc.namespace != w.namespace {
+            continue;
+        }
+        let selected = svc.selector.as_ref().is_some_and(|sel| {
+            !sel.is_empty() && sel.iter().all(|(k, v)| w.labels.get(k) == Some(v))
+        });
+        if selected {
+            ports.extend(
+                svc.ports
+                    .iter()
+                    .filter_map(|p| p.node_port.map(|np| (p.protocol, np))),
+            );
+        }
+    }
+    ports
+        .into_iter()
+        .flat_map(|(protocol, port)| {
+            let flag = match protocol {
+                Protocol::Tcp => "--http",
+                Protocol::Udp => "--udp",
+            };
+            [flag.to_string(), port.to_string()]
+        })
+        .collect()
+}
+
 /// The namespace of a pod: `{prefix}-{namespace}-{pod}`.
 pub fn pod_netns(prefix: &str, namespace: &str, pod: &str) -> String {
     format!("{prefix}-{namespace}-{pod}")
@@ -899,9 +901,4 @@ fn message_of(containers: &[crate::model::objects::Container]) -> Option<String>
     containers
         .iter()
         .find_map(|c| c.env.get("MESSAGE").cloned())
-}
-
-#[allow(dead_code)]
-fn key_namespace(key: &str) -> &str {
-    split_key(key).0
 }

@@ -550,7 +550,8 @@ impl Pipeline {
             PortKind::Uplink { gateway, addr, .. } => (gateway, addr),
         };
         let mut hops: u8 = 0;
-        for _ in 0..8 {
+        // A packet crosses at most T1, T0, T1; the bound only guards against a routing loop.
+        while hops < 8 {
             let Some(g) = t.gateway(gw) else {
                 return Walk::Drop(DropReason::NoRoute);
             };

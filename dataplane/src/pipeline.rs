@@ -355,10 +355,16 @@ impl Pipeline {
         ip: &Ipv4Info,
         pkt: &mut PacketBuf,
     ) -> Verdict {
-        // L2: a frame not addressed to the router is switched inside its segment or dropped.
-        if parsed.dst_mac != t.router_mac {
-            return self.switch(t, ctx, port, parsed, ip);
-        }
+        // L2: a frame not addressed to the router is switched inside its segment (still through
+        // conntrack and the DFW: NSX applies the DFW at every vNIC) or dropped.
+        let switched_to = if parsed.dst_mac == t.router_mac {
+            None
+        } else {
+            match self.switch_target(t, ctx, port, parsed, ip) {
+                Ok(target) => Some(target),
+                Err(verdict) => return verdict,
+            }
+        };
         if ip.is_fragment {
             return Verdict::Drop(DropReason::Fragment);
         }
@@ -398,7 +404,17 @@ impl Pipeline {
                 }
             }
         }
-        let walk = self.walk(t, port.id, &key, ip.ttl, Pin::default());
+        let walk = match switched_to {
+            Some(out_port) => Walk::Deliver(Path {
+                out_port,
+                routed: false,
+                hops: 0,
+                snat_addr: None,
+                dnat: None,
+                lb: None,
+            }),
+            None => self.walk(t, port.id, &key, ip.ttl, Pin::default()),
+        };
         let Walk::Deliver(path) = walk else {
             return self.answer_walk(t, ctx, port, parsed, ip, pkt, walk);
         };
@@ -415,59 +431,43 @@ impl Pipeline {
 
     /// A frame for another MAC: delivered to that pod if it is on the sender's segment; broadcast
     /// and multicast stay on the segment (flooded to its other ports).
-    fn switch(
+    /// Where a frame for another MAC goes: the pod of the sender's segment with that MAC.
+    /// Broadcast and multicast stay on the segment (flooded to its other ports); anything else is
+    /// not for us. `Err` carries the verdict when the frame does not become a flow.
+    fn switch_target(
         &self,
         t: &Tables,
         ctx: &mut WorkerContext,
         port: &Port,
         parsed: &ParsedFrame,
         ip: &Ipv4Info,
-    ) -> Verdict {
+    ) -> Result<PortId, Verdict> {
         let PortKind::Pod { segment, .. } = port.kind else {
-            return Verdict::Drop(DropReason::NotForUs);
+            return Err(Verdict::Drop(DropReason::NotForUs));
         };
         if parsed.dst_mac.is_multicast() {
             if let Some(seg) = t.segment(segment) {
-                ctx.tx
-                    .extend(seg.ports.iter().filter(|&&p| p != port.id).map(|&p| Tx {
-                        port: p,
-                        source: TxSource::Packet,
-                    }));
+                let others = seg.ports.iter().filter(|&&p| p != port.id);
+                ctx.tx.extend(others.map(|&p| Tx {
+                    port: p,
+                    source: TxSource::Packet,
+                }));
             }
-            return if ctx.tx.is_empty() {
+            return Err(if ctx.tx.is_empty() {
                 Verdict::Consumed
             } else {
                 Verdict::Forward
-            };
+            });
         }
-        let target = t.hosts.get(&ip.dst).and_then(|&p| t.port(p)).filter(|p| {
-            p.peer_mac == parsed.dst_mac
-                && matches!(p.kind, PortKind::Pod { segment: s, .. } if s == segment)
-        });
-        let Some(target) = target else {
-            return Verdict::Drop(DropReason::NotForUs);
-        };
-        // Same-segment traffic is still judged by the DFW at the destination vNIC.
-        if let (FlowOf::Key(key, _), PortKind::Pod { zone, .. }) = (flow_key(ip), &target.kind) {
-            let q = DfwQuery {
-                src: key.src,
-                dst: key.dst,
-                original_dst: key.dst,
-                protocol: key.protocol,
-                dst_port: key.dst_port,
-            };
-            if let Some(rule) = t.dfw.evaluate(*zone, Direction::In, &q) {
-                t.rule_counters.hit(rule.counter);
-                if rule.action != RuleAction::Allow {
-                    return Verdict::Drop(DropReason::DfwDeny);
-                }
-            }
-        }
-        ctx.tx.push(Tx {
-            port: target.id,
-            source: TxSource::Packet,
-        });
-        Verdict::Forward
+        t.hosts
+            .get(&ip.dst)
+            .and_then(|&p| t.port(p))
+            .filter(|p| {
+                p.peer_mac == parsed.dst_mac
+                    && matches!(p.kind, PortKind::Pod { segment: s, .. } if s == segment)
+            })
+            .map(|p| p.id)
+            .ok_or(Verdict::Drop(DropReason::NotForUs))
     }
 
     /// Applies a connection's action to the packet and queues it.
@@ -832,17 +832,15 @@ impl Pipeline {
                 return None;
             }
         }
+        // Switched or routed, and so the TTL steps, stay as the first packet found them (the
+        // walk routes everything); the out port follows the tables.
         let actions = [
             FlowAction {
                 out_port: path.out_port,
-                routed: path.routed,
-                ttl_dec: path.hops,
                 ..orig
             },
             FlowAction {
                 out_port: conn.in_port,
-                routed: path.routed,
-                ttl_dec: path.hops,
                 ..reply
             },
         ];

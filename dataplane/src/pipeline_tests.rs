@@ -775,3 +775,32 @@ fn a_checksum_partial_frame_keeps_its_partial_sum_consistent_through_snat() {
     ));
     assert_eq!(field, expect, "partial sum follows the address change only");
 }
+
+#[test]
+fn switched_frames_are_tracked_and_judged_once_per_connection() {
+    let mut bed = Bed::new();
+    let allow_slot = bed.tables.load().dfw.rules_in[0]
+        .iter()
+        .find(|r| r.name == "allow-intra-namespace")
+        .unwrap()
+        .counter;
+    // a1 talks to a2 directly (a2's MAC, learned by ARP suppression): no TTL step, MACs kept.
+    for _ in 0..5 {
+        let frame = udp(pod_mac(A1_IP), pod_mac(A2_IP), A1_IP, A2_IP, 64, 9000, 9001);
+        assert_eq!(bed.send(A1, &frame), Verdict::Forward);
+        let (port, out) = bed.out();
+        assert_eq!(port, A2);
+        assert_eq!(out, frame);
+    }
+    let reply = udp(pod_mac(A2_IP), pod_mac(A1_IP), A2_IP, A1_IP, 64, 9001, 9000);
+    assert_eq!(bed.send(A2, &reply), Verdict::Forward);
+    assert_eq!(bed.out().0, A1);
+    assert_eq!(
+        bed.tables.load().rule_counters.get(allow_slot),
+        1,
+        "one DFW decision per connection"
+    );
+    // A frame for a MAC that is not on the segment goes nowhere.
+    let stray = udp(pod_mac(A1_IP), pod_mac(B1_IP), A1_IP, B1_IP, 64, 9000, 9001);
+    assert_eq!(bed.send(A1, &stray), Verdict::Drop(DropReason::NotForUs));
+}

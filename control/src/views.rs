@@ -448,14 +448,24 @@ fn nat(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
         rows.push(json!({
             "namespace": owner,
             "protocol": protocol_name(o.protocol),
-            "original": format!("{}:{} -> {}:{}", o.src, o.src_port, o.dst, o.dst_port),
-            "translated": format!("{}:{} -> {}:{}", r.dst, r.dst_port, r.src, r.src_port),
+            "original": endpoints(o.protocol, o.src, o.src_port, o.dst, o.dst_port),
+            // The reply key, read backwards, is the connection as it leaves translated.
+            "translated": endpoints(o.protocol, r.dst, if o.protocol == 1 { r.src_port } else { r.dst_port }, r.src, r.src_port),
             "type": kind,
             "state": if o.protocol == 6 { st.tcp.name().to_string() } else if st.replied { "REPLIED".to_string() } else { "UNREPLIED".to_string() },
             "packets": st.packets[Dir::Original as usize] + st.packets[Dir::Reply as usize],
         }));
     }
     Ok(items(rows))
+}
+
+/// `a:p -> b:q`, or for ICMP echo `a -> b id N`.
+fn endpoints(protocol: u8, src: Ipv4Addr, src_port: u16, dst: Ipv4Addr, dst_port: u16) -> String {
+    if protocol == 1 {
+        format!("{src} -> {dst} id {src_port}")
+    } else {
+        format!("{src}:{src_port} -> {dst}:{dst_port}")
+    }
 }
 
 fn outside(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {

@@ -514,7 +514,7 @@ pub(crate) mod tests {
 
     #[test]
     fn fragments() {
-        // A later fragment: offset 8 (one unit), no transport header read even if it looks like one.
+        // A later fragment (offset 8 bytes): no transport header is read, whatever it looks like.
         let mut f = samples::UDP_DNS.to_vec();
         f[20..22].copy_from_slice(&0x0001u16.to_be_bytes());
         fix_ip_checksum(&mut f);

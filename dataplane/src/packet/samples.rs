@@ -49,7 +49,8 @@ pub const ICMP_ECHO_REPLY: [u8; 66] = [
 ];
 
 /// `172.211.0.18.60698 > 172.211.0.17.8080: Flags [S], cksum 0xebc1 (correct), seq 4019171490,
-/// win 64240, options [mss 1460,sackOK,TS val 2006115088 ecr 0,nop,wscale 10]` (checksum offload off).
+/// win 64240, options [mss 1460,sackOK,TS val 2006115088 ecr 0,nop,wscale 10]` (checksum
+/// offload off).
 #[rustfmt::skip]
 pub const TCP_SYN: [u8; 74] = [
     0x02, 0xac, 0xd3, 0x00, 0x00, 0x11, 0x02, 0xac, 0xd3, 0x00, 0x00, 0x12,

@@ -318,13 +318,10 @@ impl Conntrack {
     }
 
     /// Looks a packet up and, when it belongs to a connection, advances the connection's state and
-    /// returns the action for its direction. `tcp_flags` is 0 for non-TCP.
-    pub fn track(
-        &self,
-        key: &FlowKey,
-        tcp_flags: u8,
-        now: u64,
-    ) -> Option<(Arc<Conn>, Dir, Tracked)> {
+    /// returns the action for its direction. `tcp_flags` is 0 for non-TCP. (`get` hands out the
+    /// connection itself, for the rare packets that need it: re-validation, ICMP errors.)
+    pub fn track(&self, key: &FlowKey, tcp_flags: u8, now: u64) -> Option<(Dir, Tracked)> {
+        // The fast path: no reference count taken, the answer copied out under the shard lock.
         let shard = self.shards[self.shard_of(key)].lock();
         let conn = shard.map.get(key)?;
         let dir = if conn.original == *key {
@@ -332,8 +329,7 @@ impl Conntrack {
         } else {
             Dir::Reply
         };
-        let tracked = self.advance(conn, dir, tcp_flags, now);
-        Some((Arc::clone(conn), dir, tracked))
+        Some((dir, self.advance(conn, dir, tcp_flags, now)))
     }
 
     /// Looks a key up without touching the connection's state.
@@ -692,11 +688,11 @@ mod tests {
         let k = key([172, 211, 0, 18], 40002, [172, 211, 0, 19], 80);
         ct.insert(new_conn(k), 1, TCP_SYN, 0).unwrap();
         // A SYN-ACK from the client side is nonsense.
-        let (_, _, t) = ct.track(&k, TCP_SYN | TCP_ACK, 1).unwrap();
+        let (_, t) = ct.track(&k, TCP_SYN | TCP_ACK, 1).unwrap();
         assert_eq!(t, Tracked::Invalid);
         assert_eq!(state(&ct, &k), TcpState::SynSent);
         // A SYN from the server side too.
-        let (_, _, t) = ct.track(&k.reversed(), TCP_SYN, 1).unwrap();
+        let (_, t) = ct.track(&k.reversed(), TCP_SYN, 1).unwrap();
         assert_eq!(t, Tracked::Invalid);
     }
 
@@ -708,7 +704,7 @@ mod tests {
             ..key([172, 211, 0, 18], 5353, [198, 51, 100, 100], 53)
         };
         ct.insert(new_conn(k), 1, 0, 1000).unwrap();
-        let (_, dir, t) = ct.track(&k.reversed(), 0, 2000).unwrap();
+        let (dir, t) = ct.track(&k.reversed(), 0, 2000).unwrap();
         assert_eq!(dir, Dir::Reply);
         assert_eq!(
             t,

@@ -374,15 +374,20 @@ impl Pipeline {
                 return self.related_icmp_error(t, ctx, now, port, ip, &inner, pkt)
             }
         };
-        if let Some((conn, dir, tracked)) = self.conntrack.track(&key, tcp_flags, now) {
+        if let Some((dir, tracked)) = self.conntrack.track(&key, tcp_flags, now) {
             let Tracked::Pass { action, generation } = tracked else {
                 return Verdict::Drop(DropReason::ConntrackInvalid);
             };
-            let action = if generation == t.generation {
-                Some(action)
+            let conn = if generation == t.generation {
+                None
             } else {
-                self.revalidate(t, &conn)
-                    .map(|actions| actions[dir as usize])
+                self.conntrack.get(&key).map(|(c, _)| c)
+            };
+            let action = match &conn {
+                None => Some(action),
+                Some(conn) => self
+                    .revalidate(t, conn)
+                    .map(|actions| actions[dir as usize]),
             };
             match action {
                 Some(action) => {
@@ -397,7 +402,9 @@ impl Pipeline {
                     // The connection no longer stands (its backend or pod went, the DFW now
                     // denies it). A client's next packet starts afresh below, so it is never
                     // stuck on a dead backend; a server's reply has nowhere to go.
-                    self.conntrack.remove(&conn);
+                    if let Some(conn) = &conn {
+                        self.conntrack.remove(conn);
+                    }
                     if dir == Dir::Reply {
                         return Verdict::Drop(DropReason::NoBackend);
                     }

@@ -704,6 +704,8 @@ pub fn curl_until(lab: &Lab, from: &str, url: &str, timeout: Duration) -> String
 pub struct PingResult {
     pub transmitted: u32,
     pub received: u32,
+    /// The shortest round-trip time in ms, when any reply came.
+    pub min_ms: Option<f64>,
     /// The average round-trip time in ms, when any reply came.
     pub avg_ms: Option<f64>,
 }
@@ -711,10 +713,8 @@ pub struct PingResult {
 /// `ping -c COUNT -i 0.2 -W 1 DST [EXTRA...]` from `from`.
 pub fn ping(lab: &Lab, from: &str, dst: &str, count: u32, extra: &[&str]) -> PingResult {
     let count_s = count.to_string();
-    let deadline = (count + 2).to_string();
-    let mut argv = vec![
-        "ping", "-n", "-c", &count_s, "-i", "0.2", "-W", "1", "-w", &deadline,
-    ];
+    // No -w: with a deadline, ping keeps sending until COUNT replies arrive.
+    let mut argv = vec!["ping", "-n", "-c", &count_s, "-i", "0.2", "-W", "1"];
     argv.extend_from_slice(extra);
     argv.push(dst);
     let out = lab.exec(from, &argv);
@@ -737,6 +737,7 @@ pub fn parse_ping(text: &str) -> PingResult {
     let mut r = PingResult {
         transmitted: 0,
         received: 0,
+        min_ms: None,
         avg_ms: None,
     };
     for line in text.lines() {
@@ -753,7 +754,12 @@ pub fn parse_ping(text: &str) -> PingResult {
             .nth(1)
             .filter(|_| line.starts_with("rtt") || line.starts_with("round-trip"))
         {
-            r.avg_ms = stats.split('/').nth(1).and_then(|v| v.trim().parse().ok());
+            let times: Vec<f64> = stats
+                .split('/')
+                .filter_map(|v| v.trim().trim_end_matches(" ms").parse().ok())
+                .collect();
+            r.min_ms = times.first().copied();
+            r.avg_ms = times.get(1).copied();
         }
     }
     r
@@ -807,6 +813,7 @@ mod tests {
             PingResult {
                 transmitted: 3,
                 received: 3,
+                min_ms: Some(0.070),
                 avg_ms: Some(0.082)
             }
         );
@@ -816,6 +823,7 @@ mod tests {
             PingResult {
                 transmitted: 3,
                 received: 0,
+                min_ms: None,
                 avg_ms: None
             }
         );

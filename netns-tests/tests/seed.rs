@@ -147,11 +147,12 @@ fn obs4_pod_pings_its_neighbour_quickly() {
     );
     let r = ping(&lab, WORDPRESS, "172.211.0.19", 10, &[]);
     assert_eq!(r.received, 10, "wordpress -> 172.211.0.19: {r:?}");
-    let avg = r.avg_ms.unwrap_or(f64::MAX);
-    // The seed saw sub-millisecond; allow for a loaded 2-core machine running tests in parallel.
+    // The seed saw sub-millisecond. The fastest of 10 measures the path; the average would
+    // measure the scheduler of a loaded 2-core machine running tests in parallel.
+    let min = r.min_ms.unwrap_or(f64::MAX);
     assert!(
-        avg < 5.0,
-        "average RTT {avg} ms, the seed saw sub-millisecond"
+        min < 1.0,
+        "fastest RTT {min} ms of {r:?}, the seed saw sub-millisecond"
     );
 }
 

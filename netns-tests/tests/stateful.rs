@@ -92,10 +92,16 @@ spec:
     )
 }
 
-/// The seed lab plus `ns_lb(3)`, with the web servers answering through the plain service.
-fn lb_lab(tag: &str) -> Lab {
+/// The seed lab plus `ns_lb(3)`.
+fn lb_lab_unchecked(tag: &str) -> Lab {
     let lab = Lab::up(tag);
     lab.apply_ok(&ns_lb(3), None, None);
+    lab
+}
+
+/// The seed lab plus `ns_lb(3)`, with the web servers answering through the plain service.
+fn lb_lab(tag: &str) -> Lab {
+    let lab = lb_lab_unchecked(tag);
     let ip = lab.cluster_ip("ns-lb", "web");
     let first = curl_until(
         &lab,
@@ -236,7 +242,7 @@ fn service_without_endpoints_refuses_at_once() {
     if !require_netns() {
         return;
     }
-    let lab = lb_lab("slbnone");
+    let lab = lb_lab_unchecked("slbnone");
     let ip = lab.cluster_ip("ns-lb", "nobody");
     let url = format!("http://{ip}/");
     let start = Instant::now();
@@ -251,6 +257,13 @@ fn service_without_endpoints_refuses_at_once() {
     assert!(
         took < Duration::from_secs(2),
         "a service without endpoints should refuse at once, took {took:?}"
+    );
+    // Refused, as a TCP reset says it, not unreachable.
+    let nc = lab.exec(CLIENT, &["nc", "-v", "-z", "-w", "2", &ip, "80"]);
+    assert!(
+        !nc.status.success() && stderr(&nc).contains("Connection refused"),
+        "nc to {ip}:80 should be refused:\n{}",
+        describe(&nc)
     );
 }
 

@@ -10,6 +10,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
+use pacific_dataplane::conntrack::ConntrackConfig;
+
 use crate::client::{self, CallError};
 use crate::daemon::{record_path_for, Daemon, DaemonConfig};
 use crate::lab::record::{teardown, LabRecord};
@@ -88,6 +90,38 @@ struct DaemonArgs {
     /// Set by `pacific lab up` when it starts the daemon.
     #[arg(long, hide = true)]
     started_by_lab: bool,
+    /// The most connections tracked at once (past it the soonest-expiring are evicted).
+    #[arg(long, default_value_t = 1 << 20)]
+    conntrack_max: usize,
+    /// A connection timeout, NAME=SECONDS (repeatable): tcp-syn-sent, tcp-established,
+    /// tcp-fin-wait, tcp-close-wait, tcp-time-wait, tcp-close, udp, udp-stream, icmp, ...
+    #[arg(long = "conntrack-timeout", value_name = "NAME=SECONDS")]
+    conntrack_timeouts: Vec<String>,
+}
+
+impl DaemonArgs {
+    fn conntrack(&self) -> Result<ConntrackConfig, String> {
+        if self.conntrack_max == 0 {
+            return Err("--conntrack-max must be at least 1".to_string());
+        }
+        let mut config = ConntrackConfig {
+            max_connections: self.conntrack_max,
+            ..Default::default()
+        };
+        for spec in &self.conntrack_timeouts {
+            let (name, secs) = spec
+                .split_once('=')
+                .ok_or_else(|| format!("--conntrack-timeout {spec:?}: expected NAME=SECONDS"))?;
+            let secs: u64 = secs.parse().map_err(|_| {
+                format!("--conntrack-timeout {spec:?}: {secs:?} is not a number of seconds")
+            })?;
+            config
+                .timeouts
+                .set(name, secs.saturating_mul(1000))
+                .map_err(|e| format!("--conntrack-timeout: {e}"))?;
+        }
+        Ok(config)
+    }
 }
 
 fn default_workers() -> usize {
@@ -160,7 +194,16 @@ pub fn main() -> ExitCode {
 fn run(cli: Cli) -> Result<ExitCode, String> {
     let socket = cli.socket;
     match cli.command {
-        Cmd::Daemon(args) => run_daemon(&socket, args.workers, &args.prefix, args.started_by_lab),
+        Cmd::Daemon(args) => {
+            let conntrack = args.conntrack()?;
+            run_daemon(
+                &socket,
+                args.workers,
+                &args.prefix,
+                args.started_by_lab,
+                conntrack,
+            )
+        }
         Cmd::Lab {
             action:
                 LabCmd::Up {
@@ -237,6 +280,7 @@ fn run_daemon(
     workers: usize,
     prefix: &str,
     started_by_lab: bool,
+    conntrack: ConntrackConfig,
 ) -> Result<ExitCode, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
     let config = DaemonConfig {
@@ -245,6 +289,7 @@ fn run_daemon(
         prefix: prefix.to_string(),
         started_by_lab,
         exe,
+        conntrack,
     };
     let daemon = Daemon::start(config)?;
     install_signal_handlers(Arc::clone(&daemon))?;

@@ -25,9 +25,10 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
+use pacific_dataplane::conntrack::ConntrackConfig;
 use pacific_dataplane::pipeline::Pipeline;
 use pacific_dataplane::ports::Dataplane;
-use pacific_dataplane::tables::{PortId, RuleCounters, Tables};
+use pacific_dataplane::tables::{Ipv4Net, PortId, RuleCounters, Tables};
 use pacific_dataplane::tap::{TapDevice, TapOptions};
 
 use crate::compile::{self, PortOwner, RuleSlots, UPLINK_PEER_MAC};
@@ -51,6 +52,8 @@ pub struct DaemonConfig {
     pub started_by_lab: bool,
     /// The binary to run as the test server (`pacific netexec`).
     pub exe: PathBuf,
+    /// Connection-table size and timeouts.
+    pub conntrack: ConntrackConfig,
 }
 
 impl DaemonConfig {
@@ -149,7 +152,7 @@ impl Daemon {
         let store = Store::new(&hostname);
         let counters = Arc::new(RuleCounters::with_slots(compile::RULE_SLOTS));
         let tables = Arc::new(ArcSwap::from_pointee(Tables::default()));
-        let pipeline = Arc::new(Pipeline::new(Arc::clone(&tables)));
+        let pipeline = Arc::new(Pipeline::with_config(Arc::clone(&tables), config.conntrack));
         let dataplane = Dataplane::start(pipeline.clone(), config.workers.max(1))
             .map_err(|e| format!("cannot start the dataplane workers: {e}"))?;
         let uplink = store.state().uplink.clone();
@@ -690,7 +693,16 @@ impl Daemon {
                 prefix_len: host.prefix_len,
                 http_ports: host.http_ports.clone(),
             };
-            if let Err(e) = outside::add_outside_host(&self.upstream, &ns, &h) {
+            // Outside hosts may sit on any subnet: the upstream router takes that subnet's first
+            // address on its host bridge and is the host's default gateway there.
+            let router = match self.host_gateway(host.addr, host.prefix_len) {
+                Ok(router) => router,
+                Err(e) => {
+                    problems.push(format!("outside host {name}: {e}"));
+                    continue;
+                }
+            };
+            if let Err(e) = outside::add_outside_host(&router, &ns, &h) {
                 problems.push(format!("outside host {name}: {e}"));
                 continue;
             }
@@ -715,7 +727,36 @@ impl Daemon {
         }
     }
 
-    /// The upstream router learns every VIP and egress IP (the seed's eBGP /32s).
+    /// The upstream router as seen from an outside host at `addr/len`: its gateway on that
+    /// subnet (the first usable address), added to the host bridge when new.
+    fn host_gateway(&self, addr: Ipv4Addr, len: u8) -> Result<UpstreamRouter, String> {
+        let subnet = Ipv4Net::new(addr, len).ok_or_else(|| format!("bad prefix length {len}"))?;
+        let gateway = subnet
+            .nth(1)
+            .filter(|_| len < 31)
+            .ok_or_else(|| format!("{subnet} has no room for a gateway"))?;
+        if gateway == addr {
+            return Err(format!(
+                "{addr} is the gateway address of {subnet}; pick another"
+            ));
+        }
+        if gateway != self.upstream.hosts_gateway {
+            let cidr = format!("{gateway}/{len}");
+            netns::ip_netns(
+                &self.upstream.netns,
+                &["addr", "replace", &cidr, "dev", outside::HOSTS_BRIDGE],
+            )
+            .map_err(|e| e.to_string())?;
+        }
+        Ok(UpstreamRouter {
+            hosts_gateway: gateway,
+            hosts_prefix_len: len,
+            ..self.upstream.clone()
+        })
+    }
+
+    /// The upstream router routes the four pools to T0 (they may change with a `Pools` object)
+    /// and learns every VIP and egress IP (the seed's eBGP /32s).
     fn sync_upstream(&self) {
         let tables = self.tables.load();
         let mut routes: Vec<_> = tables
@@ -738,6 +779,16 @@ impl Daemon {
             .unwrap_or_default();
         routes.sort();
         routes.dedup();
+        let pools = {
+            let control = self.control.lock();
+            let p = &control.store.state().pools;
+            vec![p.pods, p.services, p.ingress, p.egress]
+        };
+        if let Err(e) = outside::configure_uplink(&self.upstream, &pools) {
+            log(format!(
+                "cannot route the pools on the upstream router: {e}"
+            ));
+        }
         if let Err(e) = outside::sync_bgp_routes(&self.upstream, &routes) {
             log(format!("cannot update the upstream router's routes: {e}"));
         }

@@ -149,6 +149,48 @@ impl Default for Timeouts {
 }
 
 impl Timeouts {
+    /// The names `set` accepts, as `pacific daemon --conntrack-timeout NAME=SECONDS` takes them.
+    pub const NAMES: &'static [&'static str] = &[
+        "tcp-syn-sent",
+        "tcp-syn-recv",
+        "tcp-established",
+        "tcp-fin-wait",
+        "tcp-close-wait",
+        "tcp-last-ack",
+        "tcp-time-wait",
+        "tcp-close",
+        "udp",
+        "udp-stream",
+        "icmp",
+        "generic",
+    ];
+
+    /// Sets one timeout by name, in milliseconds.
+    pub fn set(&mut self, name: &str, ms: u64) -> Result<(), String> {
+        let slot = match name {
+            "tcp-syn-sent" => &mut self.tcp_syn_sent,
+            "tcp-syn-recv" => &mut self.tcp_syn_recv,
+            "tcp-established" => &mut self.tcp_established,
+            "tcp-fin-wait" => &mut self.tcp_fin_wait,
+            "tcp-close-wait" => &mut self.tcp_close_wait,
+            "tcp-last-ack" => &mut self.tcp_last_ack,
+            "tcp-time-wait" => &mut self.tcp_time_wait,
+            "tcp-close" => &mut self.tcp_close,
+            "udp" => &mut self.udp,
+            "udp-stream" => &mut self.udp_stream,
+            "icmp" => &mut self.icmp,
+            "generic" => &mut self.generic,
+            other => {
+                return Err(format!(
+                    "unknown timeout {other:?} (one of: {})",
+                    Self::NAMES.join(", ")
+                ))
+            }
+        };
+        *slot = ms;
+        Ok(())
+    }
+
     fn tcp(&self, state: TcpState) -> u64 {
         match state {
             TcpState::SynSent => self.tcp_syn_sent,
@@ -760,5 +802,30 @@ mod tests {
         }
         assert!(ct.len() <= 64 + SHARDS, "len {}", ct.len());
         assert!(ct.stats.evicted.load(Relaxed) > 0);
+    }
+}
+
+#[cfg(test)]
+mod memory {
+    use super::*;
+    use std::mem::size_of;
+
+    /// Memory per tracked connection: the connection itself behind its `Arc` (two counters),
+    /// plus two hash-map slots (key, pointer, one control byte) at hashbrown's highest load
+    /// factor, 7/8. The README states the figure this prints.
+    #[test]
+    fn a_connection_costs_at_most_256_bytes() {
+        let conn = 2 * size_of::<usize>() + size_of::<Conn>();
+        let slot = size_of::<FlowKey>() + size_of::<Arc<Conn>>() + 1;
+        let per_connection = conn + (2 * slot * 8).div_ceil(7);
+        println!(
+            "Conn {} B, per connection {} B",
+            size_of::<Conn>(),
+            per_connection
+        );
+        assert!(
+            per_connection <= 256,
+            "{per_connection} bytes per connection"
+        );
     }
 }

@@ -350,10 +350,7 @@ fn default_dfw(
     slots: &mut RuleSlots,
 ) -> Dfw {
     let zones = state.namespaces.len();
-    let mut dfw = Dfw {
-        rules_in: vec![Vec::new(); zones],
-        rules_out: vec![Vec::new(); zones],
-    };
+    let mut dfw = Dfw::new(vec![Vec::new(); zones], vec![Vec::new(); zones]);
     let supervisor: Vec<Ipv4Net> = state
         .segments()
         .into_iter()

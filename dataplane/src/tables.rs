@@ -630,11 +630,14 @@ impl Clone for Dfw {
     }
 }
 
+/// Masked source address to rule indices, ascending, for one prefix length.
+type RulesBySource = HashMap<u32, Vec<u32>, ahash::RandomState>;
+
 /// The rules of one zone and direction, filed by source prefix.
 #[derive(Debug, Default)]
 struct RuleIndex {
     /// Per prefix length in use: masked source address to rule indices, ascending.
-    by_source: Vec<(u8, HashMap<u32, Vec<u32>, ahash::RandomState>)>,
+    by_source: Vec<(u8, RulesBySource)>,
     /// Rules that match any source, ascending.
     any_source: Vec<u32>,
 }

@@ -17,6 +17,23 @@ use crate::daemon::{record_path_for, Daemon, DaemonConfig};
 use crate::lab::record::{teardown, LabRecord};
 use crate::netexec::{self, NetexecConfig};
 
+/// `println!` that stops quietly when stdout is closed (`pacific get nat | head`) instead of
+/// panicking on the broken pipe.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!`, likewise.
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 /// The seed lab, applied by `pacific lab up` when no file is given.
 pub const SEED_LAB: &str = include_str!("seed-lab.yaml");
 
@@ -218,7 +235,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Lab {
             action: LabCmd::Show,
         } => {
-            print!("{SEED_LAB}");
+            out_raw!("{SEED_LAB}");
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Get(args) => get(&socket, &args),
@@ -247,7 +264,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             let params: Value =
                 serde_json::from_str(&params).map_err(|e| format!("params are not JSON: {e}"))?;
             let result = call(&socket, &method, params)?;
-            println!(
+            out!(
                 "{}",
                 serde_json::to_string_pretty(&result).unwrap_or_default()
             );
@@ -422,7 +439,7 @@ fn lab_down(socket: &Path, prefix: &str) -> Result<ExitCode, String> {
     if !client::daemon_answers(socket) {
         let _ = std::fs::remove_file(socket);
     }
-    println!("lab down: {summary}");
+    out!("lab down: {summary}");
     Ok(ExitCode::SUCCESS)
 }
 
@@ -459,7 +476,7 @@ fn print_apply(result: &Value) {
         .into_iter()
         .flatten()
     {
-        println!("{}", line.as_str().unwrap_or_default());
+        out!("{}", line.as_str().unwrap_or_default());
     }
     for w in result
         .get("warnings")
@@ -493,10 +510,10 @@ fn print_summary(socket: &Path) -> Result<(), String> {
     let namespaces = call(socket, "namespaces.list", json!({}))?;
     let outside = call(socket, "outside.list", json!({}))?;
     let services = call(socket, "services.list", json!({}))?;
-    println!();
-    println!("Namespaces (T1 gateway, segment, egress IP):");
+    out!();
+    out!("Namespaces (T1 gateway, segment, egress IP):");
     for ns in rows(&namespaces) {
-        println!(
+        out!(
             "  {:<12} {:<16} gateway {:<15} egress {}",
             s(&ns["name"]),
             s(&ns["subnet"]),
@@ -504,32 +521,32 @@ fn print_summary(socket: &Path) -> Result<(), String> {
             s(&ns["egress_ip"])
         );
     }
-    println!("Pods:");
+    out!("Pods:");
     for p in rows(&pods) {
-        println!(
+        out!(
             "  {:<48} {}",
             format!("{}/{}", s(&p["namespace"]), s(&p["name"])),
             s(&p["ip"])
         );
     }
-    println!("Services with VIPs:");
+    out!("Services with VIPs:");
     for svc in rows(&services).filter(|v| !v["external_ip"].is_null()) {
-        println!(
+        out!(
             "  {:<48} {} -> VIP {}",
             format!("{}/{}", s(&svc["namespace"]), s(&svc["name"])),
             s(&svc["cluster_ip"]),
             s(&svc["external_ip"])
         );
     }
-    println!("Outside hosts (behind the upstream router, 203.0.113.1):");
+    out!("Outside hosts (behind the upstream router, 203.0.113.1):");
     for h in rows(&outside) {
-        println!("  ext/{:<12} {}", s(&h["name"]), s(&h["address"]));
+        out!("  ext/{:<12} {}", s(&h["name"]), s(&h["address"]));
     }
-    println!();
-    println!("Try:");
-    println!("  pacific exec ns-dev/wordpress -- ping -c1 172.211.0.19");
-    println!("  pacific exec ext/hop -- curl -s http://172.80.88.5/");
-    println!("  pacific exec ns-dev/wordpress -- traceroute -n 198.51.100.100");
+    out!();
+    out!("Try:");
+    out!("  pacific exec ns-dev/wordpress -- ping -c1 172.211.0.19");
+    out!("  pacific exec ext/hop -- curl -s http://172.80.88.5/");
+    out!("  pacific exec ns-dev/wordpress -- traceroute -n 198.51.100.100");
     Ok(())
 }
 
@@ -633,7 +650,7 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
     }
     let result = call(socket, method, params)?;
     if args.output == Some(Output::Json) {
-        println!(
+        out!(
             "{}",
             serde_json::to_string_pretty(&result).unwrap_or_default()
         );
@@ -942,7 +959,7 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
             table(&h, &r)
         }
     };
-    print!("{out}");
+    out_raw!("{out}");
     Ok(ExitCode::SUCCESS)
 }
 

@@ -57,6 +57,32 @@ impl RuleSlots {
     }
 }
 
+/// Stable transit-link slots: a namespace keeps its T0-T1 link (and so the T0 hop traceroute
+/// shows) for as long as it exists, whatever namespaces come and go around it.
+#[derive(Debug, Default)]
+pub struct TransitSlots {
+    slots: BTreeMap<String, u32>,
+}
+
+impl TransitSlots {
+    /// Drops the slots of namespaces that are gone, then gives each new one the lowest free slot.
+    fn assign<'a>(&mut self, namespaces: impl Iterator<Item = &'a str> + Clone) {
+        let live: std::collections::BTreeSet<&str> = namespaces.clone().collect();
+        self.slots.retain(|name, _| live.contains(name.as_str()));
+        for name in namespaces {
+            if !self.slots.contains_key(name) {
+                let used: std::collections::BTreeSet<u32> = self.slots.values().copied().collect();
+                let free = (0..).find(|i| !used.contains(i)).unwrap_or(0);
+                self.slots.insert(name.to_string(), free);
+            }
+        }
+    }
+
+    fn get(&self, name: &str) -> u32 {
+        self.slots.get(name).copied().unwrap_or(0)
+    }
+}
+
 /// The T0-side and T1-side addresses of the transit link of the `index`th T1.
 pub fn transit_pair(index: u32) -> (Ipv4Addr, Ipv4Addr) {
     let base = u32::from(TRANSIT_BASE) + 2 * index;
@@ -70,8 +96,7 @@ fn protocol_number(p: Protocol) -> u8 {
     }
 }
 
-/// Compiles `state` into tables. `ports` says which pods have a realized port (a pod without
-/// one is left out of the dataplane); `counters` is the shared DFW counter bank.
+/// Compiles `state` into tables with transit links numbered afresh (tests, benches).
 pub fn compile(
     state: &State,
     ports: &BTreeMap<PortOwner, PortId>,
@@ -79,6 +104,28 @@ pub fn compile(
     counters: &Arc<RuleCounters>,
     slots: &mut RuleSlots,
 ) -> Tables {
+    compile_with(
+        state,
+        ports,
+        generation,
+        counters,
+        slots,
+        &mut TransitSlots::default(),
+    )
+}
+
+/// Compiles `state` into tables. `ports` says which pods have a realized port (a pod without
+/// one is left out of the dataplane); `counters` is the shared DFW counter bank; `transit`
+/// keeps each namespace's T0-T1 link across compiles.
+pub fn compile_with(
+    state: &State,
+    ports: &BTreeMap<PortOwner, PortId>,
+    generation: u64,
+    counters: &Arc<RuleCounters>,
+    slots: &mut RuleSlots,
+    transit: &mut TransitSlots,
+) -> Tables {
+    transit.assign(state.namespaces.keys().map(String::as_str));
     let mut t = Tables {
         generation,
         router_mac: ROUTER_MAC,
@@ -130,7 +177,7 @@ pub fn compile(
     let mut zone_of: BTreeMap<&str, u32> = BTreeMap::new();
     for (index, ns) in state.namespaces.values().enumerate() {
         let id = index as GatewayId + 1;
-        let (t0_side, t1_side) = transit_pair(index as u32);
+        let (t0_side, t1_side) = transit_pair(transit.get(&ns.name));
         let mut t1 = Gateway {
             id,
             name: format!("t1-{}", ns.name),
@@ -455,6 +502,14 @@ fn default_dfw(
             vec![],
             RuleAction::Allow,
         )];
+        // An allow rule with no address at all would allow everything: a list that came out
+        // empty (no supervisor namespace yet) means the rule has nothing to allow.
+        let mut inbound = inbound;
+        inbound.retain(|r| {
+            r.action != RuleAction::Allow
+                || !r.sources.is_empty()
+                || !r.original_destinations.is_empty()
+        });
         dfw.rules_in[zone as usize] = inbound;
         dfw.rules_out[zone as usize] = outbound;
     }
@@ -473,5 +528,94 @@ impl PortsInsert for Tables {
             self.ports.resize(index + 1, None);
         }
         self.ports[index] = Some(port);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::manifest::parse_manifests;
+    use crate::model::store::Store;
+    use pacific_dataplane::tables::DfwQuery;
+
+    fn state(yaml: &str) -> State {
+        let mut store = Store::new("node-1");
+        let manifests = parse_manifests(yaml, None, None).unwrap();
+        store.apply(manifests, 1).unwrap();
+        store.state().clone()
+    }
+
+    fn compiled(state: &State) -> Tables {
+        let counters = Arc::new(RuleCounters::with_slots(RULE_SLOTS));
+        compile(
+            state,
+            &BTreeMap::new(),
+            1,
+            &counters,
+            &mut RuleSlots::default(),
+        )
+    }
+
+    const TWO_NAMESPACES: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: blue}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: green}\n";
+
+    #[test]
+    fn without_a_supervisor_namespace_outside_traffic_is_still_denied() {
+        let t = compiled(&state(TWO_NAMESPACES));
+        let q = |src: [u8; 4]| DfwQuery {
+            src: src.into(),
+            dst: "172.211.0.2".parse().unwrap(),
+            original_dst: "172.211.0.2".parse().unwrap(),
+            protocol: PROTO_TCP,
+            dst_port: 80,
+        };
+        for zone in 0..2 {
+            let rule = t
+                .dfw
+                .evaluate(zone, Direction::In, &q([198, 51, 100, 10]))
+                .unwrap();
+            assert_eq!(rule.action, RuleAction::Drop, "{}", rule.name);
+            assert!(t.dfw.rules_in[zone as usize]
+                .iter()
+                .all(|r| !r.name.ends_with("allow-supervisor")));
+        }
+    }
+
+    #[test]
+    fn transit_links_stay_put_when_a_namespace_sorts_in_front() {
+        let mut store = Store::new("node-1");
+        store
+            .apply(parse_manifests(TWO_NAMESPACES, None, None).unwrap(), 1)
+            .unwrap();
+        let mut slots = TransitSlots::default();
+        let counters = Arc::new(RuleCounters::with_slots(RULE_SLOTS));
+        let before = compile_with(
+            store.state(),
+            &BTreeMap::new(),
+            1,
+            &counters,
+            &mut RuleSlots::default(),
+            &mut slots,
+        );
+        let first = "apiVersion: v1\nkind: Namespace\nmetadata: {name: aaa}\n";
+        store
+            .apply(parse_manifests(first, None, None).unwrap(), 2)
+            .unwrap();
+        let after = compile_with(
+            store.state(),
+            &BTreeMap::new(),
+            2,
+            &counters,
+            &mut RuleSlots::default(),
+            &mut slots,
+        );
+        let transit = |t: &Tables, name: &str| {
+            t.gateways
+                .iter()
+                .find(|g| g.name == name)
+                .map(|g| g.transit_ip)
+        };
+        assert_eq!(transit(&before, "t1-blue"), transit(&after, "t1-blue"));
+        assert_eq!(transit(&before, "t1-green"), transit(&after, "t1-green"));
+        assert_ne!(transit(&after, "t1-aaa"), transit(&after, "t1-blue"));
     }
 }

@@ -31,7 +31,7 @@ use pacific_dataplane::ports::Dataplane;
 use pacific_dataplane::tables::{Ipv4Net, PortId, RuleCounters, Tables};
 use pacific_dataplane::tap::{TapDevice, TapOptions};
 
-use crate::compile::{self, PortOwner, RuleSlots, UPLINK_PEER_MAC};
+use crate::compile::{self, PortOwner, RuleSlots, TransitSlots, UPLINK_PEER_MAC};
 use crate::lab::netns::{self, PodInterface};
 use crate::lab::outside::{self, OutsideHost as LabOutsideHost, UpstreamRouter};
 use crate::lab::record::LabRecord;
@@ -102,6 +102,7 @@ struct Control {
     ports: BTreeMap<PortOwner, PortId>,
     next_port: PortId,
     slots: RuleSlots,
+    transit: TransitSlots,
     generation: u64,
     record: LabRecord,
 }
@@ -184,6 +185,7 @@ impl Daemon {
                 ports: BTreeMap::new(),
                 next_port: 0,
                 slots: RuleSlots::default(),
+                transit: TransitSlots::default(),
                 generation: 0,
                 record,
             }),
@@ -266,12 +268,13 @@ impl Daemon {
     /// Compiles the current state and publishes the tables.
     fn publish(&self, control: &mut Control) {
         control.generation += 1;
-        let tables = compile::compile(
+        let tables = compile::compile_with(
             control.store.state(),
             &control.ports,
             control.generation,
             &self.counters,
             &mut control.slots,
+            &mut control.transit,
         );
         self.tables.store(Arc::new(tables));
     }

@@ -512,6 +512,20 @@ impl Conntrack {
         }
     }
 
+    /// Removes the TCP connection holding `key` if it is closing (TIME_WAIT or CLOSE): its
+    /// tuple is being reused by a new connection. True when one was removed.
+    pub fn evict_closing(&self, key: &FlowKey) -> bool {
+        let Some((conn, _)) = self.get(key) else {
+            return false;
+        };
+        let closing = conn.original.protocol == PROTO_TCP
+            && matches!(conn.state.lock().tcp, TcpState::TimeWait | TcpState::Close);
+        if closing {
+            self.remove(&conn);
+        }
+        closing
+    }
+
     /// Removes a connection (both keys).
     pub fn remove(&self, conn: &Arc<Conn>) {
         self.remove_key_if(&conn.original, conn);

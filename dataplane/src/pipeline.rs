@@ -753,7 +753,10 @@ impl Pipeline {
     ) -> Result<FlowAction, DropReason> {
         let (dst, dst_port) = path.dnat.unwrap_or((key.dst, key.dst_port));
         let icmp = key.protocol == PROTO_ICMP;
-        let attempts: u32 = if path.snat_addr.is_some() { 64 } else { 1 };
+        // With SNAT we choose the port and try others; without, the client chose its tuple, and
+        // a SYN reusing the tuple of a connection in TIME_WAIT or CLOSE takes its place (as
+        // Linux does), so one more try after clearing it.
+        let attempts: u32 = if path.snat_addr.is_some() { 64 } else { 2 };
         let seed = self.conntrack.hash_key(key);
         for attempt in 0..attempts {
             let snat = path
@@ -807,7 +810,14 @@ impl Pipeline {
                     return Ok(action);
                 }
                 Ok((_, Tracked::Invalid)) => return Err(DropReason::ConntrackInvalid),
-                Err(InsertError::ReplyTaken) => continue,
+                Err(InsertError::ReplyTaken) if path.snat_addr.is_some() => continue,
+                Err(InsertError::ReplyTaken) => {
+                    let syn = tcp_flags & crate::conntrack::TCP_SYN != 0;
+                    if attempt == 0 && syn && self.conntrack.evict_closing(&reply) {
+                        continue;
+                    }
+                    return Err(DropReason::ConntrackInvalid);
+                }
                 Err(InsertError::Full) => return Err(DropReason::ConntrackFull),
             }
         }

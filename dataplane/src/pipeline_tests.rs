@@ -804,3 +804,102 @@ fn switched_frames_are_tracked_and_judged_once_per_connection() {
     let stray = udp(pod_mac(A1_IP), pod_mac(B1_IP), A1_IP, B1_IP, 64, 9000, 9001);
     assert_eq!(bed.send(A1, &stray), Verdict::Drop(DropReason::NotForUs));
 }
+
+#[test]
+fn a_backend_on_the_clients_segment_answers_from_the_cluster_ip() {
+    let mut bed = Bed::new();
+    assert_eq!(
+        bed.send(
+            A1,
+            &tcp(
+                pod_mac(A1_IP),
+                ROUTER_MAC,
+                A1_IP,
+                CLUSTER_IP,
+                42000,
+                80,
+                SYN
+            )
+        ),
+        Verdict::Forward
+    );
+    let (port, frame) = bed.out();
+    let backend = check(&frame).dst;
+    // The backend knows the client is on-link and answers straight to its MAC (switched).
+    let synack = tcp(
+        pod_mac(backend),
+        pod_mac(A1_IP),
+        backend,
+        A1_IP,
+        80,
+        42000,
+        SYN | ACK,
+    );
+    assert_eq!(bed.send(port, &synack), Verdict::Forward);
+    let (back, frame) = bed.out();
+    assert_eq!(back, A1);
+    let ip = check(&frame);
+    assert_eq!((ip.src, ip.dst), (CLUSTER_IP, A1_IP));
+}
+
+#[test]
+fn a_syn_reusing_a_time_wait_tuple_replaces_the_old_connection() {
+    let mut bed = Bed::new();
+    const FIN: u8 = 0x01;
+    // A connection through the ClusterIP from port 43000, closed both ways: TIME_WAIT.
+    assert_eq!(
+        bed.send(
+            A1,
+            &tcp(
+                pod_mac(A1_IP),
+                ROUTER_MAC,
+                A1_IP,
+                CLUSTER_IP,
+                43000,
+                80,
+                SYN
+            )
+        ),
+        Verdict::Forward
+    );
+    let (port, frame) = bed.out();
+    let backend = check(&frame).dst;
+    let from_backend = |flags| {
+        tcp(
+            pod_mac(backend),
+            ROUTER_MAC,
+            backend,
+            A1_IP,
+            80,
+            43000,
+            flags,
+        )
+    };
+    let from_client = |flags| {
+        tcp(
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            A1_IP,
+            CLUSTER_IP,
+            43000,
+            80,
+            flags,
+        )
+    };
+    assert_eq!(bed.send(port, &from_backend(SYN | ACK)), Verdict::Forward);
+    assert_eq!(bed.send(A1, &from_client(ACK)), Verdict::Forward);
+    assert_eq!(bed.send(A1, &from_client(FIN | ACK)), Verdict::Forward);
+    assert_eq!(bed.send(port, &from_backend(FIN | ACK)), Verdict::Forward);
+    assert_eq!(bed.send(A1, &from_client(ACK)), Verdict::Forward);
+    // Now the client connects to the backend directly from the same port.
+    let direct = tcp(pod_mac(A1_IP), ROUTER_MAC, A1_IP, backend, 43000, 80, SYN);
+    assert_eq!(bed.send(A1, &direct), Verdict::Forward);
+    assert_eq!(bed.send(port, &from_backend(SYN | ACK)), Verdict::Forward);
+    let (back, frame) = bed.out();
+    assert_eq!(back, A1);
+    assert_eq!(
+        check(&frame).src,
+        backend,
+        "the answer is the backend's own, not the old ClusterIP's"
+    );
+}

@@ -1,0 +1,307 @@
+//! Criterion benches of the pipeline on byte buffers: no I/O, one core.
+//!
+//! Every case reports packets (`Throughput::Elements`), so criterion prints packets per second;
+//! cases are repeated at several table sizes so a reader sees how cost grows with work.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+
+use pacific_dataplane::conntrack::ConntrackConfig;
+use pacific_dataplane::packet::build;
+use pacific_dataplane::pipeline::{PacketBuf, Pipeline, Verdict, WorkerContext};
+use pacific_dataplane::testbed::{self, *};
+
+const BATCH: usize = 1024;
+
+fn pipeline(opts: Options, max_connections: usize) -> Pipeline {
+    let tables = Arc::new(ArcSwap::from_pointee(testbed::tables(1, opts)));
+    Pipeline::with_config(
+        tables,
+        ConntrackConfig {
+            max_connections,
+            ..Default::default()
+        },
+    )
+}
+
+/// The `i`th flow of a large set: A1 to a benchmarking-range address (RFC 2544's 198.18.0.0/15;
+/// nothing is sent anywhere, it only names flows) and a source port.
+fn flow(i: usize) -> (Ipv4Addr, u16) {
+    let dst = Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 0)) + (i / 60_000) as u32);
+    (dst, 1024 + (i % 60_000) as u16)
+}
+
+fn udp_template() -> Vec<u8> {
+    let mut b = vec![0u8; 256];
+    let n = build::build_udp(
+        &mut b,
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        Ipv4Addr::new(198, 18, 0, 0),
+        64,
+        1024,
+        53,
+        &[0u8; 18],
+    )
+    .expect("template fits");
+    b.truncate(n);
+    b
+}
+
+/// The frames of `n` flows, built once (the header checksum must be right: the pipeline checks
+/// it, RFC 1812 section 5.2.2), so the measured loop only copies a frame in, as a NIC would.
+fn frames(n: usize) -> Vec<[u8; 64]> {
+    let template = udp_template();
+    (0..n)
+        .map(|i| {
+            let (dst, sport) = flow(i);
+            let mut f = [0u8; 64];
+            let len = template.len().min(64);
+            f[..len].copy_from_slice(&template[..len]);
+            f[30..34].copy_from_slice(&dst.octets());
+            f[34..36].copy_from_slice(&sport.to_be_bytes());
+            f[24..26].fill(0);
+            let csum = pacific_dataplane::packet::checksum::ipv4_header_checksum(&f[14..34]);
+            f[24..26].copy_from_slice(&csum.to_be_bytes());
+            f
+        })
+        .collect()
+}
+
+/// Loads flow `i` into `pkt` (the UDP checksum is left stale: the pipeline updates it
+/// incrementally and never verifies it).
+fn load(pkt: &mut PacketBuf, frames: &[[u8; 64]], i: usize, len: usize) {
+    pkt.set_frame(&frames[i][..len]);
+}
+
+/// splitmix64: a cheap, repeatable sequence of flow indices.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+fn established(c: &mut Criterion) {
+    let mut group = c.benchmark_group("established");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let len = udp_template().len();
+    for &(flows, opts, label) in &[
+        (1_000usize, Options::default(), "1k flows"),
+        (1_000_000, Options::default(), "1M flows"),
+        (
+            1_000,
+            Options {
+                extra_services: 10,
+                extra_rules: 0,
+            },
+            "1k flows, 10 services",
+        ),
+        (
+            1_000,
+            Options {
+                extra_services: 10_000,
+                extra_rules: 0,
+            },
+            "1k flows, 10k services",
+        ),
+        (
+            1_000,
+            Options {
+                extra_services: 0,
+                extra_rules: 10,
+            },
+            "1k flows, 10 DFW rules",
+        ),
+        (
+            1_000,
+            Options {
+                extra_services: 0,
+                extra_rules: 10_000,
+            },
+            "1k flows, 10k DFW rules",
+        ),
+    ] {
+        let p = pipeline(opts, flows * 2);
+        let mut ctx = WorkerContext::default();
+        let mut pkt = PacketBuf::new();
+        let template = frames(flows);
+        for i in 0..flows {
+            load(&mut pkt, &template, i, len);
+            let v = p.process(&mut ctx, 1, A1, &mut pkt);
+            assert_eq!(v, Verdict::Forward, "warm-up flow {i}");
+        }
+        let mut rng = Rng(42);
+        group.bench_function(BenchmarkId::new("udp-snat", label), |b| {
+            b.iter(|| {
+                for _ in 0..BATCH {
+                    let i = (rng.next() % flows as u64) as usize;
+                    load(&mut pkt, &template, i, len);
+                    std::hint::black_box(p.process(&mut ctx, 2, A1, &mut pkt));
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+fn first_packet(c: &mut Criterion) {
+    let mut group = c.benchmark_group("first-packet");
+    group.throughput(Throughput::Elements(BATCH as u64));
+    let mut syn = vec![0u8; 256];
+    let n = build::build_tcp(
+        &mut syn,
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        CLUSTER_IP,
+        64,
+        1024,
+        80,
+        1,
+        0,
+        0x02,
+        b"",
+    )
+    .expect("fits");
+    syn.truncate(n);
+    let len = udp_template().len();
+    let template = frames(200_000);
+    for &(opts, label) in &[
+        (Options::default(), "default"),
+        (
+            Options {
+                extra_services: 10,
+                extra_rules: 0,
+            },
+            "10 services",
+        ),
+        (
+            Options {
+                extra_services: 10_000,
+                extra_rules: 0,
+            },
+            "10k services",
+        ),
+        (
+            Options {
+                extra_services: 0,
+                extra_rules: 10,
+            },
+            "10 DFW rules",
+        ),
+        (
+            Options {
+                extra_services: 0,
+                extra_rules: 10_000,
+            },
+            "10k DFW rules",
+        ),
+    ] {
+        // New connections to a ClusterIP: DLB choice, routing, DFW, conntrack insert.
+        group.bench_function(BenchmarkId::new("clusterip-dlb", label), |b| {
+            b.iter_custom(|iters| {
+                let p = pipeline(opts, (iters as usize * BATCH).max(1024) * 2);
+                let mut ctx = WorkerContext::default();
+                let mut pkt = PacketBuf::new();
+                let mut elapsed = Duration::ZERO;
+                for it in 0..iters as usize {
+                    let start = Instant::now();
+                    for j in 0..BATCH {
+                        let i = it * BATCH + j;
+                        pkt.set_frame(&syn);
+                        let f = pkt.frame_mut();
+                        // One client, one ClusterIP: the source port names the connection, so
+                        // the table is emptied (untimed) every 60k connections.
+                        f[34..36].copy_from_slice(&(1024 + (i % 60_000) as u16).to_be_bytes());
+                        std::hint::black_box(p.process(&mut ctx, 1, A1, &mut pkt));
+                    }
+                    elapsed += start.elapsed();
+                    if (it + 1) * BATCH % 60_000 < BATCH {
+                        p.conntrack.remove_where(|_| true);
+                    }
+                }
+                elapsed
+            })
+        });
+        // New connections to the outside: routing, DFW, SNAT port allocation, insert.
+        group.bench_function(BenchmarkId::new("egress-snat", label), |b| {
+            b.iter_custom(|iters| {
+                let p = pipeline(opts, (iters as usize * BATCH).max(1024) * 2);
+                let mut ctx = WorkerContext::default();
+                let mut pkt = PacketBuf::new();
+                let mut elapsed = Duration::ZERO;
+                for it in 0..iters as usize {
+                    let start = Instant::now();
+                    for j in 0..BATCH {
+                        let i = (it * BATCH + j) % template.len();
+                        load(&mut pkt, &template, i, len);
+                        std::hint::black_box(p.process(&mut ctx, 1, A1, &mut pkt));
+                    }
+                    elapsed += start.elapsed();
+                    // Start afresh (untimed) before the flow set repeats.
+                    if ((it + 2) * BATCH) % template.len() < BATCH {
+                        p.conntrack.remove_where(|_| true);
+                    }
+                }
+                elapsed
+            })
+        });
+    }
+    group.finish();
+}
+
+fn host(c: &mut Criterion) {
+    let mut group = c.benchmark_group("router");
+    group.throughput(Throughput::Elements(1));
+    let p = pipeline(Options::default(), 1 << 16);
+    let mut ctx = WorkerContext::default();
+    let mut pkt = PacketBuf::new();
+    let mut arp = vec![0u8; 64];
+    let n = build::build_arp_request(&mut arp, pod_mac(A1_IP), A1_IP, GW_A).expect("fits");
+    arp.truncate(n);
+    group.bench_function("arp-reply", |b| {
+        b.iter(|| {
+            pkt.set_frame(&arp);
+            std::hint::black_box(p.process(&mut ctx, 1, A1, &mut pkt))
+        })
+    });
+    let mut echo = vec![0u8; 128];
+    let n = build::build_icmp_echo(
+        &mut echo,
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        T0_UPLINK_IP,
+        64,
+        true,
+        1,
+        1,
+        &[0u8; 56],
+    )
+    .expect("fits");
+    echo.truncate(n);
+    group.bench_function("icmp-echo-t1-t0", |b| {
+        b.iter(|| {
+            pkt.set_frame(&echo);
+            std::hint::black_box(p.process(&mut ctx, 1, A1, &mut pkt))
+        })
+    });
+    group.finish();
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1)).sample_size(20);
+    targets = established, first_packet, host
+}
+criterion_main!(benches);

@@ -3,4 +3,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 cargo build --workspace --bins
-cargo test --workspace
+mkdir -p target
+cargo test --workspace 2>&1 | tee target/test.log
+# One closing line for the whole workspace (cargo prints one per test binary).
+awk '/^test result:/ { p += $4; f += $6 } END { printf "tests: %d passed, %d failed\n", p, f }' \
+    target/test.log | tee target/test-summary.txt

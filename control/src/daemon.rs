@@ -399,6 +399,14 @@ impl Daemon {
                 "uptime_seconds": self.started.elapsed().as_secs(),
                 "generation": self.tables.load().generation,
                 "connections": self.pipeline.conntrack.len(),
+                "conntrack": {
+                    "max": self.pipeline.conntrack.config().max_connections,
+                    "created": self.pipeline.conntrack.stats.created.load(Ordering::Relaxed),
+                    "expired": self.pipeline.conntrack.stats.expired.load(Ordering::Relaxed),
+                    "evicted": self.pipeline.conntrack.stats.evicted.load(Ordering::Relaxed),
+                    "refused": self.pipeline.conntrack.stats.refused.load(Ordering::Relaxed),
+                    "removed": self.pipeline.conntrack.stats.removed.load(Ordering::Relaxed),
+                },
                 "started_by_lab": self.config.started_by_lab,
             })),
             "daemon.shutdown" => {

@@ -540,19 +540,31 @@ impl Conntrack {
         st.generation = generation;
     }
 
-    /// Drops every connection whose timeout has passed. Returns how many went.
-    pub fn expire(&self, now: u64) -> usize {
-        let mut gone = 0;
+    /// Drops every connection whose timeout has passed. Returns how many went; `gone` is told
+    /// of each (once, at its original key), so load-balancer accounting can follow.
+    pub fn expire_with(&self, now: u64, mut gone: impl FnMut(&Conn)) -> usize {
+        let mut keys = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock();
             let before = shard.map.len();
-            shard.map.retain(|_, c| c.state.lock().expires_at > now);
-            gone += before - shard.map.len();
+            shard.map.retain(|key, c| {
+                let live = c.state.lock().expires_at > now;
+                if !live && *key == c.original {
+                    gone(c);
+                }
+                live
+            });
+            keys += before - shard.map.len();
         }
         // Each connection has two keys.
-        let conns = gone / 2;
+        let conns = keys / 2;
         self.stats.expired.fetch_add(conns as u64, Relaxed);
         conns
+    }
+
+    /// Drops every connection whose timeout has passed. Returns how many went.
+    pub fn expire(&self, now: u64) -> usize {
+        self.expire_with(now, |_| {})
     }
 
     /// Removes every connection for which `doomed` says so (a deleted pod, a flushed backend).

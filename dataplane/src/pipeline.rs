@@ -22,6 +22,7 @@
 //! connections that are translated further on.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -804,7 +805,7 @@ impl Pipeline {
                             .get(lb.service)
                             .and_then(|s| s.active.get(lb.backend))
                         {
-                            active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            active.fetch_add(1, Relaxed);
                         }
                     }
                     return Ok(action);
@@ -1127,7 +1128,22 @@ impl Pipeline {
 
     /// Expires idle state (connections) at `now`. Called periodically by a worker.
     pub fn expire(&self, now: u64) {
-        self.conntrack.expire(now);
+        // Least-connections counts live connections per backend: a connection that ends gives
+        // its count back, when the tables it was counted in are still the ones in force.
+        let t = self.tables.load();
+        self.conntrack.expire_with(now, |conn| {
+            let Some(lb) = conn.lb else { return };
+            if conn.state.lock().generation != t.generation {
+                return;
+            }
+            if let Some(active) = t
+                .services
+                .get(lb.service)
+                .and_then(|s| s.active.get(lb.backend))
+            {
+                let _ = active.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+            }
+        });
     }
 }
 

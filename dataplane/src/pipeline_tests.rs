@@ -1,6 +1,7 @@
 //! The pipeline on byte arrays: frames in, frames out, every checksum recomputed from scratch.
 
 use std::net::Ipv4Addr;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -902,4 +903,57 @@ fn a_syn_reusing_a_time_wait_tuple_replaces_the_old_connection() {
         backend,
         "the answer is the backend's own, not the old ClusterIP's"
     );
+}
+
+#[test]
+fn least_connections_counts_live_connections_and_gives_them_back() {
+    let mut bed = Bed::new();
+    let mut t = testbed::tables(2, Options::default());
+    let b = |ip| crate::tables::Backend { ip, port: 80 };
+    let mut vip = crate::tables::LbService::new(
+        "lc".into(),
+        PROTO_TCP,
+        b(VIP),
+        vec![b(A2_IP), b(A3_IP)],
+        crate::tables::LbAlgorithm::LeastConnections,
+    );
+    vip.snat_automap = true;
+    t.services[1] = vip;
+    bed.tables.store(Arc::new(t));
+    let mut members = Vec::new();
+    for sport in [50000u16, 50001] {
+        assert_eq!(
+            bed.send(
+                UPLINK,
+                &tcp(
+                    UPLINK_PEER_MAC,
+                    ROUTER_MAC,
+                    OUTSIDE_HOST,
+                    VIP,
+                    sport,
+                    80,
+                    SYN
+                )
+            ),
+            Verdict::Forward
+        );
+        members.push(bed.out().0);
+    }
+    members.sort();
+    assert_eq!(
+        members,
+        vec![A2, A3],
+        "each member gets one of two connections"
+    );
+    let active = |bed: &Bed| {
+        bed.tables.load().services[1]
+            .active
+            .iter()
+            .map(|a| a.load(Relaxed))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(active(&bed), vec![1, 1]);
+    // Unanswered SYNs expire after the SYN_SENT timeout; their counts go back.
+    bed.pipeline.expire(bed.now + 121_000);
+    assert_eq!(active(&bed), vec![0, 0]);
 }

@@ -666,301 +666,181 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let with_ns = args.namespace.is_none();
-    let ag = |v: &Value| age(v["created"].as_u64().unwrap_or(now), now);
-    let out = match method {
-        "namespaces.list" => {
-            let mut h = vec!["NAME", "STATUS", "AGE"];
-            if wide {
-                h.extend(["SEGMENT", "SUBNET", "GATEWAY", "T1", "EGRESS-IP"]);
-            }
-            let r: Vec<Vec<String>> = items
-                .iter()
-                .map(|v| {
-                    let mut row = vec![s(&v["name"]), s(&v["status"]), ag(v)];
-                    if wide {
-                        row.extend([
-                            s(&v["segment"]),
-                            s(&v["subnet"]),
-                            s(&v["gateway"]),
-                            s(&v["t1"]),
-                            s(&v["egress_ip"]),
-                        ]);
-                    }
-                    row
-                })
-                .collect();
-            table(&h, &r)
-        }
-        "pods.list" => {
-            let mut h = vec![];
-            if with_ns {
-                h.push("NAMESPACE");
-            }
-            h.extend(["NAME", "READY", "STATUS", "RESTARTS", "AGE"]);
-            if wide {
-                h.extend(["IP", "NODE", "PORT", "MAC"]);
-            }
-            let r: Vec<Vec<String>> = items
-                .iter()
-                .map(|v| {
-                    let mut row = vec![];
-                    if with_ns {
-                        row.push(s(&v["namespace"]));
-                    }
-                    row.extend([
-                        s(&v["name"]),
-                        s(&v["ready"]),
-                        s(&v["status"]),
-                        s(&v["restarts"]),
-                        ag(v),
-                    ]);
-                    if wide {
-                        row.extend([s(&v["ip"]), s(&v["node"]), s(&v["port"]), s(&v["mac"])]);
-                    }
-                    row
-                })
-                .collect();
-            table(&h, &r)
-        }
-        "segments.list" => {
-            let h = ["NAME", "NAMESPACE", "SUBNET", "GATEWAY", "T1", "PORTS"];
-            let r: Vec<Vec<String>> = items
-                .iter()
-                .map(|v| {
-                    vec![
-                        s(&v["name"]),
-                        s(&v["namespace"]),
-                        s(&v["subnet"]),
-                        s(&v["gateway"]),
-                        s(&v["t1"]),
-                        s(&v["ports"]),
-                    ]
-                })
-                .collect();
-            table(&h, &r)
-        }
-        "routes.list" => routes_text(&result, now),
-        "ports.list" => {
-            let h = [
-                "NAME",
-                "ID",
-                "KIND",
-                "IP",
-                "RX-PACKETS",
-                "RX-BYTES",
-                "TX-PACKETS",
-                "TX-BYTES",
-                "DROPS",
-            ];
-            let r: Vec<Vec<String>> = items
-                .iter()
-                .map(|v| {
-                    let drops = v["drops"]
-                        .as_object()
-                        .map(|m| {
-                            m.iter()
-                                .map(|(k, n)| format!("{k}={n}"))
-                                .collect::<Vec<_>>()
-                                .join(",")
-                        })
-                        .filter(|d| !d.is_empty())
-                        .unwrap_or_else(|| "0".to_string());
-                    vec![
-                        s(&v["name"]),
-                        s(&v["id"]),
-                        s(&v["kind"]),
-                        s(&v["ip"]),
-                        s(&v["rx_packets"]),
-                        s(&v["rx_bytes"]),
-                        s(&v["tx_packets"]),
-                        s(&v["tx_bytes"]),
-                        drops,
-                    ]
-                })
-                .collect();
-            table(&h, &r)
-        }
-        "services.list" => {
-            let mut h = vec![];
-            if with_ns {
-                h.push("NAMESPACE");
-            }
-            h.extend([
-                "NAME",
-                "TYPE",
-                "CLUSTER-IP",
-                "EXTERNAL-IP",
-                "PORT(S)",
-                "AGE",
-            ]);
-            if wide {
-                h.extend(["SELECTOR", "ENDPOINTS"]);
-            }
-            let r: Vec<Vec<String>> = items
-                .iter()
-                .map(|v| {
-                    let mut row = vec![];
-                    if with_ns {
-                        row.push(s(&v["namespace"]));
-                    }
-                    row.extend([
-                        s(&v["name"]),
-                        s(&v["type"]),
-                        s(&v["cluster_ip"]),
-                        s(&v["external_ip"]),
-                        s(&v["ports"]),
-                        ag(v),
-                    ]);
-                    if wide {
-                        let sel = v["selector"]
-                            .as_object()
-                            .map(|m| {
-                                m.iter()
-                                    .map(|(k, x)| format!("{k}={}", s(x)))
-                                    .collect::<Vec<_>>()
-                                    .join(",")
-                            })
-                            .unwrap_or_else(|| "<none>".to_string());
-                        let eps = v["endpoints"]
-                            .as_array()
-                            .map(|a| a.iter().map(s).collect::<Vec<_>>().join(","))
-                            .filter(|e| !e.is_empty())
-                            .unwrap_or_else(|| "<none>".to_string());
-                        row.extend([sel, eps]);
-                    }
-                    row
-                })
-                .collect();
-            table(&h, &r)
-        }
-        "dfw.list" => {
-            let h = [
-                "PRIORITY",
-                "SECTION",
-                "RULE",
-                "DIRECTION",
-                "SOURCES",
-                "DESTINATIONS",
-                "SERVICES",
-                "APPLIED-TO",
-                "ACTION",
-                "HITS",
-            ];
-            let r: Vec<Vec<String>> = items
-                .iter()
-                .map(|v| {
-                    vec![
-                        s(&v["priority"]),
-                        s(&v["section"]),
-                        s(&v["name"]),
-                        s(&v["direction"]),
-                        s(&v["sources"]),
-                        s(&v["destinations"]),
-                        s(&v["services"]),
-                        s(&v["applied_to"]),
-                        s(&v["action"]),
-                        s(&v["hits"]),
-                    ]
-                })
-                .collect();
-            table(&h, &r)
-        }
-        "nat.list" => {
-            let h = [
-                "NAMESPACE",
-                "PROTO",
-                "ORIGINAL",
-                "TRANSLATED",
-                "TYPE",
-                "STATE",
-                "PACKETS",
-            ];
-            let r: Vec<Vec<String>> = items
-                .iter()
-                .map(|v| {
-                    vec![
-                        s(&v["namespace"]),
-                        s(&v["protocol"]),
-                        s(&v["original"]),
-                        s(&v["translated"]),
-                        s(&v["type"]),
-                        s(&v["state"]),
-                        s(&v["packets"]),
-                    ]
-                })
-                .collect();
-            table(&h, &r)
-        }
-        "outside.list" => {
-            let h = ["NAME", "ADDRESS", "HTTP", "UDP", "AGE"];
-            let r: Vec<Vec<String>> = items
-                .iter()
-                .map(|v| {
-                    vec![
-                        s(&v["name"]),
-                        s(&v["address"]),
-                        s(&v["http_ports"]),
-                        s(&v["udp_ports"]),
-                        ag(v),
-                    ]
-                })
-                .collect();
-            table(&h, &r)
-        }
-        "deployments.list" => {
-            let h = [
-                "NAMESPACE",
-                "NAME",
-                "READY",
-                "UP-TO-DATE",
-                "AVAILABLE",
-                "AGE",
-            ];
-            let r: Vec<Vec<String>> = items
-                .iter()
-                .map(|v| {
-                    vec![
-                        s(&v["namespace"]),
-                        s(&v["name"]),
-                        s(&v["ready"]),
-                        s(&v["up_to_date"]),
-                        s(&v["available"]),
-                        ag(v),
-                    ]
-                })
-                .collect();
-            table(&h, &r)
-        }
-        _ => {
-            let h = [
-                "NAMESPACE",
-                "NAME",
-                "CONTROL PLANE",
-                "WORKER",
-                "SEGMENT",
-                "SUBNET",
-                "AGE",
-            ];
-            let r: Vec<Vec<String>> = items
-                .iter()
-                .map(|v| {
-                    vec![
-                        s(&v["namespace"]),
-                        s(&v["name"]),
-                        s(&v["control_plane"]),
-                        s(&v["workers"]),
-                        s(&v["segment"]),
-                        s(&v["subnet"]),
-                        ag(v),
-                    ]
-                })
-                .collect();
-            table(&h, &r)
-        }
+    let out = if method == "routes.list" {
+        routes_text(&result, now)
+    } else {
+        let columns = columns(method, args.namespace.is_none(), wide, now);
+        let headers: Vec<&str> = columns.iter().map(|c| c.0).collect();
+        let cells: Vec<Vec<String>> = items
+            .iter()
+            .map(|v| columns.iter().map(|c| (c.1)(v)).collect())
+            .collect();
+        table(&headers, &cells)
     };
     out_raw!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// A column of a `pacific get` table: its header and how a row's cell is made.
+type Column = (&'static str, Box<dyn Fn(&Value) -> String>);
+
+/// A plain field of the row.
+fn field(header: &'static str, name: &'static str) -> Column {
+    (header, Box::new(move |v: &Value| s(&v[name])))
+}
+
+/// `k=v,k=v` of an object field, `<none>` when empty.
+fn pairs(header: &'static str, name: &'static str, sep: &'static str) -> Column {
+    (
+        header,
+        Box::new(move |v: &Value| {
+            let text = match &v[name] {
+                Value::Object(m) => m
+                    .iter()
+                    .map(|(k, x)| format!("{k}{sep}{}", s(x)))
+                    .collect::<Vec<_>>()
+                    .join(","),
+                Value::Array(a) => a.iter().map(s).collect::<Vec<_>>().join(","),
+                _ => String::new(),
+            };
+            if text.is_empty() {
+                "<none>".to_string()
+            } else {
+                text
+            }
+        }),
+    )
+}
+
+/// The columns of each kind's table, as `kubectl get` lays them out (`-o wide` adds some).
+fn columns(method: &str, with_ns: bool, wide: bool, now: u64) -> Vec<Column> {
+    let age_column = || -> Column {
+        (
+            "AGE",
+            Box::new(move |v: &Value| age(v["created"].as_u64().unwrap_or(now), now)),
+        )
+    };
+    let mut c: Vec<Column> = Vec::new();
+    let namespaced = matches!(method, "pods.list" | "services.list");
+    if namespaced && with_ns {
+        c.push(field("NAMESPACE", "namespace"));
+    }
+    match method {
+        "namespaces.list" => {
+            c.extend([
+                field("NAME", "name"),
+                field("STATUS", "status"),
+                age_column(),
+            ]);
+            if wide {
+                c.extend([
+                    field("SEGMENT", "segment"),
+                    field("SUBNET", "subnet"),
+                    field("GATEWAY", "gateway"),
+                    field("T1", "t1"),
+                    field("EGRESS-IP", "egress_ip"),
+                ]);
+            }
+        }
+        "pods.list" => {
+            c.extend([
+                field("NAME", "name"),
+                field("READY", "ready"),
+                field("STATUS", "status"),
+                field("RESTARTS", "restarts"),
+                age_column(),
+            ]);
+            if wide {
+                c.extend([
+                    field("IP", "ip"),
+                    field("NODE", "node"),
+                    field("PORT", "port"),
+                    field("MAC", "mac"),
+                ]);
+            }
+        }
+        "segments.list" => c.extend([
+            field("NAME", "name"),
+            field("NAMESPACE", "namespace"),
+            field("SUBNET", "subnet"),
+            field("GATEWAY", "gateway"),
+            field("T1", "t1"),
+            field("PORTS", "ports"),
+        ]),
+        "ports.list" => c.extend([
+            field("NAME", "name"),
+            field("ID", "id"),
+            field("KIND", "kind"),
+            field("IP", "ip"),
+            field("RX-PACKETS", "rx_packets"),
+            field("RX-BYTES", "rx_bytes"),
+            field("TX-PACKETS", "tx_packets"),
+            field("TX-BYTES", "tx_bytes"),
+            pairs("DROPS", "drops", "="),
+        ]),
+        "services.list" => {
+            c.extend([
+                field("NAME", "name"),
+                field("TYPE", "type"),
+                field("CLUSTER-IP", "cluster_ip"),
+                field("EXTERNAL-IP", "external_ip"),
+                field("PORT(S)", "ports"),
+                age_column(),
+            ]);
+            if wide {
+                c.extend([
+                    pairs("SELECTOR", "selector", "="),
+                    pairs("ENDPOINTS", "endpoints", ""),
+                ]);
+            }
+        }
+        "dfw.list" => c.extend([
+            field("PRIORITY", "priority"),
+            field("SECTION", "section"),
+            field("RULE", "name"),
+            field("DIRECTION", "direction"),
+            field("SOURCES", "sources"),
+            field("DESTINATIONS", "destinations"),
+            field("SERVICES", "services"),
+            field("APPLIED-TO", "applied_to"),
+            field("ACTION", "action"),
+            field("HITS", "hits"),
+        ]),
+        "nat.list" => c.extend([
+            field("NAMESPACE", "namespace"),
+            field("PROTO", "protocol"),
+            field("ORIGINAL", "original"),
+            field("TRANSLATED", "translated"),
+            field("TYPE", "type"),
+            field("STATE", "state"),
+            field("PACKETS", "packets"),
+        ]),
+        "outside.list" => c.extend([
+            field("NAME", "name"),
+            field("ADDRESS", "address"),
+            field("HTTP", "http_ports"),
+            field("UDP", "udp_ports"),
+            age_column(),
+        ]),
+        "deployments.list" => c.extend([
+            field("NAMESPACE", "namespace"),
+            field("NAME", "name"),
+            field("READY", "ready"),
+            field("UP-TO-DATE", "up_to_date"),
+            field("AVAILABLE", "available"),
+            age_column(),
+        ]),
+        _ => c.extend([
+            field("NAMESPACE", "namespace"),
+            field("NAME", "name"),
+            field("CONTROL PLANE", "control_plane"),
+            field("WORKER", "workers"),
+            field("SEGMENT", "segment"),
+            field("SUBNET", "subnet"),
+            age_column(),
+        ]),
+    }
+    c
 }
 
 /// A gateway's routing table in the style of the seed's router (FRR's `show ip route`), with

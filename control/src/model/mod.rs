@@ -29,40 +29,4 @@ pub fn seed_lab() -> Result<Vec<Manifest>, ManifestError> {
 
 /// The seed's hello-kubernetes manifest, as the write-up gives it (indentation restored).
 #[cfg(test)]
-pub(crate) const HELLO_KUBERNETES: &str = r#"apiVersion: v1
-kind: Service
-metadata:
-  name: hello-kubernetes
-spec:
-  type: LoadBalancer
-  ports:
-  - port: 80
-    targetPort: 8080
-  selector:
-    app: hello-kubernetes
----
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: hello-kubernetes
-spec:
-  replicas: 3
-  selector:
-    matchLabels:
-      app: hello-kubernetes
-  template:
-    metadata:
-      labels:
-        app: hello-kubernetes
-    spec:
-      imagePullSecrets:
-      - name: harbor-registry-secret
-      containers:
-      - name: hello-kubernetes
-        image: 172.80.88.4/ns-dev/hello-kubernetes:1.5
-        ports:
-        - containerPort: 8080
-        env:
-        - name: MESSAGE
-          value: I just deployed a PodVM on the Tanzu Kubernetes Cluster!!
-"#;
+pub(crate) const HELLO_KUBERNETES: &str = include_str!("../../../docs/hello-kubernetes.yaml");

@@ -419,6 +419,10 @@ fn lab_down(socket: &Path, prefix: &str) -> Result<ExitCode, String> {
             r.prefix.clone()
         }
     });
+    let namespaces_before = crate::lab::netns::list_netns_with_prefix(&format!("{prefix}-"))
+        .map(|v| v.len())
+        .unwrap_or(0);
+    let mut stopped = None;
     if let Ok(status) = client::call(socket, "daemon.status", json!({})) {
         let ours = status
             .get("started_by_lab")
@@ -431,6 +435,7 @@ fn lab_down(socket: &Path, prefix: &str) -> Result<ExitCode, String> {
             while crate::lab::netns::pid_alive(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
             }
+            stopped = Some(pid);
         } else {
             let _ = client::call(socket, "lab.reset", json!({}));
         }
@@ -439,7 +444,19 @@ fn lab_down(socket: &Path, prefix: &str) -> Result<ExitCode, String> {
     if !client::daemon_answers(socket) {
         let _ = std::fs::remove_file(socket);
     }
-    out!("lab down: {summary}");
+    let left = crate::lab::netns::list_netns_with_prefix(&format!("{prefix}-"))
+        .map(|v| v.len())
+        .unwrap_or(0);
+    match stopped {
+        Some(pid) => out!("lab down: stopped the lab's daemon (pid {pid}); {namespaces_before} namespace(s) removed"),
+        None => out!("lab down: {namespaces_before} namespace(s) removed"),
+    }
+    out!("lab down: leftovers cleaned: {summary}");
+    if left > 0 {
+        return Err(format!(
+            "{left} namespace(s) named {prefix}-* could not be removed"
+        ));
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -427,7 +427,7 @@ fn nat(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
     };
     let mut rows = Vec::new();
     for conn in ctx.pipeline.conntrack.snapshot(100_000) {
-        let st = *conn.state.lock();
+        let st = conn.state.snapshot();
         let [orig, _] = st.actions;
         if !all && orig.snat.is_none() && orig.dnat.is_none() {
             continue;

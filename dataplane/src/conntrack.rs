@@ -14,11 +14,19 @@
 //! connection's two directions over different TAP queues, hence workers) and a separate port
 //! allocator (it would duplicate what the reply key already says).
 //!
+//! The packets of an established connection take one lock, the shard's: the connection's own
+//! state is kept in atomics (expiry and the bits that say a packet cannot change the state, one
+//! word; the actions behind a sequence lock), and its mutex is taken only by segments that may
+//! move the TCP state machine ([`ConnState`]).
+//!
 //! Timeouts follow Linux conntrack's defaults (`nf_conntrack_tcp_timeout_*`). Time is passed in
 //! as milliseconds; nothing here reads a clock.
 
+use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{
+    fence, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
 use std::sync::Arc;
 
 use ahash::RandomState;
@@ -28,7 +36,7 @@ use crate::tables::{PortId, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 
 /// A connection's tuple in one direction. For ICMP echo, `src_port` is the identifier and
 /// `dst_port` is 0 in both directions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct FlowKey {
     pub protocol: u8,
     pub src: Ipv4Addr,
@@ -55,6 +63,19 @@ impl FlowKey {
                 dst_port: self.src_port,
             }
         }
+    }
+}
+
+/// Two words instead of the derive's seven writes (a length prefix and the bytes of each address):
+/// every packet hashes its key twice, for the shard and for the bucket.
+impl Hash for FlowKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from(u32::from(self.src)) << 32 | u64::from(u32::from(self.dst)));
+        state.write_u64(
+            u64::from(self.src_port) << 24
+                | u64::from(self.dst_port) << 8
+                | u64::from(self.protocol),
+        );
     }
 }
 
@@ -221,15 +242,13 @@ impl Default for ConntrackConfig {
     }
 }
 
-/// The part of a connection that changes after creation.
+/// A copy of the part of a connection that changes after creation, taken at one instant.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnMut {
     pub actions: [FlowAction; 2],
     /// The tables generation the actions were decided against.
     pub generation: u64,
     pub tcp: TcpState,
-    fin_orig: bool,
-    fin_reply: bool,
     pub replied: bool,
     pub expires_at: u64,
     pub packets: [u64; 2],
@@ -252,7 +271,7 @@ pub struct Conn {
     /// The service and backend the load balancer chose, if any: re-validation checks the backend
     /// still exists, least-connections counts it.
     pub lb: Option<LbBinding>,
-    pub state: Mutex<ConnMut>,
+    pub state: ConnState,
 }
 
 impl Conn {
@@ -267,17 +286,217 @@ impl Conn {
             reply,
             in_port,
             lb: None,
-            state: Mutex::new(ConnMut {
-                actions,
-                generation: 0,
-                tcp: TcpState::SynSent,
-                fin_orig: false,
-                fin_reply: false,
-                replied: false,
-                expires_at: 0,
-                packets: [0; 2],
-            }),
+            state: ConnState {
+                clock: AtomicU64::new(0),
+                packets: [AtomicU64::new(0), AtomicU64::new(0)],
+                actions: ActionCell::new(actions, 0),
+                slow: Mutex::new(SlowState {
+                    tcp: TcpState::SynSent,
+                    fin_orig: false,
+                    fin_reply: false,
+                    replied: false,
+                }),
+            },
         }
+    }
+}
+
+/// `ConnState::clock`: the expiry in its low 48 bits (milliseconds: 8,900 years of uptime)...
+const EXPIRY_MASK: u64 = (1 << 48) - 1;
+/// ...and above them what a packet needs to know to skip the state lock: the connection has
+/// seen a reply,
+const REPLIED: u64 = 1 << 48;
+/// and (TCP) it is ESTABLISHED with no FIN seen, so a segment without SYN, FIN or RST changes
+/// nothing but the expiry.
+const STEADY: u64 = 1 << 49;
+
+/// The changing state of a connection, built so that the packets of an established connection
+/// take no lock of their own (the shard lock of the lookup is the only one):
+/// - `clock` (expiry and the fast-path bits) is one word, updated by compare-and-swap: a state
+///   change stores a new word under `slow`, so a packet that read the old bits fails its swap and
+///   looks again instead of writing a stale timeout over a FIN's.
+/// - `actions` change only on re-validation, behind a sequence lock (below).
+/// - `packets` are statistics: a plain load and store, since one direction of a flow arrives on
+///   one queue, hence one worker; two workers racing on one direction may lose a count.
+/// - `slow` (the TCP state machine) is locked only for segments that may change it.
+///
+/// Rejected: one mutex per connection (the previous design: two more atomic read-modify-writes
+/// per packet), and the state inline in the shard map (the two keys of a connection live in
+/// different shards, so neither shard lock covers both directions).
+#[derive(Debug)]
+pub struct ConnState {
+    clock: AtomicU64,
+    packets: [AtomicU64; 2],
+    actions: ActionCell,
+    slow: Mutex<SlowState>,
+}
+
+/// What only segments that change the TCP state touch.
+#[derive(Debug, Clone, Copy)]
+struct SlowState {
+    tcp: TcpState,
+    fin_orig: bool,
+    fin_reply: bool,
+    replied: bool,
+}
+
+impl SlowState {
+    fn bits(&self) -> u64 {
+        let mut bits = 0;
+        if self.replied {
+            bits |= REPLIED;
+        }
+        if self.tcp == TcpState::Established && !self.fin_orig && !self.fin_reply {
+            bits |= STEADY;
+        }
+        bits
+    }
+}
+
+impl ConnState {
+    /// A copy of the state: the state machine under its lock, the actions as of one table
+    /// generation, expiry and counters as last written.
+    pub fn snapshot(&self) -> ConnMut {
+        let slow = self.slow.lock();
+        let (actions, generation) = self.actions.read();
+        ConnMut {
+            actions,
+            generation,
+            tcp: slow.tcp,
+            replied: slow.replied,
+            expires_at: self.expires_at(),
+            packets: [self.packets[0].load(Relaxed), self.packets[1].load(Relaxed)],
+        }
+    }
+
+    pub fn expires_at(&self) -> u64 {
+        self.clock.load(Relaxed) & EXPIRY_MASK
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.actions.read().1
+    }
+
+    /// The action for one direction and the generation it was decided against.
+    pub fn action(&self, dir: Dir) -> (FlowAction, u64) {
+        self.actions.read_one(dir)
+    }
+
+    /// Makes the connection expire at `at` (eviction), keeping the fast-path bits.
+    fn expire_at(&self, at: u64) {
+        let _ = self.clock.fetch_update(Relaxed, Relaxed, |w| {
+            Some((w & !EXPIRY_MASK) | at.min(EXPIRY_MASK))
+        });
+    }
+
+    fn count(&self, dir: Dir) {
+        let n = &self.packets[dir as usize];
+        n.store(n.load(Relaxed).wrapping_add(1), Relaxed);
+    }
+}
+
+/// Both directions' actions and their generation behind a sequence lock, in atomics (the crate
+/// keeps `unsafe` in `tap`): a reader retries while a writer is between its two increments of
+/// `seq`; writers are serialized by the connection's `slow` lock. The orderings are those of
+/// Boehm's "Can seqlocks get along with programming language memory models?" (2012); on x86
+/// every one of them is a plain load or store.
+#[derive(Debug)]
+struct ActionCell {
+    seq: AtomicU32,
+    /// Per direction: port, flags and TTL step; SNAT address and port; DNAT address and port.
+    words: [AtomicU64; 6],
+    generation: AtomicU64,
+}
+
+impl ActionCell {
+    fn new(actions: [FlowAction; 2], generation: u64) -> ActionCell {
+        let w = |i: usize| AtomicU64::new(pack(&actions[i / 3])[i % 3]);
+        ActionCell {
+            seq: AtomicU32::new(0),
+            words: [w(0), w(1), w(2), w(3), w(4), w(5)],
+            generation: AtomicU64::new(generation),
+        }
+    }
+
+    fn read(&self) -> ([FlowAction; 2], u64) {
+        loop {
+            let before = self.seq.load(Acquire);
+            let w: [u64; 6] = std::array::from_fn(|i| self.words[i].load(Relaxed));
+            let generation = self.generation.load(Relaxed);
+            fence(Acquire);
+            if before & 1 == 0 && self.seq.load(Relaxed) == before {
+                return (
+                    [unpack([w[0], w[1], w[2]]), unpack([w[3], w[4], w[5]])],
+                    generation,
+                );
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// One direction's action: what a packet needs, half the loads of `read`.
+    fn read_one(&self, dir: Dir) -> (FlowAction, u64) {
+        let at = dir as usize * 3;
+        loop {
+            let before = self.seq.load(Acquire);
+            let w: [u64; 3] = std::array::from_fn(|i| self.words[at + i].load(Relaxed));
+            let generation = self.generation.load(Relaxed);
+            fence(Acquire);
+            if before & 1 == 0 && self.seq.load(Relaxed) == before {
+                return (unpack(w), generation);
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Only with the connection's `slow` lock held (or before the connection is shared).
+    fn write(&self, actions: [FlowAction; 2], generation: u64) {
+        let seq = self.seq.load(Relaxed);
+        self.seq.store(seq.wrapping_add(1), Relaxed);
+        fence(Release);
+        for (dir, action) in actions.iter().enumerate() {
+            for (i, word) in pack(action).into_iter().enumerate() {
+                self.words[dir * 3 + i].store(word, Relaxed);
+            }
+        }
+        self.generation.store(generation, Relaxed);
+        self.seq.store(seq.wrapping_add(2), Release);
+    }
+}
+
+const ROUTED: u64 = 1 << 32;
+const HAS_SNAT: u64 = 1 << 33;
+const HAS_DNAT: u64 = 1 << 34;
+const TTL_SHIFT: u32 = 40;
+
+fn pack(a: &FlowAction) -> [u64; 3] {
+    let endpoint = |e: Option<(Ipv4Addr, u16)>| {
+        e.map_or(0, |(addr, port)| {
+            u64::from(u32::from(addr)) << 16 | u64::from(port)
+        })
+    };
+    let mut w0 = u64::from(a.out_port) | u64::from(a.ttl_dec) << TTL_SHIFT;
+    if a.routed {
+        w0 |= ROUTED;
+    }
+    if a.snat.is_some() {
+        w0 |= HAS_SNAT;
+    }
+    if a.dnat.is_some() {
+        w0 |= HAS_DNAT;
+    }
+    [w0, endpoint(a.snat), endpoint(a.dnat)]
+}
+
+fn unpack(w: [u64; 3]) -> FlowAction {
+    let endpoint =
+        |present: bool, e: u64| present.then(|| (Ipv4Addr::from((e >> 16) as u32), e as u16));
+    FlowAction {
+        out_port: w[0] as PortId,
+        routed: w[0] & ROUTED != 0,
+        ttl_dec: (w[0] >> TTL_SHIFT) as u8,
+        snat: endpoint(w[0] & HAS_SNAT != 0, w[1]),
+        dnat: endpoint(w[0] & HAS_DNAT != 0, w[2]),
     }
 }
 
@@ -350,8 +569,11 @@ impl Conntrack {
         &self.config
     }
 
+    /// The shard takes bits 32 and up of the hash: the maps inside use the low bits for the
+    /// bucket and the top seven for the control byte, so taking the shard from either would
+    /// leave a shard's keys all alike in the bits its map spreads them by.
     fn shard_of(&self, key: &FlowKey) -> usize {
-        (self.hasher.hash_one(key) as usize) % SHARDS
+        ((self.hasher.hash_one(key) >> 32) as usize) % SHARDS
     }
 
     /// Hashes a key the way the table does (for callers that spread work by flow).
@@ -386,19 +608,59 @@ impl Conntrack {
         Some((Arc::clone(conn), dir))
     }
 
+    /// Advances a connection with one packet: the expiry, the counters and, when the packet may
+    /// change it, the state machine (see [`ConnState`]).
     fn advance(&self, conn: &Conn, dir: Dir, flags: u8, now: u64) -> Tracked {
-        let mut st = conn.state.lock();
+        let st = &conn.state;
+        let t = &self.config.timeouts;
+        let protocol = conn.original.protocol;
+        let mut word = st.clock.load(Relaxed);
+        loop {
+            let replied = word & REPLIED != 0;
+            let timeout = match protocol {
+                PROTO_TCP => {
+                    let quiet = flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0;
+                    (quiet && word & STEADY != 0 && (dir == Dir::Original || replied))
+                        .then_some(t.tcp_established)
+                }
+                PROTO_UDP | PROTO_ICMP if dir == Dir::Reply && !replied => None,
+                PROTO_UDP if replied => Some(t.udp_stream),
+                PROTO_UDP => Some(t.udp),
+                PROTO_ICMP => Some(t.icmp),
+                _ => Some(t.generic),
+            };
+            let Some(timeout) = timeout else {
+                return self.advance_slow(conn, dir, flags, now);
+            };
+            let next = (word & !EXPIRY_MASK) | now.saturating_add(timeout).min(EXPIRY_MASK);
+            match st.clock.compare_exchange_weak(word, next, Relaxed, Relaxed) {
+                Ok(_) => break,
+                Err(current) => word = current,
+            }
+        }
+        st.count(dir);
+        let (action, generation) = st.action(dir);
+        Tracked::Pass { action, generation }
+    }
+
+    /// A packet that may change the connection's state: under the connection's lock.
+    fn advance_slow(&self, conn: &Conn, dir: Dir, flags: u8, now: u64) -> Tracked {
+        let st = &conn.state;
+        let mut slow = st.slow.lock();
         let t = &self.config.timeouts;
         let timeout = match conn.original.protocol {
-            PROTO_TCP => match tcp_transition(&mut st, dir, flags) {
-                Some(state) => t.tcp(state),
-                None => return Tracked::Invalid,
-            },
+            PROTO_TCP => {
+                let fresh = st.packets.iter().all(|n| n.load(Relaxed) == 0);
+                match tcp_transition(&mut slow, dir, flags, fresh) {
+                    Some(state) => t.tcp(state),
+                    None => return Tracked::Invalid,
+                }
+            }
             PROTO_UDP => {
                 if dir == Dir::Reply {
-                    st.replied = true;
+                    slow.replied = true;
                 }
-                if st.replied {
+                if slow.replied {
                     t.udp_stream
                 } else {
                     t.udp
@@ -406,18 +668,20 @@ impl Conntrack {
             }
             PROTO_ICMP => {
                 if dir == Dir::Reply {
-                    st.replied = true;
+                    slow.replied = true;
                 }
                 t.icmp
             }
             _ => t.generic,
         };
-        st.expires_at = now.saturating_add(timeout);
-        st.packets[dir as usize] += 1;
-        Tracked::Pass {
-            action: st.actions[dir as usize],
-            generation: st.generation,
-        }
+        // A plain store: a packet on the fast path that read the previous word fails its swap.
+        st.clock.store(
+            slow.bits() | now.saturating_add(timeout).min(EXPIRY_MASK),
+            Relaxed,
+        );
+        st.count(dir);
+        let (action, generation) = st.action(dir);
+        Tracked::Pass { action, generation }
     }
 
     /// Inserts a new connection under both its keys, starting its state with the first packet's
@@ -431,8 +695,9 @@ impl Conntrack {
         tcp_flags: u8,
         now: u64,
     ) -> Result<(Arc<Conn>, Tracked), InsertError> {
+        let (actions, _) = conn.state.actions.read();
+        conn.state.actions.write(actions, generation);
         let conn = Arc::new(conn);
-        conn.state.lock().generation = generation;
         let reply_shard = self.shard_of(&conn.reply);
         {
             let mut shard = self.shards[reply_shard].lock();
@@ -479,7 +744,7 @@ impl Conntrack {
             .map
             .iter()
             .take(16)
-            .min_by_key(|(_, c)| c.state.lock().expires_at)
+            .min_by_key(|(_, c)| c.state.expires_at())
             .map(|(k, c)| (*k, Arc::clone(c)));
         let Some((key, conn)) = victim else {
             return false;
@@ -500,7 +765,7 @@ impl Conntrack {
             shard.map.remove(&partner);
         }
         // Make the evicted connection expire now so its other key goes at the next sweep.
-        conn.state.lock().expires_at = now;
+        conn.state.expire_at(now);
         self.stats.evicted.fetch_add(1, Relaxed);
         true
     }
@@ -519,7 +784,10 @@ impl Conntrack {
             return false;
         };
         let closing = conn.original.protocol == PROTO_TCP
-            && matches!(conn.state.lock().tcp, TcpState::TimeWait | TcpState::Close);
+            && matches!(
+                conn.state.slow.lock().tcp,
+                TcpState::TimeWait | TcpState::Close
+            );
         if closing {
             self.remove(&conn);
         }
@@ -535,9 +803,8 @@ impl Conntrack {
 
     /// Updates a connection's cached actions after re-validation against a new generation.
     pub fn refresh(&self, conn: &Conn, actions: [FlowAction; 2], generation: u64) {
-        let mut st = conn.state.lock();
-        st.actions = actions;
-        st.generation = generation;
+        let _writer = conn.state.slow.lock();
+        conn.state.actions.write(actions, generation);
     }
 
     /// Drops every connection whose timeout has passed. Returns how many went; `gone` is told
@@ -548,7 +815,7 @@ impl Conntrack {
             let mut shard = shard.lock();
             let before = shard.map.len();
             shard.map.retain(|key, c| {
-                let live = c.state.lock().expires_at > now;
+                let live = c.state.expires_at() > now;
                 if !live && *key == c.original {
                     gone(c);
                 }
@@ -618,7 +885,8 @@ pub const TCP_ACK: u8 = 0x10;
 
 /// Advances a TCP connection with one segment's flags. `None`: the segment is invalid in this
 /// state (conntrack INVALID) and must be dropped without changing anything.
-fn tcp_transition(st: &mut ConnMut, dir: Dir, flags: u8) -> Option<TcpState> {
+/// `fresh`: no packet has been counted yet.
+fn tcp_transition(st: &mut SlowState, dir: Dir, flags: u8, fresh: bool) -> Option<TcpState> {
     use TcpState::*;
     let syn = flags & TCP_SYN != 0;
     let ack = flags & TCP_ACK != 0;
@@ -668,7 +936,7 @@ fn tcp_transition(st: &mut ConnMut, dir: Dir, flags: u8) -> Option<TcpState> {
             (false, false) => match st.tcp {
                 SynRecv if dir == Dir::Original && ack => Established,
                 // Picked up mid-stream (Linux's nf_conntrack_tcp_loose): trust it.
-                SynSent if st.packets == [0, 0] && ack => Established,
+                SynSent if fresh && ack => Established,
                 Close | TimeWait => return None,
                 s => s,
             },
@@ -707,7 +975,7 @@ mod tests {
     }
 
     fn state(ct: &Conntrack, k: &FlowKey) -> TcpState {
-        ct.get(k).unwrap().0.state.lock().tcp
+        ct.get(k).unwrap().0.state.snapshot().tcp
     }
 
     #[test]
@@ -727,7 +995,7 @@ mod tests {
         assert_eq!(state(&ct, &k), TcpState::LastAck);
         ct.track(&k, TCP_ACK, 5);
         assert_eq!(state(&ct, &k), TcpState::TimeWait);
-        let expires = ct.get(&k).unwrap().0.state.lock().expires_at;
+        let expires = ct.get(&k).unwrap().0.state.snapshot().expires_at;
         assert_eq!(expires, 5 + Timeouts::default().tcp_time_wait);
         // A new SYN from the client reuses the tuple.
         ct.track(&k, TCP_SYN, 6);
@@ -746,7 +1014,7 @@ mod tests {
         assert_eq!(state(&ct, &k), TcpState::CloseWait);
         ct.track(&k, TCP_RST, 4);
         assert_eq!(state(&ct, &k), TcpState::Close);
-        let expires = ct.get(&k).unwrap().0.state.lock().expires_at;
+        let expires = ct.get(&k).unwrap().0.state.snapshot().expires_at;
         assert_eq!(expires, 4 + Timeouts::default().tcp_close);
     }
 
@@ -811,6 +1079,150 @@ mod tests {
         assert_eq!(err.err(), Some(InsertError::ReplyTaken));
         assert!(ct.get(&b).is_none());
         assert_eq!(ct.len(), 1);
+    }
+
+    #[test]
+    fn data_segments_keep_established_and_a_fin_still_shortens_the_timeout() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let t = Timeouts::default();
+        let k = key([172, 211, 0, 18], 40003, [198, 51, 100, 100], 443);
+        let r = k.reversed();
+        ct.insert(new_conn(k), 1, TCP_SYN, 0).unwrap();
+        ct.track(&r, TCP_SYN | TCP_ACK, 1);
+        ct.track(&k, TCP_ACK, 2);
+        // Data both ways: no state lock needed, the expiry follows every packet.
+        for now in 3..10 {
+            let (_, tracked) = ct.track(&r, TCP_ACK | 0x08, now).unwrap();
+            assert!(matches!(tracked, Tracked::Pass { .. }));
+            ct.track(&k, TCP_ACK, now).unwrap();
+            assert_eq!(state(&ct, &k), TcpState::Established);
+            assert_eq!(
+                ct.get(&k).unwrap().0.state.expires_at(),
+                now + t.tcp_established
+            );
+        }
+        ct.track(&k, TCP_FIN | TCP_ACK, 10);
+        let st = ct.get(&k).unwrap().0.state.snapshot();
+        assert_eq!(st.tcp, TcpState::FinWait);
+        assert_eq!(st.expires_at, 10 + t.tcp_fin_wait);
+        assert_eq!(st.packets, [1 + 1 + 7 + 1, 1 + 7]);
+        // After a FIN a plain ACK goes through the state machine again.
+        ct.track(&r, TCP_ACK, 11);
+        assert_eq!(
+            ct.get(&k).unwrap().0.state.expires_at(),
+            11 + t.tcp_fin_wait
+        );
+    }
+
+    #[test]
+    fn udp_timeout_grows_once_replied_in_either_direction() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let t = Timeouts::default();
+        let k = FlowKey {
+            protocol: PROTO_UDP,
+            ..key([172, 211, 0, 18], 5000, [198, 51, 100, 100], 53)
+        };
+        ct.insert(new_conn(k), 1, 0, 0).unwrap();
+        ct.track(&k, 0, 5).unwrap();
+        let conn = ct.get(&k).unwrap().0;
+        assert_eq!(conn.state.expires_at(), 5 + t.udp);
+        assert!(!conn.state.snapshot().replied);
+        ct.track(&k.reversed(), 0, 6).unwrap();
+        assert_eq!(conn.state.expires_at(), 6 + t.udp_stream);
+        ct.track(&k, 0, 7).unwrap();
+        assert_eq!(conn.state.expires_at(), 7 + t.udp_stream);
+        assert!(conn.state.snapshot().replied);
+    }
+
+    #[test]
+    fn actions_survive_packing_and_a_refresh_is_seen_by_the_next_packet() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let k = FlowKey {
+            protocol: PROTO_UDP,
+            ..key([172, 211, 0, 18], 5001, [198, 51, 100, 100], 53)
+        };
+        let orig = FlowAction {
+            out_port: u32::MAX,
+            routed: true,
+            ttl_dec: 2,
+            snat: Some((Ipv4Addr::new(172, 60, 96, 2), 65535)),
+            dnat: None,
+        };
+        let reply = FlowAction {
+            out_port: 1,
+            routed: false,
+            ttl_dec: 0,
+            snat: None,
+            dnat: Some((Ipv4Addr::new(172, 211, 0, 18), 5001)),
+        };
+        assert_eq!(unpack(pack(&orig)), orig);
+        assert_eq!(unpack(pack(&reply)), reply);
+        let (conn, tracked) = ct
+            .insert(Conn::new(k, k.reversed(), 1, [orig, reply]), 7, 0, 0)
+            .unwrap();
+        assert_eq!(
+            tracked,
+            Tracked::Pass {
+                action: orig,
+                generation: 7
+            }
+        );
+        let moved = FlowAction {
+            out_port: 9,
+            ..orig
+        };
+        ct.refresh(&conn, [moved, reply], 8);
+        let (dir, tracked) = ct.track(&k, 0, 1).unwrap();
+        assert_eq!(dir, Dir::Original);
+        assert_eq!(
+            tracked,
+            Tracked::Pass {
+                action: moved,
+                generation: 8
+            }
+        );
+        assert_eq!(conn.state.snapshot().actions, [moved, reply]);
+    }
+
+    #[test]
+    fn a_reader_never_sees_half_a_refresh() {
+        let k = key([172, 211, 0, 18], 5002, [198, 51, 100, 100], 80);
+        let conn = Arc::new(new_conn(k));
+        // Generation n goes with out port n and an SNAT port of n: a torn read would mix them.
+        let action_of = |n: u64| FlowAction {
+            out_port: n as PortId,
+            snat: Some((Ipv4Addr::new(172, 60, 96, 2), n as u16)),
+            ..action(0)
+        };
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let writer = {
+            let conn = Arc::clone(&conn);
+            std::thread::spawn(move || {
+                for n in 1..20_000u64 {
+                    ct.refresh(&conn, [action_of(n), action(1)], n);
+                }
+            })
+        };
+        for _ in 0..20_000 {
+            let (a, generation) = conn.state.action(Dir::Original);
+            if generation > 0 {
+                assert_eq!(a, action_of(generation));
+            }
+        }
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn keys_of_one_shard_still_spread_over_the_buckets_of_its_map() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let mut low_bits = std::collections::HashSet::new();
+        for port in 0..4096u16 {
+            let k = key([172, 211, 0, 18], port, [198, 51, 100, 100], 80);
+            if ct.shard_of(&k) == 0 {
+                low_bits.insert(ct.hash_key(&k) % 64);
+            }
+        }
+        assert!(low_bits.len() > 32, "{} distinct", low_bits.len());
     }
 
     #[test]

@@ -25,11 +25,11 @@ use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 
+use arc_swap::cache::Cache;
 use arc_swap::ArcSwap;
 
 use crate::conntrack::{
-    Conn, ConnMut, Conntrack, ConntrackConfig, Dir, FlowAction, FlowKey, InsertError, LbBinding,
-    Tracked,
+    Conn, Conntrack, ConntrackConfig, Dir, FlowAction, FlowKey, InsertError, LbBinding, Tracked,
 };
 use crate::packet::build;
 use crate::packet::ethernet::ETHERTYPE_IPV6;
@@ -167,13 +167,19 @@ drop_reasons! {
 pub struct WorkerContext {
     pub tx: Vec<Tx>,
     pub scratch: PacketBuf,
+    /// The worker's copy of the tables pointer: checking it is one load, where an `ArcSwap::load`
+    /// per packet costs two atomic read-modify-writes on arc-swap's debt list.
+    tables: Option<TablesCache>,
 }
+
+type TablesCache = Cache<Arc<ArcSwap<Tables>>, Arc<Tables>>;
 
 impl Default for WorkerContext {
     fn default() -> Self {
         WorkerContext {
             tx: Vec::with_capacity(16),
             scratch: PacketBuf::new(),
+            tables: None,
         }
     }
 }
@@ -246,6 +252,7 @@ impl Pipeline {
     }
 
     /// Processes one frame received on `in_port` at `now` (milliseconds of a monotonic clock).
+    /// The tables are the newest published, as cached in `ctx` (see [`WorkerContext`]).
     pub fn process(
         &self,
         ctx: &mut WorkerContext,
@@ -253,8 +260,27 @@ impl Pipeline {
         in_port: PortId,
         pkt: &mut PacketBuf,
     ) -> Verdict {
+        // Taken out of the context for the call, so the tables borrow the cache, not `ctx`.
+        let mut cache = match ctx.tables.take() {
+            Some(cache) if std::ptr::eq(cache.arc_swap(), &*self.tables) => cache,
+            _ => Cache::new(Arc::clone(&self.tables)),
+        };
+        let verdict = self.process_with(cache.load(), ctx, now, in_port, pkt);
+        ctx.tables = Some(cache);
+        verdict
+    }
+
+    /// [`Pipeline::process`] against the given tables (a caller that holds a snapshot for a
+    /// batch of frames).
+    pub fn process_with(
+        &self,
+        tables: &Tables,
+        ctx: &mut WorkerContext,
+        now: u64,
+        in_port: PortId,
+        pkt: &mut PacketBuf,
+    ) -> Verdict {
         ctx.tx.clear();
-        let tables = self.tables.load();
         let Some(port) = tables.port(in_port) else {
             return Verdict::Drop(DropReason::UnknownPort);
         };
@@ -284,14 +310,14 @@ impl Pipeline {
             }
         }
         match parsed.l3 {
-            L3::Arp(arp) => self.arp(&tables, ctx, port, &arp),
+            L3::Arp(arp) => self.arp(tables, ctx, port, &arp),
             L3::Ipv4(ref ip) => {
                 // Ethernet pads short frames; the IP total length is the truth (STYLE.md 3).
                 let end = VNET_HDR_LEN + ip.offset + ip.total_len;
                 if end < pkt.len {
                     pkt.len = end;
                 }
-                self.ipv4(&tables, ctx, now, port, &parsed, ip, pkt)
+                self.ipv4(tables, ctx, now, port, &parsed, ip, pkt)
             }
             L3::Other if parsed.ethertype == ETHERTYPE_IPV6 => Verdict::Drop(DropReason::Ipv6),
             L3::Other => Verdict::Drop(DropReason::UnsupportedEthertype),
@@ -833,8 +859,7 @@ impl Pipeline {
     /// the DFW may now deny it, its backend may be gone. NAT bindings are kept. `None`: the
     /// connection must end.
     fn revalidate(&self, t: &Tables, conn: &Conn) -> Option<[FlowAction; 2]> {
-        let old: ConnMut = *conn.state.lock();
-        let [orig, reply] = old.actions;
+        let [orig, reply] = conn.state.snapshot().actions;
         let pin = Pin {
             backend: conn.lb.and(orig.dnat),
         };
@@ -1069,7 +1094,7 @@ impl Pipeline {
         };
         // The quoted packet travelled the other way: its reverse is a key of the connection.
         if let Some((conn, dir)) = self.conntrack.get(&inner_key.reversed()) {
-            let action = conn.state.lock().actions[dir as usize];
+            let (action, _) = conn.state.action(dir);
             let Some(out) = t.port(action.out_port) else {
                 return Verdict::Drop(DropReason::NoRoute);
             };
@@ -1133,7 +1158,7 @@ impl Pipeline {
         let t = self.tables.load();
         self.conntrack.expire_with(now, |conn| {
             let Some(lb) = conn.lb else { return };
-            if conn.state.lock().generation != t.generation {
+            if conn.state.generation() != t.generation {
                 return;
             }
             if let Some(active) = t

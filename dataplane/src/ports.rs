@@ -1114,8 +1114,10 @@ mod tests {
                 "ping",
                 "-c",
                 "3",
-                "-W",
-                "1",
+                // Up to 10 s for the three replies: a loaded CI machine may lose the race of a
+                // 1 s per-packet timeout, not the frames.
+                "-w",
+                "10",
                 "198.18.0.2",
             ])
             .output()

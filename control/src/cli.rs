@@ -560,11 +560,86 @@ fn print_summary(socket: &Path) -> Result<(), String> {
         out!("  ext/{:<12} {}", s(&h["name"]), s(&h["address"]));
     }
     out!();
-    out!("Try:");
-    out!("  pacific exec ns-dev/wordpress -- ping -c1 172.211.0.19");
-    out!("  pacific exec ext/hop -- curl -s http://172.80.88.5/");
-    out!("  pacific exec ns-dev/wordpress -- traceroute -n 198.51.100.100");
+    let tries = try_commands(&namespaces, &pods, &services, &outside);
+    if !tries.is_empty() {
+        out!("Try:");
+        for t in tries {
+            out!("  pacific exec {t}");
+        }
+    }
     Ok(())
+}
+
+/// Example commands that fit the lab as applied: a pod pinging a neighbour, an outside host
+/// fetching a VIP, a pod tracing its way out.
+fn try_commands(
+    namespaces: &Value,
+    pods: &Value,
+    services: &Value,
+    outside: &Value,
+) -> Vec<String> {
+    let supervisor: Vec<String> = rows(namespaces)
+        .filter(|n| n["supervisor"].as_bool() == Some(true))
+        .map(|n| s(&n["name"]))
+        .collect();
+    let mut workload: Vec<&Value> = rows(pods)
+        .filter(|p| !supervisor.contains(&s(&p["namespace"])) && p["tkg_node"].is_null())
+        .collect();
+    // Pods of deployments first: they are the ones with services.
+    workload.sort_by_key(|p| p["owner"].is_null());
+    // A deployment's name stands for its pod when it has just one.
+    let target = |p: &Value| {
+        let ns = s(&p["namespace"]);
+        let name = match p["owner"].as_str() {
+            Some(owner)
+                if rows(pods)
+                    .filter(|q| q["owner"].as_str() == Some(owner) && s(&q["namespace"]) == ns)
+                    .count()
+                    == 1 =>
+            {
+                owner.to_string()
+            }
+            _ => s(&p["name"]),
+        };
+        format!("{ns}/{name}")
+    };
+    let mut tries = Vec::new();
+    if let Some(a) = workload.first() {
+        if let Some(b) = workload
+            .iter()
+            .skip(1)
+            .find(|b| b["namespace"] == a["namespace"])
+        {
+            tries.push(format!("{} -- ping -c1 {}", target(a), s(&b["ip"])));
+        }
+    }
+    let host = rows(outside).next();
+    let first_port = |v: &Value| -> String {
+        let ports = s(&v["ports"]);
+        ports
+            .split([':', '/', ','])
+            .next()
+            .unwrap_or("80")
+            .to_string()
+    };
+    let vip = rows(services)
+        .filter(|v| !v["external_ip"].is_null() && v["type"] == "LoadBalancer")
+        .min_by_key(|v| first_port(v) != "80");
+    if let (Some(h), Some(v)) = (host, vip) {
+        let port = first_port(v);
+        let url = if port == "80" {
+            format!("http://{}/", s(&v["external_ip"]))
+        } else {
+            format!("http://{}:{port}/", s(&v["external_ip"]))
+        };
+        tries.push(format!("ext/{} -- curl -s {url}", s(&h["name"])));
+    }
+    if let (Some(a), Some(h)) = (workload.first(), rows(outside).last()) {
+        let addr = s(&h["address"]);
+        let ip = addr.split('/').next().unwrap_or_default();
+        tries.push(format!("{} -- traceroute -n {ip}", target(a)));
+    }
+    tries
 }
 
 fn rows(v: &Value) -> impl Iterator<Item = &Value> {

@@ -35,7 +35,7 @@ use crate::compile::{self, PortOwner, RuleSlots, TransitSlots, UPLINK_PEER_MAC};
 use crate::lab::netns::{self, PodInterface};
 use crate::lab::outside::{self, OutsideHost as LabOutsideHost, UpstreamRouter};
 use crate::lab::record::LabRecord;
-use crate::model::manifest::parse_manifests;
+use crate::model::manifest::{parse_manifests, parse_object_refs};
 use crate::model::objects::State;
 use crate::model::store::{ApplyError, Store};
 use crate::rpc::{self, RpcError};
@@ -105,6 +105,8 @@ struct Control {
     transit: TransitSlots,
     generation: u64,
     record: LabRecord,
+    /// The pools the upstream router routes to T0 now.
+    routed_pools: Vec<Ipv4Net>,
 }
 
 pub struct Daemon {
@@ -122,7 +124,10 @@ pub struct Daemon {
 }
 
 /// At most this many control connections at once; more are answered with an error and closed.
-const MAX_CLIENTS: usize = 64;
+const MAX_CLIENTS: usize = 256;
+/// A client that sends nothing for this long is disconnected, so idle clients cannot hold every
+/// slot.
+const CLIENT_IDLE: Duration = Duration::from_secs(120);
 /// The longest request line accepted (a manifest travels in one line).
 const MAX_REQUEST: usize = 8 << 20;
 
@@ -187,6 +192,7 @@ impl Daemon {
                 slots: RuleSlots::default(),
                 transit: TransitSlots::default(),
                 generation: 0,
+                routed_pools: Vec::new(),
                 record,
             }),
             tables,
@@ -247,6 +253,7 @@ impl Daemon {
         };
         outside::configure_uplink(r, &pools).map_err(|e| e.to_string())?;
         let mut control = self.control.lock();
+        control.routed_pools = pools;
         let port = control.next_port;
         control.next_port += 1;
         self.dataplane
@@ -343,6 +350,7 @@ impl Daemon {
     /// One client: newline-delimited JSON-RPC requests, answered in order. A bad line gets an
     /// error response; the connection stays open.
     fn client(&self, stream: UnixStream) {
+        let _ = stream.set_read_timeout(Some(CLIENT_IDLE));
         let Ok(write_half) = stream.try_clone() else {
             return;
         };
@@ -362,9 +370,10 @@ impl Daemon {
                     RpcError::invalid_request(format!("request longer than {MAX_REQUEST} bytes"));
                 let _ = writeln!(writer, "{}", rpc::error_response(&Value::Null, &err));
                 let _ = writer.flush();
-                // Skip the rest of the oversized line.
-                let mut rest = Vec::new();
-                let _ = reader.read_until(b'\n', &mut rest);
+                // Skip the rest of the oversized line without keeping it.
+                if !discard_line(&mut reader) {
+                    return;
+                }
                 continue;
             }
             let text = String::from_utf8_lossy(&line);
@@ -456,16 +465,19 @@ impl Daemon {
             cluster: Option<String>,
         }
         let p: Params = rpc::params(params)?;
-        let manifests = parse_manifests(&p.manifest, p.namespace.as_deref(), p.cluster.as_deref())
-            .map_err(|e| RpcError::manifest(&e))?;
-        let mut control = self.control.lock();
+        let (namespace, cluster) = (p.namespace.as_deref(), p.cluster.as_deref());
         let now = unix_now();
         let outcomes = if delete {
-            control.store.delete(manifests, now)
+            let refs = parse_object_refs(&p.manifest, namespace, cluster)
+                .map_err(|e| RpcError::manifest(&e))?;
+            self.control.lock().store.delete_refs(refs, now)
         } else {
-            control.store.apply(manifests, now)
+            let manifests = parse_manifests(&p.manifest, namespace, cluster)
+                .map_err(|e| RpcError::manifest(&e))?;
+            self.control.lock().store.apply(manifests, now)
         }
         .map_err(|e: ApplyError| RpcError::apply(&e))?;
+        let mut control = self.control.lock();
         let problems = self.realize(&mut control);
         self.publish(&mut control);
         drop(control);
@@ -790,11 +802,23 @@ impl Daemon {
             .unwrap_or_default();
         routes.sort();
         routes.dedup();
-        let pools = {
-            let control = self.control.lock();
+        let (pools, stale) = {
+            let mut control = self.control.lock();
             let p = &control.store.state().pools;
-            vec![p.pods, p.services, p.ingress, p.egress]
+            let pools = vec![p.pods, p.services, p.ingress, p.egress];
+            let stale: Vec<Ipv4Net> = control
+                .routed_pools
+                .iter()
+                .filter(|p| !pools.contains(p))
+                .copied()
+                .collect();
+            control.routed_pools = pools.clone();
+            (pools, stale)
         };
+        // Pools no longer in force are no longer routed to T0.
+        for pool in stale {
+            let _ = netns::ip_netns(&self.upstream.netns, &["route", "del", &pool.to_string()]);
+        }
         if let Err(e) = outside::configure_uplink(&self.upstream, &pools) {
             log(format!(
                 "cannot route the pools on the upstream router: {e}"
@@ -933,6 +957,23 @@ fn workload_args(state: &State, w: &crate::model::objects::ClusterWorkload) -> V
             [flag.to_string(), port.to_string()]
         })
         .collect()
+}
+
+/// Reads and drops bytes up to the end of the current line. False at EOF or on an error.
+fn discard_line(reader: &mut BufReader<UnixStream>) -> bool {
+    loop {
+        let (done, used) = match reader.fill_buf() {
+            Ok([]) | Err(_) => return false,
+            Ok(buf) => match buf.iter().position(|&b| b == b'\n') {
+                Some(i) => (true, i + 1),
+                None => (false, buf.len()),
+            },
+        };
+        reader.consume(used);
+        if done {
+            return true;
+        }
+    }
 }
 
 /// The namespace of a pod: `{prefix}-{namespace}-{pod}`.

@@ -235,7 +235,12 @@ fn routes(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
                             g.transit_peer
                         }
                     });
-                    (via, next.map(|n| n.name.clone()), false)
+                    // A transit link is directly connected; routes learned over it are not.
+                    (
+                        via,
+                        next.map(|n| n.name.clone()),
+                        r.origin == RouteOrigin::Connected,
+                    )
                 }
                 NextHop::Uplink(p) => {
                     let peer = ctx.tables.port(p).and_then(|p| match p.kind {
@@ -338,7 +343,10 @@ fn services(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
                 "created": s.created,
                 "selector": s.selector,
                 "endpoints": endpoints,
+                // The SLB's algorithm is the service's; the DLB always hashes (Maglev), by
+                // client address under ClientIP affinity.
                 "algorithm": s.algorithm.to_string(),
+                "cluster_ip_algorithm": if s.session_affinity.is_some() { "maglev-client-ip" } else { "maglev" },
                 "session_affinity": if s.session_affinity.is_some() { "ClientIP" } else { "None" },
                 "external_traffic_policy": if s.external_traffic_local { "Local" } else { "Cluster" },
                 "status": { "loadBalancer": { "ingress": s.load_balancer_ip.map(|ip| vec![json!({"ip": ip})]).unwrap_or_default() } },

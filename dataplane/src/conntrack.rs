@@ -115,6 +115,14 @@ pub enum TcpState {
 }
 
 impl TcpState {
+    /// Still carrying data both ways (what least-connections counts).
+    pub fn is_open(self) -> bool {
+        matches!(
+            self,
+            TcpState::SynSent | TcpState::SynRecv | TcpState::Established
+        )
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             TcpState::SynSent => "SYN_SENT",
@@ -503,8 +511,14 @@ fn unpack(w: [u64; 3]) -> FlowAction {
 /// What `track` made of a packet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Tracked {
-    /// Apply this action; `generation` says what it was decided against.
-    Pass { action: FlowAction, generation: u64 },
+    /// Apply this action; `generation` says what it was decided against. `opened` is -1 when
+    /// this packet closed the connection (FIN or RST: it stops counting as open for
+    /// least-connections), +1 when it reopened a closed one, else 0.
+    Pass {
+        action: FlowAction,
+        generation: u64,
+        opened: i8,
+    },
     /// A packet that makes no sense for the connection's state (a SYN-ACK from the client...).
     Invalid,
 }
@@ -640,7 +654,11 @@ impl Conntrack {
         }
         st.count(dir);
         let (action, generation) = st.action(dir);
-        Tracked::Pass { action, generation }
+        Tracked::Pass {
+            action,
+            generation,
+            opened: 0,
+        }
     }
 
     /// A packet that may change the connection's state: under the connection's lock.
@@ -648,11 +666,16 @@ impl Conntrack {
         let st = &conn.state;
         let mut slow = st.slow.lock();
         let t = &self.config.timeouts;
+        let mut opened = 0;
         let timeout = match conn.original.protocol {
             PROTO_TCP => {
                 let fresh = st.packets.iter().all(|n| n.load(Relaxed) == 0);
+                let was_open = slow.tcp.is_open();
                 match tcp_transition(&mut slow, dir, flags, fresh) {
-                    Some(state) => t.tcp(state),
+                    Some(state) => {
+                        opened = i8::from(state.is_open()) - i8::from(was_open);
+                        t.tcp(state)
+                    }
                     None => return Tracked::Invalid,
                 }
             }
@@ -681,7 +704,11 @@ impl Conntrack {
         );
         st.count(dir);
         let (action, generation) = st.action(dir);
-        Tracked::Pass { action, generation }
+        Tracked::Pass {
+            action,
+            generation,
+            opened,
+        }
     }
 
     /// Inserts a new connection under both its keys, starting its state with the first packet's
@@ -1046,7 +1073,8 @@ mod tests {
             t,
             Tracked::Pass {
                 action: action(1),
-                generation: 1
+                generation: 1,
+                opened: 0
             }
         );
         assert_eq!(ct.len(), 1);
@@ -1164,7 +1192,8 @@ mod tests {
             tracked,
             Tracked::Pass {
                 action: orig,
-                generation: 7
+                generation: 7,
+                opened: 0
             }
         );
         let moved = FlowAction {
@@ -1178,7 +1207,8 @@ mod tests {
             tracked,
             Tracked::Pass {
                 action: moved,
-                generation: 8
+                generation: 8,
+                opened: 0
             }
         );
         assert_eq!(conn.state.snapshot().actions, [moved, reply]);

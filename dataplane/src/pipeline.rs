@@ -39,7 +39,7 @@ use crate::packet::rewrite;
 use crate::packet::vnet::VnetHeader;
 use crate::tables::{
     Backend, DfwQuery, Direction, FrontendKey, GatewayKind, NextHop, Port, PortId, PortKind,
-    RuleAction, Tables, PROTO_ICMP,
+    RuleAction, Tables, PROTO_ICMP, PROTO_TCP,
 };
 
 /// Bytes reserved in front of every frame for the virtio-net header (`struct virtio_net_hdr`,
@@ -402,9 +402,17 @@ impl Pipeline {
             }
         };
         if let Some((dir, tracked)) = self.conntrack.track(&key, tcp_flags, now) {
-            let Tracked::Pass { action, generation } = tracked else {
+            let Tracked::Pass {
+                action,
+                generation,
+                opened,
+            } = tracked
+            else {
                 return Verdict::Drop(DropReason::ConntrackInvalid);
             };
+            if opened != 0 {
+                self.count_open(t, &key, opened);
+            }
             let conn = if generation == t.generation {
                 None
             } else {
@@ -1151,6 +1159,29 @@ impl Pipeline {
         self.transmit(t, ctx, ip, &action, pkt)
     }
 
+    /// Least-connections bookkeeping: a connection of a load-balanced service that closes (FIN,
+    /// RST) or reopens moves its backend's count, when counted under these tables.
+    fn count_open(&self, t: &Tables, key: &FlowKey, change: i8) {
+        let Some((conn, _)) = self.conntrack.get(key) else {
+            return;
+        };
+        let Some(lb) = conn.lb else { return };
+        if conn.state.generation() != t.generation {
+            return;
+        }
+        if let Some(active) = t
+            .services
+            .get(lb.service)
+            .and_then(|s| s.active.get(lb.backend))
+        {
+            if change > 0 {
+                active.fetch_add(1, Relaxed);
+            } else {
+                let _ = active.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
+            }
+        }
+    }
+
     /// Expires idle state (connections) at `now`. Called periodically by a worker.
     pub fn expire(&self, now: u64) {
         // Least-connections counts live connections per backend: a connection that ends gives
@@ -1158,7 +1189,10 @@ impl Pipeline {
         let t = self.tables.load();
         self.conntrack.expire_with(now, |conn| {
             let Some(lb) = conn.lb else { return };
-            if conn.state.generation() != t.generation {
+            // A TCP connection that closed gave its count back when it closed.
+            let closed =
+                conn.original.protocol == PROTO_TCP && !conn.state.snapshot().tcp.is_open();
+            if closed || conn.state.generation() != t.generation {
                 return;
             }
             if let Some(active) = t

@@ -179,14 +179,18 @@ pub fn describe(o: &Output) -> String {
 
 /// Namespaces (`ip netns list`) whose names start with `{prefix}-`.
 pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
+    netns_starting_with(&format!("{prefix}-"))
+}
+
+/// Namespaces whose names start with `start`.
+pub fn netns_starting_with(start: &str) -> Vec<String> {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "list"]);
     let o = run_bounded(cmd, None, Duration::from_secs(20));
-    let start = format!("{prefix}-");
     stdout(&o)
         .lines()
         .filter_map(|l| l.split_whitespace().next())
-        .filter(|n| n.starts_with(&start))
+        .filter(|n| n.starts_with(start))
         .map(str::to_string)
         .collect()
 }
@@ -252,7 +256,7 @@ pub struct Lab {
     /// `/tmp/pacific-test-<tag>-<pid>`.
     pub dir: PathBuf,
     pub socket: PathBuf,
-    /// The namespace prefix: `pac<tag>`, lower case.
+    /// The namespace prefix: `pac<tag>p<pid>`, lower case.
     pub prefix: String,
     /// What `pacific lab up` printed.
     pub up_output: Output,
@@ -279,10 +283,22 @@ impl Lab {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
-        let prefix = format!("pac{tag}");
-        // A crashed earlier run may have left namespaces with this prefix; they would clash.
-        for ns in netns_with_prefix(&prefix) {
-            delete_netns(&ns);
+        // The pid keeps two runs of the suite (a developer's and CI's) out of each other's way.
+        let prefix = format!("pac{tag}p{}", std::process::id());
+        // A crashed earlier run may have left namespaces of this tag behind: remove those whose
+        // run is gone.
+        let stale = format!("pac{tag}p");
+        for ns in netns_starting_with(&stale) {
+            let pid: String = ns[stale.len()..]
+                .chars()
+                .take_while(char::is_ascii_digit)
+                .collect();
+            let alive = pid
+                .parse::<u32>()
+                .is_ok_and(|p| std::path::Path::new(&format!("/proc/{p}")).exists());
+            if !alive {
+                delete_netns(&ns);
+            }
         }
         let mut lab = Lab {
             tag,

@@ -389,7 +389,30 @@ pub fn parse_manifests(
     let ctx = Ctx {
         default_namespace,
         cluster,
+        refs: None,
     };
+    let out = parse_with(text, &ctx)?;
+    reject_duplicates(&out)?;
+    Ok(out)
+}
+
+/// The objects a delete request names: each document needs only apiVersion, kind and metadata
+/// (name, namespace), so a manifest cut down to those deletes as well as the full one.
+pub fn parse_object_refs(
+    text: &str,
+    default_namespace: Option<&str>,
+    cluster: Option<&str>,
+) -> Result<Vec<ObjectRef>, ManifestError> {
+    let ctx = Ctx {
+        default_namespace,
+        cluster,
+        refs: Some(std::cell::RefCell::new(Vec::new())),
+    };
+    parse_with(text, &ctx)?;
+    Ok(ctx.refs.map(|r| r.into_inner()).unwrap_or_default())
+}
+
+fn parse_with(text: &str, ctx: &Ctx<'_>) -> Result<Vec<Manifest>, ManifestError> {
     let mut out = Vec::new();
     for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let document = index + 1;
@@ -413,11 +436,10 @@ pub fn parse_manifests(
                 value: &value,
                 path: String::new(),
             },
-            &ctx,
+            ctx,
             &mut out,
         )?;
     }
-    reject_duplicates(&out)?;
     Ok(out)
 }
 
@@ -458,6 +480,9 @@ pub(crate) fn reject_duplicates(manifests: &[Manifest]) -> Result<(), ManifestEr
 struct Ctx<'a> {
     default_namespace: Option<&'a str>,
     cluster: Option<&'a str>,
+    /// Delete mode: only kind, namespace and name are read (as `kubectl delete -f` does), and
+    /// the object is named here instead of parsed whole.
+    refs: Option<std::cell::RefCell<Vec<ObjectRef>>>,
 }
 
 /// A field error before the document, kind and name are attached.
@@ -863,6 +888,16 @@ fn parse_object(
         labels,
         annotations,
     };
+    if let Some(refs) = &ctx.refs {
+        refs.borrow_mut().push(ObjectRef {
+            kind: meta.kind,
+            namespace: meta.namespace,
+            cluster: meta.cluster,
+            name: meta.name,
+            document: Some(document),
+        });
+        return Ok(());
+    }
     let ann = Annotations {
         meta: &meta,
         metadata: &metadata,

@@ -79,6 +79,30 @@ fn load(pkt: &mut PacketBuf, frames: &[[u8; 64]], i: usize, len: usize) {
     pkt.set_frame(&frames[i][..len]);
 }
 
+/// Times `iters` batches of first packets taken in turn from `frames` (each opens a new
+/// connection); the table is emptied, untimed, before the frames come round again.
+fn time_new_connections(opts: Options, frames: &[Vec<u8>], iters: u64) -> Duration {
+    let p = pipeline(opts, frames.len() * 2);
+    let mut ctx = WorkerContext::default();
+    let mut pkt = PacketBuf::new();
+    let mut elapsed = Duration::ZERO;
+    let mut next = 0;
+    for _ in 0..iters {
+        if next + BATCH > frames.len() {
+            p.conntrack.remove_where(|_| true);
+            next = 0;
+        }
+        let start = Instant::now();
+        for f in &frames[next..next + BATCH] {
+            pkt.set_frame(f);
+            std::hint::black_box(p.process(&mut ctx, 1, A1, &mut pkt));
+        }
+        elapsed += start.elapsed();
+        next += BATCH;
+    }
+    elapsed
+}
+
 /// splitmix64: a cheap, repeatable sequence of flow indices.
 struct Rng(u64);
 impl Rng {
@@ -157,6 +181,7 @@ fn established(c: &mut Criterion) {
 fn first_packet(c: &mut Criterion) {
     let mut group = c.benchmark_group("first-packet");
     group.throughput(Throughput::Elements(BATCH as u64));
+    // One client, one ClusterIP: the source port names each connection.
     let mut syn = vec![0u8; 256];
     let n = build::build_tcp(
         &mut syn,
@@ -174,8 +199,15 @@ fn first_packet(c: &mut Criterion) {
     )
     .expect("fits");
     syn.truncate(n);
+    let syns: Vec<Vec<u8>> = (0..60_000u16)
+        .map(|i| {
+            let mut f = syn.clone();
+            f[34..36].copy_from_slice(&(1024 + i).to_be_bytes());
+            f
+        })
+        .collect();
     let len = udp_template().len();
-    let template = frames(200_000);
+    let egress: Vec<Vec<u8>> = frames(200_000).iter().map(|f| f[..len].to_vec()).collect();
     for &(opts, label) in &[
         (Options::default(), "default"),
         (
@@ -209,52 +241,11 @@ fn first_packet(c: &mut Criterion) {
     ] {
         // New connections to a ClusterIP: DLB choice, routing, DFW, conntrack insert.
         group.bench_function(BenchmarkId::new("clusterip-dlb", label), |b| {
-            b.iter_custom(|iters| {
-                let p = pipeline(opts, (iters as usize * BATCH).max(1024) * 2);
-                let mut ctx = WorkerContext::default();
-                let mut pkt = PacketBuf::new();
-                let mut elapsed = Duration::ZERO;
-                for it in 0..iters as usize {
-                    let start = Instant::now();
-                    for j in 0..BATCH {
-                        let i = it * BATCH + j;
-                        pkt.set_frame(&syn);
-                        let f = pkt.frame_mut();
-                        // One client, one ClusterIP: the source port names the connection, so
-                        // the table is emptied (untimed) every 60k connections.
-                        f[34..36].copy_from_slice(&(1024 + (i % 60_000) as u16).to_be_bytes());
-                        std::hint::black_box(p.process(&mut ctx, 1, A1, &mut pkt));
-                    }
-                    elapsed += start.elapsed();
-                    if (it + 1) * BATCH % 60_000 < BATCH {
-                        p.conntrack.remove_where(|_| true);
-                    }
-                }
-                elapsed
-            })
+            b.iter_custom(|iters| time_new_connections(opts, &syns, iters))
         });
         // New connections to the outside: routing, DFW, SNAT port allocation, insert.
         group.bench_function(BenchmarkId::new("egress-snat", label), |b| {
-            b.iter_custom(|iters| {
-                let p = pipeline(opts, (iters as usize * BATCH).max(1024) * 2);
-                let mut ctx = WorkerContext::default();
-                let mut pkt = PacketBuf::new();
-                let mut elapsed = Duration::ZERO;
-                for it in 0..iters as usize {
-                    let start = Instant::now();
-                    for j in 0..BATCH {
-                        let i = (it * BATCH + j) % template.len();
-                        load(&mut pkt, &template, i, len);
-                        std::hint::black_box(p.process(&mut ctx, 1, A1, &mut pkt));
-                    }
-                    elapsed += start.elapsed();
-                    // Start afresh (untimed) before the flow set repeats.
-                    if ((it + 2) * BATCH) % template.len() < BATCH {
-                        p.conntrack.remove_where(|_| true);
-                    }
-                }
-                elapsed
-            })
+            b.iter_custom(|iters| time_new_connections(opts, &egress, iters))
         });
     }
     group.finish();

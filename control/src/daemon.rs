@@ -299,7 +299,6 @@ impl Daemon {
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)
             .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         log(format!(
             "control socket {}; {} worker(s)",
             path.display(),
@@ -307,8 +306,8 @@ impl Daemon {
         ));
         while !self.shutdown.load(Ordering::Relaxed) {
             match listener.accept() {
+                Ok(_) if self.shutdown.load(Ordering::Relaxed) => break,
                 Ok((stream, _)) => {
-                    let _ = stream.set_nonblocking(false);
                     if self.clients.load(Ordering::Relaxed) >= MAX_CLIENTS {
                         let mut s = stream;
                         let _ = writeln!(
@@ -330,9 +329,6 @@ impl Daemon {
                         self.clients.fetch_sub(1, Ordering::Relaxed);
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
                 Err(e) => {
                     log(format!("accept: {e}"));
                     std::thread::sleep(Duration::from_millis(100));
@@ -343,8 +339,11 @@ impl Daemon {
         Ok(())
     }
 
+    /// Asks `serve` to return: sets the flag, then wakes the blocking accept with a connection
+    /// of our own.
     pub fn request_shutdown(&self) {
         self.shutdown.store(true, Ordering::Relaxed);
+        let _ = UnixStream::connect(&self.config.socket);
     }
 
     /// One client: newline-delimited JSON-RPC requests, answered in order. A bad line gets an

@@ -752,6 +752,10 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
     let now = now();
     let items: Vec<&Value> = rows(&result).collect();
     if items.is_empty() && method != "routes.list" {
+        // A named object that is not there is an error, as kubectl has it.
+        if let Some(name) = &args.name {
+            return Err(format!("{kind} {name:?} not found"));
+        }
         match &args.namespace {
             Some(ns) => eprintln!("No resources found in {ns} namespace."),
             None => eprintln!("No resources found"),

@@ -6,6 +6,8 @@
 //!
 //! The walk of a packet (DESIGN.md, "Packet walk"):
 //! 1. Parse; a malformed frame is dropped and counted. IPv6 and unknown ethertypes likewise.
+//!    The common case, TCP or UDP to the router MAC, takes a fast path
+//!    ([`parse::parse_ipv4_fast`], one combined rewrite) through the same steps.
 //! 2. SpoofGuard: a pod's port sends only from the pod's own MAC and IP (ARP included).
 //! 3. ARP is answered from the tables (gateway addresses with the router MAC, pods of the same
 //!    segment with their own MAC: NSX's ARP suppression) and never flooded.
@@ -32,11 +34,14 @@ use crate::conntrack::{
     Conn, Conntrack, ConntrackConfig, Dir, FlowAction, FlowKey, InsertError, LbBinding, Tracked,
 };
 use crate::packet::build;
-use crate::packet::ethernet::ETHERTYPE_IPV6;
+use crate::packet::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 use crate::packet::icmp;
-use crate::packet::parse::{parse_frame, ArpInfo, InnerPacket, Ipv4Info, ParsedFrame, L3, L4};
+use crate::packet::parse::{
+    self, parse_frame, ArpInfo, InnerPacket, Ipv4Info, ParsedFrame, L3, L4,
+};
 use crate::packet::rewrite;
-use crate::packet::vnet::VnetHeader;
+use crate::packet::vnet::VIRTIO_NET_HDR_F_NEEDS_CSUM;
+use crate::packet::MacAddr;
 use crate::tables::{
     Backend, DfwQuery, Direction, FrontendKey, GatewayKind, NextHop, Port, PortId, PortKind,
     RuleAction, Tables, PROTO_ICMP, PROTO_TCP,
@@ -229,6 +234,17 @@ struct Pin {
     backend: Option<(Ipv4Addr, u16)>,
 }
 
+/// What the cached action of a tracked connection says about a packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Hit {
+    Transmit(FlowAction),
+    Done(Verdict),
+    /// The TTL runs out on the way: the walk finds at which gateway.
+    TtlWalk,
+    /// The connection no longer stands; the packet starts a new one.
+    Miss,
+}
+
 /// The pipeline: shared by all workers.
 pub struct Pipeline {
     tables: Arc<ArcSwap<Tables>>,
@@ -280,12 +296,32 @@ impl Pipeline {
         in_port: PortId,
         pkt: &mut PacketBuf,
     ) -> Verdict {
+        self.process_inner(tables, ctx, now, in_port, pkt, true)
+    }
+
+    /// [`Pipeline::process_with`], with the fast path or (`fast` false: tests, to compare the
+    /// two) without it.
+    #[inline(always)]
+    fn process_inner(
+        &self,
+        tables: &Tables,
+        ctx: &mut WorkerContext,
+        now: u64,
+        in_port: PortId,
+        pkt: &mut PacketBuf,
+        fast: bool,
+    ) -> Verdict {
         ctx.tx.clear();
         let Some(port) = tables.port(in_port) else {
             return Verdict::Drop(DropReason::UnknownPort);
         };
         if pkt.len < VNET_HDR_LEN {
             return Verdict::Drop(DropReason::Malformed);
+        }
+        if let Some(ip) = parse::parse_ipv4_fast(pkt.frame()).filter(|_| fast) {
+            if let Some(verdict) = self.fast_path(tables, ctx, now, port, &ip, pkt) {
+                return verdict;
+            }
         }
         let parsed = match parse_frame(pkt.frame()) {
             Ok(parsed) => parsed,
@@ -402,50 +438,146 @@ impl Pipeline {
             }
         };
         if let Some((dir, tracked)) = self.conntrack.track(&key, tcp_flags, now) {
-            let Tracked::Pass {
-                action,
-                generation,
-                opened,
-            } = tracked
-            else {
-                return Verdict::Drop(DropReason::ConntrackInvalid);
-            };
-            if opened != 0 {
-                self.count_open(t, &key, opened);
-            }
-            let conn = if generation == t.generation {
-                None
-            } else {
-                self.conntrack.get(&key).map(|(c, _)| c)
-            };
-            let action = match &conn {
-                None => Some(action),
-                Some(conn) => self
-                    .revalidate(t, conn)
-                    .map(|actions| actions[dir as usize]),
-            };
-            match action {
-                Some(action) => {
-                    if action.routed && ip.ttl <= action.ttl_dec {
-                        // Let the walk find which gateway the TTL runs out at.
-                        let walk = self.walk(t, port.id, &key, ip.ttl, Pin::default());
-                        return self.answer_walk(t, ctx, port, parsed, ip, pkt, walk);
-                    }
-                    return self.transmit(t, ctx, ip, &action, pkt);
+            match self.hit(t, &key, ip.ttl, dir, tracked) {
+                Hit::Transmit(action) => return self.transmit(t, ctx, ip, &action, pkt),
+                Hit::Done(verdict) => return verdict,
+                Hit::TtlWalk => {
+                    let walk = self.walk(t, port.id, &key, ip.ttl, Pin::default());
+                    return self.answer_walk(t, ctx, port, parsed, ip, pkt, walk);
                 }
-                None => {
-                    // The connection no longer stands (its backend or pod went, the DFW now
-                    // denies it). A client's next packet starts afresh below, so it is never
-                    // stuck on a dead backend; a server's reply has nowhere to go.
-                    if let Some(conn) = &conn {
-                        self.conntrack.remove(conn);
-                    }
-                    if dir == Dir::Reply {
-                        return Verdict::Drop(DropReason::NoBackend);
-                    }
+                Hit::Miss => {}
+            }
+        }
+        self.miss(
+            t,
+            ctx,
+            now,
+            port,
+            parsed,
+            ip,
+            &key,
+            tcp_flags,
+            switched_to,
+            pkt,
+        )
+    }
+
+    /// The fast path: a TCP or UDP frame that [`parse::parse_ipv4_fast`] parsed, addressed to
+    /// the router, that passes SpoofGuard. It does what [`Pipeline::ipv4`] does for such a frame
+    /// (a hit applies the cached action, a miss is walked as a new flow) without building a
+    /// [`ParsedFrame`] unless a rare branch needs one. `None`, always decided before the
+    /// connection is touched, sends the frame down the general path, which drops or switches it.
+    #[inline]
+    fn fast_path(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        now: u64,
+        port: &Port,
+        ip: &Ipv4Info,
+        pkt: &mut PacketBuf,
+    ) -> Option<Verdict> {
+        let frame = pkt.frame();
+        let macs: &[u8; 12] = frame.get(..12)?.try_into().ok()?;
+        if macs[..6] != t.router_mac.0 {
+            return None; // switched, broadcast, or not for us
+        }
+        let src_mac = MacAddr([macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]]);
+        if let PortKind::Pod { ip: pod_ip, .. } = port.kind {
+            if src_mac != port.peer_mac || ip.src != pod_ip {
+                return None; // dropped and counted by the general path
+            }
+        }
+        let FlowOf::Key(key, tcp_flags) = flow_key(ip) else {
+            return None;
+        };
+        // Ethernet pads short frames; the IP total length is the truth (STYLE.md 3).
+        let end = VNET_HDR_LEN + ip.end();
+        if end < pkt.len {
+            pkt.len = end;
+        }
+        let parsed = || ParsedFrame {
+            dst_mac: t.router_mac,
+            src_mac,
+            ethertype: ETHERTYPE_IPV4,
+            l3: L3::Ipv4(*ip),
+        };
+        if let Some((dir, tracked)) = self.conntrack.track(&key, tcp_flags, now) {
+            match self.hit(t, &key, ip.ttl, dir, tracked) {
+                Hit::Transmit(action) => return Some(self.transmit(t, ctx, ip, &action, pkt)),
+                Hit::Done(verdict) => return Some(verdict),
+                Hit::TtlWalk => {
+                    let walk = self.walk(t, port.id, &key, ip.ttl, Pin::default());
+                    return Some(self.answer_walk(t, ctx, port, &parsed(), ip, pkt, walk));
+                }
+                Hit::Miss => {}
+            }
+        }
+        Some(self.miss(t, ctx, now, port, &parsed(), ip, &key, tcp_flags, None, pkt))
+    }
+
+    /// What a packet of a tracked connection gets: its cached action, re-validated when the
+    /// tables changed since it was decided.
+    #[inline]
+    fn hit(&self, t: &Tables, key: &FlowKey, ttl: u8, dir: Dir, tracked: Tracked) -> Hit {
+        let Tracked::Pass {
+            action,
+            generation,
+            opened,
+        } = tracked
+        else {
+            return Hit::Done(Verdict::Drop(DropReason::ConntrackInvalid));
+        };
+        if opened != 0 {
+            self.count_open(t, key, opened);
+        }
+        let conn = if generation == t.generation {
+            None
+        } else {
+            self.conntrack.get(key).map(|(c, _)| c)
+        };
+        let action = match &conn {
+            None => Some(action),
+            Some(conn) => self
+                .revalidate(t, conn)
+                .map(|actions| actions[dir as usize]),
+        };
+        match action {
+            // Let the walk find which gateway the TTL runs out at.
+            Some(action) if action.routed && ttl <= action.ttl_dec => Hit::TtlWalk,
+            Some(action) => Hit::Transmit(action),
+            None => {
+                // The connection no longer stands (its backend or pod went, the DFW now
+                // denies it). A client's next packet starts afresh, so it is never stuck on a
+                // dead backend; a server's reply has nowhere to go.
+                if let Some(conn) = &conn {
+                    self.conntrack.remove(conn);
+                }
+                if dir == Dir::Reply {
+                    Hit::Done(Verdict::Drop(DropReason::NoBackend))
+                } else {
+                    Hit::Miss
                 }
             }
         }
+    }
+
+    /// A packet no connection stands for: walked through the gateways, checked against the
+    /// DFW, and made the first packet of a new connection.
+    #[allow(clippy::too_many_arguments)]
+    fn miss(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        now: u64,
+        port: &Port,
+        parsed: &ParsedFrame,
+        ip: &Ipv4Info,
+        key: &FlowKey,
+        tcp_flags: u8,
+        switched_to: Option<PortId>,
+        pkt: &mut PacketBuf,
+    ) -> Verdict {
         let walk = match switched_to {
             Some(out_port) => Walk::Deliver(Path {
                 out_port,
@@ -455,17 +587,17 @@ impl Pipeline {
                 dnat: None,
                 lb: None,
             }),
-            None => self.walk(t, port.id, &key, ip.ttl, Pin::default()),
+            None => self.walk(t, port.id, key, ip.ttl, Pin::default()),
         };
         let Walk::Deliver(path) = walk else {
             return self.answer_walk(t, ctx, port, parsed, ip, pkt, walk);
         };
-        if let Some(rule_action) = self.dfw_verdict(t, port, &key, &path) {
+        if let Some(rule_action) = self.dfw_verdict(t, port, key, &path) {
             if rule_action != RuleAction::Allow {
                 return Verdict::Drop(DropReason::DfwDeny);
             }
         }
-        match self.create(t, now, port.id, &key, tcp_flags, &path) {
+        match self.create(t, now, port.id, key, tcp_flags, &path) {
             Ok(action) => self.transmit(t, ctx, ip, &action, pkt),
             Err(reason) => Verdict::Drop(reason),
         }
@@ -513,6 +645,7 @@ impl Pipeline {
     }
 
     /// Applies a connection's action to the packet and queues it.
+    #[inline]
     fn transmit(
         &self,
         t: &Tables,
@@ -521,23 +654,21 @@ impl Pipeline {
         action: &FlowAction,
         pkt: &mut PacketBuf,
     ) -> Verdict {
-        let partial = VnetHeader::parse(&pkt.buf[..VNET_HDR_LEN]).is_some_and(|h| h.needs_csum());
+        // The flags byte of the virtio-net header (its first byte) is all this needs.
+        let partial = pkt
+            .buf
+            .first()
+            .is_some_and(|f| f & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0);
         let Some(out) = t.port(action.out_port) else {
             return Verdict::Drop(DropReason::NoRoute);
         };
-        let frame = pkt.frame_mut();
-        if action.ttl_dec > 0 {
-            rewrite::decrement_ttl(frame, ip, action.ttl_dec);
-        }
-        if let Some((addr, port)) = action.snat {
-            rewrite::rewrite_src(frame, ip, addr, port, partial);
-        }
-        if let Some((addr, port)) = action.dnat {
-            rewrite::rewrite_dst(frame, ip, addr, port, partial);
-        }
-        if action.routed {
-            rewrite::set_macs(frame, t.router_mac, out.peer_mac);
-        }
+        let rewrite = rewrite::Action {
+            ttl_dec: action.ttl_dec,
+            snat: action.snat,
+            dnat: action.dnat,
+            macs: action.routed.then_some((t.router_mac, out.peer_mac)),
+        };
+        rewrite::apply_action(pkt.frame_mut(), ip, &rewrite, partial);
         ctx.tx.push(Tx {
             port: action.out_port,
             source: TxSource::Packet,
@@ -1252,3 +1383,147 @@ fn nat_port(key: &FlowKey, seed: u64, attempt: u32) -> u16 {
 #[cfg(test)]
 #[path = "pipeline_tests.rs"]
 mod tests;
+
+/// The fast path against the general one: the same frames through two pipelines on the same
+/// tables, one with the fast path and one without, must give the same verdicts, the same
+/// transmit lists and the same bytes out.
+#[cfg(test)]
+mod fast_path_tests {
+    use super::*;
+    use crate::testbed::{self, *};
+
+    fn udp(src_mac: MacAddr, src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, ports: (u16, u16)) -> Vec<u8> {
+        let mut b = vec![0u8; 128];
+        let n = build::build_udp(
+            &mut b,
+            src_mac,
+            ROUTER_MAC,
+            src,
+            dst,
+            ttl,
+            ports.0,
+            ports.1,
+            b"fast path",
+        )
+        .unwrap();
+        b.truncate(n);
+        b
+    }
+
+    fn tcp(src: Ipv4Addr, dst: Ipv4Addr, ttl: u8, ports: (u16, u16), flags: u8) -> Vec<u8> {
+        let mut b = vec![0u8; 128];
+        let n = build::build_tcp(
+            &mut b,
+            pod_mac(src),
+            ROUTER_MAC,
+            src,
+            dst,
+            ttl,
+            ports.0,
+            ports.1,
+            7,
+            0,
+            flags,
+            b"",
+        )
+        .unwrap();
+        b.truncate(n);
+        b
+    }
+
+    #[test]
+    fn fast_and_general_paths_agree() {
+        let tables = Arc::new(ArcSwap::from_pointee(testbed::tables(
+            1,
+            Options::default(),
+        )));
+        let fast = Pipeline::new(Arc::clone(&tables));
+        let general = Pipeline::new(Arc::clone(&tables));
+        let a1 = pod_mac(A1_IP);
+        let mut padded = udp(a1, A1_IP, OUTSIDE_HOST, 64, (4000, 53));
+        padded.resize(padded.len() + 11, 0xee);
+        let mut bad_csum = udp(a1, A1_IP, OUTSIDE_HOST, 64, (4001, 53));
+        bad_csum[24] ^= 1;
+        let mut switched = udp(a1, A1_IP, A2_IP, 64, (4002, 53));
+        switched[..6].copy_from_slice(&pod_mac(A2_IP).0);
+        let frames: Vec<(PortId, Vec<u8>)> = vec![
+            // Egress SNAT: first packet, then established, then the reply from outside.
+            (A1, udp(a1, A1_IP, OUTSIDE_HOST, 64, (4000, 53))),
+            (A1, udp(a1, A1_IP, OUTSIDE_HOST, 64, (4000, 53))),
+            (
+                UPLINK,
+                udp(UPLINK_PEER_MAC, OUTSIDE_HOST, EGRESS_A, 60, (53, 4000)),
+            ),
+            (A1, padded),
+            // TTL running out on a new flow and on an established one.
+            (A1, udp(a1, A1_IP, OUTSIDE_HOST, 1, (4000, 53))),
+            (A1, udp(a1, A1_IP, OUTSIDE_HOST, 2, (4000, 53))),
+            (A1, udp(a1, A1_IP, OUTSIDE_HOST, 1, (4003, 53))),
+            // SpoofGuard, a bad header checksum, a switched frame.
+            (A1, udp(a1, A2_IP, OUTSIDE_HOST, 64, (4000, 53))),
+            (A1, udp(pod_mac(A2_IP), A1_IP, OUTSIDE_HOST, 64, (4000, 53))),
+            (A1, bad_csum),
+            (A1, switched),
+            // A ClusterIP connection (DLB DNAT), its reply, and routing between segments.
+            (A1, tcp(A1_IP, CLUSTER_IP, 64, (5000, 80), 0x02)),
+            (A1, tcp(A1_IP, CLUSTER_IP, 64, (5000, 80), 0x10)),
+            (A1, tcp(A1_IP, A2_IP, 64, (5001, 8080), 0x02)),
+            (A2, tcp(A2_IP, A1_IP, 64, (8080, 5001), 0x12)),
+            (A1, tcp(A1_IP, A2_IP, 64, (5001, 8080), 0x10)),
+            // A SYN-ACK from the client side: invalid for the connection.
+            (A1, tcp(A1_IP, A2_IP, 64, (5001, 8080), 0x12)),
+            // Denied by the DFW (another namespace), and a VIP port with no service.
+            (A1, tcp(A1_IP, B1_IP, 64, (5003, 8080), 0x02)),
+            (A1, tcp(A1_IP, VIP, 64, (5002, 443), 0x02)),
+        ];
+        let (mut ctx_f, mut ctx_g) = (WorkerContext::default(), WorkerContext::default());
+        let (mut pkt_f, mut pkt_g) = (PacketBuf::new(), PacketBuf::new());
+        let t = tables.load_full();
+        let mut fast_taken = 0;
+        let mut verdicts = Vec::new();
+        for (i, (port, frame)) in frames.iter().enumerate() {
+            pkt_f.set_frame(frame);
+            pkt_g.set_frame(frame);
+            let now = 1000 + i as u64;
+            fast_taken += usize::from(parse::parse_ipv4_fast(frame).is_some());
+            let vf = fast.process_inner(&t, &mut ctx_f, now, *port, &mut pkt_f, true);
+            let vg = general.process_inner(&t, &mut ctx_g, now, *port, &mut pkt_g, false);
+            assert_eq!(vf, vg, "frame {i}");
+            verdicts.push(vf);
+            assert_eq!(ctx_f.tx, ctx_g.tx, "frame {i}");
+            assert_eq!(pkt_f.wire(), pkt_g.wire(), "frame {i}");
+            if vf == Verdict::Reply {
+                assert_eq!(ctx_f.scratch.wire(), ctx_g.scratch.wire(), "frame {i}");
+            }
+        }
+        assert!(fast_taken >= 12, "{fast_taken}");
+        // The scenario covers what it means to: forwarding, TTL, SpoofGuard, malformed,
+        // conntrack state, the DFW and a local answer.
+        use DropReason::*;
+        use Verdict::{Consumed, Drop as D, Forward as F};
+        let ttl = D(TtlExceeded);
+        let expected = [
+            F,
+            F,
+            F,
+            F,
+            ttl,
+            ttl,
+            ttl,
+            D(SpoofedSource),
+            D(SpoofedSource),
+            D(Malformed),
+            F,
+            F,
+            F,
+            F,
+            F,
+            F,
+            D(ConntrackInvalid),
+            D(DfwDeny),
+            Consumed,
+        ];
+        assert_eq!(verdicts, expected);
+        assert_eq!(fast.conntrack.len(), general.conntrack.len());
+    }
+}

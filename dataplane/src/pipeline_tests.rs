@@ -43,6 +43,23 @@ impl Bed {
             .process(&mut self.ctx, self.now, port, &mut self.pkt)
     }
 
+    /// A client SYN from a1 to the ClusterIP, from `sport`: the port and address of the backend
+    /// the DLB chose.
+    fn open_to_cluster_ip(&mut self, sport: u16) -> (PortId, Ipv4Addr) {
+        let syn = tcp(
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            A1_IP,
+            CLUSTER_IP,
+            sport,
+            80,
+            SYN,
+        );
+        assert_eq!(self.send(A1, &syn), Verdict::Forward);
+        let (port, frame) = self.out();
+        (port, check(&frame).dst)
+    }
+
     /// The one frame transmitted, and where.
     fn out(&self) -> (PortId, Vec<u8>) {
         assert_eq!(
@@ -809,23 +826,7 @@ fn switched_frames_are_tracked_and_judged_once_per_connection() {
 #[test]
 fn a_backend_on_the_clients_segment_answers_from_the_cluster_ip() {
     let mut bed = Bed::new();
-    assert_eq!(
-        bed.send(
-            A1,
-            &tcp(
-                pod_mac(A1_IP),
-                ROUTER_MAC,
-                A1_IP,
-                CLUSTER_IP,
-                42000,
-                80,
-                SYN
-            )
-        ),
-        Verdict::Forward
-    );
-    let (port, frame) = bed.out();
-    let backend = check(&frame).dst;
+    let (port, backend) = bed.open_to_cluster_ip(42000);
     // The backend knows the client is on-link and answers straight to its MAC (switched).
     let synack = tcp(
         pod_mac(backend),
@@ -848,23 +849,7 @@ fn a_syn_reusing_a_time_wait_tuple_replaces_the_old_connection() {
     let mut bed = Bed::new();
     const FIN: u8 = 0x01;
     // A connection through the ClusterIP from port 43000, closed both ways: TIME_WAIT.
-    assert_eq!(
-        bed.send(
-            A1,
-            &tcp(
-                pod_mac(A1_IP),
-                ROUTER_MAC,
-                A1_IP,
-                CLUSTER_IP,
-                43000,
-                80,
-                SYN
-            )
-        ),
-        Verdict::Forward
-    );
-    let (port, frame) = bed.out();
-    let backend = check(&frame).dst;
+    let (port, backend) = bed.open_to_cluster_ip(43000);
     let from_backend = |flags| {
         tcp(
             pod_mac(backend),

@@ -682,21 +682,16 @@ fn a_dfw_change_applies_to_existing_connections_and_nat_bindings_survive_others(
         Verdict::Forward
     );
     // An egress connection with a NAT binding.
-    assert_eq!(
-        bed.send(
-            A1,
-            &udp(
-                pod_mac(A1_IP),
-                ROUTER_MAC,
-                A1_IP,
-                OUTSIDE_HOST,
-                64,
-                7000,
-                53
-            )
-        ),
-        Verdict::Forward
+    let egress = udp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        OUTSIDE_HOST,
+        64,
+        7000,
+        53,
     );
+    assert_eq!(bed.send(A1, &egress), Verdict::Forward);
     let L4::Udp {
         src_port: bound, ..
     } = check(&bed.out().1).l4
@@ -719,21 +714,7 @@ fn a_dfw_change_applies_to_existing_connections_and_nat_bindings_survive_others(
         ),
         Verdict::Drop(DropReason::DfwDeny)
     );
-    assert_eq!(
-        bed.send(
-            A1,
-            &udp(
-                pod_mac(A1_IP),
-                ROUTER_MAC,
-                A1_IP,
-                OUTSIDE_HOST,
-                64,
-                7000,
-                53
-            )
-        ),
-        Verdict::Forward
-    );
+    assert_eq!(bed.send(A1, &egress), Verdict::Forward);
     let L4::Udp { src_port, .. } = check(&bed.out().1).l4 else {
         panic!()
     };

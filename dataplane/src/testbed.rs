@@ -118,51 +118,31 @@ pub fn tables(generation: u64, opts: Options) -> Tables {
         origin,
     };
     let mut t0 = RouteTable::default();
-    t0.insert(route(
-        "0.0.0.0/0",
-        NextHop::Uplink(UPLINK),
-        RouteOrigin::Static,
-    ));
-    t0.insert(route(
-        "203.0.113.0/24",
-        NextHop::Uplink(UPLINK),
-        RouteOrigin::Connected,
-    ));
-    t0.insert(route(
-        "172.211.0.16/28",
-        NextHop::Gateway(1),
-        RouteOrigin::T1Connected,
-    ));
-    t0.insert(route(
-        "172.211.0.128/28",
-        NextHop::Gateway(2),
-        RouteOrigin::T1Connected,
-    ));
-    t0.insert(route(
-        "172.60.96.2/32",
-        NextHop::Gateway(1),
-        RouteOrigin::Nat,
-    ));
-    t0.insert(route(
-        "172.60.96.3/32",
-        NextHop::Gateway(2),
-        RouteOrigin::Nat,
-    ));
-    t0.insert(route(
-        "172.80.88.5/32",
-        NextHop::Gateway(1),
-        RouteOrigin::LbVip,
-    ));
-    t0.insert(route(
-        "100.64.0.1/32",
-        NextHop::Gateway(1),
-        RouteOrigin::Connected,
-    ));
-    t0.insert(route(
-        "100.64.0.3/32",
-        NextHop::Gateway(2),
-        RouteOrigin::Connected,
-    ));
+    for (prefix, next_hop, origin) in [
+        ("0.0.0.0/0", NextHop::Uplink(UPLINK), RouteOrigin::Static),
+        (
+            "203.0.113.0/24",
+            NextHop::Uplink(UPLINK),
+            RouteOrigin::Connected,
+        ),
+        (
+            "172.211.0.16/28",
+            NextHop::Gateway(1),
+            RouteOrigin::T1Connected,
+        ),
+        (
+            "172.211.0.128/28",
+            NextHop::Gateway(2),
+            RouteOrigin::T1Connected,
+        ),
+        ("172.60.96.2/32", NextHop::Gateway(1), RouteOrigin::Nat),
+        ("172.60.96.3/32", NextHop::Gateway(2), RouteOrigin::Nat),
+        ("172.80.88.5/32", NextHop::Gateway(1), RouteOrigin::LbVip),
+        ("100.64.0.1/32", NextHop::Gateway(1), RouteOrigin::Connected),
+        ("100.64.0.3/32", NextHop::Gateway(2), RouteOrigin::Connected),
+    ] {
+        t0.insert(route(prefix, next_hop, origin));
+    }
     let t1 = |seg: &str, segment, egress: &str| {
         let mut r = RouteTable::default();
         r.insert(route("0.0.0.0/0", NextHop::Gateway(0), RouteOrigin::Static));

@@ -435,7 +435,7 @@ fn nat(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
     };
     let mut rows = Vec::new();
     for conn in ctx.pipeline.conntrack.snapshot(100_000) {
-        let st = conn.state.snapshot();
+        let st = &conn;
         let [orig, _] = st.actions;
         if !all && orig.snat.is_none() && orig.dnat.is_none() {
             continue;

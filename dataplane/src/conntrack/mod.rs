@@ -1,38 +1,41 @@
 //! Connection tracking: one entry per connection, reachable from both directions, carrying the
 //! actions the slow path decided so that every later packet costs one lookup and a rewrite.
 //!
-//! Shape: the table is split into shards, each a `parking_lot::Mutex` around a hash map from a
-//! [`FlowKey`] to an `Arc<Conn>`. A connection is inserted under two keys: the tuple of its first
-//! packet as it arrived (*original*) and the tuple its replies will arrive with after every
-//! translation (*reply*). Each key lives in the shard its own hash picks, so neither direction
-//! needs to know the other's shard; the two inserts are done one lock at a time.
+//! A connection is found under two keys: the tuple of its first packet as it arrived
+//! (*original*) and the tuple its replies will arrive with after every translation (*reply*).
+//! Both lead to one entry of the table (see [`table`] for its layout: a slab of 128-byte entries
+//! and an open-addressing index whose readers take no lock).
 //!
 //! Inserting the reply key is also how NAT ports are allocated: a translated tuple is free exactly
-//! when no live connection holds it as its reply key, so a port stays reserved through TIME_WAIT
-//! and endpoint-dependent mapping (RFC 4787 terms) falls out: the same egress port serves every
+//! when no live connection holds it as a key, so a port stays reserved through TIME_WAIT and
+//! endpoint-dependent mapping (RFC 4787 terms) falls out: the same egress port serves every
 //! remote address at once. Alternatives considered: per-worker tables (the kernel spreads a
 //! connection's two directions over different TAP queues, hence workers) and a separate port
 //! allocator (it would duplicate what the reply key already says).
 //!
-//! The packets of an established connection take one lock, the shard's: the connection's own
-//! state is kept in atomics (expiry and the bits that say a packet cannot change the state, one
-//! word; the actions behind a sequence lock), and its mutex is taken only by segments that may
-//! move the TCP state machine ([`ConnState`]).
+//! The packets of an established connection take no lock: the lookup reads the index and the
+//! entry optimistically (a seqlock), the expiry and the bits that say a packet cannot change the
+//! state are one word updated by compare-and-swap, and the connection's mutex is taken only by
+//! segments that may move the TCP state machine ([`TcpState`]). A caller with many packets at
+//! hand hashes them first and warms their buckets and entries ([`Conntrack::warm_bucket`],
+//! [`Conntrack::warm_entry`]) so that the cache misses of a batch overlap.
 //!
 //! Timeouts follow Linux conntrack's defaults (`nf_conntrack_tcp_timeout_*`). Time is passed in
 //! as milliseconds; nothing here reads a clock.
 
+mod table;
+
 use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{
-    fence, AtomicU32, AtomicU64, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
-};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use ahash::RandomState;
-use parking_lot::Mutex;
 
 use crate::tables::{PortId, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
+#[cfg(test)]
+use table::Cold;
+pub use table::{ConnId, FlowHash};
+use table::{Hot, Table};
 
 /// A connection's tuple in one direction. For ICMP echo, `src_port` is the identifier and
 /// `dst_port` is 0 in both directions.
@@ -250,9 +253,45 @@ impl Default for ConntrackConfig {
     }
 }
 
-/// A copy of the part of a connection that changes after creation, taken at one instant.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnMut {
+/// A new connection, as the slow path decided it: what `insert` takes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Conn {
+    pub original: FlowKey,
+    pub reply: FlowKey,
+    /// The port the first packet arrived on.
+    pub in_port: PortId,
+    /// The service and backend the load balancer chose, if any: re-validation checks the backend
+    /// still exists, least-connections counts it.
+    pub lb: Option<LbBinding>,
+    pub actions: [FlowAction; 2],
+}
+
+impl Conn {
+    pub fn new(
+        original: FlowKey,
+        reply: FlowKey,
+        in_port: PortId,
+        actions: [FlowAction; 2],
+    ) -> Conn {
+        Conn {
+            original,
+            reply,
+            in_port,
+            lb: None,
+            actions,
+        }
+    }
+}
+
+/// A tracked connection as it stood at one instant: what `get` and `snapshot` hand out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnInfo {
+    /// The handle `refresh` and `remove` take; it finds nothing once the connection has ended.
+    pub id: ConnId,
+    pub original: FlowKey,
+    pub reply: FlowKey,
+    pub in_port: PortId,
+    pub lb: Option<LbBinding>,
     pub actions: [FlowAction; 2],
     /// The tables generation the actions were decided against.
     pub generation: u64,
@@ -269,47 +308,18 @@ pub struct LbBinding {
     pub backend: usize,
 }
 
-/// One tracked connection.
-#[derive(Debug)]
-pub struct Conn {
-    pub original: FlowKey,
-    pub reply: FlowKey,
-    /// The port the first packet arrived on.
-    pub in_port: PortId,
-    /// The service and backend the load balancer chose, if any: re-validation checks the backend
-    /// still exists, least-connections counts it.
-    pub lb: Option<LbBinding>,
-    pub state: ConnState,
+/// What an insert did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Inserted {
+    pub id: ConnId,
+    /// False when another worker had inserted the same original key first: `id` is that
+    /// connection, which the packet was tracked on instead.
+    pub created: bool,
+    pub tracked: Tracked,
 }
 
-impl Conn {
-    pub fn new(
-        original: FlowKey,
-        reply: FlowKey,
-        in_port: PortId,
-        actions: [FlowAction; 2],
-    ) -> Conn {
-        Conn {
-            original,
-            reply,
-            in_port,
-            lb: None,
-            state: ConnState {
-                clock: AtomicU64::new(0),
-                packets: [AtomicU64::new(0), AtomicU64::new(0)],
-                actions: ActionCell::new(actions, 0),
-                slow: Mutex::new(SlowState {
-                    tcp: TcpState::SynSent,
-                    fin_orig: false,
-                    fin_reply: false,
-                    replied: false,
-                }),
-            },
-        }
-    }
-}
-
-/// `ConnState::clock`: the expiry in its low 48 bits (milliseconds: 8,900 years of uptime)...
+/// The expiry word of an entry: the expiry in its low 48 bits (milliseconds: 8,900 years of
+/// uptime)...
 const EXPIRY_MASK: u64 = (1 << 48) - 1;
 /// ...and above them what a packet needs to know to skip the state lock: the connection has
 /// seen a reply,
@@ -318,34 +328,27 @@ const REPLIED: u64 = 1 << 48;
 /// nothing but the expiry.
 const STEADY: u64 = 1 << 49;
 
-/// The changing state of a connection, built so that the packets of an established connection
-/// take no lock of their own (the shard lock of the lookup is the only one):
-/// - `clock` (expiry and the fast-path bits) is one word, updated by compare-and-swap: a state
-///   change stores a new word under `slow`, so a packet that read the old bits fails its swap and
-///   looks again instead of writing a stale timeout over a FIN's.
-/// - `actions` change only on re-validation, behind a sequence lock (below).
-/// - `packets` are statistics: a plain load and store, since one direction of a flow arrives on
-///   one queue, hence one worker; two workers racing on one direction may lose a count.
-/// - `slow` (the TCP state machine) is locked only for segments that may change it.
-///
-/// Rejected: one mutex per connection (the previous design: two more atomic read-modify-writes
-/// per packet), and the state inline in the shard map (the two keys of a connection live in
-/// different shards, so neither shard lock covers both directions).
-#[derive(Debug)]
-pub struct ConnState {
-    clock: AtomicU64,
-    packets: [AtomicU64; 2],
-    actions: ActionCell,
-    slow: Mutex<SlowState>,
-}
-
-/// What only segments that change the TCP state touch.
+/// The TCP state machine's part of a connection, under the connection's mutex; only segments
+/// that may change it take the mutex. A state change stores a new expiry word, so a packet on
+/// the fast path that read the previous word fails its compare-and-swap and looks again instead
+/// of writing a stale timeout over a FIN's.
 #[derive(Debug, Clone, Copy)]
 struct SlowState {
     tcp: TcpState,
     fin_orig: bool,
     fin_reply: bool,
     replied: bool,
+}
+
+impl Default for SlowState {
+    fn default() -> Self {
+        SlowState {
+            tcp: TcpState::SynSent,
+            fin_orig: false,
+            fin_reply: false,
+            replied: false,
+        }
+    }
 }
 
 impl SlowState {
@@ -358,117 +361,6 @@ impl SlowState {
             bits |= STEADY;
         }
         bits
-    }
-}
-
-impl ConnState {
-    /// A copy of the state: the state machine under its lock, the actions as of one table
-    /// generation, expiry and counters as last written.
-    pub fn snapshot(&self) -> ConnMut {
-        let slow = self.slow.lock();
-        let (actions, generation) = self.actions.read();
-        ConnMut {
-            actions,
-            generation,
-            tcp: slow.tcp,
-            replied: slow.replied,
-            expires_at: self.expires_at(),
-            packets: [self.packets[0].load(Relaxed), self.packets[1].load(Relaxed)],
-        }
-    }
-
-    pub fn expires_at(&self) -> u64 {
-        self.clock.load(Relaxed) & EXPIRY_MASK
-    }
-
-    pub fn generation(&self) -> u64 {
-        self.actions.read().1
-    }
-
-    /// The action for one direction and the generation it was decided against.
-    pub fn action(&self, dir: Dir) -> (FlowAction, u64) {
-        self.actions.read_one(dir)
-    }
-
-    /// Makes the connection expire at `at` (eviction), keeping the fast-path bits.
-    fn expire_at(&self, at: u64) {
-        let _ = self.clock.fetch_update(Relaxed, Relaxed, |w| {
-            Some((w & !EXPIRY_MASK) | at.min(EXPIRY_MASK))
-        });
-    }
-
-    fn count(&self, dir: Dir) {
-        let n = &self.packets[dir as usize];
-        n.store(n.load(Relaxed).wrapping_add(1), Relaxed);
-    }
-}
-
-/// Both directions' actions and their generation behind a sequence lock, in atomics (the crate
-/// keeps `unsafe` in `tap`): a reader retries while a writer is between its two increments of
-/// `seq`; writers are serialized by the connection's `slow` lock. The orderings are those of
-/// Boehm's "Can seqlocks get along with programming language memory models?" (2012); on x86
-/// every one of them is a plain load or store.
-#[derive(Debug)]
-struct ActionCell {
-    seq: AtomicU32,
-    /// Per direction: port, flags and TTL step; SNAT address and port; DNAT address and port.
-    words: [AtomicU64; 6],
-    generation: AtomicU64,
-}
-
-impl ActionCell {
-    fn new(actions: [FlowAction; 2], generation: u64) -> ActionCell {
-        let w = |i: usize| AtomicU64::new(pack(&actions[i / 3])[i % 3]);
-        ActionCell {
-            seq: AtomicU32::new(0),
-            words: [w(0), w(1), w(2), w(3), w(4), w(5)],
-            generation: AtomicU64::new(generation),
-        }
-    }
-
-    fn read(&self) -> ([FlowAction; 2], u64) {
-        loop {
-            let before = self.seq.load(Acquire);
-            let w: [u64; 6] = std::array::from_fn(|i| self.words[i].load(Relaxed));
-            let generation = self.generation.load(Relaxed);
-            fence(Acquire);
-            if before & 1 == 0 && self.seq.load(Relaxed) == before {
-                return (
-                    [unpack([w[0], w[1], w[2]]), unpack([w[3], w[4], w[5]])],
-                    generation,
-                );
-            }
-            std::hint::spin_loop();
-        }
-    }
-
-    /// One direction's action: what a packet needs, half the loads of `read`.
-    fn read_one(&self, dir: Dir) -> (FlowAction, u64) {
-        let at = dir as usize * 3;
-        loop {
-            let before = self.seq.load(Acquire);
-            let w: [u64; 3] = std::array::from_fn(|i| self.words[at + i].load(Relaxed));
-            let generation = self.generation.load(Relaxed);
-            fence(Acquire);
-            if before & 1 == 0 && self.seq.load(Relaxed) == before {
-                return (unpack(w), generation);
-            }
-            std::hint::spin_loop();
-        }
-    }
-
-    /// Only with the connection's `slow` lock held (or before the connection is shared).
-    fn write(&self, actions: [FlowAction; 2], generation: u64) {
-        let seq = self.seq.load(Relaxed);
-        self.seq.store(seq.wrapping_add(1), Relaxed);
-        fence(Release);
-        for (dir, action) in actions.iter().enumerate() {
-            for (i, word) in pack(action).into_iter().enumerate() {
-                self.words[dir * 3 + i].store(word, Relaxed);
-            }
-        }
-        self.generation.store(generation, Relaxed);
-        self.seq.store(seq.wrapping_add(2), Release);
     }
 }
 
@@ -542,39 +434,32 @@ pub struct ConntrackStats {
     pub removed: AtomicU64,
 }
 
-struct Shard {
-    map: std::collections::HashMap<FlowKey, Arc<Conn>, RandomState>,
-}
+/// How many entries eviction compares when the table is full (exact LRU would cost a list).
+const EVICTION_SAMPLE: usize = 16;
+/// Lookups that find a connection ending under them start again; this bounds how often.
+const RETRIES: usize = 8;
 
 pub struct Conntrack {
-    shards: Box<[Mutex<Shard>]>,
+    table: Table,
     hasher: RandomState,
     config: ConntrackConfig,
-    per_shard_limit: usize,
+    evict_cursor: AtomicUsize,
     pub stats: ConntrackStats,
 }
 
-const SHARDS: usize = 64;
-
 impl Conntrack {
     pub fn new(config: ConntrackConfig) -> Conntrack {
-        // Fixed seeds: every worker must hash a key to the same shard; keys are not attacker
-        // controlled beyond what any conntrack accepts.
-        let hasher = RandomState::with_seeds(0x5ac1, 0xf1c0, 0x7a5f, 0xe3d1);
-        let shards = (0..SHARDS)
-            .map(|_| {
-                Mutex::new(Shard {
-                    map: std::collections::HashMap::with_hasher(hasher.clone()),
-                })
-            })
-            .collect();
-        // Two keys per connection.
-        let per_shard_limit = (config.max_connections * 2).div_ceil(SHARDS).max(2);
+        let table = Table::new(config.max_connections);
         Conntrack {
-            shards,
-            hasher,
-            config,
-            per_shard_limit,
+            config: ConntrackConfig {
+                max_connections: table.capacity(),
+                ..config
+            },
+            table,
+            // Fixed seeds: load-balancing choices and NAT port sequences hash keys with this,
+            // and they must not change from one run to the next.
+            hasher: RandomState::with_seeds(0x5ac1, 0xf1c0, 0x7a5f, 0xe3d1),
+            evict_cursor: AtomicUsize::new(0),
             stats: ConntrackStats::default(),
         }
     }
@@ -583,100 +468,147 @@ impl Conntrack {
         &self.config
     }
 
-    /// The shard takes bits 32 and up of the hash: the maps inside use the low bits for the
-    /// bucket and the top seven for the control byte, so taking the shard from either would
-    /// leave a shard's keys all alike in the bits its map spreads them by.
-    fn shard_of(&self, key: &FlowKey) -> usize {
-        ((self.hasher.hash_one(key) >> 32) as usize) % SHARDS
-    }
-
-    /// Hashes a key the way the table does (for callers that spread work by flow).
+    /// Hashes a key with fixed seeds (for callers that spread work by flow: the DLB, NAT ports).
     pub fn hash_key(&self, key: &FlowKey) -> u64 {
         self.hasher.hash_one(key)
+    }
+
+    /// The key as the table indexes it (hash it once, use it for warming and tracking).
+    #[inline(always)]
+    pub fn flow_hash(&self, key: &FlowKey) -> FlowHash {
+        self.table.hash(key)
+    }
+
+    /// First stage of a batch: brings the key's index bucket towards the cache.
+    #[inline(always)]
+    pub fn warm_bucket(&self, h: &FlowHash) {
+        self.table.warm_bucket(h)
+    }
+
+    /// Second stage of a batch, after [`Conntrack::warm_bucket`]: brings the entry the bucket
+    /// points at towards the cache.
+    #[inline(always)]
+    pub fn warm_entry(&self, h: &FlowHash) {
+        self.table.warm_entry(h)
     }
 
     /// Looks a packet up and, when it belongs to a connection, advances the connection's state and
     /// returns the action for its direction. `tcp_flags` is 0 for non-TCP. (`get` hands out the
     /// connection itself, for the rare packets that need it: re-validation, ICMP errors.)
+    #[inline]
     pub fn track(&self, key: &FlowKey, tcp_flags: u8, now: u64) -> Option<(Dir, Tracked)> {
-        // The fast path: no reference count taken, the answer copied out under the shard lock.
-        let shard = self.shards[self.shard_of(key)].lock();
-        let conn = shard.map.get(key)?;
-        let dir = if conn.original == *key {
-            Dir::Original
-        } else {
-            Dir::Reply
-        };
-        Some((dir, self.advance(conn, dir, tcp_flags, now)))
+        self.track_hashed(key.protocol, &self.table.hash(key), tcp_flags, now)
+    }
+
+    /// [`Conntrack::track`] for a key already hashed.
+    #[inline]
+    pub fn track_hashed(
+        &self,
+        protocol: u8,
+        h: &FlowHash,
+        tcp_flags: u8,
+        now: u64,
+    ) -> Option<(Dir, Tracked)> {
+        for _ in 0..RETRIES {
+            let hot = self.table.find(h)?;
+            if let Some(tracked) = self.advance(&hot, protocol, tcp_flags, now) {
+                return Some((hot.dir, tracked));
+            }
+        }
+        None
     }
 
     /// Looks a key up without touching the connection's state.
-    pub fn get(&self, key: &FlowKey) -> Option<(Arc<Conn>, Dir)> {
-        let shard = self.shards[self.shard_of(key)].lock();
-        let conn = shard.map.get(key)?;
-        let dir = if conn.original == *key {
-            Dir::Original
-        } else {
-            Dir::Reply
-        };
-        Some((Arc::clone(conn), dir))
+    pub fn get(&self, key: &FlowKey) -> Option<(ConnInfo, Dir)> {
+        let h = self.table.hash(key);
+        for _ in 0..RETRIES {
+            let hot = self.table.find(&h)?;
+            if let Some(info) = self.info(hot.id) {
+                return Some((info, hot.dir));
+            }
+        }
+        None
+    }
+
+    /// The connection behind a handle, if it has not ended.
+    pub fn info(&self, id: ConnId) -> Option<ConnInfo> {
+        let cold = self.table.cold(id.slot)?;
+        if !cold.live || cold.incarnation != id.incarnation {
+            return None;
+        }
+        let whole = self.table.whole(id.slot)?;
+        Some(ConnInfo {
+            id,
+            original: whole.keys[0],
+            reply: whole.keys[1],
+            in_port: cold.in_port,
+            lb: cold.lb,
+            actions: [unpack(whole.actions[0]), unpack(whole.actions[1])],
+            generation: whole.generation,
+            tcp: cold.slow.tcp,
+            replied: cold.slow.replied,
+            expires_at: whole.clock & EXPIRY_MASK,
+            packets: whole.packets,
+        })
     }
 
     /// Advances a connection with one packet: the expiry, the counters and, when the packet may
-    /// change it, the state machine (see [`ConnState`]).
-    fn advance(&self, conn: &Conn, dir: Dir, flags: u8, now: u64) -> Tracked {
-        let st = &conn.state;
+    /// change it, the state machine (see [`SlowState`]). `None`: the entry changed under the
+    /// packet (another packet's state change, the connection's end); look again.
+    #[inline]
+    fn advance(&self, hot: &Hot, protocol: u8, flags: u8, now: u64) -> Option<Tracked> {
         let t = &self.config.timeouts;
-        let protocol = conn.original.protocol;
-        let mut word = st.clock.load(Relaxed);
-        loop {
-            let replied = word & REPLIED != 0;
-            let timeout = match protocol {
-                PROTO_TCP => {
-                    let quiet = flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0;
-                    (quiet && word & STEADY != 0 && (dir == Dir::Original || replied))
-                        .then_some(t.tcp_established)
-                }
-                PROTO_UDP | PROTO_ICMP if dir == Dir::Reply && !replied => None,
-                PROTO_UDP if replied => Some(t.udp_stream),
-                PROTO_UDP => Some(t.udp),
-                PROTO_ICMP => Some(t.icmp),
-                _ => Some(t.generic),
-            };
-            let Some(timeout) = timeout else {
-                return self.advance_slow(conn, dir, flags, now);
-            };
-            let next = (word & !EXPIRY_MASK) | now.saturating_add(timeout).min(EXPIRY_MASK);
-            match st.clock.compare_exchange_weak(word, next, Relaxed, Relaxed) {
-                Ok(_) => break,
-                Err(current) => word = current,
+        let word = hot.clock;
+        let replied = word & REPLIED != 0;
+        let timeout = match protocol {
+            PROTO_TCP => {
+                let quiet = flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0;
+                (quiet && word & STEADY != 0 && (hot.dir == Dir::Original || replied))
+                    .then_some(t.tcp_established)
             }
+            PROTO_UDP | PROTO_ICMP if hot.dir == Dir::Reply && !replied => None,
+            PROTO_UDP if replied => Some(t.udp_stream),
+            PROTO_UDP => Some(t.udp),
+            PROTO_ICMP => Some(t.icmp),
+            _ => Some(t.generic),
+        };
+        let Some(timeout) = timeout else {
+            return self.advance_slow(hot, protocol, flags, now);
+        };
+        let next = (word & !EXPIRY_MASK) | now.saturating_add(timeout).min(EXPIRY_MASK);
+        if next != word {
+            self.table.swap_clock(hot.id.slot, word, next).ok()?;
         }
-        st.count(dir);
-        let (action, generation) = st.action(dir);
-        Tracked::Pass {
-            action,
-            generation,
+        self.table.count(hot.id.slot, hot.dir);
+        Some(Tracked::Pass {
+            action: unpack(hot.action),
+            generation: hot.generation,
             opened: 0,
-        }
+        })
     }
 
-    /// A packet that may change the connection's state: under the connection's lock.
-    fn advance_slow(&self, conn: &Conn, dir: Dir, flags: u8, now: u64) -> Tracked {
-        let st = &conn.state;
-        let mut slow = st.slow.lock();
+    /// A packet that may change the connection's state: under the connection's mutex.
+    fn advance_slow(&self, hot: &Hot, protocol: u8, flags: u8, now: u64) -> Option<Tracked> {
+        let slot = hot.id.slot;
+        let mut cold = self.table.cold(slot)?;
+        if !cold.live || cold.incarnation != hot.id.incarnation {
+            return None;
+        }
+        let whole = self.table.whole(slot)?;
+        let dir = hot.dir;
         let t = &self.config.timeouts;
+        let slow = &mut cold.slow;
         let mut opened = 0;
-        let timeout = match conn.original.protocol {
+        let timeout = match protocol {
             PROTO_TCP => {
-                let fresh = st.packets.iter().all(|n| n.load(Relaxed) == 0);
+                let fresh = whole.packets == [0, 0];
                 let was_open = slow.tcp.is_open();
-                match tcp_transition(&mut slow, dir, flags, fresh) {
+                match tcp_transition(slow, dir, flags, fresh) {
                     Some(state) => {
                         opened = i8::from(state.is_open()) - i8::from(was_open);
                         t.tcp(state)
                     }
-                    None => return Tracked::Invalid,
+                    None => return Some(Tracked::Invalid),
                 }
             }
             PROTO_UDP => {
@@ -698,162 +630,256 @@ impl Conntrack {
             _ => t.generic,
         };
         // A plain store: a packet on the fast path that read the previous word fails its swap.
-        st.clock.store(
+        self.table.store_clock(
+            slot,
             slow.bits() | now.saturating_add(timeout).min(EXPIRY_MASK),
-            Relaxed,
         );
-        st.count(dir);
-        let (action, generation) = st.action(dir);
-        Tracked::Pass {
-            action,
-            generation,
+        self.table.count(slot, dir);
+        Some(Tracked::Pass {
+            action: unpack(whole.actions[dir as usize]),
+            generation: whole.generation,
             opened,
-        }
+        })
     }
 
     /// Inserts a new connection under both its keys, starting its state with the first packet's
     /// `tcp_flags`. Fails without side effects when the reply key is taken (try another NAT port)
-    /// or when the table is full. When another worker inserted the same original key first, that
-    /// connection is returned instead and ours is dropped.
+    /// or when the table is full. When another worker inserted the same original key first, the
+    /// packet is tracked on that connection instead (`created` false).
     pub fn insert(
         &self,
         conn: Conn,
         generation: u64,
         tcp_flags: u8,
         now: u64,
-    ) -> Result<(Arc<Conn>, Tracked), InsertError> {
-        let (actions, _) = conn.state.actions.read();
-        conn.state.actions.write(actions, generation);
-        let conn = Arc::new(conn);
-        let reply_shard = self.shard_of(&conn.reply);
-        {
-            let mut shard = self.shards[reply_shard].lock();
-            if shard.map.contains_key(&conn.reply) {
+    ) -> Result<Inserted, InsertError> {
+        let original = self.table.hash(&conn.original);
+        let reply = self.table.hash(&conn.reply);
+        // Checked before anything is allocated: NAT port selection probes here.
+        if self.table.holder(&reply).is_some() {
+            return Err(InsertError::ReplyTaken);
+        }
+        if let Some(inserted) = self.track_existing(&conn, &original, tcp_flags, now) {
+            return Ok(inserted);
+        }
+        let slot = match self.table.allocate() {
+            Some(slot) => slot,
+            None => {
+                self.evict_one(now);
+                self.table.allocate().ok_or_else(|| {
+                    self.stats.refused.fetch_add(1, Relaxed);
+                    InsertError::Full
+                })?
+            }
+        };
+        let id = {
+            let Some(mut cold) = self.table.cold(slot) else {
+                self.table.release(slot);
+                return Err(InsertError::Full);
+            };
+            cold.in_port = conn.in_port;
+            cold.lb = conn.lb;
+            cold.slow = SlowState::default();
+            // Alive until the first packet below sets the state's own timeout.
+            let clock = now
+                .saturating_add(self.config.timeouts.generic)
+                .min(EXPIRY_MASK);
+            self.table.fill(
+                slot,
+                &mut cold,
+                [conn.original, conn.reply],
+                [pack(&conn.actions[0]), pack(&conn.actions[1])],
+                generation,
+                clock,
+            )
+        };
+        let undo = |unlink_reply: bool| {
+            if unlink_reply {
+                self.table.unlink(&reply, slot);
+            }
+            if let Some(mut cold) = self.table.cold(slot) {
+                self.table.clear(slot, &mut cold);
+            }
+            self.table.release(slot);
+        };
+        match self.table.link(&reply, slot, Dir::Reply) {
+            Ok(()) => {}
+            Err(Some(_)) => {
+                undo(false);
                 return Err(InsertError::ReplyTaken);
             }
-            if shard.map.len() >= self.per_shard_limit && !self.evict_one(&mut shard, now) {
+            Err(None) => {
+                undo(false);
                 self.stats.refused.fetch_add(1, Relaxed);
                 return Err(InsertError::Full);
             }
-            shard.map.insert(conn.reply, Arc::clone(&conn));
         }
-        let orig_shard = self.shard_of(&conn.original);
-        let existing = {
-            let mut shard = self.shards[orig_shard].lock();
-            match shard.map.get(&conn.original) {
-                Some(existing) => Some(Arc::clone(existing)),
-                None => {
-                    if shard.map.len() >= self.per_shard_limit && !self.evict_one(&mut shard, now) {
-                        drop(shard);
-                        self.remove_key_if(&conn.reply, &conn);
-                        self.stats.refused.fetch_add(1, Relaxed);
-                        return Err(InsertError::Full);
-                    }
-                    shard.map.insert(conn.original, Arc::clone(&conn));
-                    None
-                }
+        match self.table.link(&original, slot, Dir::Original) {
+            Ok(()) => {}
+            Err(Some(_)) => {
+                undo(true);
+                return self
+                    .track_existing(&conn, &original, tcp_flags, now)
+                    .ok_or(InsertError::ReplyTaken);
             }
-        };
-        if let Some(existing) = existing {
-            self.remove_key_if(&conn.reply, &conn);
-            let tracked = self.advance(&existing, Dir::Original, tcp_flags, now);
-            return Ok((existing, tracked));
+            Err(None) => {
+                undo(true);
+                self.stats.refused.fetch_add(1, Relaxed);
+                return Err(InsertError::Full);
+            }
         }
         self.stats.created.fetch_add(1, Relaxed);
-        let tracked = self.advance(&conn, Dir::Original, tcp_flags, now);
-        Ok((conn, tracked))
+        let tracked = match self.track_hashed(conn.original.protocol, &original, tcp_flags, now) {
+            Some((_, tracked)) => tracked,
+            // Ended at once (evicted by a full table): the first packet still goes.
+            None => Tracked::Pass {
+                action: conn.actions[0],
+                generation,
+                opened: 0,
+            },
+        };
+        Ok(Inserted {
+            id,
+            created: true,
+            tracked,
+        })
     }
 
-    /// Evicts, from a full shard, the entry that expires soonest among a small sample (exact LRU
-    /// would cost a list per shard). Returns false when the shard has nothing to evict.
-    fn evict_one(&self, shard: &mut Shard, now: u64) -> bool {
-        let victim = shard
-            .map
-            .iter()
-            .take(16)
-            .min_by_key(|(_, c)| c.state.expires_at())
-            .map(|(k, c)| (*k, Arc::clone(c)));
-        let Some((key, conn)) = victim else {
+    /// The packet of an insert whose original key a connection holds already.
+    fn track_existing(
+        &self,
+        conn: &Conn,
+        original: &FlowHash,
+        tcp_flags: u8,
+        now: u64,
+    ) -> Option<Inserted> {
+        for _ in 0..RETRIES {
+            let hot = self.table.find(original)?;
+            if let Some(tracked) = self.advance(&hot, conn.original.protocol, tcp_flags, now) {
+                return Some(Inserted {
+                    id: hot.id,
+                    created: false,
+                    tracked,
+                });
+            }
+        }
+        None
+    }
+
+    /// Evicts, from a full table, the connection that expires soonest among a small sample
+    /// taken where the last eviction left off. False when nothing could be evicted.
+    fn evict_one(&self, now: u64) -> bool {
+        let high_water = self.table.high_water() as usize;
+        if high_water == 0 {
             return false;
-        };
-        shard.map.remove(&key);
-        // The partner key may live in this same shard (already locked) or in another one; the
-        // latter is cleaned lazily: `expire` drops a key whose partner is gone.
-        let partner = if key == conn.original {
-            conn.reply
-        } else {
-            conn.original
-        };
-        if shard
-            .map
-            .get(&partner)
-            .is_some_and(|c| Arc::ptr_eq(c, &conn))
-        {
-            shard.map.remove(&partner);
         }
-        // Make the evicted connection expire now so its other key goes at the next sweep.
-        conn.state.expire_at(now);
-        self.stats.evicted.fetch_add(1, Relaxed);
-        true
+        let start = self.evict_cursor.fetch_add(EVICTION_SAMPLE, Relaxed);
+        let victim = (start..start + EVICTION_SAMPLE)
+            .map(|n| (n % high_water) as u32)
+            .filter_map(|slot| self.live_id(slot))
+            .min_by_key(|id| self.table.clock(id.slot) & EXPIRY_MASK);
+        let evicted = victim.is_some_and(|id| self.end(id, |_| true).is_some());
+        if evicted {
+            self.stats.evicted.fetch_add(1, Relaxed);
+        }
+        let _ = now;
+        evicted
     }
 
-    fn remove_key_if(&self, key: &FlowKey, conn: &Arc<Conn>) {
-        let mut shard = self.shards[self.shard_of(key)].lock();
-        if shard.map.get(key).is_some_and(|c| Arc::ptr_eq(c, conn)) {
-            shard.map.remove(key);
+    /// The handle of the connection in `slot`, if one lives there.
+    fn live_id(&self, slot: u32) -> Option<ConnId> {
+        if !self.table.is_live(slot) {
+            return None;
         }
+        let cold = self.table.cold(slot)?;
+        cold.live.then_some(ConnId {
+            slot,
+            incarnation: cold.incarnation,
+        })
+    }
+
+    /// Ends a connection if it still stands and `doomed` says so of it: both keys leave the
+    /// index, the slot goes back to the free list. Returns what the connection was.
+    fn end(&self, id: ConnId, doomed: impl FnOnce(&ConnInfo) -> bool) -> Option<ConnInfo> {
+        let info = self.info(id)?;
+        if !doomed(&info) {
+            return None;
+        }
+        let mut cold = self.table.cold(id.slot)?;
+        if !cold.live || cold.incarnation != id.incarnation {
+            return None; // ended meanwhile
+        }
+        self.table.unlink(&self.table.hash(&info.original), id.slot);
+        self.table.unlink(&self.table.hash(&info.reply), id.slot);
+        self.table.clear(id.slot, &mut cold);
+        drop(cold);
+        self.table.release(id.slot);
+        Some(info)
     }
 
     /// Removes the TCP connection holding `key` if it is closing (TIME_WAIT or CLOSE): its
     /// tuple is being reused by a new connection. True when one was removed.
     pub fn evict_closing(&self, key: &FlowKey) -> bool {
-        let Some((conn, _)) = self.get(key) else {
+        let Some((info, _)) = self.get(key) else {
             return false;
         };
-        let closing = conn.original.protocol == PROTO_TCP
-            && matches!(
-                conn.state.slow.lock().tcp,
-                TcpState::TimeWait | TcpState::Close
-            );
-        if closing {
-            self.remove(&conn);
+        let closing = |c: &ConnInfo| {
+            c.original.protocol == PROTO_TCP
+                && matches!(c.tcp, TcpState::TimeWait | TcpState::Close)
+        };
+        let removed = self.end(info.id, closing).is_some();
+        if removed {
+            self.stats.removed.fetch_add(1, Relaxed);
         }
-        closing
+        removed
     }
 
-    /// Removes a connection (both keys).
-    pub fn remove(&self, conn: &Arc<Conn>) {
-        self.remove_key_if(&conn.original, conn);
-        self.remove_key_if(&conn.reply, conn);
-        self.stats.removed.fetch_add(1, Relaxed);
+    /// Removes a connection (both keys). False when it had ended already.
+    pub fn remove(&self, id: ConnId) -> bool {
+        let removed = self.end(id, |_| true).is_some();
+        if removed {
+            self.stats.removed.fetch_add(1, Relaxed);
+        }
+        removed
     }
 
     /// Updates a connection's cached actions after re-validation against a new generation.
-    pub fn refresh(&self, conn: &Conn, actions: [FlowAction; 2], generation: u64) {
-        let _writer = conn.state.slow.lock();
-        conn.state.actions.write(actions, generation);
+    pub fn refresh(&self, id: ConnId, actions: [FlowAction; 2], generation: u64) -> bool {
+        let Some(cold) = self.table.cold(id.slot) else {
+            return false;
+        };
+        if !cold.live || cold.incarnation != id.incarnation {
+            return false;
+        }
+        self.table
+            .write_actions(id.slot, [pack(&actions[0]), pack(&actions[1])], generation);
+        true
+    }
+
+    /// Every live connection's handle, slot by slot.
+    fn live_ids(&self) -> impl Iterator<Item = ConnId> + '_ {
+        (0..self.table.high_water()).filter_map(|slot| self.live_id(slot))
     }
 
     /// Drops every connection whose timeout has passed. Returns how many went; `gone` is told
-    /// of each (once, at its original key), so load-balancer accounting can follow.
-    pub fn expire_with(&self, now: u64, mut gone: impl FnMut(&Conn)) -> usize {
-        let mut keys = 0;
-        for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            let before = shard.map.len();
-            shard.map.retain(|key, c| {
-                let live = c.state.expires_at() > now;
-                if !live && *key == c.original {
-                    gone(c);
-                }
-                live
-            });
-            keys += before - shard.map.len();
+    /// of each, so load-balancer accounting can follow.
+    pub fn expire_with(&self, now: u64, mut gone: impl FnMut(&ConnInfo)) -> usize {
+        let mut expired = 0;
+        for slot in 0..self.table.high_water() {
+            // Only the expiry word is read of a connection that still has time.
+            if !self.table.is_live(slot) || self.table.clock(slot) & EXPIRY_MASK > now {
+                continue;
+            }
+            let Some(id) = self.live_id(slot) else {
+                continue;
+            };
+            if let Some(info) = self.end(id, |c| c.expires_at <= now) {
+                gone(&info);
+                expired += 1;
+            }
         }
-        // Each connection has two keys.
-        let conns = keys / 2;
-        self.stats.expired.fetch_add(conns as u64, Relaxed);
-        conns
+        self.stats.expired.fetch_add(expired as u64, Relaxed);
+        expired
     }
 
     /// Drops every connection whose timeout has passed. Returns how many went.
@@ -862,45 +888,31 @@ impl Conntrack {
     }
 
     /// Removes every connection for which `doomed` says so (a deleted pod, a flushed backend).
-    pub fn remove_where(&self, doomed: impl Fn(&Conn) -> bool) -> usize {
-        let mut gone = 0;
-        for shard in self.shards.iter() {
-            let mut shard = shard.lock();
-            let before = shard.map.len();
-            shard.map.retain(|_, c| !doomed(c));
-            gone += before - shard.map.len();
-        }
-        gone / 2
+    pub fn remove_where(&self, doomed: impl Fn(&ConnInfo) -> bool) -> usize {
+        let ids: Vec<ConnId> = self.live_ids().collect();
+        let gone = ids
+            .into_iter()
+            .filter(|&id| self.end(id, &doomed).is_some())
+            .count();
+        self.stats.removed.fetch_add(gone as u64, Relaxed);
+        gone
     }
 
-    /// Live connections (each counted once).
+    /// Live connections.
     pub fn len(&self) -> usize {
-        self.shards
-            .iter()
-            .map(|s| s.lock().map.len())
-            .sum::<usize>()
-            / 2
+        self.table.live()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// A copy of every live connection, for `pacific get nat` and `get conntrack`.
-    pub fn snapshot(&self, limit: usize) -> Vec<Arc<Conn>> {
-        let mut out = Vec::new();
-        for shard in self.shards.iter() {
-            let shard = shard.lock();
-            for (key, conn) in shard.map.iter() {
-                if *key == conn.original {
-                    out.push(Arc::clone(conn));
-                    if out.len() >= limit {
-                        return out;
-                    }
-                }
-            }
-        }
-        out
+    /// A copy of up to `limit` live connections, for `pacific get nat`.
+    pub fn snapshot(&self, limit: usize) -> Vec<ConnInfo> {
+        self.live_ids()
+            .filter_map(|id| self.info(id))
+            .take(limit)
+            .collect()
     }
 }
 
@@ -976,6 +988,7 @@ fn tcp_transition(st: &mut SlowState, dir: Dir, flags: u8, fresh: bool) -> Optio
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     fn key(src: [u8; 4], sport: u16, dst: [u8; 4], dport: u16) -> FlowKey {
         FlowKey {
@@ -1001,8 +1014,12 @@ mod tests {
         Conn::new(orig, orig.reversed(), 1, [action(2), action(1)])
     }
 
+    fn info(ct: &Conntrack, k: &FlowKey) -> ConnInfo {
+        ct.get(k).expect("tracked").0
+    }
+
     fn state(ct: &Conntrack, k: &FlowKey) -> TcpState {
-        ct.get(k).unwrap().0.state.snapshot().tcp
+        info(ct, k).tcp
     }
 
     #[test]
@@ -1022,8 +1039,10 @@ mod tests {
         assert_eq!(state(&ct, &k), TcpState::LastAck);
         ct.track(&k, TCP_ACK, 5);
         assert_eq!(state(&ct, &k), TcpState::TimeWait);
-        let expires = ct.get(&k).unwrap().0.state.snapshot().expires_at;
-        assert_eq!(expires, 5 + Timeouts::default().tcp_time_wait);
+        assert_eq!(
+            info(&ct, &k).expires_at,
+            5 + Timeouts::default().tcp_time_wait
+        );
         // A new SYN from the client reuses the tuple.
         ct.track(&k, TCP_SYN, 6);
         assert_eq!(state(&ct, &k), TcpState::SynSent);
@@ -1041,8 +1060,7 @@ mod tests {
         assert_eq!(state(&ct, &k), TcpState::CloseWait);
         ct.track(&k, TCP_RST, 4);
         assert_eq!(state(&ct, &k), TcpState::Close);
-        let expires = ct.get(&k).unwrap().0.state.snapshot().expires_at;
-        assert_eq!(expires, 4 + Timeouts::default().tcp_close);
+        assert_eq!(info(&ct, &k).expires_at, 4 + Timeouts::default().tcp_close);
     }
 
     #[test]
@@ -1080,8 +1098,11 @@ mod tests {
         assert_eq!(ct.len(), 1);
         // Replied UDP lives 120 s from the last packet.
         assert_eq!(ct.expire(2000 + 119_999), 0);
-        assert_eq!(ct.expire(2000 + 120_000), 1);
+        let mut gone = Vec::new();
+        assert_eq!(ct.expire_with(2000 + 120_000, |c| gone.push(c.original)), 1);
+        assert_eq!(gone, [k]);
         assert!(ct.get(&k).is_none() && ct.get(&k.reversed()).is_none());
+        assert_eq!(ct.len(), 0);
     }
 
     #[test]
@@ -1107,6 +1128,34 @@ mod tests {
         assert_eq!(err.err(), Some(InsertError::ReplyTaken));
         assert!(ct.get(&b).is_none());
         assert_eq!(ct.len(), 1);
+        assert_eq!(ct.get(&reply).map(|(c, _)| c.original), Some(a));
+    }
+
+    #[test]
+    fn a_second_insert_of_one_original_key_tracks_the_first_connection() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let k = FlowKey {
+            protocol: PROTO_UDP,
+            ..key([172, 211, 0, 18], 5000, [198, 51, 100, 100], 53)
+        };
+        let first = ct.insert(new_conn(k), 1, 0, 0).unwrap();
+        assert!(first.created);
+        // Another worker's walk of the same first packet, with another NAT port.
+        let other_reply = key([198, 51, 100, 100], 53, [172, 60, 96, 2], 6000);
+        let second = ct
+            .insert(
+                Conn::new(k, other_reply, 1, [action(7), action(1)]),
+                1,
+                0,
+                0,
+            )
+            .unwrap();
+        assert!(!second.created);
+        assert_eq!(second.id, first.id);
+        assert!(matches!(second.tracked, Tracked::Pass { action: a, .. } if a == action(2)));
+        assert!(ct.get(&other_reply).is_none());
+        assert_eq!(ct.len(), 1);
+        assert_eq!(info(&ct, &k).packets, [2, 0]);
     }
 
     #[test]
@@ -1124,22 +1173,16 @@ mod tests {
             assert!(matches!(tracked, Tracked::Pass { .. }));
             ct.track(&k, TCP_ACK, now).unwrap();
             assert_eq!(state(&ct, &k), TcpState::Established);
-            assert_eq!(
-                ct.get(&k).unwrap().0.state.expires_at(),
-                now + t.tcp_established
-            );
+            assert_eq!(info(&ct, &k).expires_at, now + t.tcp_established);
         }
         ct.track(&k, TCP_FIN | TCP_ACK, 10);
-        let st = ct.get(&k).unwrap().0.state.snapshot();
+        let st = info(&ct, &k);
         assert_eq!(st.tcp, TcpState::FinWait);
         assert_eq!(st.expires_at, 10 + t.tcp_fin_wait);
         assert_eq!(st.packets, [1 + 1 + 7 + 1, 1 + 7]);
         // After a FIN a plain ACK goes through the state machine again.
         ct.track(&r, TCP_ACK, 11);
-        assert_eq!(
-            ct.get(&k).unwrap().0.state.expires_at(),
-            11 + t.tcp_fin_wait
-        );
+        assert_eq!(info(&ct, &k).expires_at, 11 + t.tcp_fin_wait);
     }
 
     #[test]
@@ -1152,14 +1195,13 @@ mod tests {
         };
         ct.insert(new_conn(k), 1, 0, 0).unwrap();
         ct.track(&k, 0, 5).unwrap();
-        let conn = ct.get(&k).unwrap().0;
-        assert_eq!(conn.state.expires_at(), 5 + t.udp);
-        assert!(!conn.state.snapshot().replied);
+        assert_eq!(info(&ct, &k).expires_at, 5 + t.udp);
+        assert!(!info(&ct, &k).replied);
         ct.track(&k.reversed(), 0, 6).unwrap();
-        assert_eq!(conn.state.expires_at(), 6 + t.udp_stream);
+        assert_eq!(info(&ct, &k).expires_at, 6 + t.udp_stream);
         ct.track(&k, 0, 7).unwrap();
-        assert_eq!(conn.state.expires_at(), 7 + t.udp_stream);
-        assert!(conn.state.snapshot().replied);
+        assert_eq!(info(&ct, &k).expires_at, 7 + t.udp_stream);
+        assert!(info(&ct, &k).replied);
     }
 
     #[test]
@@ -1185,11 +1227,11 @@ mod tests {
         };
         assert_eq!(unpack(pack(&orig)), orig);
         assert_eq!(unpack(pack(&reply)), reply);
-        let (conn, tracked) = ct
+        let inserted = ct
             .insert(Conn::new(k, k.reversed(), 1, [orig, reply]), 7, 0, 0)
             .unwrap();
         assert_eq!(
-            tracked,
+            inserted.tracked,
             Tracked::Pass {
                 action: orig,
                 generation: 7,
@@ -1200,7 +1242,7 @@ mod tests {
             out_port: 9,
             ..orig
         };
-        ct.refresh(&conn, [moved, reply], 8);
+        assert!(ct.refresh(inserted.id, [moved, reply], 8));
         let (dir, tracked) = ct.track(&k, 0, 1).unwrap();
         assert_eq!(dir, Dir::Original);
         assert_eq!(
@@ -1211,30 +1253,43 @@ mod tests {
                 opened: 0
             }
         );
-        assert_eq!(conn.state.snapshot().actions, [moved, reply]);
+        assert_eq!(ct.info(inserted.id).unwrap().actions, [moved, reply]);
     }
 
     #[test]
     fn a_reader_never_sees_half_a_refresh() {
-        let k = key([172, 211, 0, 18], 5002, [198, 51, 100, 100], 80);
-        let conn = Arc::new(new_conn(k));
+        let k = FlowKey {
+            protocol: PROTO_UDP,
+            ..key([172, 211, 0, 18], 5002, [198, 51, 100, 100], 80)
+        };
         // Generation n goes with out port n and an SNAT port of n: a torn read would mix them.
         let action_of = |n: u64| FlowAction {
             out_port: n as PortId,
             snat: Some((Ipv4Addr::new(172, 60, 96, 2), n as u16)),
             ..action(0)
         };
-        let ct = Conntrack::new(ConntrackConfig::default());
+        let ct = Arc::new(Conntrack::new(ConntrackConfig::default()));
+        let id = ct.insert(new_conn(k), 0, 0, 0).unwrap().id;
         let writer = {
-            let conn = Arc::clone(&conn);
+            let ct = Arc::clone(&ct);
             std::thread::spawn(move || {
                 for n in 1..20_000u64 {
-                    ct.refresh(&conn, [action_of(n), action(1)], n);
+                    assert!(ct.refresh(id, [action_of(n), action(1)], n));
                 }
             })
         };
         for _ in 0..20_000 {
-            let (a, generation) = conn.state.action(Dir::Original);
+            let Some((
+                _,
+                Tracked::Pass {
+                    action: a,
+                    generation,
+                    ..
+                },
+            )) = ct.track(&k, 0, 1)
+            else {
+                panic!("the connection is always there");
+            };
             if generation > 0 {
                 assert_eq!(a, action_of(generation));
             }
@@ -1242,21 +1297,64 @@ mod tests {
         writer.join().unwrap();
     }
 
+    /// Connections come and go on two threads while a third looks them up: every lookup that
+    /// finds something finds the connection of its own key (its action names the key's port),
+    /// and a handle to a connection that ended never reaches the slot's next tenant.
     #[test]
-    fn keys_of_one_shard_still_spread_over_the_buckets_of_its_map() {
-        let ct = Conntrack::new(ConntrackConfig::default());
-        let mut low_bits = std::collections::HashSet::new();
-        for port in 0..4096u16 {
-            let k = key([172, 211, 0, 18], port, [198, 51, 100, 100], 80);
-            if ct.shard_of(&k) == 0 {
-                low_bits.insert(ct.hash_key(&k) % 64);
+    fn lookups_racing_inserts_and_removals_find_only_their_own_connection() {
+        let ct = Arc::new(Conntrack::new(ConntrackConfig {
+            max_connections: 256,
+            ..Default::default()
+        }));
+        let udp = |port: u16| FlowKey {
+            protocol: PROTO_UDP,
+            ..key([172, 211, 0, 18], port, [198, 51, 100, 100], 53)
+        };
+        let churn = |base: u16| {
+            let ct = Arc::clone(&ct);
+            std::thread::spawn(move || {
+                for round in 0..300u16 {
+                    let ids: Vec<ConnId> = (0..100u16)
+                        .map(|i| {
+                            let k = udp(base + i);
+                            let c = Conn::new(
+                                k,
+                                k.reversed(),
+                                1,
+                                [action(u32::from(base + i)), action(1)],
+                            );
+                            ct.insert(c, u64::from(round), 0, 0).unwrap().id
+                        })
+                        .collect();
+                    for id in ids {
+                        assert!(ct.remove(id));
+                        assert!(!ct.remove(id), "a handle ends its connection once");
+                        assert!(ct.info(id).is_none());
+                    }
+                }
+            })
+        };
+        let writers = [churn(1000), churn(2000)];
+        let mut found = 0;
+        while writers.iter().any(|w| !w.is_finished()) {
+            for port in (1000..1100).chain(2000..2100) {
+                if let Some((Dir::Original, Tracked::Pass { action: a, .. })) =
+                    ct.track(&udp(port), 0, 0)
+                {
+                    assert_eq!(a.out_port, u32::from(port));
+                    found += 1;
+                }
             }
         }
-        assert!(low_bits.len() > 32, "{} distinct", low_bits.len());
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(found > 0);
+        assert!(ct.is_empty());
     }
 
     #[test]
-    fn a_full_table_evicts_and_counts() {
+    fn a_full_table_evicts_the_soonest_to_expire_and_counts() {
         let ct = Conntrack::new(ConntrackConfig {
             max_connections: 64,
             ..Default::default()
@@ -1268,8 +1366,14 @@ mod tests {
             };
             ct.insert(new_conn(k), 1, 0, u64::from(port)).unwrap();
         }
-        assert!(ct.len() <= 64 + SHARDS, "len {}", ct.len());
-        assert!(ct.stats.evicted.load(Relaxed) > 0);
+        assert_eq!(ct.len(), 64);
+        assert_eq!(ct.stats.evicted.load(Relaxed), 1000 - 64);
+        // The newest connection is never the one to go.
+        let newest = FlowKey {
+            protocol: PROTO_UDP,
+            ..key([172, 211, 0, 18], 1024 + 999, [198, 51, 100, 1], 53)
+        };
+        assert!(ct.get(&newest).is_some());
     }
 }
 
@@ -1278,18 +1382,18 @@ mod memory {
     use super::*;
     use std::mem::size_of;
 
-    /// Memory per tracked connection: the connection itself behind its `Arc` (two counters),
-    /// plus two hash-map slots (key, pointer, one control byte) at hashbrown's highest load
-    /// factor, 7/8. The README states the figure this prints.
+    /// Memory per tracked connection at the table's capacity: the entry (two cache lines), its
+    /// cold part under a mutex, and its share of the index (fixed, at most 4/7 full at
+    /// capacity). The README states the figure this prints.
     #[test]
     fn a_connection_costs_at_most_256_bytes() {
-        let conn = 2 * size_of::<usize>() + size_of::<Conn>();
-        let slot = size_of::<FlowKey>() + size_of::<Arc<Conn>>() + 1;
-        let per_connection = conn + (2 * slot * 8).div_ceil(7);
+        let table = Table::new(1 << 20);
+        let entry = size_of::<table::Entry>();
+        let cold = size_of::<parking_lot::Mutex<Cold>>();
+        let index = table.index_bytes_per_connection();
+        let per_connection = entry + cold + index;
         println!(
-            "Conn {} B, per connection {} B",
-            size_of::<Conn>(),
-            per_connection
+            "entry {entry} B + cold {cold} B + index {index} B = {per_connection} B per connection"
         );
         assert!(
             per_connection <= 256,

@@ -1,0 +1,739 @@
+//! The storage under [`super::Conntrack`]: a slab of connection entries and an open-addressing
+//! index from flow keys to entries, built so that a packet of an established connection costs
+//! two cache-line pairs (an index bucket, then its entry) and no lock.
+//!
+//! **Entries.** A connection is one [`Entry`] of 128 bytes, two adjacent cache lines (Intel's
+//! L2 fetches 128-byte-aligned pairs together), holding everything a packet needs: both keys,
+//! both directions' actions, the generation they were decided against, the expiry word and the
+//! packet counts. Every field is an `AtomicU64`, so a reader may look at an entry while a writer
+//! changes it without undefined behaviour; a sequence number in the entry's first word tells the
+//! reader whether what it read is whole (a seqlock, with the orderings of Boehm, "Can seqlocks
+//! get along with programming language memory models?", 2012). What only slow packets touch
+//! (the TCP state machine, the load-balancer binding, the ingress port) is in a [`Cold`] record
+//! under a mutex beside the entry; every writer of an entry holds that mutex, so writers never
+//! race each other. Entries live in chunks of [`CHUNK`] allocated when first needed (an idle
+//! daemon does not hold a table sized for a million connections) and are reused through a free
+//! list; a slot's *incarnation* counts its reuses, so a handle ([`ConnId`]) to a connection that
+//! ended finds nothing instead of its successor.
+//!
+//! **Index.** Buckets of one cache line: seven slot words and an overflow count. A slot word
+//! names an entry and a direction and carries 32 bits of the key's hash as a tag, so a lookup
+//! reads one line of the index and opens only the entry whose tag matches. A key goes to its home
+//! bucket or, when that is full, to the next bucket of its *stripe* (buckets `b`, `b + STRIPES`,
+//! ...); the overflow count of a bucket says how many keys passed it, so a lookup stops at the
+//! home bucket unless some key went further, and deletes need no tombstones (folly's F14 does the
+//! same with its outbound-overflow counts). Writers of a stripe take its lock; readers take none.
+//! The index has a fixed size, at least twice the keys the slab can hold, so it never rehashes.
+//!
+//! Rejected: `HashMap<FlowKey, Arc<Conn>>` in locked shards (what this replaced: a shard lock,
+//! a hashbrown control group, a slot and three lines of `Conn` per packet, with three locked
+//! instructions in between that kept the misses of successive packets from overlapping; 1.1
+//! Mpps at 1M connections), and keys inline in the index (64-byte slots at a load factor of 1/2
+//! cost 256 bytes per connection before any state).
+
+use std::sync::atomic::{
+    fence, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
+};
+use std::sync::OnceLock;
+
+use parking_lot::{Mutex, MutexGuard};
+
+use super::{Dir, FlowKey, LbBinding, SlowState};
+use crate::tables::PortId;
+
+/// Lock stripes of the index (a key's stripe is its home bucket modulo this).
+pub(super) const STRIPES: usize = 64;
+/// Slot words per bucket (the eighth word of the line is the overflow count).
+const SLOTS: usize = 7;
+/// Entries per chunk of the slab: 512 KiB of entries.
+pub(super) const CHUNK: usize = 4096;
+/// The most connections one table holds: slot words keep entry numbers in 31 bits.
+pub(super) const MAX_ENTRIES: usize = 1 << 30;
+
+/// Words of an [`Entry`].
+const META: usize = 0; // incarnation << 32 | sequence (odd while a writer is at work)
+pub(super) const CLOCK: usize = 1;
+const GENERATION: usize = 2;
+const KEY: [usize; 2] = [3, 8]; // two words per direction
+const ACTION: [usize; 2] = [5, 10]; // three words per direction
+const PACKETS: [usize; 2] = [13, 14];
+
+/// Set in the second word of every packed key, so a live key is never all zeros (the words of
+/// a free entry).
+const KEY_PRESENT: u64 = 1 << 63;
+
+/// A connection's slot and the incarnation of that slot it was taken from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct ConnId {
+    pub(super) slot: u32,
+    pub(super) incarnation: u32,
+}
+
+/// One connection, two cache lines.
+#[repr(C, align(128))]
+pub(super) struct Entry {
+    w: [AtomicU64; 16],
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry {
+            w: std::array::from_fn(|_| AtomicU64::new(0)),
+        }
+    }
+}
+
+/// What slow packets and the control plane need of a connection, under its mutex. The mutex is
+/// also what writers of the [`Entry`] hold.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Cold {
+    pub incarnation: u32,
+    pub live: bool,
+    pub in_port: PortId,
+    pub lb: Option<LbBinding>,
+    pub slow: SlowState,
+}
+
+struct Chunk {
+    entries: Box<[Entry]>,
+    cold: Box<[Mutex<Cold>]>,
+}
+
+impl Chunk {
+    fn new() -> Chunk {
+        Chunk {
+            entries: (0..CHUNK).map(|_| Entry::default()).collect(),
+            cold: (0..CHUNK).map(|_| Mutex::new(Cold::default())).collect(),
+        }
+    }
+}
+
+/// One line of the index.
+#[repr(C, align(64))]
+struct Bucket {
+    /// Keys whose home is this bucket or an earlier one of the stripe, stored past it.
+    overflow: AtomicU64,
+    /// 0: empty. Else `tag << 32 | dir << 31 | (entry + 1)`.
+    slots: [AtomicU64; SLOTS],
+}
+
+#[repr(align(64))]
+struct StripeLock(Mutex<()>);
+
+struct Alloc {
+    free: Vec<u32>,
+    /// Slots below this have been handed out at least once.
+    high_water: u32,
+}
+
+/// A key as the index sees it: its two packed words and its hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowHash {
+    words: [u64; 2],
+    hash: u64,
+}
+
+/// The hot part of an entry as one direction's packet reads it, whole (checked by the seqlock).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Hot {
+    pub id: ConnId,
+    pub dir: Dir,
+    pub clock: u64,
+    pub generation: u64,
+    pub action: [u64; 3],
+}
+
+/// Every field of an entry, read under its mutex.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Whole {
+    pub keys: [FlowKey; 2],
+    pub actions: [[u64; 3]; 2],
+    pub generation: u64,
+    pub clock: u64,
+    pub packets: [u64; 2],
+}
+
+pub(super) struct Table {
+    buckets: Box<[Bucket]>,
+    bucket_mask: usize,
+    stripes: Box<[StripeLock]>,
+    chunks: Box<[OnceLock<Chunk>]>,
+    capacity: usize,
+    alloc: Mutex<Alloc>,
+    seeds: [u64; 2],
+    live: AtomicUsize,
+}
+
+/// The high and low halves of a 64x64-bit product, folded (the mixing step of ahash's fallback
+/// hasher and of wyhash).
+#[inline(always)]
+fn folded_multiply(a: u64, b: u64) -> u64 {
+    let full = u128::from(a) * u128::from(b);
+    (full as u64) ^ ((full >> 64) as u64)
+}
+
+impl FlowKey {
+    /// The key as two words: addresses in the first; protocol and ports in the second.
+    #[inline(always)]
+    pub(super) fn pack(&self) -> [u64; 2] {
+        [
+            u64::from(u32::from(self.src)) << 32 | u64::from(u32::from(self.dst)),
+            KEY_PRESENT
+                | u64::from(self.protocol) << 32
+                | u64::from(self.src_port) << 16
+                | u64::from(self.dst_port),
+        ]
+    }
+
+    pub(super) fn unpack(w: [u64; 2]) -> FlowKey {
+        FlowKey {
+            protocol: (w[1] >> 32) as u8,
+            src: ((w[0] >> 32) as u32).into(),
+            dst: (w[0] as u32).into(),
+            src_port: (w[1] >> 16) as u16,
+            dst_port: w[1] as u16,
+        }
+    }
+}
+
+impl Table {
+    /// A table for `capacity` connections (at most [`MAX_ENTRIES`]).
+    pub fn new(capacity: usize) -> Table {
+        let capacity = capacity.clamp(1, MAX_ENTRIES);
+        // Two keys per connection in slots of seven: at capacity the index is at most 4/7 full;
+        // and at least eight buckets a stripe, so that a small table's keys, unevenly spread
+        // over the stripes, still find room.
+        let buckets = (2 * capacity)
+            .div_ceil(4)
+            .next_power_of_two()
+            .max(STRIPES * 8);
+        // Seeded per table: flooding one stripe takes knowing the seeds.
+        let random = ahash::RandomState::new();
+        Table {
+            buckets: (0..buckets)
+                .map(|_| Bucket {
+                    overflow: AtomicU64::new(0),
+                    slots: std::array::from_fn(|_| AtomicU64::new(0)),
+                })
+                .collect(),
+            bucket_mask: buckets - 1,
+            stripes: (0..STRIPES).map(|_| StripeLock(Mutex::new(()))).collect(),
+            chunks: (0..capacity.div_ceil(CHUNK))
+                .map(|_| OnceLock::new())
+                .collect(),
+            capacity,
+            alloc: Mutex::new(Alloc {
+                free: Vec::new(),
+                high_water: 0,
+            }),
+            seeds: [random.hash_one(1u64), random.hash_one(2u64) | 1],
+            live: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// Bytes of index per connection the table can hold.
+    #[cfg(test)]
+    pub fn index_bytes_per_connection(&self) -> usize {
+        (self.buckets.len() * std::mem::size_of::<Bucket>()).div_ceil(self.capacity)
+    }
+
+    pub fn live(&self) -> usize {
+        self.live.load(Relaxed)
+    }
+
+    #[inline(always)]
+    pub fn hash(&self, key: &FlowKey) -> FlowHash {
+        let words = key.pack();
+        let h = folded_multiply(words[0] ^ self.seeds[0], 0x9e37_79b9_7f4a_7c15);
+        let hash = folded_multiply(h ^ words[1], self.seeds[1]);
+        FlowHash { words, hash }
+    }
+
+    #[inline(always)]
+    fn home(&self, h: &FlowHash) -> usize {
+        h.hash as usize & self.bucket_mask
+    }
+
+    #[inline(always)]
+    fn tag(h: &FlowHash) -> u64 {
+        h.hash >> 32
+    }
+
+    #[inline(always)]
+    fn entry(&self, slot: u32) -> Option<&Entry> {
+        let slot = slot as usize;
+        self.chunks
+            .get(slot / CHUNK)?
+            .get()
+            .map(|c| &c.entries[slot % CHUNK])
+    }
+
+    pub fn cold(&self, slot: u32) -> Option<MutexGuard<'_, Cold>> {
+        let slot = slot as usize;
+        self.chunks
+            .get(slot / CHUNK)?
+            .get()
+            .map(|c| c.cold[slot % CHUNK].lock())
+    }
+
+    /// Touches the key's home bucket, so that a lookup a little later finds it in the cache
+    /// (the first stage of a batch; see `Pipeline::process_batch`).
+    #[inline(always)]
+    pub fn warm_bucket(&self, h: &FlowHash) {
+        std::hint::black_box(self.buckets[self.home(h)].slots[0].load(Relaxed));
+    }
+
+    /// Touches the entry the home bucket's tags point at (the second stage of a batch).
+    #[inline(always)]
+    pub fn warm_entry(&self, h: &FlowHash) {
+        let tag = Self::tag(h);
+        for slot in &self.buckets[self.home(h)].slots {
+            let w = slot.load(Relaxed);
+            if w != 0 && w >> 32 == tag {
+                if let Some(e) = self.entry(((w & 0x7fff_ffff) - 1) as u32) {
+                    std::hint::black_box(e.w[META].load(Relaxed));
+                    std::hint::black_box(e.w[ACTION[1]].load(Relaxed));
+                }
+                return;
+            }
+        }
+    }
+
+    /// Finds the connection holding the key and reads what its packet needs, without a lock.
+    #[inline]
+    pub fn find(&self, h: &FlowHash) -> Option<Hot> {
+        let tag = Self::tag(h);
+        let mut b = self.home(h);
+        for _ in 0..self.buckets.len() / STRIPES {
+            let bucket = &self.buckets[b];
+            for slot in &bucket.slots {
+                let w = slot.load(Acquire);
+                if w == 0 || w >> 32 != tag {
+                    continue;
+                }
+                let dir = if w & (1 << 31) == 0 {
+                    Dir::Original
+                } else {
+                    Dir::Reply
+                };
+                let slot_no = ((w & 0x7fff_ffff) - 1) as u32;
+                if let Some(hot) = self.read_hot(slot_no, dir, h.words) {
+                    return Some(hot);
+                }
+            }
+            if bucket.overflow.load(Acquire) == 0 {
+                return None;
+            }
+            b = (b + STRIPES) & self.bucket_mask;
+        }
+        None
+    }
+
+    /// One direction's view of an entry, if the entry holds `key` in that direction.
+    #[inline(always)]
+    fn read_hot(&self, slot: u32, dir: Dir, key: [u64; 2]) -> Option<Hot> {
+        let e = self.entry(slot)?;
+        let d = dir as usize;
+        loop {
+            let before = e.w[META].load(Acquire);
+            let k = [e.w[KEY[d]].load(Relaxed), e.w[KEY[d] + 1].load(Relaxed)];
+            let clock = e.w[CLOCK].load(Relaxed);
+            let generation = e.w[GENERATION].load(Relaxed);
+            let action = [
+                e.w[ACTION[d]].load(Relaxed),
+                e.w[ACTION[d] + 1].load(Relaxed),
+                e.w[ACTION[d] + 2].load(Relaxed),
+            ];
+            fence(Acquire);
+            if before & 1 == 0 && e.w[META].load(Relaxed) == before {
+                return (k == key).then_some(Hot {
+                    id: ConnId {
+                        slot,
+                        incarnation: (before >> 32) as u32,
+                    },
+                    dir,
+                    clock,
+                    generation,
+                    action,
+                });
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Swaps the expiry word of a connection if it is still `current` (a packet of an
+    /// established connection: no lock, one compare-and-swap).
+    #[inline(always)]
+    pub fn swap_clock(&self, slot: u32, current: u64, next: u64) -> Result<(), u64> {
+        match self.entry(slot) {
+            Some(e) => e.w[CLOCK]
+                .compare_exchange_weak(current, next, Relaxed, Relaxed)
+                .map(|_| ()),
+            None => Err(0),
+        }
+    }
+
+    /// Counts a packet. A plain load and store: one direction of a flow arrives on one queue,
+    /// hence one worker; two workers racing on one direction (or on a slot being reused) may
+    /// lose a count, which only statistics see.
+    #[inline(always)]
+    pub fn count(&self, slot: u32, dir: Dir) {
+        if let Some(e) = self.entry(slot) {
+            let n = &e.w[PACKETS[dir as usize]];
+            n.store(n.load(Relaxed).wrapping_add(1), Relaxed);
+        }
+    }
+
+    /// Stores the expiry word (the caller holds the connection's mutex).
+    pub fn store_clock(&self, slot: u32, word: u64) {
+        if let Some(e) = self.entry(slot) {
+            e.w[CLOCK].store(word, Relaxed);
+        }
+    }
+
+    /// Whether a connection lives in `slot` (its key words are set), read without a lock.
+    pub fn is_live(&self, slot: u32) -> bool {
+        self.entry(slot)
+            .is_some_and(|e| e.w[KEY[0] + 1].load(Relaxed) & KEY_PRESENT != 0)
+    }
+
+    pub fn clock(&self, slot: u32) -> u64 {
+        self.entry(slot).map_or(0, |e| e.w[CLOCK].load(Relaxed))
+    }
+
+    /// Every field of an entry. The caller holds the connection's mutex, so no writer is at work.
+    pub fn whole(&self, slot: u32) -> Option<Whole> {
+        let e = self.entry(slot)?;
+        let key =
+            |d: usize| FlowKey::unpack([e.w[KEY[d]].load(Relaxed), e.w[KEY[d] + 1].load(Relaxed)]);
+        let action = |d: usize| std::array::from_fn(|i| e.w[ACTION[d] + i].load(Relaxed));
+        Some(Whole {
+            keys: [key(0), key(1)],
+            actions: [action(0), action(1)],
+            generation: e.w[GENERATION].load(Relaxed),
+            clock: e.w[CLOCK].load(Relaxed),
+            packets: [e.w[PACKETS[0]].load(Relaxed), e.w[PACKETS[1]].load(Relaxed)],
+        })
+    }
+
+    /// Rewrites an entry's actions (the caller holds the connection's mutex).
+    pub fn write_actions(&self, slot: u32, actions: [[u64; 3]; 2], generation: u64) {
+        let Some(e) = self.entry(slot) else { return };
+        self.write(e, |e| {
+            for (d, words) in actions.iter().enumerate() {
+                for (i, &w) in words.iter().enumerate() {
+                    e.w[ACTION[d] + i].store(w, Relaxed);
+                }
+            }
+            e.w[GENERATION].store(generation, Relaxed);
+        });
+    }
+
+    /// The seqlock's write side: the sequence is odd while `f` runs.
+    fn write(&self, e: &Entry, f: impl FnOnce(&Entry)) {
+        const HIGH: u64 = !0xffff_ffff;
+        let seq = e.w[META].load(Relaxed) as u32;
+        let odd = |meta: u64| meta & HIGH | u64::from(seq.wrapping_add(1));
+        e.w[META].store(odd(e.w[META].load(Relaxed)), Relaxed);
+        fence(Release);
+        f(e);
+        // `f` may have moved the incarnation (the high half); the sequence goes on below it.
+        let incarnation = e.w[META].load(Relaxed) & HIGH;
+        e.w[META].store(incarnation | u64::from(seq.wrapping_add(2)), Release);
+    }
+
+    /// Takes a free slot, or `None` when the table holds `capacity` connections.
+    pub fn allocate(&self) -> Option<u32> {
+        let mut alloc = self.alloc.lock();
+        if let Some(slot) = alloc.free.pop() {
+            return Some(slot);
+        }
+        let slot = alloc.high_water as usize;
+        if slot >= self.capacity {
+            return None;
+        }
+        self.chunks[slot / CHUNK].get_or_init(Chunk::new);
+        alloc.high_water += 1;
+        Some(slot as u32)
+    }
+
+    pub fn release(&self, slot: u32) {
+        self.alloc.lock().free.push(slot);
+    }
+
+    /// Slots that may hold a connection: `0..high_water`.
+    pub fn high_water(&self) -> u32 {
+        self.alloc.lock().high_water
+    }
+
+    /// Fills a freshly allocated slot (the caller holds its mutex, `cold`, and has set the cold
+    /// part). The slot is not in the index yet, but a reader that found its previous incarnation
+    /// may still be looking: the seqlock tells it.
+    pub fn fill(
+        &self,
+        slot: u32,
+        cold: &mut Cold,
+        keys: [FlowKey; 2],
+        actions: [[u64; 3]; 2],
+        generation: u64,
+        clock: u64,
+    ) -> ConnId {
+        let Some(e) = self.entry(slot) else {
+            return ConnId {
+                slot,
+                incarnation: cold.incarnation,
+            };
+        };
+        self.write(e, |e| {
+            for d in 0..2 {
+                let k = keys[d].pack();
+                e.w[KEY[d]].store(k[0], Relaxed);
+                e.w[KEY[d] + 1].store(k[1], Relaxed);
+                for (i, &w) in actions[d].iter().enumerate() {
+                    e.w[ACTION[d] + i].store(w, Relaxed);
+                }
+                e.w[PACKETS[d]].store(0, Relaxed);
+            }
+            e.w[GENERATION].store(generation, Relaxed);
+            e.w[CLOCK].store(clock, Relaxed);
+        });
+        self.live.fetch_add(1, Relaxed);
+        cold.live = true;
+        ConnId {
+            slot,
+            incarnation: cold.incarnation,
+        }
+    }
+
+    /// Empties a slot whose keys are out of the index (the caller holds its mutex): the keys go,
+    /// the incarnation moves on, so handles and readers of this connection find nothing.
+    pub fn clear(&self, slot: u32, cold: &mut Cold) {
+        if let Some(e) = self.entry(slot) {
+            self.write(e, |e| {
+                for at in KEY {
+                    e.w[at].store(0, Relaxed);
+                    e.w[at + 1].store(0, Relaxed);
+                }
+                e.w[CLOCK].store(0, Relaxed);
+                let meta = e.w[META].load(Relaxed);
+                e.w[META].store(meta.wrapping_add(1 << 32), Relaxed);
+            });
+        }
+        if cold.live {
+            self.live.fetch_sub(1, Relaxed);
+        }
+        cold.live = false;
+        cold.incarnation = cold.incarnation.wrapping_add(1);
+    }
+
+    fn stripe(&self, h: &FlowHash) -> MutexGuard<'_, ()> {
+        self.stripes[self.home(h) % STRIPES].0.lock()
+    }
+
+    /// Under the key's stripe lock: the slot of the index that holds it, if any.
+    fn locate(&self, h: &FlowHash) -> Option<(usize, usize, u64)> {
+        let tag = Self::tag(h);
+        let mut b = self.home(h);
+        for _ in 0..self.buckets.len() / STRIPES {
+            let bucket = &self.buckets[b];
+            for (i, slot) in bucket.slots.iter().enumerate() {
+                let w = slot.load(Relaxed);
+                if w == 0 || w >> 32 != tag {
+                    continue;
+                }
+                let dir = (w >> 31 & 1) as usize;
+                let entry = ((w & 0x7fff_ffff) - 1) as u32;
+                let held = self.entry(entry).is_some_and(|e| {
+                    [e.w[KEY[dir]].load(Relaxed), e.w[KEY[dir] + 1].load(Relaxed)] == h.words
+                });
+                if held {
+                    return Some((b, i, w));
+                }
+            }
+            if bucket.overflow.load(Relaxed) == 0 {
+                return None;
+            }
+            b = (b + STRIPES) & self.bucket_mask;
+        }
+        None
+    }
+
+    /// The connection holding the key, if any (taken under the stripe lock: exact).
+    pub fn holder(&self, h: &FlowHash) -> Option<u32> {
+        let _stripe = self.stripe(h);
+        self.locate(h)
+            .map(|(_, _, w)| ((w & 0x7fff_ffff) - 1) as u32)
+    }
+
+    /// Puts a key in the index, pointing at `slot` in direction `dir`, unless some connection
+    /// holds it already: `Err(Some(holder))`, or `Err(None)` when the key's stripe is full.
+    pub fn link(&self, h: &FlowHash, slot: u32, dir: Dir) -> Result<(), Option<u32>> {
+        let _stripe = self.stripe(h);
+        if let Some((_, _, w)) = self.locate(h) {
+            return Err(Some(((w & 0x7fff_ffff) - 1) as u32));
+        }
+        let word = Self::tag(h) << 32 | (dir as u64) << 31 | (u64::from(slot) + 1);
+        let home = self.home(h);
+        let mut b = home;
+        for _ in 0..self.buckets.len() / STRIPES {
+            if let Some(free) = self.buckets[b].slots.iter().find(|s| s.load(Relaxed) == 0) {
+                // The buckets passed say so first: a reader that sees the key also sees them.
+                let mut p = home;
+                while p != b {
+                    self.buckets[p].overflow.fetch_add(1, Relaxed);
+                    p = (p + STRIPES) & self.bucket_mask;
+                }
+                free.store(word, Release);
+                return Ok(());
+            }
+            b = (b + STRIPES) & self.bucket_mask;
+        }
+        Err(None)
+    }
+
+    /// Takes a key out of the index if it points at `slot`.
+    pub fn unlink(&self, h: &FlowHash, slot: u32) {
+        let _stripe = self.stripe(h);
+        let Some((b, i, w)) = self.locate(h) else {
+            return;
+        };
+        if ((w & 0x7fff_ffff) - 1) as u32 != slot {
+            return;
+        }
+        self.buckets[b].slots[i].store(0, Release);
+        let mut p = self.home(h);
+        while p != b {
+            self.buckets[p].overflow.fetch_sub(1, Relaxed);
+            p = (p + STRIPES) & self.bucket_mask;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tables::{PROTO_TCP, PROTO_UDP};
+    use std::net::Ipv4Addr;
+
+    fn key(n: u32) -> FlowKey {
+        FlowKey {
+            protocol: PROTO_UDP,
+            src: Ipv4Addr::from(0xacd3_0012),
+            dst: Ipv4Addr::from(0xc612_0000 + n / 60_000),
+            src_port: 1024 + (n % 60_000) as u16,
+            dst_port: 53,
+        }
+    }
+
+    #[test]
+    fn keys_pack_and_unpack_and_a_packed_key_is_never_zero() {
+        let k = FlowKey {
+            protocol: PROTO_TCP,
+            src: Ipv4Addr::new(172, 211, 0, 18),
+            dst: Ipv4Addr::new(198, 51, 100, 100),
+            src_port: 40000,
+            dst_port: 80,
+        };
+        assert_eq!(FlowKey::unpack(k.pack()), k);
+        let zero = FlowKey {
+            protocol: 0,
+            src: Ipv4Addr::UNSPECIFIED,
+            dst: Ipv4Addr::UNSPECIFIED,
+            src_port: 0,
+            dst_port: 0,
+        };
+        assert_ne!(zero.pack(), [0, 0]);
+    }
+
+    /// Link keys until one stripe overflows its home buckets, unlink some, and every key still
+    /// there is found while every key gone is not: the overflow counts carry lookups past full
+    /// buckets and come back down.
+    #[test]
+    fn overflowing_keys_are_found_and_unlinking_them_leaves_no_trace() {
+        let t = Table::new(1024); // 512 buckets, 8 a stripe
+        let keys: Vec<FlowKey> = (0..100_000).map(key).collect();
+        let mut linked = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            let h = t.hash(k);
+            if t.home(&h) != 0 {
+                continue;
+            }
+            let slot = t.allocate().expect("room");
+            let mut cold = t.cold(slot).unwrap();
+            t.fill(
+                slot,
+                &mut cold,
+                [*k, k.reversed()],
+                [[i as u64; 3]; 2],
+                1,
+                0,
+            );
+            drop(cold);
+            t.link(&h, slot, Dir::Original)
+                .expect("the stripe has room");
+            linked.push((h, slot));
+            if linked.len() == 20 {
+                break;
+            }
+        }
+        assert_eq!(linked.len(), 20, "20 keys with one home bucket of 7 slots");
+        for (h, slot) in &linked {
+            assert_eq!(t.find(h).map(|hot| hot.id.slot), Some(*slot));
+        }
+        for (h, slot) in linked.iter().step_by(2) {
+            t.unlink(h, *slot);
+        }
+        for (n, (h, slot)) in linked.iter().enumerate() {
+            let found = t.find(h).map(|hot| hot.id.slot);
+            assert_eq!(found, (n % 2 == 1).then_some(*slot), "key {n}");
+        }
+        for (h, slot) in linked.iter().skip(1).step_by(2) {
+            t.unlink(h, *slot);
+        }
+        assert!(t.buckets.iter().all(|b| b.overflow.load(Relaxed) == 0));
+        assert!(t
+            .buckets
+            .iter()
+            .all(|b| b.slots.iter().all(|s| s.load(Relaxed) == 0)));
+    }
+
+    #[test]
+    fn a_key_is_linked_once_and_a_cleared_slot_is_found_no_more() {
+        let t = Table::new(16);
+        let k = key(7);
+        let h = t.hash(&k);
+        let slot = t.allocate().unwrap();
+        let mut cold = t.cold(slot).unwrap();
+        let id = t.fill(slot, &mut cold, [k, k.reversed()], [[1; 3], [2; 3]], 5, 9);
+        assert_eq!(t.link(&h, slot, Dir::Original), Ok(()));
+        assert_eq!(t.link(&h, slot + 1, Dir::Reply), Err(Some(slot)));
+        let hot = t.find(&h).unwrap();
+        assert_eq!(
+            (hot.id, hot.dir, hot.clock, hot.generation),
+            (id, Dir::Original, 9, 5)
+        );
+        assert_eq!(hot.action, [1; 3]);
+        // Cleared while still linked (a reader that found the slot before it was unlinked):
+        // the key no longer matches, and the incarnation moved on.
+        t.clear(slot, &mut cold);
+        assert!(t.find(&h).is_none());
+        assert_ne!(cold.incarnation, id.incarnation);
+        assert_eq!(t.live(), 0);
+    }
+
+    #[test]
+    fn the_slab_grows_by_chunks_and_stops_at_capacity() {
+        let t = Table::new(CHUNK + 1);
+        assert!(t.chunks.iter().all(|c| c.get().is_none()));
+        let slots: Vec<u32> = std::iter::from_fn(|| t.allocate()).collect();
+        assert_eq!(slots.len(), CHUNK + 1);
+        assert!(t.chunks.iter().all(|c| c.get().is_some()));
+        t.release(slots[10]);
+        assert_eq!(t.allocate(), Some(slots[10]));
+        assert_eq!(t.allocate(), None);
+    }
+}

@@ -33,14 +33,16 @@ pub struct PortCountersSnapshot {
 }
 
 impl PortCounters {
-    pub fn count_rx(&self, bytes: usize) {
-        self.rx_packets.fetch_add(1, Relaxed);
+    /// Adds a batch of received frames (the workers count once a batch, not once a frame).
+    pub fn add_rx(&self, packets: u64, bytes: usize) {
+        self.rx_packets.fetch_add(packets, Relaxed);
         self.rx_bytes.fetch_add(bytes as u64, Relaxed);
     }
 
-    pub fn count_tx(&self, bytes: usize) {
-        self.tx_packets.fetch_add(1, Relaxed);
-        self.tx_bytes.fetch_add(bytes as u64, Relaxed);
+    /// Adds a batch of transmitted frames.
+    pub fn add_tx(&self, packets: u64, bytes: u64) {
+        self.tx_packets.fetch_add(packets, Relaxed);
+        self.tx_bytes.fetch_add(bytes, Relaxed);
     }
 
     pub fn count_drop(&self, reason: DropReason) {

@@ -31,8 +31,8 @@ use arc_swap::cache::Cache;
 use arc_swap::ArcSwap;
 
 use crate::conntrack::{
-    Conn, ConnInfo, Conntrack, ConntrackConfig, Dir, FlowAction, FlowHash, FlowKey, InsertError,
-    Inserted, LbBinding, Tracked,
+    Conn, ConnInfo, Conntrack, ConntrackConfig, Dir, FlowAction, FlowHash, FlowKey, Hint,
+    InsertError, Inserted, LbBinding, Tracked,
 };
 use crate::packet::build;
 use crate::packet::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6};
@@ -81,21 +81,25 @@ impl PacketBuf {
     }
 
     /// The bytes to write to a TAP queue: header and frame.
+    #[inline]
     pub fn wire(&self) -> &[u8] {
         &self.buf[..self.len]
     }
 
     /// The Ethernet frame without the virtio-net header.
+    #[inline]
     pub fn frame(&self) -> &[u8] {
         &self.buf[VNET_HDR_LEN..self.len.max(VNET_HDR_LEN)]
     }
 
+    #[inline]
     pub fn frame_mut(&mut self) -> &mut [u8] {
         let end = self.len.max(VNET_HDR_LEN);
         &mut self.buf[VNET_HDR_LEN..end]
     }
 
     /// Replaces the contents with a frame and an all-zero virtio-net header (no offloads).
+    #[inline]
     pub fn set_frame(&mut self, frame: &[u8]) {
         let n = frame.len().min(MAX_FRAME_LEN);
         self.buf[..VNET_HDR_LEN].fill(0);
@@ -357,7 +361,7 @@ impl Pipeline {
         let tables: &Tables = cache.load();
         let mut done = 0;
         for batch in pkts.chunks_mut(BATCH) {
-            let mut prepared: [Option<(Ipv4Info, FlowHash)>; BATCH] = [None; BATCH];
+            let mut prepared: [Option<(Ipv4Info, FlowHash, Hint)>; BATCH] = [None; BATCH];
             for (pkt, slot) in batch.iter().zip(prepared.iter_mut()) {
                 let Some(ip) = parse::parse_ipv4_fast(pkt.frame()) else {
                     continue;
@@ -367,17 +371,17 @@ impl Pipeline {
                 };
                 let h = self.conntrack.flow_hash(&key);
                 self.conntrack.warm_bucket(&h);
-                *slot = Some((ip, h));
+                *slot = Some((ip, h, Hint::NONE));
             }
-            for (_, h) in prepared.iter().flatten() {
-                self.conntrack.warm_entry(h);
+            for (_, h, hint) in prepared.iter_mut().flatten() {
+                *hint = self.conntrack.warm_entry(h);
             }
             for (i, (pkt, prep)) in batch.iter_mut().zip(prepared.iter()).enumerate() {
                 ctx.tx.clear();
                 let verdict = match (tables.port(in_port), prep) {
                     (None, _) => Verdict::Drop(DropReason::UnknownPort),
-                    (Some(port), Some((ip, h))) => {
-                        match self.fast_path(tables, ctx, now, port, ip, Some(h), pkt) {
+                    (Some(port), Some((ip, h, hint))) => {
+                        match self.fast_path(tables, ctx, now, port, ip, Some((h, *hint)), pkt) {
                             Some(verdict) => verdict,
                             None => self.general_path(tables, ctx, now, port, pkt),
                         }
@@ -556,7 +560,7 @@ impl Pipeline {
         now: u64,
         port: &Port,
         ip: &Ipv4Info,
-        hash: Option<&FlowHash>,
+        hashed: Option<(&FlowHash, Hint)>,
         pkt: &mut PacketBuf,
     ) -> Option<Verdict> {
         let frame = pkt.frame();
@@ -584,8 +588,10 @@ impl Pipeline {
             ethertype: ETHERTYPE_IPV4,
             l3: L3::Ipv4(*ip),
         };
-        let tracked = match hash {
-            Some(h) => self.conntrack.track_hashed(key.protocol, h, tcp_flags, now),
+        let tracked = match hashed {
+            Some((h, hint)) => self
+                .conntrack
+                .track_hashed(key.protocol, h, hint, tcp_flags, now),
             None => self.conntrack.track(&key, tcp_flags, now),
         };
         if let Some((dir, tracked)) = tracked {

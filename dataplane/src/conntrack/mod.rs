@@ -34,7 +34,7 @@ use ahash::RandomState;
 use crate::tables::{PortId, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 #[cfg(test)]
 use table::Cold;
-pub use table::{ConnId, FlowHash};
+pub use table::{ConnId, FlowHash, Hint};
 use table::{Hot, Table};
 
 /// A connection's tuple in one direction. For ICMP echo, `src_port` is the identifier and
@@ -486,9 +486,9 @@ impl Conntrack {
     }
 
     /// Second stage of a batch, after [`Conntrack::warm_bucket`]: brings the entry the bucket
-    /// points at towards the cache.
+    /// points at towards the cache, and says where it is for [`Conntrack::track_hashed`].
     #[inline(always)]
-    pub fn warm_entry(&self, h: &FlowHash) {
+    pub fn warm_entry(&self, h: &FlowHash) -> Hint {
         self.table.warm_entry(h)
     }
 
@@ -497,20 +497,22 @@ impl Conntrack {
     /// connection itself, for the rare packets that need it: re-validation, ICMP errors.)
     #[inline]
     pub fn track(&self, key: &FlowKey, tcp_flags: u8, now: u64) -> Option<(Dir, Tracked)> {
-        self.track_hashed(key.protocol, &self.table.hash(key), tcp_flags, now)
+        let h = self.table.hash(key);
+        self.track_hashed(key.protocol, &h, Hint::NONE, tcp_flags, now)
     }
 
-    /// [`Conntrack::track`] for a key already hashed.
+    /// [`Conntrack::track`] for a key already hashed (and perhaps warmed).
     #[inline]
     pub fn track_hashed(
         &self,
         protocol: u8,
         h: &FlowHash,
+        mut hint: Hint,
         tcp_flags: u8,
         now: u64,
     ) -> Option<(Dir, Tracked)> {
         for _ in 0..RETRIES {
-            let hot = self.table.find(h)?;
+            let hot = self.table.find(h, std::mem::take(&mut hint))?;
             if let Some(tracked) = self.advance(&hot, protocol, tcp_flags, now) {
                 return Some((hot.dir, tracked));
             }
@@ -522,7 +524,7 @@ impl Conntrack {
     pub fn get(&self, key: &FlowKey) -> Option<(ConnInfo, Dir)> {
         let h = self.table.hash(key);
         for _ in 0..RETRIES {
-            let hot = self.table.find(&h)?;
+            let hot = self.table.find(&h, Hint::NONE)?;
             if let Some(info) = self.info(hot.id) {
                 return Some((info, hot.dir));
             }
@@ -576,10 +578,10 @@ impl Conntrack {
             return self.advance_slow(hot, protocol, flags, now);
         };
         let next = (word & !EXPIRY_MASK) | now.saturating_add(timeout).min(EXPIRY_MASK);
-        if next != word {
-            self.table.swap_clock(hot.id.slot, word, next).ok()?;
+        if next != word && !hot.swap_clock(next) {
+            return None;
         }
-        self.table.count(hot.id.slot, hot.dir);
+        hot.count();
         Some(Tracked::Pass {
             action: unpack(hot.action),
             generation: hot.generation,
@@ -729,7 +731,8 @@ impl Conntrack {
             }
         }
         self.stats.created.fetch_add(1, Relaxed);
-        let tracked = match self.track_hashed(conn.original.protocol, &original, tcp_flags, now) {
+        let protocol = conn.original.protocol;
+        let tracked = match self.track_hashed(protocol, &original, Hint::NONE, tcp_flags, now) {
             Some((_, tracked)) => tracked,
             // Ended at once (evicted by a full table): the first packet still goes.
             None => Tracked::Pass {
@@ -754,7 +757,7 @@ impl Conntrack {
         now: u64,
     ) -> Option<Inserted> {
         for _ in 0..RETRIES {
-            let hot = self.table.find(original)?;
+            let hot = self.table.find(original, Hint::NONE)?;
             if let Some(tracked) = self.advance(&hot, conn.original.protocol, tcp_flags, now) {
                 return Some(Inserted {
                     id: hot.id,

@@ -75,6 +75,35 @@ pub(super) struct Entry {
     w: [AtomicU64; 16],
 }
 
+impl Entry {
+    /// Counts a packet. A plain load and store: one direction of a flow arrives on one queue,
+    /// hence one worker; two workers racing on one direction (or on a slot being reused) may
+    /// lose a count, which only statistics see.
+    #[inline(always)]
+    fn count(&self, dir: Dir) {
+        let n = &self.w[PACKETS[dir as usize]];
+        n.store(n.load(Relaxed).wrapping_add(1), Relaxed);
+    }
+}
+
+impl Hot<'_> {
+    /// Swaps the expiry word of the connection if it is still the one read (a packet of an
+    /// established connection: no lock, one compare-and-swap). A failure means another packet
+    /// or a state change came first, or the connection ended.
+    #[inline(always)]
+    pub fn swap_clock(&self, next: u64) -> bool {
+        self.entry.w[CLOCK]
+            .compare_exchange_weak(self.clock, next, Relaxed, Relaxed)
+            .is_ok()
+    }
+
+    /// Counts the packet (see [`Entry::count`]).
+    #[inline(always)]
+    pub fn count(&self) {
+        self.entry.count(self.dir)
+    }
+}
+
 impl Default for Entry {
     fn default() -> Self {
         Entry {
@@ -94,16 +123,24 @@ pub(super) struct Cold {
     pub slow: SlowState,
 }
 
+/// Arrays of exactly [`CHUNK`], so that indexing them by `slot % CHUNK` needs no bounds check.
 struct Chunk {
-    entries: Box<[Entry]>,
-    cold: Box<[Mutex<Cold>]>,
+    entries: Box<[Entry; CHUNK]>,
+    cold: Box<[Mutex<Cold>; CHUNK]>,
 }
 
 impl Chunk {
     fn new() -> Chunk {
+        fn array<T>(f: impl FnMut(usize) -> T) -> Box<[T; CHUNK]> {
+            let items: Box<[T]> = (0..CHUNK).map(f).collect();
+            match items.try_into() {
+                Ok(array) => array,
+                Err(_) => unreachable!("CHUNK items were collected"),
+            }
+        }
         Chunk {
-            entries: (0..CHUNK).map(|_| Entry::default()).collect(),
-            cold: (0..CHUNK).map(|_| Mutex::new(Cold::default())).collect(),
+            entries: array(|_| Entry::default()),
+            cold: array(|_| Mutex::new(Cold::default())),
         }
     }
 }
@@ -133,9 +170,19 @@ pub struct FlowHash {
     hash: u64,
 }
 
+/// Where the warming stage of a batch saw a key's entry: a slot word of the index, checked
+/// like any other when it is used (the connection may have ended since).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Hint(u64);
+
+impl Hint {
+    pub const NONE: Hint = Hint(0);
+}
+
 /// The hot part of an entry as one direction's packet reads it, whole (checked by the seqlock).
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Hot {
+#[derive(Clone, Copy)]
+pub(super) struct Hot<'t> {
+    entry: &'t Entry,
     pub id: ConnId,
     pub dir: Dir,
     pub clock: u64,
@@ -162,6 +209,21 @@ pub(super) struct Table {
     alloc: Mutex<Alloc>,
     seeds: [u64; 2],
     live: AtomicUsize,
+}
+
+/// The entry a slot word names.
+#[inline(always)]
+fn slot_entry(w: u64) -> u32 {
+    ((w & 0x7fff_ffff) as u32).wrapping_sub(1)
+}
+
+#[inline(always)]
+fn slot_dir(w: u64) -> Dir {
+    if w & (1 << 31) == 0 {
+        Dir::Original
+    } else {
+        Dir::Reply
+    }
 }
 
 /// The high and low halves of a 64x64-bit product, folded (the mixing step of ahash's fallback
@@ -258,9 +320,10 @@ impl Table {
         h.hash as usize & self.bucket_mask
     }
 
+    /// The high half of the hash, never zero, so an empty slot (0) never matches a tag.
     #[inline(always)]
     fn tag(h: &FlowHash) -> u64 {
-        h.hash >> 32
+        h.hash >> 32 | 1
     }
 
     #[inline(always)]
@@ -287,41 +350,45 @@ impl Table {
         std::hint::black_box(self.buckets[self.home(h)].slots[0].load(Relaxed));
     }
 
-    /// Touches the entry the home bucket's tags point at (the second stage of a batch).
+    /// Touches the entry the home bucket's tags point at (the second stage of a batch), and
+    /// returns the slot word that names it: a hint for [`Table::find`].
     #[inline(always)]
-    pub fn warm_entry(&self, h: &FlowHash) {
+    pub fn warm_entry(&self, h: &FlowHash) -> Hint {
         let tag = Self::tag(h);
-        for slot in &self.buckets[self.home(h)].slots {
-            let w = slot.load(Relaxed);
-            if w != 0 && w >> 32 == tag {
-                if let Some(e) = self.entry(((w & 0x7fff_ffff) - 1) as u32) {
-                    std::hint::black_box(e.w[META].load(Relaxed));
-                    std::hint::black_box(e.w[ACTION[1]].load(Relaxed));
-                }
-                return;
-            }
+        let Some(w) = self.buckets[self.home(h)]
+            .slots
+            .iter()
+            .map(|slot| slot.load(Relaxed))
+            .find(|w| w >> 32 == tag)
+        else {
+            return Hint::NONE;
+        };
+        if let Some(e) = self.entry(slot_entry(w)) {
+            std::hint::black_box(e.w[META].load(Relaxed));
+            std::hint::black_box(e.w[ACTION[1]].load(Relaxed));
         }
+        Hint(w)
     }
 
     /// Finds the connection holding the key and reads what its packet needs, without a lock.
+    /// `hint`: what [`Table::warm_entry`] returned for the key, tried first.
     #[inline]
-    pub fn find(&self, h: &FlowHash) -> Option<Hot> {
+    pub fn find(&self, h: &FlowHash, Hint(hint): Hint) -> Option<Hot<'_>> {
         let tag = Self::tag(h);
+        if hint >> 32 == tag {
+            if let Some(hot) = self.read_hot(slot_entry(hint), slot_dir(hint), h.words) {
+                return Some(hot);
+            }
+        }
         let mut b = self.home(h);
         for _ in 0..self.buckets.len() / STRIPES {
             let bucket = &self.buckets[b];
             for slot in &bucket.slots {
                 let w = slot.load(Acquire);
-                if w == 0 || w >> 32 != tag {
+                if w >> 32 != tag {
                     continue;
                 }
-                let dir = if w & (1 << 31) == 0 {
-                    Dir::Original
-                } else {
-                    Dir::Reply
-                };
-                let slot_no = ((w & 0x7fff_ffff) - 1) as u32;
-                if let Some(hot) = self.read_hot(slot_no, dir, h.words) {
+                if let Some(hot) = self.read_hot(slot_entry(w), slot_dir(w), h.words) {
                     return Some(hot);
                 }
             }
@@ -335,7 +402,7 @@ impl Table {
 
     /// One direction's view of an entry, if the entry holds `key` in that direction.
     #[inline(always)]
-    fn read_hot(&self, slot: u32, dir: Dir, key: [u64; 2]) -> Option<Hot> {
+    fn read_hot(&self, slot: u32, dir: Dir, key: [u64; 2]) -> Option<Hot<'_>> {
         let e = self.entry(slot)?;
         let d = dir as usize;
         loop {
@@ -351,6 +418,7 @@ impl Table {
             fence(Acquire);
             if before & 1 == 0 && e.w[META].load(Relaxed) == before {
                 return (k == key).then_some(Hot {
+                    entry: e,
                     id: ConnId {
                         slot,
                         incarnation: (before >> 32) as u32,
@@ -365,26 +433,10 @@ impl Table {
         }
     }
 
-    /// Swaps the expiry word of a connection if it is still `current` (a packet of an
-    /// established connection: no lock, one compare-and-swap).
-    #[inline(always)]
-    pub fn swap_clock(&self, slot: u32, current: u64, next: u64) -> Result<(), u64> {
-        match self.entry(slot) {
-            Some(e) => e.w[CLOCK]
-                .compare_exchange_weak(current, next, Relaxed, Relaxed)
-                .map(|_| ()),
-            None => Err(0),
-        }
-    }
-
-    /// Counts a packet. A plain load and store: one direction of a flow arrives on one queue,
-    /// hence one worker; two workers racing on one direction (or on a slot being reused) may
-    /// lose a count, which only statistics see.
-    #[inline(always)]
+    /// Counts a packet in a slot (the caller holds the connection's mutex).
     pub fn count(&self, slot: u32, dir: Dir) {
         if let Some(e) = self.entry(slot) {
-            let n = &e.w[PACKETS[dir as usize]];
-            n.store(n.load(Relaxed).wrapping_add(1), Relaxed);
+            e.count(dir);
         }
     }
 
@@ -542,12 +594,11 @@ impl Table {
             let bucket = &self.buckets[b];
             for (i, slot) in bucket.slots.iter().enumerate() {
                 let w = slot.load(Relaxed);
-                if w == 0 || w >> 32 != tag {
+                if w >> 32 != tag {
                     continue;
                 }
-                let dir = (w >> 31 & 1) as usize;
-                let entry = ((w & 0x7fff_ffff) - 1) as u32;
-                let held = self.entry(entry).is_some_and(|e| {
+                let dir = slot_dir(w) as usize;
+                let held = self.entry(slot_entry(w)).is_some_and(|e| {
                     [e.w[KEY[dir]].load(Relaxed), e.w[KEY[dir] + 1].load(Relaxed)] == h.words
                 });
                 if held {
@@ -565,8 +616,7 @@ impl Table {
     /// The connection holding the key, if any (taken under the stripe lock: exact).
     pub fn holder(&self, h: &FlowHash) -> Option<u32> {
         let _stripe = self.stripe(h);
-        self.locate(h)
-            .map(|(_, _, w)| ((w & 0x7fff_ffff) - 1) as u32)
+        self.locate(h).map(|(_, _, w)| slot_entry(w))
     }
 
     /// Puts a key in the index, pointing at `slot` in direction `dir`, unless some connection
@@ -574,7 +624,7 @@ impl Table {
     pub fn link(&self, h: &FlowHash, slot: u32, dir: Dir) -> Result<(), Option<u32>> {
         let _stripe = self.stripe(h);
         if let Some((_, _, w)) = self.locate(h) {
-            return Err(Some(((w & 0x7fff_ffff) - 1) as u32));
+            return Err(Some(slot_entry(w)));
         }
         let word = Self::tag(h) << 32 | (dir as u64) << 31 | (u64::from(slot) + 1);
         let home = self.home(h);
@@ -601,7 +651,7 @@ impl Table {
         let Some((b, i, w)) = self.locate(h) else {
             return;
         };
-        if ((w & 0x7fff_ffff) - 1) as u32 != slot {
+        if slot_entry(w) != slot {
             return;
         }
         self.buckets[b].slots[i].store(0, Release);
@@ -682,13 +732,13 @@ mod tests {
         }
         assert_eq!(linked.len(), 20, "20 keys with one home bucket of 7 slots");
         for (h, slot) in &linked {
-            assert_eq!(t.find(h).map(|hot| hot.id.slot), Some(*slot));
+            assert_eq!(t.find(h, Hint::NONE).map(|hot| hot.id.slot), Some(*slot));
         }
         for (h, slot) in linked.iter().step_by(2) {
             t.unlink(h, *slot);
         }
         for (n, (h, slot)) in linked.iter().enumerate() {
-            let found = t.find(h).map(|hot| hot.id.slot);
+            let found = t.find(h, Hint::NONE).map(|hot| hot.id.slot);
             assert_eq!(found, (n % 2 == 1).then_some(*slot), "key {n}");
         }
         for (h, slot) in linked.iter().skip(1).step_by(2) {
@@ -711,7 +761,7 @@ mod tests {
         let id = t.fill(slot, &mut cold, [k, k.reversed()], [[1; 3], [2; 3]], 5, 9);
         assert_eq!(t.link(&h, slot, Dir::Original), Ok(()));
         assert_eq!(t.link(&h, slot + 1, Dir::Reply), Err(Some(slot)));
-        let hot = t.find(&h).unwrap();
+        let hot = t.find(&h, Hint::NONE).unwrap();
         assert_eq!(
             (hot.id, hot.dir, hot.clock, hot.generation),
             (id, Dir::Original, 9, 5)
@@ -720,7 +770,7 @@ mod tests {
         // Cleared while still linked (a reader that found the slot before it was unlinked):
         // the key no longer matches, and the incarnation moved on.
         t.clear(slot, &mut cold);
-        assert!(t.find(&h).is_none());
+        assert!(t.find(&h, Hint::NONE).is_none());
         assert_ne!(cold.incarnation, id.incarnation);
         assert_eq!(t.live(), 0);
     }

@@ -114,6 +114,10 @@ struct DaemonArgs {
     /// tcp-fin-wait, tcp-close-wait, tcp-time-wait, tcp-close, udp, udp-stream, icmp, ...
     #[arg(long = "conntrack-timeout", value_name = "NAME=SECONDS")]
     conntrack_timeouts: Vec<String>,
+    /// After a frame, workers keep polling their queues for this long (yielding the core in
+    /// between) before they sleep: no wake-up per frame under a steady exchange. 0 disables.
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 50)]
+    busy_poll_us: u64,
 }
 
 impl DaemonArgs {
@@ -219,6 +223,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 &args.prefix,
                 args.started_by_lab,
                 conntrack,
+                Duration::from_micros(args.busy_poll_us),
             )
         }
         Cmd::Lab {
@@ -298,6 +303,7 @@ fn run_daemon(
     prefix: &str,
     started_by_lab: bool,
     conntrack: ConntrackConfig,
+    busy_poll: Duration,
 ) -> Result<ExitCode, String> {
     let exe = std::env::current_exe().map_err(|e| format!("cannot find my own binary: {e}"))?;
     let config = DaemonConfig {
@@ -307,6 +313,7 @@ fn run_daemon(
         started_by_lab,
         exe,
         conntrack,
+        busy_poll,
     };
     let daemon = Daemon::start(config)?;
     install_signal_handlers(Arc::clone(&daemon))?;

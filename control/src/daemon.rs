@@ -54,6 +54,8 @@ pub struct DaemonConfig {
     pub exe: PathBuf,
     /// Connection-table size and timeouts.
     pub conntrack: ConntrackConfig,
+    /// How long workers poll after a frame before they sleep (`Dataplane::start_with`).
+    pub busy_poll: Duration,
 }
 
 impl DaemonConfig {
@@ -159,8 +161,9 @@ impl Daemon {
         let counters = Arc::new(RuleCounters::with_slots(compile::RULE_SLOTS));
         let tables = Arc::new(ArcSwap::from_pointee(Tables::default()));
         let pipeline = Arc::new(Pipeline::with_config(Arc::clone(&tables), config.conntrack));
-        let dataplane = Dataplane::start(pipeline.clone(), config.workers.max(1))
-            .map_err(|e| format!("cannot start the dataplane workers: {e}"))?;
+        let dataplane =
+            Dataplane::start_with(pipeline.clone(), config.workers.max(1), config.busy_poll)
+                .map_err(|e| format!("cannot start the dataplane workers: {e}"))?;
         let uplink = store.state().uplink.clone();
         let upstream = UpstreamRouter {
             netns: format!("{}-upstream", config.prefix),
@@ -404,6 +407,7 @@ impl Daemon {
                 "pid": std::process::id(),
                 "prefix": self.config.prefix,
                 "workers": self.config.workers,
+                "busy_poll_us": self.config.busy_poll.as_micros() as u64,
                 "uptime_seconds": self.started.elapsed().as_secs(),
                 "generation": self.tables.load().generation,
                 "connections": self.pipeline.conntrack.len(),

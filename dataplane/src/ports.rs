@@ -53,6 +53,15 @@ use crate::tap::TapDevice;
 
 /// Frames read from one queue before the worker moves on to the next ready queue.
 pub const RX_BUDGET: usize = 64;
+/// How long a worker keeps polling its queues after a frame before it sleeps in `epoll_wait`,
+/// yielding the core between polls. A sleeping worker costs each frame a wake-up, which in a VM
+/// is an inter-processor interrupt and a halt exit, several microseconds: twice per round trip
+/// through Pacific (request and answer) where the kernel's own forwarding wakes nobody. Linux's
+/// `net.core.busy_poll` does the same for sockets and suggests 50 µs. Measured with netbench
+/// (2 cores, `--quick`, runs alternated): TCP round trip p50 31.6/31.7 us without, 20.6/23.9 us
+/// with 50 µs; connections per second 15.7k/15.1k without, 18.9k/18.7k with (the yield is what
+/// keeps it from starving the pods: without it connections/s fell to 13.4k).
+pub const DEFAULT_BUSY_POLL: Duration = Duration::from_micros(50);
 /// How often worker 0 expires idle state.
 const EXPIRE_INTERVAL: Duration = Duration::from_secs(1);
 /// At most one log line per kind and worker in this interval.
@@ -153,8 +162,18 @@ struct PortSetup {
 }
 
 impl Dataplane {
-    /// Spawns `workers` threads named `pacific-worker-N`, with no ports yet.
+    /// Spawns `workers` threads named `pacific-worker-N`, with no ports yet, busy-polling for
+    /// [`DEFAULT_BUSY_POLL`].
     pub fn start(processor: Arc<dyn FrameProcessor>, workers: usize) -> io::Result<Dataplane> {
+        Self::start_with(processor, workers, DEFAULT_BUSY_POLL)
+    }
+
+    /// [`Dataplane::start`] with a busy-poll interval of its own (zero: sleep at once).
+    pub fn start_with(
+        processor: Arc<dyn FrameProcessor>,
+        workers: usize,
+        busy_poll: Duration,
+    ) -> io::Result<Dataplane> {
         if workers == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -176,7 +195,8 @@ impl Dataplane {
             let waker = Waker::new(poll.registry(), WAKER)
                 .map_err(|e| worker_error(index, "cannot create its waker", e))?;
             let (commands, inbox) = unbounded();
-            let worker = Worker::new(index, processor.clone(), poll, inbox, epoch);
+            let mut worker = Worker::new(index, processor.clone(), poll, inbox, epoch);
+            worker.busy_poll = busy_poll;
             let thread = thread::Builder::new()
                 .name(format!("pacific-worker-{index}"))
                 .spawn(move || worker.run())
@@ -388,6 +408,7 @@ struct Worker {
     pkts: Vec<PacketBuf>,
     tx_errors: RateLimitedLog,
     poll_errors: RateLimitedLog,
+    busy_poll: Duration,
 }
 
 impl Worker {
@@ -412,14 +433,21 @@ impl Worker {
             pkts: (0..BATCH).map(|_| PacketBuf::new()).collect(),
             tx_errors: RateLimitedLog::default(),
             poll_errors: RateLimitedLog::default(),
+            busy_poll: DEFAULT_BUSY_POLL,
         }
     }
 
     fn run(mut self) {
         let mut events = Events::with_capacity(EVENTS_CAPACITY);
         let mut next_expire = (self.index == 0).then(|| self.epoch + EXPIRE_INTERVAL);
+        // Until then the worker polls without sleeping (see `DEFAULT_BUSY_POLL`).
+        let mut busy_until = Instant::now();
         loop {
             let timeout = if !self.ready.is_empty() {
+                Some(Duration::ZERO)
+            } else if Instant::now() < busy_until {
+                // Whatever else is runnable on this core (the pods' own processes) goes first.
+                thread::yield_now();
                 Some(Duration::ZERO)
             } else {
                 next_expire.map(|at| at.saturating_duration_since(Instant::now()))
@@ -438,6 +466,7 @@ impl Worker {
                 // The waker only interrupts the poll: the inbox is read below every turn.
                 if event.token() != WAKER {
                     self.mark_ready(event.token());
+                    busy_until = Instant::now() + self.busy_poll;
                 }
             }
             if !self.handle_commands() {

@@ -40,7 +40,7 @@ use crate::packet::icmp;
 use crate::packet::parse::{
     self, parse_frame, ArpInfo, InnerPacket, Ipv4Info, ParsedFrame, L3, L4,
 };
-use crate::packet::rewrite;
+use crate::packet::rewrite::{self, PlainV4};
 use crate::packet::vnet::VIRTIO_NET_HDR_F_NEEDS_CSUM;
 use crate::packet::MacAddr;
 use crate::tables::{
@@ -210,6 +210,20 @@ struct Path {
     lb: Option<LbBinding>,
 }
 
+/// A frame the fast path takes, as [`Pipeline::fast_frame`] parsed it: what `process_batch`
+/// keeps of each frame between its stages.
+#[derive(Debug, Clone, Copy)]
+struct FastFrame {
+    v4: PlainV4,
+    key: FlowKey,
+    tcp_flags: u8,
+    /// Where the IP packet ends in the frame (padding may follow).
+    end: usize,
+    hash: FlowHash,
+    /// Where the warming stage saw the connection, if it did.
+    hint: Hint,
+}
+
 /// Where the walk through the gateways ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Walk {
@@ -327,8 +341,8 @@ impl Pipeline {
         if pkt.len < VNET_HDR_LEN {
             return Verdict::Drop(DropReason::Malformed);
         }
-        if let Some(ip) = parse::parse_ipv4_fast(pkt.frame()).filter(|_| fast) {
-            if let Some(verdict) = self.fast_path(tables, ctx, now, port, &ip, None, pkt) {
+        if let Some(ff) = self.fast_frame(pkt.frame()).filter(|_| fast) {
+            if let Some(verdict) = self.fast_path(tables, ctx, now, port, &ff, pkt) {
                 return verdict;
             }
         }
@@ -361,27 +375,22 @@ impl Pipeline {
         let tables: &Tables = cache.load();
         let mut done = 0;
         for batch in pkts.chunks_mut(BATCH) {
-            let mut prepared: [Option<(Ipv4Info, FlowHash, Hint)>; BATCH] = [None; BATCH];
+            let mut prepared: [Option<FastFrame>; BATCH] = [None; BATCH];
             for (pkt, slot) in batch.iter().zip(prepared.iter_mut()) {
-                let Some(ip) = parse::parse_ipv4_fast(pkt.frame()) else {
-                    continue;
-                };
-                let FlowOf::Key(key, _) = flow_key(&ip) else {
-                    continue;
-                };
-                let h = self.conntrack.flow_hash(&key);
-                self.conntrack.warm_bucket(&h);
-                *slot = Some((ip, h, Hint::NONE));
+                *slot = self.fast_frame(pkt.frame());
+                if let Some(ff) = slot {
+                    self.conntrack.warm_bucket(&ff.hash);
+                }
             }
-            for (_, h, hint) in prepared.iter_mut().flatten() {
-                *hint = self.conntrack.warm_entry(h);
+            for ff in prepared.iter_mut().flatten() {
+                ff.hint = self.conntrack.warm_entry(&ff.hash);
             }
             for (i, (pkt, prep)) in batch.iter_mut().zip(prepared.iter()).enumerate() {
                 ctx.tx.clear();
                 let verdict = match (tables.port(in_port), prep) {
                     (None, _) => Verdict::Drop(DropReason::UnknownPort),
-                    (Some(port), Some((ip, h, hint))) => {
-                        match self.fast_path(tables, ctx, now, port, ip, Some((h, *hint)), pkt) {
+                    (Some(port), Some(ff)) => {
+                        match self.fast_path(tables, ctx, now, port, ff, pkt) {
                             Some(verdict) => verdict,
                             None => self.general_path(tables, ctx, now, port, pkt),
                         }
@@ -546,66 +555,138 @@ impl Pipeline {
         )
     }
 
+    /// A frame for the fast path: what [`parse::parse_ipv4_fast`] found, and its key hashed.
+    #[inline]
+    fn fast_frame(&self, frame: &[u8]) -> Option<FastFrame> {
+        let ip = parse::parse_ipv4_fast(frame)?;
+        let (src_port, dst_port, tcp_flags) = match ip.l4 {
+            L4::Tcp {
+                src_port,
+                dst_port,
+                flags,
+                ..
+            } => (src_port, dst_port, flags),
+            L4::Udp { src_port, dst_port } => (src_port, dst_port, 0),
+            _ => return None,
+        };
+        let v4 = PlainV4 {
+            udp: ip.protocol != PROTO_TCP,
+            ttl: ip.ttl,
+            protocol: ip.protocol,
+            src: ip.src,
+            dst: ip.dst,
+            src_port,
+            dst_port,
+        };
+        let key = FlowKey {
+            protocol: ip.protocol,
+            src: ip.src,
+            dst: ip.dst,
+            src_port,
+            dst_port,
+        };
+        Some(FastFrame {
+            v4,
+            key,
+            tcp_flags,
+            end: ip.end(),
+            hash: self.conntrack.flow_hash(&key),
+            hint: Hint::NONE,
+        })
+    }
+
     /// The fast path: a TCP or UDP frame that [`parse::parse_ipv4_fast`] parsed, addressed to
     /// the router, that passes SpoofGuard. It does what [`Pipeline::ipv4`] does for such a frame
-    /// (a hit applies the cached action, a miss is walked as a new flow) without building a
-    /// [`ParsedFrame`] unless a rare branch needs one. `None`, always decided before the
-    /// connection is touched, sends the frame down the general path, which drops or switches it.
+    /// (a hit applies the cached action, a miss is walked as a new flow); the common case, a
+    /// packet of an established connection whose action stands, goes straight to
+    /// [`rewrite::apply_action_v4`], and only the rare branches parse the frame again for the
+    /// general machinery. `None`, always decided before the connection is touched, sends the
+    /// frame down the general path, which drops or switches it.
     #[inline]
-    #[allow(clippy::too_many_arguments)]
     fn fast_path(
         &self,
         t: &Tables,
         ctx: &mut WorkerContext,
         now: u64,
         port: &Port,
-        ip: &Ipv4Info,
-        hashed: Option<(&FlowHash, Hint)>,
+        ff: &FastFrame,
         pkt: &mut PacketBuf,
     ) -> Option<Verdict> {
-        let frame = pkt.frame();
-        let macs: &[u8; 12] = frame.get(..12)?.try_into().ok()?;
+        let macs: [u8; 12] = pkt.frame().get(..12)?.try_into().ok()?;
         if macs[..6] != t.router_mac.0 {
             return None; // switched, broadcast, or not for us
         }
-        let src_mac = MacAddr([macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]]);
         if let PortKind::Pod { ip: pod_ip, .. } = port.kind {
-            if src_mac != port.peer_mac || ip.src != pod_ip {
+            if macs[6..] != port.peer_mac.0 || ff.key.src != pod_ip {
                 return None; // dropped and counted by the general path
             }
         }
-        let FlowOf::Key(key, tcp_flags) = flow_key(ip) else {
-            return None;
-        };
         // Ethernet pads short frames; the IP total length is the truth (STYLE.md 3).
-        let end = VNET_HDR_LEN + ip.end();
+        let end = VNET_HDR_LEN + ff.end;
         if end < pkt.len {
             pkt.len = end;
         }
+        let key = ff.key;
+        let tracked =
+            self.conntrack
+                .track_hashed(key.protocol, &ff.hash, ff.hint, ff.tcp_flags, now);
+        if let Some((
+            _,
+            Tracked::Pass {
+                action,
+                generation,
+                opened: 0,
+            },
+        )) = tracked
+        {
+            // What `hit` finds for it: the action stands and the TTL lasts.
+            if generation == t.generation && !(action.routed && ff.v4.ttl <= action.ttl_dec) {
+                return Some(self.transmit_with(
+                    t,
+                    ctx,
+                    &action,
+                    pkt,
+                    |frame, rewrite, partial| {
+                        rewrite::apply_action_v4(frame, &ff.v4, rewrite, partial)
+                    },
+                ));
+            }
+        }
+        // The connection was tracked: whatever follows must not send the frame down the
+        // general path, which would track it again. The parse cannot fail (it did not before).
+        let Some(ip) = parse::parse_ipv4_fast(pkt.frame()) else {
+            return Some(Verdict::Drop(DropReason::Malformed));
+        };
+        let src_mac = MacAddr([macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]]);
         let parsed = || ParsedFrame {
             dst_mac: t.router_mac,
             src_mac,
             ethertype: ETHERTYPE_IPV4,
-            l3: L3::Ipv4(*ip),
-        };
-        let tracked = match hashed {
-            Some((h, hint)) => self
-                .conntrack
-                .track_hashed(key.protocol, h, hint, tcp_flags, now),
-            None => self.conntrack.track(&key, tcp_flags, now),
+            l3: L3::Ipv4(ip),
         };
         if let Some((dir, tracked)) = tracked {
             match self.hit(t, &key, ip.ttl, dir, tracked) {
-                Hit::Transmit(action) => return Some(self.transmit(t, ctx, ip, &action, pkt)),
+                Hit::Transmit(action) => return Some(self.transmit(t, ctx, &ip, &action, pkt)),
                 Hit::Done(verdict) => return Some(verdict),
                 Hit::TtlWalk => {
                     let walk = self.walk(t, port.id, &key, ip.ttl, Pin::default());
-                    return Some(self.answer_walk(t, ctx, port, &parsed(), ip, pkt, walk));
+                    return Some(self.answer_walk(t, ctx, port, &parsed(), &ip, pkt, walk));
                 }
                 Hit::Miss => {}
             }
         }
-        Some(self.miss(t, ctx, now, port, &parsed(), ip, &key, tcp_flags, None, pkt))
+        Some(self.miss(
+            t,
+            ctx,
+            now,
+            port,
+            &parsed(),
+            &ip,
+            &key,
+            ff.tcp_flags,
+            None,
+            pkt,
+        ))
     }
 
     /// What a packet of a tracked connection gets: its cached action, re-validated when the
@@ -746,6 +827,22 @@ impl Pipeline {
         action: &FlowAction,
         pkt: &mut PacketBuf,
     ) -> Verdict {
+        self.transmit_with(t, ctx, action, pkt, |frame, rewrite, partial| {
+            rewrite::apply_action(frame, ip, rewrite, partial)
+        })
+    }
+
+    /// [`Pipeline::transmit`] with the rewrite done by `apply` (the frame, the rewrite, whether
+    /// the frame's transport checksum is partial).
+    #[inline]
+    fn transmit_with(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        action: &FlowAction,
+        pkt: &mut PacketBuf,
+        apply: impl FnOnce(&mut [u8], &rewrite::Action, bool),
+    ) -> Verdict {
         // The flags byte of the virtio-net header (its first byte) is all this needs.
         let partial = pkt
             .buf
@@ -760,7 +857,7 @@ impl Pipeline {
             dnat: action.dnat,
             macs: action.routed.then_some((t.router_mac, out.peer_mac)),
         };
-        rewrite::apply_action(pkt.frame_mut(), ip, &rewrite, partial);
+        apply(pkt.frame_mut(), &rewrite, partial);
         ctx.tx.push(Tx {
             port: action.out_port,
             source: TxSource::Packet,

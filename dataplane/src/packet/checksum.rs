@@ -39,10 +39,10 @@ pub fn sum(data: &[u8], initial: u32) -> u32 {
 
 /// Folds the carries of a sum into 16 bits. Not complemented.
 pub fn fold(sum: u32) -> u16 {
-    let mut s = sum;
-    while s >> 16 != 0 {
-        s = (s & 0xffff) + (s >> 16);
-    }
+    // Two rounds fold any u32: the first leaves at most 0xffff + 0xffff = 0x1fffe, the second
+    // at most 0xffff.
+    let s = (sum & 0xffff) + (sum >> 16);
+    let s = (s & 0xffff) + (s >> 16);
     s as u16
 }
 

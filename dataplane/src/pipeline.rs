@@ -35,7 +35,7 @@ use crate::conntrack::{
     InsertError, Inserted, LbBinding, Tracked,
 };
 use crate::packet::build;
-use crate::packet::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_IPV6};
+use crate::packet::ethernet::{self, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 use crate::packet::icmp;
 use crate::packet::parse::{
     self, parse_frame, ArpInfo, InnerPacket, Ipv4Info, ParsedFrame, L3, L4,
@@ -214,11 +214,11 @@ struct Path {
 /// keeps of each frame between its stages.
 #[derive(Debug, Clone, Copy)]
 struct FastFrame {
-    v4: PlainV4,
     key: FlowKey,
+    ttl: u8,
     tcp_flags: u8,
-    /// Where the IP packet ends in the frame (padding may follow).
-    end: usize,
+    /// The IP total length: the packet ends there, padding may follow.
+    end: u16,
     hash: FlowHash,
     /// Where the warming stage saw the connection, if it did.
     hint: Hint,
@@ -385,9 +385,10 @@ impl Pipeline {
             for ff in prepared.iter_mut().flatten() {
                 ff.hint = self.conntrack.warm_entry(&ff.hash);
             }
+            let port = tables.port(in_port);
             for (i, (pkt, prep)) in batch.iter_mut().zip(prepared.iter()).enumerate() {
                 ctx.tx.clear();
-                let verdict = match (tables.port(in_port), prep) {
+                let verdict = match (port, prep) {
                     (None, _) => Verdict::Drop(DropReason::UnknownPort),
                     (Some(port), Some(ff)) => {
                         match self.fast_path(tables, ctx, now, port, ff, pkt) {
@@ -569,15 +570,6 @@ impl Pipeline {
             L4::Udp { src_port, dst_port } => (src_port, dst_port, 0),
             _ => return None,
         };
-        let v4 = PlainV4 {
-            udp: ip.protocol != PROTO_TCP,
-            ttl: ip.ttl,
-            protocol: ip.protocol,
-            src: ip.src,
-            dst: ip.dst,
-            src_port,
-            dst_port,
-        };
         let key = FlowKey {
             protocol: ip.protocol,
             src: ip.src,
@@ -586,10 +578,11 @@ impl Pipeline {
             dst_port,
         };
         Some(FastFrame {
-            v4,
             key,
+            ttl: ip.ttl,
             tcp_flags,
-            end: ip.end(),
+            // At most 14 + 65535: the fast parse checked the total length against the frame.
+            end: u16::try_from(ip.total_len).ok()?,
             hash: self.conntrack.flow_hash(&key),
             hint: Hint::NONE,
         })
@@ -622,7 +615,7 @@ impl Pipeline {
             }
         }
         // Ethernet pads short frames; the IP total length is the truth (STYLE.md 3).
-        let end = VNET_HDR_LEN + ff.end;
+        let end = VNET_HDR_LEN + ethernet::HEADER_LEN + usize::from(ff.end);
         if end < pkt.len {
             pkt.len = end;
         }
@@ -640,14 +633,23 @@ impl Pipeline {
         )) = tracked
         {
             // What `hit` finds for it: the action stands and the TTL lasts.
-            if generation == t.generation && !(action.routed && ff.v4.ttl <= action.ttl_dec) {
+            if generation == t.generation && !(action.routed && ff.ttl <= action.ttl_dec) {
+                let v4 = PlainV4 {
+                    udp: key.protocol != PROTO_TCP,
+                    ttl: ff.ttl,
+                    protocol: key.protocol,
+                    src: key.src,
+                    dst: key.dst,
+                    src_port: key.src_port,
+                    dst_port: key.dst_port,
+                };
                 return Some(self.transmit_with(
                     t,
                     ctx,
                     &action,
                     pkt,
                     |frame, rewrite, partial| {
-                        rewrite::apply_action_v4(frame, &ff.v4, rewrite, partial)
+                        rewrite::apply_action_v4(frame, &v4, rewrite, partial)
                     },
                 ));
             }

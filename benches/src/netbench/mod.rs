@@ -231,9 +231,9 @@ pub struct Cli {
     /// Run one rig only (default: both).
     #[arg(long, value_parser = ["kernel", "pacific"])]
     only: Option<String>,
-    /// Pacific's worker threads.
-    #[arg(long, default_value_t = 2)]
-    workers: usize,
+    /// Pacific's worker threads (default: the daemon's own, half the cores).
+    #[arg(long)]
+    workers: Option<usize>,
 }
 
 /// The roles netbench plays inside a namespace (hidden: the harness starts them).
@@ -653,6 +653,7 @@ fn bench(cli: &Cli) -> Result<()> {
 
     // Declared before the servers, so the servers are stopped first when the run unwinds.
     let mut rigs: Vec<Box<dyn Rig>> = Vec::new();
+    let mut workers = 0;
     if want("kernel") {
         eprintln!("netbench: building the kernel rig (pacnb{pid}-k-*)");
         rigs.push(Box::new(kernel::KernelRig::build(&format!(
@@ -664,11 +665,9 @@ fn bench(cli: &Cli) -> Result<()> {
             "netbench: starting Pacific ({}) with prefix pacnb{pid}p",
             bin.display()
         );
-        rigs.push(Box::new(pacific::PacificRig::start(
-            bin,
-            &format!("pacnb{pid}p"),
-            cli.workers,
-        )?));
+        let rig = pacific::PacificRig::start(bin, &format!("pacnb{pid}p"), cli.workers)?;
+        workers = rig.workers;
+        rigs.push(Box::new(rig));
     }
     cmd::check_interrupted()?;
     let lifetime = Duration::from_secs(if cli.quick { 120 } else { 600 });
@@ -723,7 +722,7 @@ fn bench(cli: &Cli) -> Result<()> {
             .map_or(0, |d| d.as_secs()),
         host: host(),
         rows: report::rows(&runs),
-        notes: notes(&rigs, &settings, cli.workers),
+        notes: notes(&rigs, &settings, workers),
         runs,
     };
     println!("{}", report::table(&report));

@@ -77,11 +77,14 @@ pub struct PacificRig {
     prefix: String,
     daemon_pid: Option<u32>,
     endpoints: Endpoints,
+    /// The daemon's worker threads, as it reports them.
+    pub workers: usize,
 }
 
 impl PacificRig {
-    /// Starts a daemon with `workers` workers under `prefix` and applies [`manifest`].
-    pub fn start(bin: PathBuf, prefix: &str, workers: usize) -> Result<PacificRig> {
+    /// Starts a daemon under `prefix` (with `workers` workers, or its default) and applies
+    /// [`manifest`].
+    pub fn start(bin: PathBuf, prefix: &str, workers: Option<usize>) -> Result<PacificRig> {
         let dir = std::env::temp_dir().join(prefix);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::new(format!("cannot create {}: {e}", dir.display())))?;
@@ -105,27 +108,22 @@ impl PacificRig {
             prefix: prefix.to_string(),
             daemon_pid: None,
             endpoints: unset,
+            workers: 0,
         };
         // Not cut short by Ctrl-C: a daemon still starting when its `lab up` dies would escape
         // `lab down`.
-        let out = cmd::run_to_end(
-            &rig.pacific(&[
-                "lab",
-                "up",
-                &file.to_string_lossy(),
-                "--prefix",
-                prefix,
-                "--workers",
-                &workers.to_string(),
-            ]),
-            Duration::from_secs(120),
-        );
+        let file = file.to_string_lossy();
+        let workers = workers.map(|n| n.to_string());
+        let mut args = vec!["lab", "up", &file, "--prefix", prefix];
+        if let Some(n) = &workers {
+            args.extend(["--workers", n]);
+        }
+        let out = cmd::run_to_end(&rig.pacific(&args), Duration::from_secs(120));
         // Learn the daemon's PID even if the apply failed: it is what the last resort kills.
-        rig.daemon_pid = rig
-            .call_json(&["rpc", "daemon.status"])
-            .ok()
-            .and_then(|v| v.get("pid").and_then(Value::as_u64))
-            .map(|p| p as u32);
+        let status = rig.call_json(&["rpc", "daemon.status"]).ok();
+        let number = |field: &str| status.as_ref()?.get(field)?.as_u64();
+        rig.daemon_pid = number("pid").map(|p| p as u32);
+        rig.workers = number("workers").unwrap_or(0) as usize;
         let out = out?;
         if !out.status.success() {
             return Err(Error::new(format!(

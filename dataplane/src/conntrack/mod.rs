@@ -657,13 +657,13 @@ impl Conntrack {
     ) -> Result<Inserted, InsertError> {
         let original = self.table.hash(&conn.original);
         let reply = self.table.hash(&conn.reply);
-        // Checked before anything is allocated: NAT port selection probes here.
-        if self.table.holder(&reply).is_some() {
+        // Checked before anything is allocated, without a lock (`link` checks again under it):
+        // NAT port selection probes here.
+        if self.table.find(&reply, Hint::NONE).is_some() {
             return Err(InsertError::ReplyTaken);
         }
-        if let Some(inserted) = self.track_existing(&conn, &original, tcp_flags, now) {
-            return Ok(inserted);
-        }
+        // A connection that holds the original key already (another worker's, inserted since
+        // this packet missed) is found by `link` below.
         let slot = match self.table.allocate() {
             Some(slot) => slot,
             None => {
@@ -731,8 +731,17 @@ impl Conntrack {
             }
         }
         self.stats.created.fetch_add(1, Relaxed);
+        // The first packet, on the entry just filled (no lookup), unless another packet of the
+        // connection got there first.
         let protocol = conn.original.protocol;
-        let tracked = match self.track_hashed(protocol, &original, Hint::NONE, tcp_flags, now) {
+        let first = self
+            .table
+            .read_hot(slot, Dir::Original, &original)
+            .and_then(|hot| self.advance(&hot, protocol, tcp_flags, now))
+            .map(|tracked| (Dir::Original, tracked));
+        let tracked = match first
+            .or_else(|| self.track_hashed(protocol, &original, Hint::NONE, tcp_flags, now))
+        {
             Some((_, tracked)) => tracked,
             // Ended at once (evicted by a full table): the first packet still goes.
             None => Tracked::Pass {

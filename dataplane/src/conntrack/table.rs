@@ -376,7 +376,7 @@ impl Table {
     pub fn find(&self, h: &FlowHash, Hint(hint): Hint) -> Option<Hot<'_>> {
         let tag = Self::tag(h);
         if hint >> 32 == tag {
-            if let Some(hot) = self.read_hot(slot_entry(hint), slot_dir(hint), h.words) {
+            if let Some(hot) = self.read_hot(slot_entry(hint), slot_dir(hint), h) {
                 return Some(hot);
             }
         }
@@ -388,7 +388,7 @@ impl Table {
                 if w >> 32 != tag {
                     continue;
                 }
-                if let Some(hot) = self.read_hot(slot_entry(w), slot_dir(w), h.words) {
+                if let Some(hot) = self.read_hot(slot_entry(w), slot_dir(w), h) {
                     return Some(hot);
                 }
             }
@@ -400,9 +400,10 @@ impl Table {
         None
     }
 
-    /// One direction's view of an entry, if the entry holds `key` in that direction.
+    /// One direction's view of an entry, if the entry holds the key in that direction.
     #[inline(always)]
-    fn read_hot(&self, slot: u32, dir: Dir, key: [u64; 2]) -> Option<Hot<'_>> {
+    pub fn read_hot(&self, slot: u32, dir: Dir, h: &FlowHash) -> Option<Hot<'_>> {
+        let key = h.words;
         let e = self.entry(slot)?;
         let d = dir as usize;
         loop {
@@ -611,12 +612,6 @@ impl Table {
             b = (b + STRIPES) & self.bucket_mask;
         }
         None
-    }
-
-    /// The connection holding the key, if any (taken under the stripe lock: exact).
-    pub fn holder(&self, h: &FlowHash) -> Option<u32> {
-        let _stripe = self.stripe(h);
-        self.locate(h).map(|(_, _, w)| slot_entry(w))
     }
 
     /// Puts a key in the index, pointing at `slot` in direction `dir`, unless some connection

@@ -1365,6 +1365,108 @@ mod tests {
         assert!(ct.is_empty());
     }
 
+    /// The table against a model (a map of live connections), over thousands of random
+    /// inserts, removals and lookups, with every key made to share two home buckets of one
+    /// stripe so that most keys live in overflow chains: whatever the chains and the reuse of
+    /// slots do, a key finds exactly the connection the model says holds it, a taken reply key
+    /// is refused, and the counts agree.
+    #[test]
+    fn the_table_agrees_with_a_model_under_random_operations() {
+        use std::collections::HashMap;
+        let ct = Conntrack::new(ConntrackConfig {
+            max_connections: 4096,
+            ..Default::default()
+        });
+        let crowded = |k: &FlowKey| {
+            let home = ct.table.home(&ct.table.hash(k));
+            home == 0 || home == table::STRIPES
+        };
+        let universe: Vec<FlowKey> = (0..2_000_000u32)
+            .map(|n| FlowKey {
+                protocol: PROTO_UDP,
+                src: Ipv4Addr::from(0xacd3_0000 + n / 50_000),
+                dst: Ipv4Addr::new(198, 51, 100, 1),
+                src_port: 1024 + (n % 50_000) as u16,
+                dst_port: 53,
+            })
+            .filter(|k| crowded(k))
+            .take(120)
+            .collect();
+        assert_eq!(universe.len(), 120, "enough crowded keys");
+        // Live connections by their original key: (reply key, handle).
+        let mut model: HashMap<FlowKey, (FlowKey, ConnId)> = HashMap::new();
+        let holder = |model: &HashMap<FlowKey, (FlowKey, ConnId)>, k: &FlowKey| {
+            model.iter().find_map(|(o, (r, id))| {
+                (o == k || r == k).then_some((
+                    *o,
+                    *r,
+                    *id,
+                    if o == k { Dir::Original } else { Dir::Reply },
+                ))
+            })
+        };
+        let mut x = 0x9e37_79b9_u64;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let (mut created, mut removed, mut deepest) = (0, 0, 0);
+        for step in 0..20_000 {
+            deepest = deepest.max(model.len());
+            // Inserts outnumber removals: the table fills up to the universe's limit.
+            match next(20) {
+                0..=9 => {
+                    let (o, r) = (universe[next(120)], universe[next(120)]);
+                    if o == r {
+                        continue;
+                    }
+                    let got = ct.insert(Conn::new(o, r, 1, [action(2), action(1)]), 1, 0, 0);
+                    // A key held in either direction belongs to that connection.
+                    match (holder(&model, &r), holder(&model, &o)) {
+                        (Some(_), _) => {
+                            assert_eq!(got, Err(InsertError::ReplyTaken), "step {step}")
+                        }
+                        (None, Some((_, _, id, _))) => {
+                            let got = got.expect("tracked on the existing connection");
+                            assert!(!got.created && got.id == id, "step {step}");
+                        }
+                        (None, None) => {
+                            let got = got.expect("room");
+                            assert!(got.created, "step {step}");
+                            model.insert(o, (r, got.id));
+                            created += 1;
+                        }
+                    }
+                }
+                10..=13 if !model.is_empty() => {
+                    let o = *model.keys().nth(next(model.len())).expect("non-empty");
+                    let (_, id) = model.remove(&o).expect("present");
+                    assert!(ct.remove(id), "step {step}");
+                    assert!(!ct.remove(id), "step {step}: ended once");
+                    removed += 1;
+                }
+                _ => {
+                    let k = universe[next(120)];
+                    let got = ct.get(&k).map(|(c, dir)| (c.original, c.reply, c.id, dir));
+                    assert_eq!(got, holder(&model, &k), "step {step}: {k:?}");
+                }
+            }
+            assert_eq!(ct.len(), model.len(), "step {step}");
+        }
+        for k in &universe {
+            let got = ct.get(k).map(|(c, dir)| (c.original, c.reply, c.id, dir));
+            assert_eq!(got, holder(&model, k));
+        }
+        // It did what it claims: many connections came and went, at times 30 or more at once
+        // (60 keys and more on two home buckets of 7 slots).
+        assert!(
+            created > 1000 && removed > 1000 && deepest >= 30,
+            "{created} {removed} {deepest}"
+        );
+    }
+
     #[test]
     fn a_full_table_evicts_the_soonest_to_expire_and_counts() {
         let ct = Conntrack::new(ConntrackConfig {

@@ -316,7 +316,7 @@ impl Table {
     }
 
     #[inline(always)]
-    fn home(&self, h: &FlowHash) -> usize {
+    pub(super) fn home(&self, h: &FlowHash) -> usize {
         h.hash as usize & self.bucket_mask
     }
 

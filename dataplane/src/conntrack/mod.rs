@@ -27,7 +27,7 @@ mod table;
 
 use std::hash::{Hash, Hasher};
 use std::net::Ipv4Addr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
 
 use ahash::RandomState;
 
@@ -444,6 +444,8 @@ pub struct Conntrack {
     hasher: RandomState,
     config: ConntrackConfig,
     evict_cursor: AtomicUsize,
+    /// Where the next `expire_part` starts.
+    expire_cursor: AtomicU32,
     pub stats: ConntrackStats,
 }
 
@@ -460,6 +462,7 @@ impl Conntrack {
             // and they must not change from one run to the next.
             hasher: RandomState::with_seeds(0x5ac1, 0xf1c0, 0x7a5f, 0xe3d1),
             evict_cursor: AtomicUsize::new(0),
+            expire_cursor: AtomicU32::new(0),
             stats: ConntrackStats::default(),
         }
     }
@@ -875,9 +878,38 @@ impl Conntrack {
 
     /// Drops every connection whose timeout has passed. Returns how many went; `gone` is told
     /// of each, so load-balancer accounting can follow.
-    pub fn expire_with(&self, now: u64, mut gone: impl FnMut(&ConnInfo)) -> usize {
+    pub fn expire_with(&self, now: u64, gone: impl FnMut(&ConnInfo)) -> usize {
+        self.expire_slots(now, 0..self.table.high_water(), gone)
+    }
+
+    /// [`Conntrack::expire_with`] for the next `1/parts` of the table's slots (at least a
+    /// chunk's worth), going round: called `parts` times a second it visits every connection
+    /// once a second, and no call holds its worker up for a whole sweep (a million connections
+    /// take some 10 ms).
+    pub fn expire_part(&self, now: u64, parts: u32, gone: impl FnMut(&ConnInfo)) -> usize {
+        let high_water = self.table.high_water();
+        if high_water == 0 {
+            return 0;
+        }
+        let span = high_water
+            .div_ceil(parts.max(1))
+            .max(table::CHUNK as u32)
+            .min(high_water);
+        let start = self.expire_cursor.load(Relaxed) % high_water;
+        let end = start.saturating_add(span).min(high_water);
+        self.expire_cursor
+            .store(if end == high_water { 0 } else { end }, Relaxed);
+        self.expire_slots(now, start..end, gone)
+    }
+
+    fn expire_slots(
+        &self,
+        now: u64,
+        slots: std::ops::Range<u32>,
+        mut gone: impl FnMut(&ConnInfo),
+    ) -> usize {
         let mut expired = 0;
-        for slot in 0..self.table.high_water() {
+        for slot in slots {
             // Only the expiry word is read of a connection that still has time.
             if !self.table.is_live(slot) || self.table.clock(slot) & EXPIRY_MASK > now {
                 continue;
@@ -1465,6 +1497,31 @@ mod tests {
             created > 1000 && removed > 1000 && deepest >= 30,
             "{created} {removed} {deepest}"
         );
+    }
+
+    /// A sweep in parts visits every slot once per round: ten parts of a table of several
+    /// chunks expire what one full sweep would.
+    #[test]
+    fn expiring_in_parts_goes_round_the_whole_table() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let n = 3 * table::CHUNK as u16 + 5;
+        for port in 0..n {
+            let k = FlowKey {
+                protocol: PROTO_UDP,
+                ..key([172, 211, 0, 18], port, [198, 51, 100, 1], 53)
+            };
+            ct.insert(new_conn(k), 1, 0, 0).unwrap();
+        }
+        let timeout = Timeouts::default().udp;
+        let mut gone = 0;
+        let mut calls = 0;
+        while gone < usize::from(n) {
+            gone += ct.expire_part(timeout, 10, |_| {});
+            calls += 1;
+            assert!(calls <= 10, "one round is at most ten parts");
+        }
+        assert!(ct.is_empty());
+        assert_eq!(ct.expire_part(timeout, 10, |_| {}), 0);
     }
 
     #[test]

@@ -214,12 +214,12 @@ struct Path {
 /// keeps of each frame between its stages.
 #[derive(Debug, Clone, Copy)]
 struct FastFrame {
-    key: FlowKey,
+    /// The key, hashed (`FlowHash::key` gives it back).
+    hash: FlowHash,
     ttl: u8,
     tcp_flags: u8,
     /// The IP total length: the packet ends there, padding may follow.
     end: u16,
-    hash: FlowHash,
     /// Where the warming stage saw the connection, if it did.
     hint: Hint,
 }
@@ -578,12 +578,11 @@ impl Pipeline {
             dst_port,
         };
         Some(FastFrame {
-            key,
+            hash: self.conntrack.flow_hash(&key),
             ttl: ip.ttl,
             tcp_flags,
             // At most 14 + 65535: the fast parse checked the total length against the frame.
             end: u16::try_from(ip.total_len).ok()?,
-            hash: self.conntrack.flow_hash(&key),
             hint: Hint::NONE,
         })
     }
@@ -610,7 +609,7 @@ impl Pipeline {
             return None; // switched, broadcast, or not for us
         }
         if let PortKind::Pod { ip: pod_ip, .. } = port.kind {
-            if macs[6..] != port.peer_mac.0 || ff.key.src != pod_ip {
+            if macs[6..] != port.peer_mac.0 || ff.hash.src() != pod_ip {
                 return None; // dropped and counted by the general path
             }
         }
@@ -619,7 +618,7 @@ impl Pipeline {
         if end < pkt.len {
             pkt.len = end;
         }
-        let key = ff.key;
+        let key = ff.hash.key();
         let tracked =
             self.conntrack
                 .track_hashed(key.protocol, &ff.hash, ff.hint, ff.tcp_flags, now);

@@ -179,6 +179,20 @@ impl Hint {
     pub const NONE: Hint = Hint(0);
 }
 
+impl FlowHash {
+    /// The key hashed.
+    #[inline(always)]
+    pub fn key(&self) -> FlowKey {
+        FlowKey::unpack(self.words)
+    }
+
+    /// The key's source address.
+    #[inline(always)]
+    pub fn src(&self) -> std::net::Ipv4Addr {
+        ((self.words[0] >> 32) as u32).into()
+    }
+}
+
 /// The hot part of an entry as one direction's packet reads it, whole (checked by the seqlock).
 #[derive(Clone, Copy)]
 pub(super) struct Hot<'t> {

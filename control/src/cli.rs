@@ -145,14 +145,13 @@ impl DaemonArgs {
     }
 }
 
-/// Half the cores, at least one, at most four: the pods of a lab run on the same cores as the
-/// dataplane, and a worker per core competes with them for every frame. Measured with netbench
-/// on 2 cores (`--quick`, three runs each, alternated): TCP connections per second through a
-/// ClusterIP 22.5k/21.8k/20.7k with one worker, 16.7k/14.1k/19.4k with two; round-trip p50 and
-/// bulk TCP within the runs' spread of each other.
+/// A worker per core, at most four. (Half the cores was tried, since the pods of a lab share
+/// the cores with the workers: on 2 cores, netbench's connection rate and round trips were
+/// within the runs' spread of each other, and TCP with 4 streams lost a third.)
 pub fn default_workers() -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    (cores / 2).clamp(1, 4)
+    std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4)
 }
 
 #[derive(Subcommand, Debug)]

@@ -1009,46 +1009,65 @@ mod tests {
         }
     }
 
-    /// The combined rewrite against the functions in turn, byte for byte: random actions (a
-    /// fixed seed, so a failure repeats) on every sample, with and without CHECKSUM_PARTIAL, and
-    /// on a UDP datagram with no checksum.
-    #[test]
-    fn apply_action_equals_the_rewrites_in_turn() {
-        let mut seed = 0x5eed_u64;
-        let mut next = move || {
+    /// splitmix64 from a fixed seed, so that a failure repeats.
+    fn splitmix(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
             seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
             let mut z = seed;
             z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             z ^ (z >> 31)
-        };
+        }
+    }
+
+    /// Every sample, and a UDP datagram with no checksum.
+    fn sample_frames() -> Vec<Vec<u8>> {
         let mut no_udp_csum = samples::UDP_DNS.to_vec();
         no_udp_csum[40..42].fill(0);
         let mut frames: Vec<Vec<u8>> = samples::ALL.iter().map(|f| f.to_vec()).collect();
         frames.push(no_udp_csum);
+        frames
+    }
+
+    /// A random action (each part there or not) and whether the checksum is partial.
+    fn random_action(next: &mut impl FnMut() -> u64) -> (Action, bool) {
+        let r = next();
+        let pick = |bit: u32| r >> bit & 1 == 1;
+        let mut endpoint = || {
+            let v = next();
+            (Ipv4Addr::from(v as u32), (v >> 32) as u16)
+        };
+        let snat = pick(1).then(&mut endpoint);
+        let dnat = pick(2).then(&mut endpoint);
+        let macs = pick(3).then(|| {
+            let m = next().to_be_bytes();
+            (
+                MacAddr([m[0], m[1], m[2], m[3], m[4], m[5]]),
+                MacAddr([m[2], m[3], m[4], m[5], m[6], m[7]]),
+            )
+        });
+        let action = Action {
+            ttl_dec: if pick(0) { (r >> 8) as u8 % 4 } else { 0 },
+            snat,
+            dnat,
+            macs,
+        };
+        (action, pick(4))
+    }
+
+    /// The combined rewrite against the functions in turn, byte for byte: random actions on
+    /// every sample, with and without CHECKSUM_PARTIAL, and on a UDP datagram with no checksum.
+    #[test]
+    fn apply_action_equals_the_rewrites_in_turn() {
+        let mut next = splitmix(0x5eed);
         let mut cases = 0;
-        for frame in &frames {
+        for frame in &sample_frames() {
             let Ok(parsed) = parse_frame(frame) else {
                 continue;
             };
             let L3::Ipv4(ip) = parsed.l3 else { continue };
             for _ in 0..2000 {
-                let r = next();
-                let pick = |bit: u32| r >> bit & 1 == 1;
-                let endpoint = |v: u64| (Ipv4Addr::from(v as u32), (v >> 32) as u16);
-                let action = Action {
-                    ttl_dec: if pick(0) { (r >> 8) as u8 % 4 } else { 0 },
-                    snat: pick(1).then(|| endpoint(next())),
-                    dnat: pick(2).then(|| endpoint(next())),
-                    macs: pick(3).then(|| {
-                        let m = next().to_be_bytes();
-                        (
-                            MacAddr([m[0], m[1], m[2], m[3], m[4], m[5]]),
-                            MacAddr([m[2], m[3], m[4], m[5], m[6], m[7]]),
-                        )
-                    }),
-                };
-                let partial = pick(4);
+                let (action, partial) = random_action(&mut next);
                 let mut old = frame.clone();
                 if action.ttl_dec > 0 {
                     decrement_ttl(&mut old, &ip, action.ttl_dec);
@@ -1087,20 +1106,9 @@ mod tests {
     /// with no checksum, and on frames cut short.
     #[test]
     fn apply_action_v4_equals_apply_action() {
-        let mut seed = 0xfa57_u64;
-        let mut next = move || {
-            seed = seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = seed;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        };
-        let mut no_udp_csum = samples::UDP_DNS.to_vec();
-        no_udp_csum[40..42].fill(0);
-        let mut frames: Vec<Vec<u8>> = samples::ALL.iter().map(|f| f.to_vec()).collect();
-        frames.push(no_udp_csum);
+        let mut next = splitmix(0xfa57);
         let mut cases = 0;
-        for frame in &frames {
+        for frame in &sample_frames() {
             let Some(ip) = super::super::parse::parse_ipv4_fast(frame) else {
                 continue;
             };
@@ -1121,22 +1129,7 @@ mod tests {
                 dst_port,
             };
             for _ in 0..2000 {
-                let r = next();
-                let pick = |bit: u32| r >> bit & 1 == 1;
-                let endpoint = |v: u64| (Ipv4Addr::from(v as u32), (v >> 32) as u16);
-                let action = Action {
-                    ttl_dec: if pick(0) { (r >> 8) as u8 % 4 } else { 0 },
-                    snat: pick(1).then(|| endpoint(next())),
-                    dnat: pick(2).then(|| endpoint(next())),
-                    macs: pick(3).then(|| {
-                        let m = next().to_be_bytes();
-                        (
-                            MacAddr([m[0], m[1], m[2], m[3], m[4], m[5]]),
-                            MacAddr([m[2], m[3], m[4], m[5], m[6], m[7]]),
-                        )
-                    }),
-                };
-                let partial = pick(4);
+                let (action, partial) = random_action(&mut next);
                 let mut general = frame.clone();
                 apply_action(&mut general, &ip, &action, partial);
                 let mut fixed = frame.clone();

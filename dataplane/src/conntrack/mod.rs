@@ -69,8 +69,9 @@ impl FlowKey {
     }
 }
 
-/// Two words instead of the derive's seven writes (a length prefix and the bytes of each address):
-/// every packet hashes its key twice, for the shard and for the bucket.
+/// Two words instead of the derive's seven writes (a length prefix and the bytes of each address).
+/// This is the hash `Conntrack::hash_key` gives the load balancers and the NAT port sequence;
+/// the table hashes keys its own way (`table::Table::hash`).
 impl Hash for FlowKey {
     fn hash<H: Hasher>(&self, state: &mut H) {
         state.write_u64(u64::from(u32::from(self.src)) << 32 | u64::from(u32::from(self.dst)));

@@ -148,7 +148,7 @@ impl DaemonArgs {
 /// A worker per core, at most four. (Half the cores was tried, since the pods of a lab share
 /// the cores with the workers: on 2 cores, netbench's connection rate and round trips were
 /// within the runs' spread of each other, and TCP with 4 streams lost a third.)
-pub fn default_workers() -> usize {
+fn default_workers() -> usize {
     std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(4)

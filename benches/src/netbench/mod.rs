@@ -231,7 +231,7 @@ pub struct Cli {
     /// Run one rig only (default: both).
     #[arg(long, value_parser = ["kernel", "pacific"])]
     only: Option<String>,
-    /// Pacific's worker threads (default: the daemon's own, half the cores).
+    /// Pacific's worker threads (default: the daemon's own, a worker per core).
     #[arg(long)]
     workers: Option<usize>,
 }

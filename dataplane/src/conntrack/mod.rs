@@ -539,12 +539,23 @@ impl Conntrack {
     /// The connection behind a handle, if it has not ended.
     pub fn info(&self, id: ConnId) -> Option<ConnInfo> {
         let cold = self.table.cold(id.slot)?;
-        if !cold.live || cold.incarnation != id.incarnation {
+        if cold.incarnation != id.incarnation {
             return None;
         }
-        let whole = self.table.whole(id.slot)?;
+        self.info_locked(id.slot, &cold)
+    }
+
+    /// The connection in `slot`, if one lives there (the caller holds its mutex, `cold`).
+    fn info_locked(&self, slot: u32, cold: &table::Cold) -> Option<ConnInfo> {
+        if !cold.live {
+            return None;
+        }
+        let whole = self.table.whole(slot)?;
         Some(ConnInfo {
-            id,
+            id: ConnId {
+                slot,
+                incarnation: cold.incarnation,
+            },
             original: whole.keys[0],
             reply: whole.keys[1],
             in_port: cold.in_port,
@@ -817,19 +828,31 @@ impl Conntrack {
     /// Ends a connection if it still stands and `doomed` says so of it: both keys leave the
     /// index, the slot goes back to the free list. Returns what the connection was.
     fn end(&self, id: ConnId, doomed: impl FnOnce(&ConnInfo) -> bool) -> Option<ConnInfo> {
-        let info = self.info(id)?;
+        self.end_slot(id.slot, Some(id.incarnation), doomed)
+    }
+
+    /// [`Conntrack::end`] for whatever connection lives in `slot` (of the given incarnation, if
+    /// one is given), under one hold of its mutex. `doomed` runs under it: it must not call
+    /// back into the table.
+    fn end_slot(
+        &self,
+        slot: u32,
+        incarnation: Option<u32>,
+        doomed: impl FnOnce(&ConnInfo) -> bool,
+    ) -> Option<ConnInfo> {
+        let mut cold = self.table.cold(slot)?;
+        if incarnation.is_some_and(|i| i != cold.incarnation) {
+            return None; // ended meanwhile
+        }
+        let info = self.info_locked(slot, &cold)?;
         if !doomed(&info) {
             return None;
         }
-        let mut cold = self.table.cold(id.slot)?;
-        if !cold.live || cold.incarnation != id.incarnation {
-            return None; // ended meanwhile
-        }
-        self.table.unlink(&self.table.hash(&info.original), id.slot);
-        self.table.unlink(&self.table.hash(&info.reply), id.slot);
-        self.table.clear(id.slot, &mut cold);
+        self.table.unlink(&self.table.hash(&info.original), slot);
+        self.table.unlink(&self.table.hash(&info.reply), slot);
+        self.table.clear(slot, &mut cold);
         drop(cold);
-        self.table.release(id.slot);
+        self.table.release(slot);
         Some(info)
     }
 
@@ -872,9 +895,11 @@ impl Conntrack {
         true
     }
 
-    /// Every live connection's handle, slot by slot.
-    fn live_ids(&self) -> impl Iterator<Item = ConnId> + '_ {
-        (0..self.table.high_water()).filter_map(|slot| self.live_id(slot))
+    /// Every live connection, slot by slot, each read under its mutex.
+    fn live(&self) -> impl Iterator<Item = ConnInfo> + '_ {
+        (0..self.table.high_water())
+            .filter(|&slot| self.table.is_live(slot))
+            .filter_map(|slot| self.info_locked(slot, &*self.table.cold(slot)?))
     }
 
     /// Drops every connection whose timeout has passed. Returns how many went; `gone` is told
@@ -915,10 +940,7 @@ impl Conntrack {
             if !self.table.is_live(slot) || self.table.clock(slot) & EXPIRY_MASK > now {
                 continue;
             }
-            let Some(id) = self.live_id(slot) else {
-                continue;
-            };
-            if let Some(info) = self.end(id, |c| c.expires_at <= now) {
+            if let Some(info) = self.end_slot(slot, None, |c| c.expires_at <= now) {
                 gone(&info);
                 expired += 1;
             }
@@ -934,10 +956,9 @@ impl Conntrack {
 
     /// Removes every connection for which `doomed` says so (a deleted pod, a flushed backend).
     pub fn remove_where(&self, doomed: impl Fn(&ConnInfo) -> bool) -> usize {
-        let ids: Vec<ConnId> = self.live_ids().collect();
-        let gone = ids
-            .into_iter()
-            .filter(|&id| self.end(id, &doomed).is_some())
+        let gone = (0..self.table.high_water())
+            .filter(|&slot| self.table.is_live(slot))
+            .filter(|&slot| self.end_slot(slot, None, &doomed).is_some())
             .count();
         self.stats.removed.fetch_add(gone as u64, Relaxed);
         gone
@@ -954,10 +975,7 @@ impl Conntrack {
 
     /// A copy of up to `limit` live connections, for `pacific get nat`.
     pub fn snapshot(&self, limit: usize) -> Vec<ConnInfo> {
-        self.live_ids()
-            .filter_map(|id| self.info(id))
-            .take(limit)
-            .collect()
+        self.live().take(limit).collect()
     }
 }
 

@@ -125,6 +125,13 @@ impl DaemonArgs {
         if self.conntrack_max == 0 {
             return Err("--conntrack-max must be at least 1".to_string());
         }
+        if self.conntrack_max > ConntrackConfig::MAX_CONNECTIONS {
+            return Err(format!(
+                "--conntrack-max must be at most {} (the index for it is allocated at start: \
+                 32 bytes per connection)",
+                ConntrackConfig::MAX_CONNECTIONS
+            ));
+        }
         let mut config = ConntrackConfig {
             max_connections: self.conntrack_max,
             ..Default::default()
@@ -1028,5 +1035,32 @@ mod tests {
         ])
         .unwrap();
         assert!(Cli::try_parse_from(["pacific", "get"]).is_err());
+    }
+
+    /// The daemon's table and polling options: defaults, and the sizes it refuses with a
+    /// message that names the option.
+    #[test]
+    fn daemon_options_are_checked_before_anything_starts() {
+        let daemon = |args: &[&str]| -> DaemonArgs {
+            let argv = ["pacific", "daemon"].iter().chain(args);
+            match Cli::try_parse_from(argv).expect("parses").command {
+                Cmd::Daemon(args) => args,
+                other => panic!("not the daemon: {other:?}"),
+            }
+        };
+        let defaults = daemon(&[]);
+        assert_eq!(defaults.busy_poll_us, 50);
+        assert_eq!(defaults.conntrack().unwrap().max_connections, 1 << 20);
+        assert_eq!(daemon(&["--busy-poll-us", "0"]).busy_poll_us, 0);
+        for bad in ["0", "16777217"] {
+            let err = daemon(&["--conntrack-max", bad]).conntrack().unwrap_err();
+            assert!(err.starts_with("--conntrack-max must be"), "{err}");
+        }
+        let most = ConntrackConfig::MAX_CONNECTIONS.to_string();
+        assert!(daemon(&["--conntrack-max", &most]).conntrack().is_ok());
+        let err = daemon(&["--conntrack-timeout", "udp=x"])
+            .conntrack()
+            .unwrap_err();
+        assert!(err.contains("--conntrack-timeout"), "{err}");
     }
 }

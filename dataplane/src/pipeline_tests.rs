@@ -10,7 +10,7 @@ use super::*;
 use crate::packet::build;
 use crate::packet::checksum;
 use crate::packet::parse::{parse_frame, L3, L4};
-use crate::tables::{MacAddr, Tables, PROTO_TCP};
+use crate::tables::{MacAddr, Tables, PROTO_TCP, PROTO_UDP};
 use crate::testbed::{self, *};
 
 struct Bed {
@@ -922,4 +922,252 @@ fn least_connections_counts_live_connections_and_gives_them_back() {
     // Unanswered SYNs expire after the SYN_SENT timeout; their counts go back.
     bed.pipeline.expire(bed.now + 121_000);
     assert_eq!(active(&bed), vec![0, 0]);
+}
+
+/// A UDP datagram with `len` bytes of payload (a repeating pattern), identification `ident`.
+fn big_udp(
+    src_mac: MacAddr,
+    dst_mac: MacAddr,
+    (src, sport): (Ipv4Addr, u16),
+    (dst, dport): (Ipv4Addr, u16),
+    ident: u16,
+    len: usize,
+) -> Vec<u8> {
+    let payload: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    let mut b = vec![0u8; len + 64];
+    let n = build::build_udp(
+        &mut b, src_mac, dst_mac, src, dst, 64, sport, dport, &payload,
+    )
+    .unwrap();
+    b.truncate(n);
+    b[18..20].copy_from_slice(&ident.to_be_bytes());
+    fix_header_checksum(&mut b);
+    b
+}
+
+fn fix_header_checksum(frame: &mut [u8]) {
+    frame[24..26].fill(0);
+    let csum = checksum::ipv4_header_checksum(&frame[14..34]);
+    frame[24..26].copy_from_slice(&csum.to_be_bytes());
+}
+
+/// Splits an IPv4 frame (no options) into fragments of at most `mtu` bytes of IP (RFC 791
+/// section 3.2: payloads in multiples of 8 bytes, more-fragments on all but the last).
+fn fragments_of(frame: &[u8], mtu: usize) -> Vec<Vec<u8>> {
+    let (head, payload) = frame.split_at(34);
+    let step = (mtu - 20) / 8 * 8;
+    let chunks: Vec<&[u8]> = payload.chunks(step).collect();
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut f = head.to_vec();
+            f.extend_from_slice(chunk);
+            f[16..18].copy_from_slice(&((20 + chunk.len()) as u16).to_be_bytes());
+            let more = if i + 1 < chunks.len() { 0x2000 } else { 0 };
+            let offset = (i * step / 8) as u16;
+            f[20..22].copy_from_slice(&(more | offset).to_be_bytes());
+            fix_header_checksum(&mut f);
+            f
+        })
+        .collect()
+}
+
+/// The fragments as transmitted, put back together (in order, no gaps checked by the caller's
+/// count): the headers of each checked, then the datagram's UDP checksum over all its bytes.
+fn reassembled_udp(fragments: &[Vec<u8>]) -> (Ipv4Addr, Ipv4Addr, u16, u16, Vec<u8>) {
+    let mut l4 = Vec::new();
+    let (mut src, mut dst) = (Ipv4Addr::UNSPECIFIED, Ipv4Addr::UNSPECIFIED);
+    for f in fragments {
+        let parsed = parse_frame(f).expect("fragment parses");
+        let L3::Ipv4(ip) = parsed.l3 else {
+            panic!("not IPv4")
+        };
+        let header = &f[ip.offset..ip.offset + ip.header_len];
+        assert_eq!(checksum::fold(checksum::sum(header, 0)), 0xffff);
+        let offset = usize::from(u16::from_be_bytes([f[20], f[21]]) & 0x1fff) * 8;
+        assert_eq!(offset, l4.len(), "fragments in order, none missing");
+        l4.extend_from_slice(&f[ip.offset + ip.header_len..ip.offset + ip.total_len]);
+        (src, dst) = (ip.src, ip.dst);
+    }
+    let pseudo = checksum::pseudo_header_sum(src, dst, PROTO_UDP, l4.len() as u16);
+    assert_eq!(
+        checksum::fold(checksum::sum(&l4, pseudo)),
+        0xffff,
+        "the datagram's UDP checksum"
+    );
+    let sport = u16::from_be_bytes([l4[0], l4[1]]);
+    let dport = u16::from_be_bytes([l4[2], l4[3]]);
+    (src, dst, sport, dport, l4[8..].to_vec())
+}
+
+#[test]
+fn a_fragmented_datagram_is_translated_whole_both_ways() {
+    let mut bed = Bed::new();
+    let datagram = big_udp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        (A1_IP, 5353),
+        (OUTSIDE_HOST, 53),
+        0x1234,
+        3000,
+    );
+    let frags = fragments_of(&datagram, 1500);
+    assert_eq!(frags.len(), 3);
+    let mut out = Vec::new();
+    for f in &frags {
+        assert_eq!(bed.send(A1, f), Verdict::Forward);
+        let (port, frame) = bed.out();
+        assert_eq!(port, UPLINK);
+        assert_eq!(macs(&frame), (ROUTER_MAC, UPLINK_PEER_MAC));
+        assert_eq!(
+            frame[22], 62,
+            "TTL down by the T1 and the T0, every fragment"
+        );
+        out.push(frame);
+    }
+    let (src, dst, nat_port, dport, payload) = reassembled_udp(&out);
+    assert_eq!((src, dst, dport), (EGRESS_A, OUTSIDE_HOST, 53));
+    assert_eq!(payload, datagram[42..].to_vec(), "the payload untouched");
+    assert!(
+        bed.pipeline.fragments.is_empty(),
+        "the last fragment ends it"
+    );
+
+    // The answer, fragmented too, goes back to the pod, translated whole.
+    let answer = big_udp(
+        UPLINK_PEER_MAC,
+        ROUTER_MAC,
+        (OUTSIDE_HOST, 53),
+        (EGRESS_A, nat_port),
+        0x9999,
+        2500,
+    );
+    let mut back = Vec::new();
+    for f in fragments_of(&answer, 1500) {
+        assert_eq!(bed.send(UPLINK, &f), Verdict::Forward);
+        let (port, frame) = bed.out();
+        assert_eq!(port, A1);
+        back.push(frame);
+    }
+    let (src, dst, sport, dport, _) = reassembled_udp(&back);
+    assert_eq!((src, dst, sport, dport), (OUTSIDE_HOST, A1_IP, 53, 5353));
+}
+
+#[test]
+fn later_fragments_without_a_first_that_went_through_are_dropped() {
+    let mut bed = Bed::new();
+    // Out of order: a middle fragment before its first has nothing to follow.
+    let datagram = big_udp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        (A1_IP, 5353),
+        (OUTSIDE_HOST, 53),
+        7,
+        3000,
+    );
+    let frags = fragments_of(&datagram, 1500);
+    assert_eq!(bed.send(A1, &frags[1]), Verdict::Drop(DropReason::Fragment));
+    // The outside cannot reach a pod (the DFW drops the first fragment), nor can the rest.
+    let inbound = big_udp(
+        UPLINK_PEER_MAC,
+        ROUTER_MAC,
+        (OUTSIDE_HOST, 53),
+        (A1_IP, 5353),
+        8,
+        3000,
+    );
+    let frags = fragments_of(&inbound, 1500);
+    assert_eq!(
+        bed.send(UPLINK, &frags[0]),
+        Verdict::Drop(DropReason::DfwDeny)
+    );
+    for f in &frags[1..] {
+        assert_eq!(bed.send(UPLINK, f), Verdict::Drop(DropReason::Fragment));
+    }
+    // A fragment of the same identification from another port follows nothing either.
+    let from_a2 = big_udp(
+        pod_mac(A2_IP),
+        ROUTER_MAC,
+        (A2_IP, 5353),
+        (OUTSIDE_HOST, 53),
+        9,
+        3000,
+    );
+    let a1 = fragments_of(
+        &big_udp(
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            (A1_IP, 5353),
+            (OUTSIDE_HOST, 53),
+            9,
+            3000,
+        ),
+        1500,
+    );
+    assert_eq!(bed.send(A1, &a1[0]), Verdict::Forward);
+    assert_eq!(
+        bed.send(A2, &fragments_of(&from_a2, 1500)[1]),
+        Verdict::Drop(DropReason::Fragment)
+    );
+    assert_eq!(bed.send(A1, &a1[1]), Verdict::Forward);
+    // The router answers only what it can read whole: a fragmented ping to the gateway.
+    let mut b = vec![0u8; 3100];
+    let n = build::build_icmp_echo(
+        &mut b,
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        GW_A,
+        64,
+        true,
+        1,
+        1,
+        &[0u8; 3000],
+    )
+    .unwrap();
+    b.truncate(n);
+    let frags = fragments_of(&b, 1500);
+    assert_eq!(bed.send(A1, &frags[0]), Verdict::Drop(DropReason::Fragment));
+    assert_eq!(bed.send(A1, &frags[1]), Verdict::Drop(DropReason::Fragment));
+}
+
+#[test]
+fn a_fragmented_ping_crosses_the_snat_and_comes_back() {
+    let mut bed = Bed::new();
+    let mut b = vec![0u8; 3100];
+    let n = build::build_icmp_echo(
+        &mut b,
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        OUTSIDE_HOST,
+        64,
+        true,
+        0x4242,
+        1,
+        &[0x5a; 2000],
+    )
+    .unwrap();
+    b.truncate(n);
+    b[18..20].copy_from_slice(&77u16.to_be_bytes());
+    fix_header_checksum(&mut b);
+    let mut icmp = Vec::new();
+    for f in fragments_of(&b, 1500) {
+        assert_eq!(bed.send(A1, &f), Verdict::Forward);
+        let (port, frame) = bed.out();
+        assert_eq!(port, UPLINK);
+        let ip = match parse_frame(&frame).unwrap().l3 {
+            L3::Ipv4(ip) => ip,
+            _ => panic!(),
+        };
+        assert_eq!(ip.src, EGRESS_A);
+        icmp.extend_from_slice(&frame[34..14 + ip.total_len]);
+    }
+    assert_eq!(icmp.len(), 2008);
+    assert_eq!(
+        checksum::fold(checksum::sum(&icmp, 0)),
+        0xffff,
+        "the ICMP checksum over the whole echo"
+    );
 }

@@ -69,6 +69,46 @@ fn pod_to_outside_host_and_back() {
     );
 }
 
+/// Datagrams larger than the MTU cross in fragments (the kernel fragments a 3000-byte ping):
+/// through SNAT to the outside and back, and within a segment; the DFW still stops them.
+#[test]
+fn large_pings_cross_in_fragments() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("ffrag");
+    assert!(
+        ping_until(&lab, WORDPRESS, "198.51.100.100", Duration::from_secs(10)),
+        "wordpress never reached ext/internet"
+    );
+    for (from, dst) in [
+        (WORDPRESS, "198.51.100.100"),
+        (WORDPRESS, "172.211.0.19"),
+        ("ext/hop", "198.51.100.100"),
+    ] {
+        let r = ping(&lab, from, dst, 3, &["-s", "3000"]);
+        assert_eq!(r.received, 3, "{from} -> {dst}, 3000-byte pings: {r:?}");
+    }
+    // Still denied: the outside to a pod, and another namespace.
+    let r = ping(&lab, "ext/hop", "172.211.0.18", 2, &["-s", "3000"]);
+    assert_eq!((r.transmitted, r.received), (2, 0), "hop -> pod: {r:?}");
+    let r = ping(&lab, WORDPRESS, "172.211.0.130", 2, &["-s", "3000"]);
+    assert_eq!(
+        (r.transmitted, r.received),
+        (2, 0),
+        "ns-dev -> ns-prod: {r:?}"
+    );
+    // The later fragments of what the DFW dropped were counted, not forwarded.
+    let ports = lab.rpc_ok("ports.list", &serde_json::json!({}));
+    let fragment_drops: u64 = ports["items"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["drops"]["fragment"].as_u64())
+        .sum();
+    assert!(fragment_drops >= 4, "fragment drops counted: {ports}");
+}
+
 #[test]
 fn traceroute_lists_t1_t0_upstream_and_destination() {
     if !require_netns() {

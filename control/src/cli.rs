@@ -572,7 +572,16 @@ fn print_summary(socket: &Path) -> Result<(), String> {
             s(&svc["external_ip"])
         );
     }
-    out!("Outside hosts (behind the upstream router, 203.0.113.1):");
+    // The upstream router is T0's default next hop (the `Uplink` object's peer address).
+    let peer = call(socket, "routes.list", json!({}))
+        .ok()
+        .and_then(|t0| {
+            rows(&t0)
+                .find(|r| s(&r["prefix"]) == "0.0.0.0/0")
+                .map(|r| s(&r["via"]))
+        })
+        .unwrap_or_else(|| "?".to_string());
+    out!("Outside hosts (behind the upstream router, {peer}):");
     for h in rows(&outside) {
         out!("  ext/{:<12} {}", s(&h["name"]), s(&h["address"]));
     }

@@ -36,7 +36,7 @@ use crate::lab::netns::{self, PodInterface};
 use crate::lab::outside::{self, OutsideHost as LabOutsideHost, UpstreamRouter};
 use crate::lab::record::LabRecord;
 use crate::model::manifest::{parse_manifests, parse_object_refs};
-use crate::model::objects::State;
+use crate::model::objects::{State, Uplink};
 use crate::model::store::{ApplyError, Store};
 use crate::rpc::{self, RpcError};
 use crate::views;
@@ -100,15 +100,19 @@ struct Control {
     pods: BTreeMap<(String, String), RealizedPod>,
     /// Cluster workloads (TKG replicas) running as processes in node namespaces.
     workloads: BTreeMap<(String, String), (u32, Vec<String>)>,
-    outside: BTreeMap<String, (String, Option<u32>)>,
+    /// Outside hosts as realized: namespace, test server, and the spec they were built from.
+    outside: BTreeMap<String, (String, Option<u32>, crate::model::objects::OutsideHost)>,
     ports: BTreeMap<PortOwner, PortId>,
     next_port: PortId,
     slots: RuleSlots,
     transit: TransitSlots,
     generation: u64,
     record: LabRecord,
-    /// The pools the upstream router routes to T0 now.
+    /// The prefixes (the segments) the upstream router routes to T0 now.
     routed_pools: Vec<Ipv4Net>,
+    /// The uplink transit the upstream router is configured for now (an `Uplink` object may
+    /// move it).
+    routed_uplink: Uplink,
 }
 
 pub struct Daemon {
@@ -196,6 +200,7 @@ impl Daemon {
                 transit: TransitSlots::default(),
                 generation: 0,
                 routed_pools: Vec::new(),
+                routed_uplink: uplink.clone(),
                 record,
             }),
             tables,
@@ -249,11 +254,8 @@ impl Daemon {
             ],
         )
         .map_err(|e| e.to_string())?;
-        let pools = {
-            let control = self.control.lock();
-            let p = &control.store.state().pools;
-            vec![p.pods, p.services, p.ingress, p.egress]
-        };
+        // No segment yet: `sync_upstream` routes them as namespaces come.
+        let pools = Vec::new();
         outside::configure_uplink(r, &pools).map_err(|e| e.to_string())?;
         let mut control = self.control.lock();
         control.routed_pools = pools;
@@ -692,14 +694,26 @@ impl Daemon {
     }
 
     fn realize_outside(&self, control: &mut Control, state: &State, problems: &mut Vec<String>) {
+        // Hosts deleted, and hosts whose address or ports changed (rebuilt below).
+        let same = |a: &crate::model::objects::OutsideHost,
+                    b: &crate::model::objects::OutsideHost| {
+            (a.addr, a.prefix_len, &a.http_ports, &a.udp_ports)
+                == (b.addr, b.prefix_len, &b.http_ports, &b.udp_ports)
+        };
         let gone: Vec<String> = control
             .outside
-            .keys()
-            .filter(|k| !state.outside_hosts.contains_key(*k))
-            .cloned()
+            .iter()
+            .filter(|(k, (_, _, built))| {
+                !state.outside_hosts.get(*k).is_some_and(|h| same(h, built))
+            })
+            .map(|(k, _)| k.clone())
             .collect();
         for name in gone {
-            if let Some((ns, _)) = control.outside.remove(&name) {
+            if let Some((ns, _, _)) = control.outside.remove(&name) {
+                // The pair goes now: with the namespace alone, the kernel removes the router's
+                // end later, and a host rebuilt at once would find it half there.
+                let veth = outside::host_veth_name(&name);
+                let _ = netns::ip_netns(&self.upstream.netns, &["link", "del", "dev", &veth]);
                 if let Err(e) = netns::delete_netns(&ns) {
                     problems.push(e.to_string());
                 }
@@ -749,7 +763,41 @@ impl Daemon {
                     Err(e) => problems.push(format!("test server of ext/{name}: {e}")),
                 }
             }
-            control.outside.insert(name.clone(), (ns, pid));
+            control
+                .outside
+                .insert(name.clone(), (ns, pid, host.clone()));
+        }
+        self.prune_host_gateways(state);
+    }
+
+    /// Removes from the host bridge the gateway addresses no outside host uses any more (an
+    /// `Uplink` may want that subnet next).
+    fn prune_host_gateways(&self, state: &State) {
+        let wanted: BTreeSet<String> = state
+            .outside_hosts
+            .values()
+            .filter_map(|h| {
+                let subnet = Ipv4Net::new(h.addr, h.prefix_len)?;
+                Some(format!("{}/{}", subnet.nth(1)?, h.prefix_len))
+            })
+            .collect();
+        let Ok(out) = netns::ip_netns(
+            &self.upstream.netns,
+            &["-4", "-o", "addr", "show", "dev", outside::HOSTS_BRIDGE],
+        ) else {
+            return;
+        };
+        for line in out.lines() {
+            let mut words = line.split_whitespace();
+            let Some(cidr) = words.by_ref().skip_while(|w| *w != "inet").nth(1) else {
+                continue;
+            };
+            if !wanted.contains(cidr) {
+                let _ = netns::ip_netns(
+                    &self.upstream.netns,
+                    &["addr", "del", cidr, "dev", outside::HOSTS_BRIDGE],
+                );
+            }
         }
     }
 
@@ -766,14 +814,12 @@ impl Daemon {
                 "{addr} is the gateway address of {subnet}; pick another"
             ));
         }
-        if gateway != self.upstream.hosts_gateway {
-            let cidr = format!("{gateway}/{len}");
-            netns::ip_netns(
-                &self.upstream.netns,
-                &["addr", "replace", &cidr, "dev", outside::HOSTS_BRIDGE],
-            )
-            .map_err(|e| e.to_string())?;
-        }
+        let cidr = format!("{gateway}/{len}");
+        netns::ip_netns(
+            &self.upstream.netns,
+            &["addr", "replace", &cidr, "dev", outside::HOSTS_BRIDGE],
+        )
+        .map_err(|e| e.to_string())?;
         Ok(UpstreamRouter {
             hosts_gateway: gateway,
             hosts_prefix_len: len,
@@ -781,53 +827,71 @@ impl Daemon {
         })
     }
 
-    /// The upstream router routes the four pools to T0 (they may change with a `Pools` object)
-    /// and learns every VIP and egress IP (the seed's eBGP /32s).
+    /// The upstream router routes to T0 what T0 routes to its T1s: the namespaces' segments
+    /// (static routes, so traffic from outside reaches the DFW), and learns every VIP and egress
+    /// IP (the seed's eBGP /32s). Not the whole pools: an address of a pool that no segment, VIP
+    /// or egress IP holds would bounce between the router and T0's default route until its TTL
+    /// ran out.
     fn sync_upstream(&self) {
+        use pacific_dataplane::tables::RouteOrigin;
         let tables = self.tables.load();
-        let mut routes: Vec<_> = tables
+        let t0_routes = tables
             .gateways
             .first()
-            .map(|t0| {
-                t0.routes
-                    .routes()
-                    .into_iter()
-                    .filter(|r| {
-                        matches!(
-                            r.origin,
-                            pacific_dataplane::tables::RouteOrigin::LbVip
-                                | pacific_dataplane::tables::RouteOrigin::Nat
-                        )
-                    })
-                    .map(|r| r.prefix)
-                    .collect()
-            })
+            .map(|t0| t0.routes.routes())
             .unwrap_or_default();
-        routes.sort();
-        routes.dedup();
-        let (pools, stale) = {
+        let of = |keep: fn(RouteOrigin) -> bool| {
+            let mut v: Vec<Ipv4Net> = t0_routes
+                .iter()
+                .filter(|r| keep(r.origin))
+                .map(|r| r.prefix)
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        let routes = of(|o| matches!(o, RouteOrigin::LbVip | RouteOrigin::Nat));
+        let segments = of(|o| matches!(o, RouteOrigin::T1Connected));
+        let (pools, stale, uplink, moved) = {
             let mut control = self.control.lock();
-            let p = &control.store.state().pools;
-            let pools = vec![p.pods, p.services, p.ingress, p.egress];
+            let state = control.store.state();
+            let pools = segments;
+            let uplink = state.uplink.clone();
             let stale: Vec<Ipv4Net> = control
                 .routed_pools
                 .iter()
                 .filter(|p| !pools.contains(p))
                 .copied()
                 .collect();
+            let moved = control.routed_uplink != uplink;
             control.routed_pools = pools.clone();
-            (pools, stale)
+            control.routed_uplink = uplink.clone();
+            (pools, stale, uplink, moved)
         };
+        let upstream = UpstreamRouter {
+            uplink_addr: uplink.peer_addr,
+            uplink_prefix_len: uplink.prefix_len,
+            t0_addr: uplink.t0_addr,
+            ..self.upstream.clone()
+        };
+        // A moved uplink: the router's old transit address goes (and with it every route via
+        // the old T0 address); the pools and /32s are routed again below via the new one.
+        if moved {
+            let _ = netns::ip_netns(
+                &upstream.netns,
+                &["addr", "flush", "dev", &upstream.uplink_ifname],
+            );
+        }
         // Pools no longer in force are no longer routed to T0.
         for pool in stale {
-            let _ = netns::ip_netns(&self.upstream.netns, &["route", "del", &pool.to_string()]);
+            let _ = netns::ip_netns(&upstream.netns, &["route", "del", &pool.to_string()]);
         }
-        if let Err(e) = outside::configure_uplink(&self.upstream, &pools) {
+        if let Err(e) = outside::configure_uplink(&upstream, &pools) {
             log(format!(
                 "cannot route the pools on the upstream router: {e}"
             ));
         }
-        if let Err(e) = outside::sync_bgp_routes(&self.upstream, &routes) {
+        if let Err(e) = outside::sync_bgp_routes(&upstream, &routes) {
             log(format!("cannot update the upstream router's routes: {e}"));
         }
     }
@@ -844,7 +908,7 @@ impl Daemon {
         let control = self.control.lock();
         if ns == "ext" {
             return match control.outside.get(name) {
-                Some((netns_name, _)) => Ok(netns_name.clone()),
+                Some((netns_name, _, _)) => Ok(netns_name.clone()),
                 None if name == "upstream" || name == "router" => Ok(self.upstream.netns.clone()),
                 None => Err(RpcError::not_found(
                     "target",
@@ -895,7 +959,7 @@ impl Daemon {
             let _ = netns::delete_netns(&r.netns);
         }
         control.ports.retain(|owner, _| *owner == PortOwner::Uplink);
-        for (_, (ns, _)) in std::mem::take(&mut control.outside) {
+        for (_, (ns, _, _)) in std::mem::take(&mut control.outside) {
             let _ = netns::delete_netns(&ns);
         }
         control.store = Store::new(&self.hostname);

@@ -175,8 +175,13 @@ pub fn add_outside_host(
     let router_end = netns::link_exists(&r.netns, &veth);
     let host_end = netns::link_exists(host_ns, "eth0");
     if router_end && !host_end {
-        // Half a pair cannot be: the host end went with a deleted namespace. Start over.
-        ip_netns(&r.netns, &["link", "del", "dev", &veth])?;
+        // Half a pair cannot be: the host end went with a deleted namespace. Start over (the
+        // kernel may be removing it already).
+        if let Err(e) = ip_netns(&r.netns, &["link", "del", "dev", &veth]) {
+            if netns::link_exists(&r.netns, &veth) {
+                return Err(e);
+            }
+        }
     }
     if !(router_end && host_end) {
         ip_netns(

@@ -662,7 +662,9 @@ impl Txn<'_> {
             created: old.map_or(self.now, |o| o.created),
         };
         let action = action_for(old, &host);
-        self.st.outside_hosts.insert(m.name.clone(), host);
+        self.st.outside_hosts.insert(m.name.clone(), host.clone());
+        check_outside_host(&self.st, &host)
+            .map_err(|(code, message)| err(code, m, "spec.address", message))?;
         Ok(action)
     }
 
@@ -1559,6 +1561,57 @@ struct ServiceFields {
     node_port: Option<String>,
 }
 
+/// An outside host's subnet against the uplink, the pools and the other hosts (the host itself
+/// must be in `st`).
+fn check_outside_host(st: &State, h: &OutsideHost) -> Result<(), (ErrorCode, String)> {
+    let (pools, uplink) = (&st.pools, &st.uplink);
+    // The upstream router takes the first address of the host's subnet, on its host
+    // bridge, as the host's gateway: the subnet needs room for it, must not be the uplink
+    // transit or a pool (the host would look for those on its own link), and no host may
+    // hold another's gateway address.
+    let at = format!("outside host {} ({}/{})", h.name, h.addr, h.prefix_len);
+    let Some(subnet) = Ipv4Net::new(h.addr, h.prefix_len).filter(|n| n.prefix_len() <= 30) else {
+        return Err((
+            ErrorCode::Invalid,
+            format!("{at}: a /30 or larger subnet is needed, to hold the router's gateway"),
+        ));
+    };
+    if subnet.overlaps(&uplink.subnet()) {
+        return Err((
+            ErrorCode::Conflict,
+            format!("{at} overlaps the T0 uplink transit {}", uplink.subnet()),
+        ));
+    }
+    for (pool, net) in [
+        ("pod", pools.pods),
+        ("service", pools.services),
+        ("ingress", pools.ingress),
+        ("egress", pools.egress),
+    ] {
+        if subnet.overlaps(&net) {
+            return Err((
+                ErrorCode::Conflict,
+                format!("{at} overlaps the {pool} pool {net}"),
+            ));
+        }
+    }
+    let gateway = subnet.nth(1).unwrap_or(h.addr);
+    if let Some(other) = st.outside_hosts.values().find(|o| o.addr == gateway) {
+        let whose = if other.name == h.name {
+            "its own".to_string()
+        } else {
+            format!("outside host {}'s", other.name)
+        };
+        return Err((
+            ErrorCode::Conflict,
+            format!(
+                "{at}: {gateway}, {whose} address, is the upstream router's gateway on {subnet}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Everything allocated must sit inside its pool, and nothing outside may sit inside one:
 /// checked after every request, since a Pools or Uplink change can strand existing objects.
 fn check_placement(st: &State) -> Result<(), (ErrorCode, String)> {
@@ -1595,6 +1648,7 @@ fn check_placement(st: &State) -> Result<(), (ErrorCode, String)> {
                 ),
             ));
         }
+        check_outside_host(st, h)?;
     }
     let outside = |net: Ipv4Net| {
         !pools.pods.contains(net.network()) || net.prefix_len() < pools.pods.prefix_len()
@@ -2643,6 +2697,39 @@ spec:
         let e = apply(&mut store, &pools("{egress: 198.51.100.0/24}"), None).unwrap_err();
         assert!(e.message.contains("outside host"), "{e}");
         assert_eq!(store.state().generation, 1);
+    }
+
+    #[test]
+    fn outside_hosts_need_a_subnet_the_router_can_serve() {
+        let mut store = seeded();
+        let host = |addr: &str| {
+            format!(
+                "apiVersion: pacific.dev/v1\nkind: OutsideHost\nmetadata: {{name: h}}\nspec: {{address: {addr}}}\n"
+            )
+        };
+        for (addr, says) in [
+            ("198.51.100.129/25", "is the upstream router's gateway"),
+            (
+                "203.0.113.200/24",
+                "overlaps the T0 uplink transit 203.0.113.0/24",
+            ),
+            ("198.51.100.77/32", "a /30 or larger subnet is needed"),
+            ("172.1.2.3/8", "overlaps the pod pool 172.211.0.0/16"),
+        ] {
+            let e = apply(&mut store, &host(addr), None).unwrap_err();
+            assert_eq!(e.field, "spec.address", "{addr}: {e}");
+            assert!(e.message.contains(says), "{addr}: {e}");
+        }
+        // A host whose gateway would be another host's address.
+        let two = "apiVersion: pacific.dev/v1\nkind: OutsideHost\nmetadata: {name: a}\nspec: {address: 198.51.100.129/24}\n---\napiVersion: pacific.dev/v1\nkind: OutsideHost\nmetadata: {name: b}\nspec: {address: 198.51.100.130/25}\n";
+        let e = apply(&mut store, two, None).unwrap_err();
+        assert!(e.message.contains("outside host a's address"), "{e}");
+        // An Uplink onto the hosts' subnet strands them.
+        let uplink = "apiVersion: pacific.dev/v1\nkind: Uplink\nmetadata: {name: u}\nspec: {t0Address: 198.51.100.2, peerAddress: 198.51.100.1, prefixLength: 24}\n";
+        let e = apply(&mut store, uplink, None).unwrap_err();
+        assert!(e.message.contains("overlaps the T0 uplink transit"), "{e}");
+        assert_eq!(store.state().generation, 1);
+        apply(&mut store, &host("198.51.100.202/29"), None).unwrap();
     }
 
     #[test]

@@ -83,6 +83,17 @@ pub fn check_pools(pools: &Pools) -> Result<(), IpamError> {
             }
         }
     }
+    // The T0-T1 transit links are numbered from 100.64.0.0/16: a pool there would hand out
+    // addresses T0 and the T1s answer for as their own.
+    let transit = Ipv4Net::new(crate::compile::TRANSIT_BASE, 16)
+        .unwrap_or(Ipv4Net::host(crate::compile::TRANSIT_BASE));
+    for (name, pool) in &named {
+        if pool.overlaps(&transit) {
+            return Err(IpamError::Invalid(format!(
+                "{name} pool {pool} overlaps the T0-T1 transit range {transit}"
+            )));
+        }
+    }
     for (name, pool, start) in [
         ("servicesStart", pools.services, pools.services_start),
         ("ingressStart", pools.ingress, pools.ingress_start),

@@ -1629,6 +1629,17 @@ fn check_placement(st: &State) -> Result<(), (ErrorCode, String)> {
             ));
         }
     }
+    let transit = Ipv4Net::new(crate::compile::TRANSIT_BASE, 16)
+        .unwrap_or(Ipv4Net::host(crate::compile::TRANSIT_BASE));
+    if uplink.subnet().overlaps(&transit) {
+        return Err((
+            ErrorCode::Invalid,
+            format!(
+                "T0 uplink transit {} overlaps the T0-T1 transit range {transit}",
+                uplink.subnet()
+            ),
+        ));
+    }
     for h in st.outside_hosts.values() {
         if let Some((pool, net)) = pools.pool_of(h.addr) {
             return Err((
@@ -2694,6 +2705,19 @@ spec:
             e.message.contains("is outside the pod pool 10.0.0.0/16"),
             "{e}"
         );
+        let e = apply(&mut store, &pools("{pods: 100.64.0.0/16}"), None).unwrap_err();
+        assert!(
+            e.message
+                .contains("overlaps the T0-T1 transit range 100.64.0.0/16"),
+            "{e}"
+        );
+        let e = apply(
+            &mut store,
+            "apiVersion: pacific.dev/v1\nkind: Uplink\nmetadata: {name: u}\nspec: {t0Address: 100.64.200.2, peerAddress: 100.64.200.1, prefixLength: 24}\n",
+            None,
+        )
+        .unwrap_err();
+        assert!(e.message.contains("T0-T1 transit range"), "{e}");
         let e = apply(&mut store, &pools("{egress: 198.51.100.0/24}"), None).unwrap_err();
         assert!(e.message.contains("outside host"), "{e}");
         assert_eq!(store.state().generation, 1);

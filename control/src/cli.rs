@@ -170,6 +170,9 @@ enum LabCmd {
         workers: usize,
         #[arg(long, env = "PACIFIC_PREFIX", default_value = "pac")]
         prefix: String,
+        /// The daemon's `--busy-poll-us`, when this starts it (default: the daemon's).
+        #[arg(long, value_name = "MICROSECONDS")]
+        busy_poll_us: Option<u64>,
     },
     /// Remove everything the lab created: namespaces, TAPs, processes, the daemon it started.
     Down {
@@ -242,8 +245,9 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     file,
                     workers,
                     prefix,
+                    busy_poll_us,
                 },
-        } => lab_up(&socket, file.as_deref(), workers, &prefix),
+        } => lab_up(&socket, file.as_deref(), workers, &prefix, busy_poll_us),
         Cmd::Lab {
             action: LabCmd::Down { prefix },
         } => lab_down(&socket, &prefix),
@@ -356,13 +360,14 @@ fn lab_up(
     file: Option<&Path>,
     workers: usize,
     prefix: &str,
+    busy_poll_us: Option<u64>,
 ) -> Result<ExitCode, String> {
     let manifest = match file {
         Some(f) => read_manifest(f)?,
         None => SEED_LAB.to_string(),
     };
     if !client::daemon_answers(socket) {
-        start_daemon(socket, workers, prefix)?;
+        start_daemon(socket, workers, prefix, busy_poll_us)?;
     }
     let result = call(socket, "apply", json!({ "manifest": manifest }))?;
     print_apply(&result);
@@ -372,7 +377,12 @@ fn lab_up(
 
 /// Starts `pacific daemon` in the background, detached, logging beside the socket, and waits
 /// for it to answer.
-fn start_daemon(socket: &Path, workers: usize, prefix: &str) -> Result<(), String> {
+fn start_daemon(
+    socket: &Path,
+    workers: usize,
+    prefix: &str,
+    busy_poll_us: Option<u64>,
+) -> Result<(), String> {
     let dir = socket.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let log_path = dir.join("pacific-daemon.log");
@@ -395,6 +405,7 @@ fn start_daemon(socket: &Path, workers: usize, prefix: &str) -> Result<(), Strin
             prefix,
             "--started-by-lab",
         ])
+        .args(busy_poll_us.map(|us| format!("--busy-poll-us={us}")))
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err)

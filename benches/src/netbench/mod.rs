@@ -234,6 +234,9 @@ pub struct Cli {
     /// Pacific's worker threads (default: the daemon's own, a worker per core).
     #[arg(long)]
     workers: Option<usize>,
+    /// Pacific's `--busy-poll-us` (default: the daemon's own).
+    #[arg(long, value_name = "MICROSECONDS")]
+    busy_poll_us: Option<u64>,
 }
 
 /// The roles netbench plays inside a namespace (hidden: the harness starts them).
@@ -599,13 +602,17 @@ fn require_tools() -> Result<()> {
     Ok(())
 }
 
-fn notes(rigs: &[Box<dyn Rig>], s: &Settings, workers: usize) -> Vec<String> {
+fn notes(
+    rigs: &[Box<dyn Rig>],
+    s: &Settings,
+    (workers, busy_poll_us): (usize, u64),
+) -> Vec<String> {
     let mut n = vec![
         format!(
             "kernel rig: client {}/24 -- veth -- router namespace (ip_forward=1, kube-proxy-style iptables-nft rules: ClusterIP DNAT + mark + MASQUERADE --random-fully, FORWARD policy DROP with KUBE-FORWARD, DFW-equivalent conntrack rules, egress MASQUERADE to the outside) -- veth -- server {}/24 (also holding the outside address {}/32). veths: txqueuelen {}, qdisc noqueue, offloads at kernel defaults.",
             kernel::CLIENT_IP, kernel::SERVER_IP, kernel::OUTSIDE_IP, kernel::TXQUEUELEN
         ),
-        format!("Pacific rig: one daemon (--workers {workers}), pods on TAP ports in namespace {}: pod->pod is switched inside one segment (the kernel rig routes between two subnets); the ClusterIP is DNAT at the client's port with no source NAT (kube-proxy also masquerades); the outside host sits behind the T0 uplink and the lab's upstream-router namespace (one more kernel hop than the kernel rig) and sees the namespace's egress IP.", pacific::NAMESPACE),
+        format!("Pacific rig: one daemon (--workers {workers} --busy-poll-us {busy_poll_us}), pods on TAP ports in namespace {}: pod->pod is switched inside one segment (the kernel rig routes between two subnets); the ClusterIP is DNAT at the client's port with no source NAT (kube-proxy also masquerades); the outside host sits behind the T0 uplink and the lab's upstream-router namespace (one more kernel hop than the kernel rig) and sees the namespace's egress IP.", pacific::NAMESPACE),
         "sysctls on both rigs: net.ipv4.tcp_max_tw_buckets=0 in the client and server namespaces (and Pacific's outside host), net.ipv4.ip_local_port_range=\"1024 65000\" in the client.".to_string(),
         format!("TCP bulk: iperf3 -t {} -P k; the figure is the receiver's rate (end.sum_received).", s.tcp_seconds),
         format!(
@@ -653,7 +660,7 @@ fn bench(cli: &Cli) -> Result<()> {
 
     // Declared before the servers, so the servers are stopped first when the run unwinds.
     let mut rigs: Vec<Box<dyn Rig>> = Vec::new();
-    let mut workers = 0;
+    let mut workers = (0, 0);
     if want("kernel") {
         eprintln!("netbench: building the kernel rig (pacnb{pid}-k-*)");
         rigs.push(Box::new(kernel::KernelRig::build(&format!(
@@ -665,8 +672,13 @@ fn bench(cli: &Cli) -> Result<()> {
             "netbench: starting Pacific ({}) with prefix pacnb{pid}p",
             bin.display()
         );
-        let rig = pacific::PacificRig::start(bin, &format!("pacnb{pid}p"), cli.workers)?;
-        workers = rig.workers;
+        let rig = pacific::PacificRig::start(
+            bin,
+            &format!("pacnb{pid}p"),
+            cli.workers,
+            cli.busy_poll_us,
+        )?;
+        workers = (rig.workers, rig.busy_poll_us);
         rigs.push(Box::new(rig));
     }
     cmd::check_interrupted()?;

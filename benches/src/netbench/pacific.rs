@@ -79,12 +79,19 @@ pub struct PacificRig {
     endpoints: Endpoints,
     /// The daemon's worker threads, as it reports them.
     pub workers: usize,
+    /// The daemon's busy polling after a frame, in microseconds, as it reports it.
+    pub busy_poll_us: u64,
 }
 
 impl PacificRig {
     /// Starts a daemon under `prefix` (with `workers` workers, or its default) and applies
     /// [`manifest`].
-    pub fn start(bin: PathBuf, prefix: &str, workers: Option<usize>) -> Result<PacificRig> {
+    pub fn start(
+        bin: PathBuf,
+        prefix: &str,
+        workers: Option<usize>,
+        busy_poll_us: Option<u64>,
+    ) -> Result<PacificRig> {
         let dir = std::env::temp_dir().join(prefix);
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::new(format!("cannot create {}: {e}", dir.display())))?;
@@ -109,14 +116,19 @@ impl PacificRig {
             daemon_pid: None,
             endpoints: unset,
             workers: 0,
+            busy_poll_us: 0,
         };
         // Not cut short by Ctrl-C: a daemon still starting when its `lab up` dies would escape
         // `lab down`.
         let file = file.to_string_lossy();
         let workers = workers.map(|n| n.to_string());
+        let busy_poll = busy_poll_us.map(|us| us.to_string());
         let mut args = vec!["lab", "up", &file, "--prefix", prefix];
         if let Some(n) = &workers {
             args.extend(["--workers", n]);
+        }
+        if let Some(us) = &busy_poll {
+            args.extend(["--busy-poll-us", us]);
         }
         let out = cmd::run_to_end(&rig.pacific(&args), Duration::from_secs(120));
         // Learn the daemon's PID even if the apply failed: it is what the last resort kills.
@@ -124,6 +136,7 @@ impl PacificRig {
         let number = |field: &str| status.as_ref()?.get(field)?.as_u64();
         rig.daemon_pid = number("pid").map(|p| p as u32);
         rig.workers = number("workers").unwrap_or(0) as usize;
+        rig.busy_poll_us = number("busy_poll_us").unwrap_or(0);
         let out = out?;
         if !out.status.success() {
             return Err(Error::new(format!(

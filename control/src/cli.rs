@@ -1072,6 +1072,17 @@ mod tests {
         assert_eq!(defaults.busy_poll_us, 50);
         assert_eq!(defaults.conntrack().unwrap().max_connections, 1 << 20);
         assert_eq!(daemon(&["--busy-poll-us", "0"]).busy_poll_us, 0);
+        // As `lab up --busy-poll-us 7` hands it on.
+        assert_eq!(daemon(&["--busy-poll-us=7"]).busy_poll_us, 7);
+        match Cli::try_parse_from(["pacific", "lab", "up", "--busy-poll-us", "7"])
+            .expect("parses")
+            .command
+        {
+            Cmd::Lab {
+                action: LabCmd::Up { busy_poll_us, .. },
+            } => assert_eq!(busy_poll_us, Some(7)),
+            other => panic!("not lab up: {other:?}"),
+        }
         for bad in ["0", "16777217"] {
             let err = daemon(&["--conntrack-max", bad]).conntrack().unwrap_err();
             assert!(err.starts_with("--conntrack-max must be"), "{err}");

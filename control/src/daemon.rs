@@ -99,7 +99,9 @@ struct Control {
     store: Store,
     pods: BTreeMap<(String, String), RealizedPod>,
     /// Cluster workloads (TKG replicas) running as processes in node namespaces.
-    workloads: BTreeMap<(String, String), (u32, Vec<String>)>,
+    /// Keyed by (cluster namespace, replica); the server as it was started (its node's
+    /// namespace, arguments and message), so a replica that moves or changes is restarted.
+    workloads: BTreeMap<(String, String), (u32, WorkloadServer)>,
     /// Outside hosts as realized: namespace, test server, and the spec they were built from.
     outside: BTreeMap<String, (String, Option<u32>, crate::model::objects::OutsideHost)>,
     ports: BTreeMap<PortOwner, PortId>,
@@ -671,7 +673,9 @@ impl Daemon {
         let gone: Vec<(String, String)> = control
             .workloads
             .iter()
-            .filter(|(k, (_, args))| wanted.get(*k).is_none_or(|w| w.args != *args))
+            .filter(|(k, (pid, running))| {
+                wanted.get(*k).is_none_or(|w| w != running) || !netns::pid_alive(*pid)
+            })
             .map(|(k, _)| k.clone())
             .collect();
         for key in gone {
@@ -683,10 +687,10 @@ impl Daemon {
             if control.workloads.contains_key(&key) || w.args.is_empty() {
                 continue;
             }
-            match self.spawn_server(&w.netns, &key.1, &w.args, w.message) {
+            match self.spawn_server(&w.netns, &key.1, &w.args, w.message.clone()) {
                 Ok(pid) => {
                     control.record.add_pid(pid);
-                    control.workloads.insert(key, (pid, w.args));
+                    control.workloads.insert(key, (pid, w));
                 }
                 Err(e) => problems.push(format!("replica {}: {e}", key.1)),
             }
@@ -983,6 +987,7 @@ impl Daemon {
 }
 
 /// A TKG replica's test server: the node namespace it runs in and its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
 struct WorkloadServer {
     netns: String,
     args: Vec<String>,

@@ -1,0 +1,100 @@
+//! Regressions found by exploratory QA (second round): each test failed before its fix.
+
+use std::time::Duration;
+
+use pacific_netns_tests::*;
+
+const POOLS: &str = "\
+apiVersion: pacific.dev/v1
+kind: Pools
+metadata: {name: default}
+spec:
+  pods: 10.44.0.0/16
+  services: 10.45.0.0/16
+  ingress: 10.46.0.0/16
+  egress: 10.47.0.0/16
+---
+apiVersion: pacific.dev/v1
+kind: Uplink
+metadata: {name: default}
+spec:
+  t0Address: 203.0.113.2
+  peerAddress: 203.0.113.1
+  prefixLength: 24
+---
+apiVersion: pacific.dev/v1
+kind: OutsideHost
+metadata: {name: client}
+spec:
+  address: 198.51.100.20/24
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: team}
+";
+
+fn tkc(workers: u32) -> String {
+    format!(
+        "apiVersion: run.tanzu.vmware.com/v1alpha1
+kind: TanzuKubernetesCluster
+metadata: {{name: guest, namespace: team}}
+spec:
+  topology:
+    controlPlane: {{count: 1}}
+    workers: {{count: {workers}}}
+"
+    )
+}
+
+const GUEST_APP: &str = "\
+apiVersion: v1
+kind: Service
+metadata: {name: echo}
+spec:
+  type: LoadBalancer
+  selector: {app: echo}
+  ports: [{port: 80, targetPort: 8080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: echo}}
+  template:
+    metadata: {labels: {app: echo}}
+    spec:
+      containers: [{name: e, image: x, ports: [{containerPort: 8080}]}]
+";
+
+/// Adding workers to a TKG cluster may place its replicas on other nodes; the replicas' servers
+/// must follow them, or the SLB sends every other connection to a node where nothing listens.
+#[test]
+fn guest_replicas_follow_their_nodes_when_workers_are_added() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("qatkc", &format!("{POOLS}---\n{}", tkc(1)));
+    lab.apply_ok(GUEST_APP, Some("team"), Some("guest"));
+    lab.apply_ok(&tkc(3), None, None);
+    let vip = lab
+        .service_vip("echo")
+        .unwrap_or_else(|| panic!("echo has no VIP: {:?}", lab.services()));
+    let url = format!("http://{vip}/hostname");
+    assert!(
+        wait_until(Duration::from_secs(10), || lab
+            .exec("ext/client", &["curl", "-s", "-m", "2", &url])
+            .status
+            .success()),
+        "{url} never answered"
+    );
+    let script = format!("for i in $(seq 12); do curl -s -m 2 {url} || echo FAILED; echo; done");
+    let answers = stdout(&lab.sh("ext/client", &script));
+    let lines: Vec<&str> = answers.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert!(
+        lines.len() == 12 && lines.iter().all(|l| l.starts_with("echo-")),
+        "12 curls to {url} after the cluster grew should all be answered by a replica:\n{answers}\n\
+         endpoints: {:?}",
+        lab.services()
+    );
+}

@@ -90,8 +90,9 @@ struct RealizedPod {
     mac: pacific_dataplane::tables::MacAddr,
     /// The test server's pid, when the pod has ports.
     server: Option<u32>,
-    /// The test-server command line it was started with (a change restarts it).
+    /// The test-server command line and MESSAGE it was started with (a change restarts it).
     server_args: Vec<String>,
+    server_message: Option<String>,
 }
 
 /// The mutable control state, behind one lock.
@@ -546,18 +547,23 @@ impl Daemon {
         // Test servers follow the pods' ports and MESSAGE.
         for (key, pod) in &state.pods {
             let args = server_args(&state, pod);
+            let message = message_of(&pod.containers);
             let Some(r) = control.pods.get_mut(key) else {
                 continue;
             };
-            if r.server_args == args && r.server.is_none_or(netns::pid_alive) {
+            if r.server_args == args
+                && r.server_message == message
+                && r.server.is_none_or(netns::pid_alive)
+            {
                 continue;
             }
             if let Some(pid) = r.server.take() {
                 netns::terminate_pids(&[pid], Duration::from_secs(2));
             }
             r.server_args = args.clone();
+            r.server_message = message.clone();
             if !args.is_empty() {
-                match self.spawn_server(&r.netns, &pod.name, &args, message_of(&pod.containers)) {
+                match self.spawn_server(&r.netns, &pod.name, &args, message) {
                     Ok(pid) => {
                         r.server = Some(pid);
                         control.record.add_pid(pid);
@@ -624,6 +630,7 @@ impl Daemon {
             mac: pod.mac,
             server: None,
             server_args: Vec::new(),
+            server_message: None,
         })
     }
 

@@ -98,3 +98,136 @@ fn guest_replicas_follow_their_nodes_when_workers_are_added() {
         lab.services()
     );
 }
+
+/// The control socket refuses what it cannot take as it is: a line that is not UTF-8 (instead of
+/// repairing it with replacement characters), parameters a method does not take, and a
+/// namespace that does not exist (for every namespaced list, as `pods.list` already did).
+#[test]
+fn control_socket_refuses_bad_bytes_stray_params_and_unknown_namespaces() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("qarpc", POOLS);
+    let mut conn = lab.connect();
+    conn.send_bytes(b"{\"jsonrpc\":\"2.0\",\"id\":\"\xff\",\"method\":\"daemon.status\"}\n");
+    let resp = conn.read_response();
+    assert_eq!(resp["error"]["code"], serde_json::json!(-32700), "{resp}");
+    conn.send_bytes(
+        b"{\"jsonrpc\":\"2.0\",\"id\":2,\"method\":\"namespaces.list\",\
+          \"params\":{\"name\":\"te\xc3\x28am\"}}\n",
+    );
+    let resp = conn.read_response();
+    assert_eq!(resp["error"]["code"], serde_json::json!(-32700), "{resp}");
+    for (method, params, field) in [
+        (
+            "daemon.status",
+            serde_json::json!({"bogus": 1}),
+            "params.bogus",
+        ),
+        (
+            "exec.resolve",
+            serde_json::json!({"target": "ext/client", "bogus": 1}),
+            "params.bogus",
+        ),
+        (
+            "ports.list",
+            serde_json::json!({"bogus": 1}),
+            "params.bogus",
+        ),
+    ] {
+        let resp = conn.call(method, params);
+        assert_eq!(
+            resp["error"]["code"],
+            serde_json::json!(-32602),
+            "{method}: {resp}"
+        );
+        assert_eq!(
+            resp["error"]["data"]["field"],
+            serde_json::json!(field),
+            "{resp}"
+        );
+        let message = resp["error"]["message"].as_str().unwrap_or_default();
+        assert!(!message.contains("one of: )"), "{method}: {message}");
+    }
+    for method in ["tkc.list", "nat.list", "pods.list", "services.list"] {
+        let resp = conn.call(method, serde_json::json!({"namespace": "nope"}));
+        assert_eq!(
+            resp["error"]["code"],
+            serde_json::json!(-32002),
+            "{method}: {resp}"
+        );
+        assert_eq!(
+            resp["error"]["data"]["field"],
+            serde_json::json!("params.namespace"),
+            "{method}: {resp}"
+        );
+    }
+    for kind in ["tkc", "nat"] {
+        let out = lab.pacific(&["get", kind, "-n", "nope"]);
+        assert!(
+            !out.status.success(),
+            "get {kind} -n nope: {}",
+            describe(&out)
+        );
+    }
+    // The connection still serves, and the good calls still work.
+    let resp = conn.call("daemon.status", serde_json::json!({}));
+    assert!(resp["result"]["pid"].is_u64(), "{resp}");
+    let resp = conn.call("tkc.list", serde_json::json!({"namespace": "team"}));
+    assert!(resp["result"]["items"].is_array(), "{resp}");
+}
+
+/// A pod's test server answers with the MESSAGE the pod has now: an apply that changes it (and
+/// says `configured`) restarts the server, as a change of ports already did.
+#[test]
+fn a_changed_message_reaches_the_running_pod() {
+    if !require_netns() {
+        return;
+    }
+    let pod = |message: &str| {
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: msg, namespace: team}}
+spec:
+  containers:
+  - name: c
+    image: x
+    ports: [{{containerPort: 80}}]
+    env: [{{name: MESSAGE, value: {message}}}]
+"
+        )
+    };
+    let lab = Lab::up_with("qamsg", &format!("{POOLS}---\n{}", pod("first")));
+    let ip = lab
+        .items("pods", Some("team"))
+        .iter()
+        .find(|p| p["name"] == "msg")
+        .and_then(|p| p["ip"].as_str().map(str::to_string))
+        .expect("pod msg has an address");
+    // From a neighbour on the segment.
+    let tester = "apiVersion: v1
+kind: Pod
+metadata: {name: tester, namespace: team}
+spec:
+  containers: [{name: c, image: x}]
+";
+    lab.apply_ok(tester, None, None);
+    let url = format!("http://{ip}/");
+    let seen = || {
+        stdout(&lab.exec("team/tester", &["curl", "-s", "-m", "2", &url]))
+            .trim()
+            .to_string()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || seen() == "first"),
+        "{url}: {:?}",
+        seen()
+    );
+    lab.apply_ok(&pod("second"), None, None);
+    assert!(
+        wait_until(Duration::from_secs(10), || seen() == "second"),
+        "after the MESSAGE changed, {url} still says {:?}",
+        seen()
+    );
+}

@@ -383,13 +383,23 @@ impl Daemon {
                 }
                 continue;
             }
-            let text = String::from_utf8_lossy(&line);
-            if text.trim().is_empty() {
-                continue;
-            }
-            if let Some(response) =
-                rpc::handle_line(&text, |method, params| self.dispatch(method, params))
-            {
+            // JSON text is UTF-8 (RFC 8259): a line that is not is refused, not repaired (a
+            // replacement character would silently change a name or a manifest).
+            let response = match std::str::from_utf8(&line) {
+                Ok(text) if text.trim().is_empty() => continue,
+                Ok(text) => rpc::handle_line(text, |method, params| self.dispatch(method, params)),
+                Err(e) => Some(rpc::error_response(
+                    &Value::Null,
+                    &RpcError::new(
+                        rpc::code::PARSE_ERROR,
+                        format!(
+                            "parse error: invalid UTF-8 at byte {} of the request",
+                            e.valid_up_to()
+                        ),
+                    ),
+                )),
+            };
+            if let Some(response) = response {
                 if writeln!(writer, "{response}")
                     .and_then(|_| writer.flush())
                     .is_err()
@@ -408,7 +418,9 @@ impl Daemon {
         match method {
             "apply" => self.apply(params, false),
             "delete" => self.apply(params, true),
-            "daemon.status" => Ok(json!({
+            "daemon.status" => {
+                rpc::no_params(params)?;
+                Ok(json!({
                 "pid": std::process::id(),
                 "prefix": self.config.prefix,
                 "workers": self.config.workers,
@@ -425,7 +437,8 @@ impl Daemon {
                     "removed": self.pipeline.conntrack.stats.removed.load(Ordering::Relaxed),
                 },
                 "started_by_lab": self.config.started_by_lab,
-            })),
+                }))
+            }
             "daemon.shutdown" => {
                 rpc::no_params(params)?;
                 self.request_shutdown();
@@ -437,6 +450,7 @@ impl Daemon {
                 Ok(json!({"reset": true}))
             }
             "exec.resolve" => {
+                rpc::only_params(params, &["target"])?;
                 let target: String = rpc::param(params, "target")?;
                 self.resolve(&target).map(|ns| json!({"netns": ns}))
             }

@@ -226,6 +226,9 @@ pub fn no_params(params: &Value) -> Result<(), RpcError> {
 
 /// Rejects parameters outside `allowed`.
 pub fn only_params(params: &Value, allowed: &[&str]) -> Result<(), RpcError> {
+    if allowed.is_empty() {
+        return no_params(params);
+    }
     if let Some(obj) = params.as_object() {
         for k in obj.keys() {
             if !allowed.contains(&k.as_str()) {
@@ -292,6 +295,13 @@ mod tests {
             parse(&handle_line(r#"{"jsonrpc":"2.0","id":"x","method":"nope"}"#, echo).unwrap());
         assert_eq!(out["error"]["code"], json!(code::METHOD_NOT_FOUND));
         assert_eq!(out["id"], json!("x"));
+    }
+
+    #[test]
+    fn methods_without_parameters_say_so() {
+        let e = only_params(&json!({"x": 1}), &[]).unwrap_err();
+        assert_eq!(e.data.unwrap()["field"], json!("params.x"));
+        assert!(e.message.contains("takes no parameters"), "{}", e.message);
     }
 
     #[test]

@@ -426,6 +426,11 @@ fn nat(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
     rpc::only_params(params, &["namespace", "all"])?;
     let ns: Option<String> = rpc::opt_param(params, "namespace")?;
     let all: bool = rpc::opt_param(params, "all")?.unwrap_or(false);
+    Filter {
+        namespace: ns.clone(),
+        name: None,
+    }
+    .check_namespace(ctx.state)?;
     let segment_of = |ip: Ipv4Addr| -> Option<String> {
         ctx.state
             .segments()
@@ -506,6 +511,7 @@ fn deployments(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
 
 fn tkc(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
     let f = filter(params)?;
+    f.check_namespace(ctx.state)?;
     let rows = ctx
         .state
         .tkg_clusters

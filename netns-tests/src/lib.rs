@@ -663,6 +663,13 @@ impl RpcConn {
             .expect("write to the control socket");
     }
 
+    /// Writes `bytes` as they are (they need not be UTF-8; no newline added).
+    pub fn send_bytes(&mut self, bytes: &[u8]) {
+        self.writer
+            .write_all(bytes)
+            .expect("write to the control socket");
+    }
+
     /// Reads one response line, parsed.
     pub fn read_response(&mut self) -> Value {
         let mut line = String::new();

@@ -176,3 +176,58 @@ fn control_socket_refuses_bad_bytes_stray_params_and_unknown_namespaces() {
     let resp = conn.call("tkc.list", serde_json::json!({"namespace": "team"}));
     assert!(resp["result"]["items"].is_array(), "{resp}");
 }
+
+/// A pod's test server answers with the MESSAGE the pod has now: an apply that changes it (and
+/// says `configured`) restarts the server, as a change of ports already did.
+#[test]
+fn a_changed_message_reaches_the_running_pod() {
+    if !require_netns() {
+        return;
+    }
+    let pod = |message: &str| {
+        format!(
+            "apiVersion: v1
+kind: Pod
+metadata: {{name: msg, namespace: team}}
+spec:
+  containers:
+  - name: c
+    image: x
+    ports: [{{containerPort: 80}}]
+    env: [{{name: MESSAGE, value: {message}}}]
+"
+        )
+    };
+    let lab = Lab::up_with("qamsg", &format!("{POOLS}---\n{}", pod("first")));
+    let ip = lab
+        .items("pods", Some("team"))
+        .iter()
+        .find(|p| p["name"] == "msg")
+        .and_then(|p| p["ip"].as_str().map(str::to_string))
+        .expect("pod msg has an address");
+    // From a neighbour on the segment.
+    let tester = "apiVersion: v1
+kind: Pod
+metadata: {name: tester, namespace: team}
+spec:
+  containers: [{name: c, image: x}]
+";
+    lab.apply_ok(tester, None, None);
+    let url = format!("http://{ip}/");
+    let seen = || {
+        stdout(&lab.exec("team/tester", &["curl", "-s", "-m", "2", &url]))
+            .trim()
+            .to_string()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || seen() == "first"),
+        "{url}: {:?}",
+        seen()
+    );
+    lab.apply_ok(&pod("second"), None, None);
+    assert!(
+        wait_until(Duration::from_secs(10), || seen() == "second"),
+        "after the MESSAGE changed, {url} still says {:?}",
+        seen()
+    );
+}

@@ -1,4 +1,6 @@
-//! Regressions found by exploratory QA (second round): each test failed before its fix.
+//! Live changes reach what already runs (TKG replicas moved by a resize, a pod whose message
+//! changed), and the control socket is strict about bytes, parameters and namespaces. Each test
+//! failed before its fix (found by exploratory QA).
 
 use std::time::Duration;
 

@@ -143,6 +143,12 @@ impl DaemonArgs {
             let secs: u64 = secs.parse().map_err(|_| {
                 format!("--conntrack-timeout {spec:?}: {secs:?} is not a number of seconds")
             })?;
+            // Zero would end every connection with the packet that made it: no reply, no NAT.
+            if secs == 0 {
+                return Err(format!(
+                    "--conntrack-timeout {spec:?}: a timeout is at least 1 second"
+                ));
+            }
             config
                 .timeouts
                 .set(name, secs.saturating_mul(1000))
@@ -1093,5 +1099,13 @@ mod tests {
             .conntrack()
             .unwrap_err();
         assert!(err.contains("--conntrack-timeout"), "{err}");
+        let err = daemon(&["--conntrack-timeout", "udp=0"])
+            .conntrack()
+            .unwrap_err();
+        assert!(err.contains("at least 1 second"), "{err}");
+        let one = daemon(&["--conntrack-timeout", "udp=1"])
+            .conntrack()
+            .unwrap();
+        assert_eq!(one.timeouts.udp, 1000);
     }
 }

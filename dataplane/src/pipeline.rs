@@ -993,8 +993,11 @@ impl Pipeline {
                     });
                     dst = b.ip;
                     dport = b.port;
-                    if t.services[svc].snat_automap {
-                        // NSX automap: the member sees the T1's own address on its segment.
+                    // NSX automap: the member sees the T1's own address on its segment. Without
+                    // it (`externalTrafficPolicy: Local`) the client's address stays, unless the
+                    // client is the member itself, which would drop a packet from itself: the
+                    // hairpin of the ClusterIP case.
+                    if t.services[svc].snat_automap || b.ip == key.src {
                         snat_addr = Some(self.member_facing_address(t, b.ip).unwrap_or(facing));
                     }
                 }

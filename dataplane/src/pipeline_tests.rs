@@ -594,6 +594,56 @@ fn the_slb_sends_vip_traffic_to_a_member_with_automap_snat() {
     ));
 }
 
+/// `externalTrafficPolicy: Local` keeps the client's address, except for a member that reaches
+/// its own VIP and is picked: it would see a packet from itself, so the T1 stands in.
+#[test]
+fn a_member_reaching_its_own_local_vip_is_answered_through_a_hairpin() {
+    let mut bed = Bed::new();
+    let mut t = testbed::tables(2, Options::default());
+    for svc in t.services.iter_mut().filter(|s| s.snat_automap) {
+        svc.snat_automap = false;
+    }
+    bed.tables.store(Arc::new(t));
+    // From another pod: the member sees the client itself.
+    let syn = tcp(pod_mac(A1_IP), ROUTER_MAC, A1_IP, VIP, 40000, 80, SYN);
+    assert_eq!(bed.send(A1, &syn), Verdict::Forward);
+    let (port, frame) = bed.out();
+    assert_eq!(port, A2);
+    assert_eq!((check(&frame).src, check(&frame).dst), (A1_IP, A2_IP));
+    // From the member itself: the T1's address on its segment, and the answer finds its way.
+    let syn = tcp(pod_mac(A2_IP), ROUTER_MAC, A2_IP, VIP, 40001, 80, SYN);
+    assert_eq!(bed.send(A2, &syn), Verdict::Forward);
+    let (port, frame) = bed.out();
+    assert_eq!(port, A2);
+    let ip = check(&frame);
+    assert_eq!((ip.src, ip.dst), (GW_A, A2_IP));
+    let L4::Tcp { src_port, .. } = ip.l4 else {
+        panic!()
+    };
+    let synack = tcp(
+        pod_mac(A2_IP),
+        ROUTER_MAC,
+        A2_IP,
+        GW_A,
+        80,
+        src_port,
+        SYN | ACK,
+    );
+    assert_eq!(bed.send(A2, &synack), Verdict::Forward);
+    let (port, frame) = bed.out();
+    assert_eq!(port, A2);
+    let ip = check(&frame);
+    assert_eq!((ip.src, ip.dst), (VIP, A2_IP));
+    assert!(matches!(
+        ip.l4,
+        L4::Tcp {
+            src_port: 80,
+            dst_port: 40001,
+            ..
+        }
+    ));
+}
+
 #[test]
 fn spoofguard_drops_foreign_sources() {
     let mut bed = Bed::new();

@@ -101,24 +101,27 @@ impl RpcError {
 }
 
 pub fn error_response(id: &Value, e: &RpcError) -> String {
+    error_value(id, e).to_string()
+}
+
+fn error_value(id: &Value, e: &RpcError) -> Value {
     let mut error = Map::new();
     error.insert("code".into(), json!(e.code));
     error.insert("message".into(), json!(e.message));
     if let Some(data) = &e.data {
         error.insert("data".into(), data.clone());
     }
-    json!({"jsonrpc": "2.0", "id": id, "error": Value::Object(error)}).to_string()
-}
-
-pub fn result_response(id: &Value, result: Value) -> String {
-    json!({"jsonrpc": "2.0", "id": id, "result": result}).to_string()
+    json!({"jsonrpc": "2.0", "id": id, "error": Value::Object(error)})
 }
 
 /// Handles one request line with `dispatch(method, params)`. `None` for a notification (a
-/// request without `id`), which JSON-RPC answers with nothing.
+/// request without `id`), which JSON-RPC answers with nothing. A line may also be a batch (a
+/// JSON array of requests, JSON-RPC 2.0 section 6): its requests are handled in order and
+/// answered with an array of the answers, none for its notifications (and nothing at all when
+/// it holds only notifications); an empty batch is an invalid request.
 pub fn handle_line(
     line: &str,
-    dispatch: impl FnOnce(&str, &Value) -> Result<Value, RpcError>,
+    mut dispatch: impl FnMut(&str, &Value) -> Result<Value, RpcError>,
 ) -> Option<String> {
     let request: Value = match serde_json::from_str(line) {
         Ok(v) => v,
@@ -129,8 +132,29 @@ pub fn handle_line(
             ))
         }
     };
-    let Value::Object(obj) = &request else {
-        return Some(error_response(
+    match request {
+        Value::Array(batch) if batch.is_empty() => Some(error_response(
+            &Value::Null,
+            &RpcError::invalid_request("an empty batch"),
+        )),
+        Value::Array(batch) => {
+            let answers: Vec<Value> = batch
+                .iter()
+                .filter_map(|r| handle_request(r, &mut dispatch))
+                .collect();
+            (!answers.is_empty()).then(|| Value::Array(answers).to_string())
+        }
+        request => handle_request(&request, &mut dispatch).map(|a| a.to_string()),
+    }
+}
+
+/// One request of a line or a batch: its answer, `None` for a notification.
+fn handle_request(
+    request: &Value,
+    dispatch: &mut impl FnMut(&str, &Value) -> Result<Value, RpcError>,
+) -> Option<Value> {
+    let Value::Object(obj) = request else {
+        return Some(error_value(
             &Value::Null,
             &RpcError::invalid_request("a request must be a JSON object"),
         ));
@@ -138,7 +162,7 @@ pub fn handle_line(
     let id = obj.get("id").cloned();
     let reply_id = id.clone().unwrap_or(Value::Null);
     if !matches!(reply_id, Value::Null | Value::Number(_) | Value::String(_)) {
-        return Some(error_response(
+        return Some(error_value(
             &Value::Null,
             &RpcError::with_field(
                 code::INVALID_REQUEST,
@@ -148,13 +172,13 @@ pub fn handle_line(
         ));
     }
     if obj.get("jsonrpc") != Some(&json!("2.0")) {
-        return Some(error_response(
+        return Some(error_value(
             &reply_id,
             &RpcError::with_field(code::INVALID_REQUEST, "jsonrpc", "must be \"2.0\""),
         ));
     }
     let Some(method) = obj.get("method").and_then(Value::as_str) else {
-        return Some(error_response(
+        return Some(error_value(
             &reply_id,
             &RpcError::with_field(code::INVALID_REQUEST, "method", "missing or not a string"),
         ));
@@ -164,7 +188,7 @@ pub fn handle_line(
         .cloned()
         .unwrap_or(Value::Object(Map::new()));
     if !params.is_object() {
-        return Some(error_response(
+        return Some(error_value(
             &reply_id,
             &RpcError::with_field(
                 code::INVALID_PARAMS,
@@ -176,8 +200,8 @@ pub fn handle_line(
     let outcome = dispatch(method, &params);
     id.as_ref()?;
     Some(match outcome {
-        Ok(result) => result_response(&reply_id, result),
-        Err(e) => error_response(&reply_id, &e),
+        Ok(result) => json!({"jsonrpc": "2.0", "id": reply_id, "result": result}),
+        Err(e) => error_value(&reply_id, &e),
     })
 }
 
@@ -302,6 +326,45 @@ mod tests {
         let e = only_params(&json!({"x": 1}), &[]).unwrap_err();
         assert_eq!(e.data.unwrap()["field"], json!("params.x"));
         assert!(e.message.contains("takes no parameters"), "{}", e.message);
+    }
+
+    /// JSON-RPC 2.0 section 6: a batch is answered with an array, in order, without the
+    /// notifications' answers; a batch of notifications with nothing; an empty one is invalid.
+    #[test]
+    fn a_batch_is_answered_with_an_array() {
+        let out = parse(
+            &handle_line(
+                r#"[{"jsonrpc":"2.0","id":1,"method":"echo","params":{"a":1}},
+                    {"jsonrpc":"2.0","method":"echo"},
+                    {"jsonrpc":"2.0","id":"b","method":"nope"},
+                    5]"#,
+                echo,
+            )
+            .unwrap(),
+        );
+        let answers = out.as_array().expect("an array");
+        assert_eq!(answers.len(), 3, "{out}");
+        assert_eq!(answers[0], json!({"jsonrpc":"2.0","id":1,"result":{"a":1}}));
+        assert_eq!(
+            (
+                answers[1]["id"].clone(),
+                answers[1]["error"]["code"].clone()
+            ),
+            (json!("b"), json!(code::METHOD_NOT_FOUND))
+        );
+        assert_eq!(
+            (
+                answers[2]["id"].clone(),
+                answers[2]["error"]["code"].clone()
+            ),
+            (Value::Null, json!(code::INVALID_REQUEST))
+        );
+        assert_eq!(
+            handle_line(r#"[{"jsonrpc":"2.0","method":"echo"}]"#, echo),
+            None
+        );
+        let out = parse(&handle_line("[]", echo).unwrap());
+        assert_eq!(out["error"]["code"], json!(code::INVALID_REQUEST));
     }
 
     #[test]

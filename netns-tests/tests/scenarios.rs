@@ -1211,7 +1211,7 @@ fn control_socket_survives_abuse() {
     );
     let resp = conn.call("daemon.status", json!({}));
     assert!(resp["result"]["pid"].is_u64(), "after 9 MB of junk: {resp}");
-    // Unknown and ill-shaped params, a missing version, a batch.
+    // Unknown and ill-shaped params, a missing version, batches.
     let resp = conn.call("pods.list", json!({"namespace": "shop", "bogus": 1}));
     assert_eq!(resp["error"]["code"], json!(-32602), "{resp}");
     assert_eq!(
@@ -1233,7 +1233,19 @@ fn control_socket_survives_abuse() {
         "{resp}"
     );
     assert_eq!(resp["error"]["data"]["field"], json!("jsonrpc"), "{resp}");
-    let resp = conn.roundtrip_raw(r#"[{"jsonrpc":"2.0","id":43,"method":"daemon.status"}]"#);
+    // A batch (JSON-RPC 2.0 section 6) gets an array of answers, without the notification's;
+    // an empty one is an invalid request.
+    let resp = conn.roundtrip_raw(
+        r#"[{"jsonrpc":"2.0","id":43,"method":"daemon.status"},{"jsonrpc":"2.0","method":"pods.list"},{"jsonrpc":"2.0","id":44,"method":"nope"}]"#,
+    );
+    assert_eq!(resp.as_array().map(Vec::len), Some(2), "{resp}");
+    assert!(resp[0]["result"]["pid"].is_u64(), "{resp}");
+    assert_eq!(
+        (resp[1]["id"].clone(), resp[1]["error"]["code"].clone()),
+        (json!(44), json!(-32601)),
+        "{resp}"
+    );
+    let resp = conn.roundtrip_raw("[]");
     assert_eq!(resp["error"]["code"], json!(-32600), "{resp}");
     // A notification (no id) gets no answer: the next line's answer is the next request's.
     conn.send_raw("{\"jsonrpc\":\"2.0\",\"method\":\"daemon.status\"}\n");

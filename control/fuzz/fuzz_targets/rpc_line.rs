@@ -1,6 +1,7 @@
 //! One control-socket line from arbitrary bytes, through the JSON-RPC framing with a dispatcher
 //! that echoes. What must hold: no panic; every answer (when there is one) is a JSON-RPC 2.0
-//! response object with either a result or an error with a code and a message.
+//! response object with either a result or an error with a code and a message, or for a batch
+//! a non-empty array of them.
 
 #![no_main]
 
@@ -19,9 +20,19 @@ fuzz_target!(|data: &[u8]| {
     });
     if let Some(answer) = answer {
         let v: Value = serde_json::from_str(&answer).expect("answers are JSON");
-        assert_eq!(v["jsonrpc"], "2.0");
-        let ok = v.get("result").is_some();
-        let err = v["error"]["code"].is_i64() && v["error"]["message"].is_string();
-        assert!(ok != err, "exactly one of result and error: {answer}");
+        // A batch is answered with a non-empty array of responses.
+        let responses = match &v {
+            Value::Array(all) => {
+                assert!(!all.is_empty(), "an empty batch answer: {answer}");
+                all.iter().collect()
+            }
+            one => vec![one],
+        };
+        for r in responses {
+            assert_eq!(r["jsonrpc"], "2.0");
+            let ok = r.get("result").is_some();
+            let err = r["error"]["code"].is_i64() && r["error"]["message"].is_string();
+            assert!(ok != err, "exactly one of result and error: {answer}");
+        }
     }
 });

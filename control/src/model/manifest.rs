@@ -540,6 +540,30 @@ impl<'a> Field<'a> {
         }
     }
 
+    /// Refuses a key that this mapping's type does not have, as kubectl's strict field
+    /// validation does: a typo such as `sessionAfinity` would otherwise change what the object
+    /// does, silently. The message suggests the known key it is closest to. (Only for types
+    /// whose every field is listed here: a Pod's or a container's fields are not.)
+    fn known_keys(&self, known: &[&str]) -> Res<()> {
+        let Some(map) = self.value.as_mapping() else {
+            return Ok(()); // not a mapping: the caller's own checks say so
+        };
+        for key in map.keys() {
+            let Some(key) = key.as_str() else {
+                return Err(self.err(format!("keys must be strings, got {}", type_name(key))));
+            };
+            if !known.contains(&key) {
+                let hint = closest(key, known)
+                    .map_or(String::new(), |k| format!(" (did you mean {k:?}?)"));
+                return Err(FieldError {
+                    field: self.child_path(key),
+                    message: format!("unknown field{hint}"),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn req(&self, key: &str) -> Res<Field<'a>> {
         self.get(key).ok_or_else(|| FieldError {
             field: self.child_path(key),
@@ -653,6 +677,113 @@ impl<'a> Field<'a> {
             other => Err(self.err(format!("unsupported value {other:?}: TCP or UDP"))),
         }
     }
+}
+
+/// Every field of these types, as the Kubernetes API (v1.31) and Pacific's own kinds define
+/// them.
+const OBJECT_META: &[&str] = &[
+    "annotations",
+    "clusterName",
+    "creationTimestamp",
+    "deletionGracePeriodSeconds",
+    "deletionTimestamp",
+    "finalizers",
+    "generateName",
+    "generation",
+    "labels",
+    "managedFields",
+    "name",
+    "namespace",
+    "ownerReferences",
+    "resourceVersion",
+    "selfLink",
+    "uid",
+];
+const SERVICE_SPEC: &[&str] = &[
+    "allocateLoadBalancerNodePorts",
+    "clusterIP",
+    "clusterIPs",
+    "externalIPs",
+    "externalName",
+    "externalTrafficPolicy",
+    "healthCheckNodePort",
+    "internalTrafficPolicy",
+    "ipFamilies",
+    "ipFamilyPolicy",
+    "loadBalancerClass",
+    "loadBalancerIP",
+    "loadBalancerSourceRanges",
+    "ports",
+    "publishNotReadyAddresses",
+    "selector",
+    "sessionAffinity",
+    "sessionAffinityConfig",
+    "topologyKeys",
+    "trafficDistribution",
+    "type",
+];
+const SERVICE_PORT: &[&str] = &[
+    "appProtocol",
+    "name",
+    "nodePort",
+    "port",
+    "protocol",
+    "targetPort",
+];
+const DEPLOYMENT_SPEC: &[&str] = &[
+    "minReadySeconds",
+    "paused",
+    "progressDeadlineSeconds",
+    "replicas",
+    "revisionHistoryLimit",
+    "selector",
+    "strategy",
+    "template",
+];
+const LABEL_SELECTOR: &[&str] = &["matchExpressions", "matchLabels"];
+const POOLS_SPEC: &[&str] = &[
+    "pods",
+    "services",
+    "ingress",
+    "egress",
+    "servicesStart",
+    "ingressStart",
+    "egressStart",
+];
+const UPLINK_SPEC: &[&str] = &["t0Address", "peerAddress", "prefixLength"];
+const OUTSIDE_HOST_SPEC: &[&str] = &["address", "httpPorts", "udpPorts"];
+
+/// The known key `key` is most likely a typo of: the same but for case, or at most two edits
+/// away (Levenshtein).
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    let distance = |a: &str, b: &str| {
+        let b: Vec<char> = b.chars().collect();
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.chars().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, &cb) in b.iter().enumerate() {
+                let cost = usize::from(ca != cb);
+                let next = (row[j + 1] + 1).min(row[j] + 1).min(prev + cost);
+                prev = row[j + 1];
+                row[j + 1] = next;
+            }
+        }
+        row[b.len()]
+    };
+    known
+        .iter()
+        .map(|&k| {
+            let d = if k.eq_ignore_ascii_case(key) {
+                0
+            } else {
+                distance(&key.to_ascii_lowercase(), &k.to_ascii_lowercase())
+            };
+            (d, k)
+        })
+        .filter(|&(d, _)| d <= 2)
+        .min()
+        .map(|(_, k)| k)
 }
 
 fn parse_cidr(s: &str) -> Result<Ipv4Net, String> {
@@ -853,6 +984,7 @@ fn parse_object(
     }
     let metadata = root.req("metadata")?;
     metadata.mapping()?;
+    metadata.known_keys(OBJECT_META)?;
     let name_field = metadata.req("name")?;
     let name = name_field.str()?.to_string();
     *object_name = Some(name.clone());
@@ -1170,8 +1302,10 @@ fn count(field: &Field<'_>, min: u64) -> Res<u32> {
 
 fn parse_deployment(meta: Meta, root: &Field<'_>) -> Res<DeploymentRequest> {
     let spec = root.req("spec")?;
+    spec.known_keys(DEPLOYMENT_SPEC)?;
     let replicas = spec.get("replicas").map_or(Ok(1), |f| count(&f, 0))?;
     let selector_field = spec.req("selector")?;
+    selector_field.known_keys(LABEL_SELECTOR)?;
     if let Some(exprs) = selector_field.get("matchExpressions") {
         if !exprs.seq()?.is_empty() {
             return Err(exprs.err("matchExpressions is not supported; use matchLabels"));
@@ -1201,6 +1335,7 @@ fn parse_deployment(meta: Meta, root: &Field<'_>) -> Res<DeploymentRequest> {
 
 fn parse_service(meta: Meta, root: &Field<'_>, ann: &Annotations<'_, '_>) -> Res<ServiceRequest> {
     let spec = root.req("spec")?;
+    spec.known_keys(SERVICE_SPEC)?;
     let service_type = match spec.get("type") {
         None => ServiceType::ClusterIP,
         Some(f) => match f.str()? {
@@ -1243,6 +1378,7 @@ fn parse_service(meta: Meta, root: &Field<'_>, ann: &Annotations<'_, '_>) -> Res
     }
     let many = port_items.len() > 1;
     for p in &port_items {
+        p.known_keys(SERVICE_PORT)?;
         let name = match p.get("name") {
             Some(f) if !f.str()?.is_empty() => {
                 let n = f.str()?;
@@ -1580,6 +1716,7 @@ fn port_list(parent: &Field<'_>, key: &str) -> Res<Vec<u16>> {
 
 fn parse_outside_host(meta: Meta, root: &Field<'_>) -> Res<OutsideHostRequest> {
     let spec = root.req("spec")?;
+    spec.known_keys(OUTSIDE_HOST_SPEC)?;
     let field = spec.req("address")?;
     let text = field.str()?;
     let (addr, len) = text
@@ -1610,6 +1747,7 @@ fn parse_outside_host(meta: Meta, root: &Field<'_>) -> Res<OutsideHostRequest> {
 
 fn parse_pools(meta: Meta, root: &Field<'_>) -> Res<PoolsRequest> {
     let spec = root.req("spec")?;
+    spec.known_keys(POOLS_SPEC)?;
     let mut pools = Pools::default();
     for (key, slot) in [
         ("pods", &mut pools.pods),
@@ -1639,6 +1777,7 @@ fn parse_pools(meta: Meta, root: &Field<'_>) -> Res<PoolsRequest> {
 
 fn parse_uplink(meta: Meta, root: &Field<'_>) -> Res<UplinkRequest> {
     let spec = root.req("spec")?;
+    spec.known_keys(UPLINK_SPEC)?;
     let mut uplink = Uplink::default();
     if let Some(f) = spec.get("t0Address") {
         uplink.t0_addr = f.ipv4()?;
@@ -1753,6 +1892,58 @@ mod tests {
             .iter()
             .all(|m| m.meta().cluster.as_deref() == Some("tkg-cluster-01")
                 && m.meta().namespace.as_deref() == Some("ns-dev")));
+    }
+
+    /// kubectl's strict field validation: a field the type does not have is refused with its
+    /// path and the field it is likely a typo of; what `kubectl get -o yaml` prints (status,
+    /// server-set metadata, every ServiceSpec field) applies as it is.
+    #[test]
+    fn unknown_fields_are_refused_with_the_likely_one() {
+        let svc = |spec_extra: &str, port_extra: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: ns-dev}}\nspec:\n  selector: {{app: web}}\n  ports:\n  - {{port: 80{port_extra}}}\n{spec_extra}"
+            )
+        };
+        for (text, field, says) in [
+            (svc("  sessionAfinity: ClientIP\n", ""), "spec.sessionAfinity", "sessionAffinity"),
+            (svc("", ", targetport: 8080"), "spec.ports[0].targetport", "targetPort"),
+            (svc("  colour: blue\n", ""), "spec.colour", ""),
+            (
+                "apiVersion: pacific.dev/v1\nkind: Uplink\nmetadata: {name: u}\nspec: {t0Adress: 203.0.113.2}\n".to_string(),
+                "spec.t0Adress",
+                "t0Address",
+            ),
+            (
+                "apiVersion: pacific.dev/v1\nkind: OutsideHost\nmetadata: {name: h}\nspec: {address: 198.51.100.9/24, httpPort: [80]}\n".to_string(),
+                "spec.httpPort",
+                "httpPorts",
+            ),
+            (
+                "apiVersion: pacific.dev/v1\nkind: Pools\nmetadata: {name: p}\nspec: {Pods: 10.1.0.0/16}\n".to_string(),
+                "spec.Pods",
+                "pods",
+            ),
+            (
+                "apiVersion: v1\nkind: Namespace\nmetadata: {name: n, label: {a: b}}\n".to_string(),
+                "metadata.label",
+                "labels",
+            ),
+            (
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: n}\nspec:\n  replica: 2\n  selector: {matchLabels: {app: d}}\n  template:\n    metadata: {labels: {app: d}}\n    spec: {containers: [{name: c, image: x}]}\n".to_string(),
+                "spec.replica",
+                "replicas",
+            ),
+        ] {
+            let e = parse_err(&text);
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.starts_with("unknown field"), "{e}");
+            if !says.is_empty() {
+                assert!(e.message.contains(&format!("did you mean {says:?}")), "{e}");
+            }
+        }
+        // As `kubectl get svc web -o yaml` prints it.
+        let printed = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: ns-dev\n  uid: 5b1c\n  resourceVersion: \"812\"\n  creationTimestamp: \"2026-12-01T09:00:00Z\"\n  labels: {app: web}\nspec:\n  type: LoadBalancer\n  selector: {app: web}\n  ports:\n  - {name: http, protocol: TCP, port: 80, targetPort: 8080, appProtocol: http}\n  sessionAffinity: None\n  externalTrafficPolicy: Cluster\n  internalTrafficPolicy: Cluster\n  ipFamilies: [IPv4]\n  ipFamilyPolicy: SingleStack\n  allocateLoadBalancerNodePorts: true\nstatus: {loadBalancer: {}}\n";
+        assert_eq!(parse(printed).len(), 1);
     }
 
     #[test]

@@ -86,6 +86,10 @@ enum Cmd {
         /// The name it answers /hostname with (default: the host name).
         #[arg(long)]
         name: Option<String>,
+        /// Relay a port to other addresses (a TKG node's nodePort with no local replica):
+        /// tcp:PORT=IP:PORT[,IP:PORT...] or udp:...
+        #[arg(long = "forward", value_name = "PROTO:PORT=TARGETS")]
+        forward: Vec<netexec::Forward>,
     },
     /// Send one raw JSON-RPC call and print the result (for scripts).
     Rpc {
@@ -267,7 +271,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         Cmd::Apply(args) => apply(&socket, &args, "apply"),
         Cmd::Delete(args) => apply(&socket, &args, "delete"),
         Cmd::Exec { target, command } => exec(&socket, &target, &command),
-        Cmd::Netexec { http, udp, name } => {
+        Cmd::Netexec {
+            http,
+            udp,
+            name,
+            forward,
+        } => {
             let name = name
                 .or_else(|| {
                     std::fs::read_to_string("/proc/sys/kernel/hostname")
@@ -281,6 +290,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 udp_ports: udp,
                 name,
                 message,
+                forwards: forward,
             })
             .map_err(|e| e.to_string())?;
             Ok(ExitCode::SUCCESS)

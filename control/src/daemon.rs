@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -38,6 +38,7 @@ use crate::lab::record::LabRecord;
 use crate::model::manifest::{parse_manifests, parse_object_refs};
 use crate::model::objects::{State, Uplink};
 use crate::model::store::{ApplyError, Store};
+use crate::netexec;
 use crate::rpc::{self, RpcError};
 use crate::views;
 
@@ -678,7 +679,7 @@ impl Daemon {
     /// container ports and on the nodePorts of the services that select it (SO_REUSEPORT lets
     /// replicas on one node share a nodePort, as kube-proxy spreads them).
     fn realize_workloads(&self, control: &mut Control, state: &State, problems: &mut Vec<String>) {
-        let wanted: BTreeMap<(String, String), WorkloadServer> = state
+        let mut wanted: BTreeMap<(String, String), WorkloadServer> = state
             .cluster_workloads
             .iter()
             .filter_map(|(key, w)| {
@@ -691,6 +692,23 @@ impl Daemon {
                 Some((key.clone(), server))
             })
             .collect();
+        // The nodes without a replica relay their nodePorts (named after the node, which is
+        // also what they answer /hostname with, and `/` so no replica name is taken).
+        for ((namespace, node), forwards) in nodeport_relays(state) {
+            let Some(realized) = control.pods.get(&(namespace.clone(), node.clone())) else {
+                continue;
+            };
+            let args = forwards
+                .iter()
+                .flat_map(|f| ["--forward".to_string(), f.to_string()])
+                .collect();
+            let server = WorkloadServer {
+                netns: realized.netns.clone(),
+                args,
+                message: None,
+            };
+            wanted.insert((namespace, format!("{node}/")), server);
+        }
         let gone: Vec<(String, String)> = control
             .workloads
             .iter()
@@ -708,7 +726,8 @@ impl Daemon {
             if control.workloads.contains_key(&key) || w.args.is_empty() {
                 continue;
             }
-            match self.spawn_server(&w.netns, &key.1, &w.args, w.message.clone()) {
+            let name = key.1.trim_end_matches('/');
+            match self.spawn_server(&w.netns, name, &w.args, w.message.clone()) {
                 Ok(pid) => {
                     control.record.add_pid(pid);
                     control.workloads.insert(key, (pid, w));
@@ -1050,6 +1069,67 @@ fn workload_args(state: &State, w: &crate::model::objects::ClusterWorkload) -> V
             [flag.to_string(), port.to_string()]
         })
         .collect()
+}
+
+/// kube-proxy opens a service's nodePort on every node of the cluster (`externalTrafficPolicy:
+/// Cluster`) and sends what a node without a replica receives on to one with a replica: the
+/// lab's nodes without one relay each nodePort to the nodes that have one (the replicas
+/// listen on it themselves, [`workload_args`]). By (supervisor namespace, node name). A
+/// `Local` service is not relayed: a node without a replica refuses, as kube-proxy's does.
+fn nodeport_relays(state: &State) -> BTreeMap<(String, String), Vec<netexec::Forward>> {
+    use crate::model::objects::Protocol;
+    let mut relays: BTreeMap<(String, String), Vec<netexec::Forward>> = BTreeMap::new();
+    for svc in state.services.values() {
+        let Some(cluster) = svc.cluster.as_deref() else {
+            continue;
+        };
+        if svc.external_traffic_local {
+            continue;
+        }
+        let Some(selector) = svc.selector.as_ref().filter(|s| !s.is_empty()) else {
+            continue;
+        };
+        let busy: BTreeSet<&str> = state
+            .cluster_workloads
+            .values()
+            .filter(|w| w.cluster == cluster && w.namespace == svc.namespace)
+            .filter(|w| selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+            .map(|w| w.node.as_str())
+            .collect();
+        let nodes: Vec<&crate::model::objects::Pod> = state
+            .pods
+            .values()
+            .filter(|p| p.namespace == svc.namespace && p.tkg_cluster.as_deref() == Some(cluster))
+            .collect();
+        let targets: Vec<Ipv4Addr> = nodes
+            .iter()
+            .filter(|p| busy.contains(p.name.as_str()))
+            .map(|p| p.ip)
+            .collect();
+        if targets.is_empty() {
+            continue; // nothing to relay to: every node refuses
+        }
+        for port in &svc.ports {
+            let Some(node_port) = port.node_port else {
+                continue;
+            };
+            let forward = netexec::Forward {
+                udp: port.protocol == Protocol::Udp,
+                port: node_port,
+                targets: targets
+                    .iter()
+                    .map(|&ip| SocketAddrV4::new(ip, node_port))
+                    .collect(),
+            };
+            for idle in nodes.iter().filter(|p| !busy.contains(p.name.as_str())) {
+                relays
+                    .entry((svc.namespace.clone(), idle.name.clone()))
+                    .or_default()
+                    .push(forward.clone());
+            }
+        }
+    }
+    relays
 }
 
 /// Reads and drops bytes up to the end of the current line. False at EOF or on an error.

@@ -50,6 +50,52 @@ pub struct NetexecConfig {
     pub name: String,
     /// The pod's `MESSAGE` environment variable: the answer to `/` when set.
     pub message: Option<String>,
+    /// Ports forwarded elsewhere: a TKG node's nodePorts where it runs no replica of the
+    /// service (see [`Forward`]).
+    pub forwards: Vec<Forward>,
+}
+
+/// A port whose connections (TCP) or datagrams (UDP) are relayed to other addresses, taken in
+/// turn, as kube-proxy's nodePort on a node without a local endpoint sends them to one on
+/// another node (`externalTrafficPolicy: Cluster`; the endpoint sees the relaying node as the
+/// source, as kube-proxy's masquerade makes it). Written `tcp:PORT=IP:PORT[,IP:PORT...]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    pub udp: bool,
+    pub port: u16,
+    pub targets: Vec<SocketAddrV4>,
+}
+
+impl std::str::FromStr for Forward {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Forward, String> {
+        let bad = || format!("{s:?}: expected tcp:PORT=IP:PORT[,IP:PORT...] (or udp:)");
+        let (proto, rest) = s.split_once(':').ok_or_else(bad)?;
+        let udp = match proto {
+            "tcp" => false,
+            "udp" => true,
+            _ => return Err(bad()),
+        };
+        let (port, targets) = rest.split_once('=').ok_or_else(bad)?;
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        let targets: Vec<SocketAddrV4> = targets
+            .split(',')
+            .map(|t| t.parse().map_err(|_| bad()))
+            .collect::<Result<_, _>>()?;
+        if port == 0 || targets.is_empty() {
+            return Err(bad());
+        }
+        Ok(Forward { udp, port, targets })
+    }
+}
+
+impl std::fmt::Display for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let targets: Vec<String> = self.targets.iter().map(|t| t.to_string()).collect();
+        let proto = if self.udp { "udp" } else { "tcp" };
+        write!(f, "{proto}:{}={}", self.port, targets.join(","))
+    }
 }
 
 /// Binds every port of `cfg`, then serves forever. Returns an error, having served nothing, if any
@@ -63,7 +109,14 @@ pub fn run(cfg: &NetexecConfig) -> io::Result<()> {
 pub struct BoundServer {
     http: Vec<TcpListener>,
     udp: Vec<UdpSocket>,
+    relays: Vec<(Relay, Vec<SocketAddrV4>)>,
     cfg: NetexecConfig,
+}
+
+#[derive(Debug)]
+enum Relay {
+    Tcp(TcpListener),
+    Udp(UdpSocket),
 }
 
 /// Binds `0.0.0.0:PORT` for every port of `cfg`. The error names the port that failed.
@@ -84,9 +137,24 @@ pub fn bind(cfg: &NetexecConfig) -> io::Result<BoundServer> {
             .map_err(|e| annotate(e, format!("netexec: cannot bind udp port {port}")))?;
         udp.push(UdpSocket::from(sock));
     }
+    let mut relays = Vec::with_capacity(cfg.forwards.len());
+    for f in &cfg.forwards {
+        let port = f.port;
+        let relay = if f.udp {
+            reusable_socket(Type::DGRAM, Protocol::UDP)
+                .and_then(|s| s.bind(&any(port).into()).map(|()| Relay::Udp(s.into())))
+        } else {
+            reusable_socket(Type::STREAM, Protocol::TCP)
+                .and_then(|s| s.bind(&any(port).into()).map(|()| s))
+                .and_then(|s| s.listen(1024).map(|()| Relay::Tcp(s.into())))
+        }
+        .map_err(|e| annotate(e, format!("netexec: cannot bind the forwarded port {port}")))?;
+        relays.push((relay, f.targets.clone()));
+    }
     Ok(BoundServer {
         http,
         udp,
+        relays,
         cfg: cfg.clone(),
     })
 }
@@ -128,6 +196,17 @@ impl BoundServer {
                     .name("netexec-udp".into())
                     .spawn(move || udp_echo_loop(&sock))?,
             );
+        }
+        for (relay, targets) in self.relays {
+            let name = "netexec-forward".to_string();
+            threads.push(match relay {
+                Relay::Tcp(listener) => thread::Builder::new()
+                    .name(name)
+                    .spawn(move || tcp_relay_loop(&listener, &targets))?,
+                Relay::Udp(sock) => thread::Builder::new()
+                    .name(name)
+                    .spawn(move || udp_relay_loop(sock, &targets))?,
+            });
         }
         for t in threads {
             // A panicking thread is a bug in this module; the others keep serving.
@@ -176,6 +255,126 @@ fn udp_echo_loop(sock: &UdpSocket) {
             // ECONNREFUSED from an earlier ICMP port-unreachable, EINTR: nothing to do.
             Err(_) => thread::sleep(Duration::from_millis(1)),
         }
+    }
+}
+
+/// How long a relayed UDP exchange stays open without a datagram (conntrack's UDP stream
+/// timeout is 120 s; a test exchange lasts seconds).
+const UDP_RELAY_IDLE: Duration = Duration::from_secs(30);
+/// How long a relay waits for a target to accept a connection before it tries the next.
+const RELAY_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Relays each accepted connection to the targets in turn (the next one if a target refuses),
+/// each direction copied until its end, which is passed on as a half-close.
+fn tcp_relay_loop(listener: &TcpListener, targets: &[SocketAddrV4]) {
+    let mut next = 0usize;
+    loop {
+        let client = match listener.accept() {
+            Ok((client, _)) => client,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                eprintln!("netexec: forward accept: {e}");
+                thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+        };
+        let order: Vec<SocketAddrV4> = (0..targets.len())
+            .map(|i| targets[(next + i) % targets.len()])
+            .collect();
+        next = next.wrapping_add(1);
+        let spawned = thread::Builder::new()
+            .name("netexec-relay".into())
+            .spawn(move || {
+                let upstream = order.iter().find_map(|t| {
+                    TcpStream::connect_timeout(&SocketAddr::V4(*t), RELAY_CONNECT_TIMEOUT).ok()
+                });
+                // No target answers: the client's connection is closed (a refusal, as near as
+                // a relay can make one).
+                if let Some(upstream) = upstream {
+                    relay_both_ways(client, upstream);
+                }
+            });
+        if let Err(e) = spawned {
+            eprintln!("netexec: forward: {e}");
+        }
+    }
+}
+
+fn relay_both_ways(client: TcpStream, upstream: TcpStream) {
+    let halves = (client.try_clone(), upstream.try_clone());
+    let (Ok(client_back), Ok(upstream_back)) = halves else {
+        return;
+    };
+    let back = thread::Builder::new()
+        .name("netexec-relay".into())
+        .spawn(move || copy_then_half_close(upstream_back, client_back));
+    copy_then_half_close(client, upstream);
+    if let Ok(back) = back {
+        let _ = back.join();
+    }
+}
+
+fn copy_then_half_close(mut from: TcpStream, mut to: TcpStream) {
+    let _ = io::copy(&mut from, &mut to);
+    let _ = to.shutdown(Shutdown::Write);
+}
+
+/// Relays datagrams: each client gets its own socket towards a target (taken in turn), whose
+/// answers go back to the client from the forwarded port; an exchange idle for
+/// [`UDP_RELAY_IDLE`] is forgotten.
+fn udp_relay_loop(sock: UdpSocket, targets: &[SocketAddrV4]) {
+    use std::collections::hash_map::{Entry, HashMap};
+    use std::sync::{Arc, Mutex};
+    let sock = Arc::new(sock);
+    let sessions: Arc<Mutex<HashMap<SocketAddr, UdpSocket>>> = Arc::default();
+    let mut next = 0usize;
+    let mut buf = vec![0u8; MAX_DATAGRAM];
+    loop {
+        let (n, client) = match sock.recv_from(&mut buf) {
+            Ok(got) => got,
+            Err(_) => {
+                thread::sleep(Duration::from_millis(1));
+                continue;
+            }
+        };
+        let mut open = sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let upstream = match open.entry(client) {
+            Entry::Occupied(session) => session.into_mut(),
+            Entry::Vacant(session) => {
+                let target = targets[next % targets.len()];
+                next = next.wrapping_add(1);
+                let Ok(upstream) = UdpSocket::bind("0.0.0.0:0").and_then(|u| {
+                    u.connect(target)?;
+                    u.set_read_timeout(Some(UDP_RELAY_IDLE))?;
+                    Ok(u)
+                }) else {
+                    continue;
+                };
+                let Ok(answers) = upstream.try_clone() else {
+                    continue;
+                };
+                let (sock, sessions) = (Arc::clone(&sock), Arc::clone(&sessions));
+                let spawned =
+                    thread::Builder::new()
+                        .name("netexec-relay".into())
+                        .spawn(move || {
+                            let mut buf = vec![0u8; MAX_DATAGRAM];
+                            // Until the exchange goes quiet (or the target refuses).
+                            while let Ok(n) = answers.recv(&mut buf) {
+                                let _ = sock.send_to(&buf[..n], client);
+                            }
+                            sessions
+                                .lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .remove(&client);
+                        });
+                if spawned.is_err() {
+                    continue;
+                }
+                session.insert(upstream)
+            }
+        };
+        let _ = upstream.send(&buf[..n]);
     }
 }
 
@@ -588,6 +787,7 @@ mod tests {
             udp_ports: vec![0],
             name: "wordpress-7d9f".into(),
             message: message.map(str::to_string),
+            ..Default::default()
         };
         let (bound, cfg) = bind_fresh(&cfg);
         thread::spawn(move || bound.serve());
@@ -636,6 +836,83 @@ mod tests {
         )
         .unwrap();
         read_response(&mut BufReader::new(s))
+    }
+
+    /// Starts a relay of a fresh TCP and a fresh UDP port to `targets` (plus one target that
+    /// refuses, first in turn, to show the relay moves on); returns the two ports.
+    fn start_relay(http: u16, udp: u16) -> (u16, u16) {
+        let refusing = SocketAddrV4::new(Ipv4Addr::LOCALHOST, free_tcp_port());
+        let to = |p| SocketAddrV4::new(Ipv4Addr::LOCALHOST, p);
+        for _ in 0..20 {
+            let (t, u) = (free_tcp_port(), free_udp_port());
+            let cfg = NetexecConfig {
+                name: "node".into(),
+                forwards: vec![
+                    format!("tcp:{t}={refusing},{}", to(http)).parse().unwrap(),
+                    Forward {
+                        udp: true,
+                        port: u,
+                        targets: vec![to(udp)],
+                    },
+                ],
+                ..Default::default()
+            };
+            match bind(&cfg) {
+                Ok(bound) => {
+                    thread::spawn(move || bound.serve());
+                    return (t, u);
+                }
+                Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        panic!("no free ports");
+    }
+
+    #[test]
+    fn a_forwarded_port_relays_to_its_targets_both_ways() {
+        let (http, udp) = start(None);
+        let (t, u) = start_relay(http, udp);
+        // TCP, through the refusing target to the next, more than once.
+        for _ in 0..3 {
+            assert_eq!(get(t, "/hostname").2, "wordpress-7d9f");
+        }
+        // A half-close passes: the server sees the end of the request and still answers.
+        let mut s = connect(t);
+        write!(s, "GET /echo?msg=half HTTP/1.0\r\n\r\n").unwrap();
+        s.shutdown(Shutdown::Write).unwrap();
+        let (status, _, body) = read_response(&mut BufReader::new(s));
+        assert_eq!((status, body.as_str()), (200, "half"));
+        // UDP: the answer comes back from the forwarded port.
+        let c = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 2048];
+        for payload in [&b"one"[..], &[7u8; 1400][..]] {
+            c.send_to(payload, (Ipv4Addr::LOCALHOST, u)).unwrap();
+            let (n, from) = c.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], from.port()), (payload, u));
+        }
+    }
+
+    #[test]
+    fn forwards_parse_and_print_alike() {
+        let f: Forward = "udp:31053=172.211.0.66:31053,172.211.0.67:31053"
+            .parse()
+            .unwrap();
+        assert!(f.udp && f.port == 31053 && f.targets.len() == 2);
+        assert_eq!(
+            f.to_string(),
+            "udp:31053=172.211.0.66:31053,172.211.0.67:31053"
+        );
+        for bad in [
+            "tcp:80",
+            "sctp:1=1.2.3.4:5",
+            "tcp:0=1.2.3.4:5",
+            "tcp:80=",
+            "tcp:x=1.2.3.4:5",
+        ] {
+            assert!(bad.parse::<Forward>().is_err(), "{bad}");
+        }
     }
 
     #[test]

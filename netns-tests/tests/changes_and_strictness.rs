@@ -233,3 +233,56 @@ spec:
         seen()
     );
 }
+
+/// kube-proxy opens a service's nodePort on every node of a guest cluster: a node without a
+/// replica passes the connection on to one with (`externalTrafficPolicy: Cluster`).
+#[test]
+fn every_node_of_a_guest_cluster_answers_on_the_nodeport() {
+    if !require_netns() {
+        return;
+    }
+    let client = "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: team}\nspec:\n  containers: [{name: c, image: x}]\n";
+    let lab = Lab::up_with("qanodes", &format!("{POOLS}---\n{}---\n{client}", tkc(3)));
+    let app = "\
+apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: NodePort
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080, nodePort: 31080}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: w, image: x, ports: [{containerPort: 8080}]}]
+";
+    lab.apply_ok(app, Some("team"), Some("guest"));
+    let nodes: Vec<String> = lab
+        .items("pods", Some("team"))
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("guest-")))
+        .filter_map(|p| p["ip"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(
+        nodes.len(),
+        4,
+        "1 control-plane and 3 worker nodes: {nodes:?}"
+    );
+    for ip in &nodes {
+        let url = format!("http://{ip}:31080/hostname");
+        let answered = wait_until(Duration::from_secs(10), || {
+            stdout(&lab.exec("team/client", &["curl", "-s", "-m", "2", &url])).starts_with("web-")
+        });
+        assert!(
+            answered,
+            "node {ip} does not answer on its nodePort ({url})"
+        );
+    }
+}

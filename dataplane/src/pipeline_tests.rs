@@ -567,8 +567,27 @@ fn the_slb_sends_vip_traffic_to_a_member_with_automap_snat() {
     assert_eq!(port, A2);
     let ip = check(&frame);
     assert_eq!((ip.src, ip.dst), (GW_A, A2_IP));
-    let L4::Tcp { src_port, .. } = ip.l4 else {
-        panic!()
+    let (port, ip) = a2_answers_through_the_automap(&mut bed, &ip);
+    assert_eq!(port, UPLINK);
+    assert_eq!((ip.src, ip.dst), (VIP, OUTSIDE_HOST));
+    assert!(matches!(
+        ip.l4,
+        L4::Tcp {
+            src_port: 80,
+            dst_port: 40000,
+            ..
+        }
+    ));
+}
+
+/// A2's SYN-ACK to the T1's address (`syn`, as A2 received it, came from there): where it goes,
+/// and as what.
+fn a2_answers_through_the_automap(
+    bed: &mut Bed,
+    syn: &crate::packet::parse::Ipv4Info,
+) -> (PortId, crate::packet::parse::Ipv4Info) {
+    let L4::Tcp { src_port, .. } = syn.l4 else {
+        panic!("not TCP: {syn:?}")
     };
     let synack = tcp(
         pod_mac(A2_IP),
@@ -581,17 +600,7 @@ fn the_slb_sends_vip_traffic_to_a_member_with_automap_snat() {
     );
     assert_eq!(bed.send(A2, &synack), Verdict::Forward);
     let (port, frame) = bed.out();
-    assert_eq!(port, UPLINK);
-    let ip = check(&frame);
-    assert_eq!((ip.src, ip.dst), (VIP, OUTSIDE_HOST));
-    assert!(matches!(
-        ip.l4,
-        L4::Tcp {
-            src_port: 80,
-            dst_port: 40000,
-            ..
-        }
-    ));
+    (port, check(&frame))
 }
 
 /// `externalTrafficPolicy: Local` keeps the client's address, except for a member that reaches
@@ -617,22 +626,8 @@ fn a_member_reaching_its_own_local_vip_is_answered_through_a_hairpin() {
     assert_eq!(port, A2);
     let ip = check(&frame);
     assert_eq!((ip.src, ip.dst), (GW_A, A2_IP));
-    let L4::Tcp { src_port, .. } = ip.l4 else {
-        panic!()
-    };
-    let synack = tcp(
-        pod_mac(A2_IP),
-        ROUTER_MAC,
-        A2_IP,
-        GW_A,
-        80,
-        src_port,
-        SYN | ACK,
-    );
-    assert_eq!(bed.send(A2, &synack), Verdict::Forward);
-    let (port, frame) = bed.out();
+    let (port, ip) = a2_answers_through_the_automap(&mut bed, &ip);
     assert_eq!(port, A2);
-    let ip = check(&frame);
     assert_eq!((ip.src, ip.dst), (VIP, A2_IP));
     assert!(matches!(
         ip.l4,

@@ -567,7 +567,7 @@ fn the_slb_sends_vip_traffic_to_a_member_with_automap_snat() {
     assert_eq!(port, A2);
     let ip = check(&frame);
     assert_eq!((ip.src, ip.dst), (GW_A, A2_IP));
-    let (port, ip) = a2_answers_through_the_automap(&mut bed, &ip);
+    let (port, ip) = a2_answers_the_t1_address(&mut bed, &ip);
     assert_eq!(port, UPLINK);
     assert_eq!((ip.src, ip.dst), (VIP, OUTSIDE_HOST));
     assert!(matches!(
@@ -580,9 +580,9 @@ fn the_slb_sends_vip_traffic_to_a_member_with_automap_snat() {
     ));
 }
 
-/// A2's SYN-ACK to the T1's address (`syn`, as A2 received it, came from there): where it goes,
-/// and as what.
-fn a2_answers_through_the_automap(
+/// A2's SYN-ACK to the T1's address (automap or hairpin SNAT made `syn` come from there):
+/// where it goes, and as what.
+fn a2_answers_the_t1_address(
     bed: &mut Bed,
     syn: &crate::packet::parse::Ipv4Info,
 ) -> (PortId, crate::packet::parse::Ipv4Info) {
@@ -626,7 +626,7 @@ fn a_member_reaching_its_own_local_vip_is_answered_through_a_hairpin() {
     assert_eq!(port, A2);
     let ip = check(&frame);
     assert_eq!((ip.src, ip.dst), (GW_A, A2_IP));
-    let (port, ip) = a2_answers_through_the_automap(&mut bed, &ip);
+    let (port, ip) = a2_answers_the_t1_address(&mut bed, &ip);
     assert_eq!(port, A2);
     assert_eq!((ip.src, ip.dst), (VIP, A2_IP));
     assert!(matches!(

@@ -1289,6 +1289,16 @@ mod tests {
             "ping: {}",
             String::from_utf8_lossy(&out.stdout)
         );
+        // Counted once a batch, after its frames are written: the last reply may be read by
+        // ping an instant before the worker counts it.
+        let counted = |c: &Arc<PortCounters>| {
+            let s = c.snapshot();
+            s.rx_packets >= 3 && s.tx_packets >= 3
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !lab.ports.iter().all(counted) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
         for counters in &lab.ports {
             let s = counters.snapshot();
             assert!(s.rx_packets >= 3 && s.tx_packets >= 3, "{s:?}");
@@ -1342,10 +1352,21 @@ mod tests {
             largest > 1514,
             "largest frame {largest}: TSO did not reach the dataplane"
         );
+        // The counters are added once a batch, after its frames are written: the receiver may
+        // have read the last byte an instant before the worker counts it.
+        let counted = || {
+            lab.ports[0].snapshot().rx_bytes as usize >= sent.len()
+                && lab.ports[1].snapshot().tx_bytes as usize >= sent.len()
+        };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !counted() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
         let s = lab.ports[0].snapshot();
         assert!(s.rx_bytes as usize >= sent.len(), "{s:?}");
         assert!(s.drops.is_empty(), "{s:?}");
-        assert!(lab.ports[1].snapshot().tx_bytes as usize >= sent.len());
+        let t = lab.ports[1].snapshot();
+        assert!(t.tx_bytes as usize >= sent.len(), "{t:?}");
     }
 
     #[test]

@@ -467,6 +467,9 @@ fn lab_down(socket: &Path, prefix: &str) -> Result<ExitCode, String> {
         .map(|v| v.len())
         .unwrap_or(0);
     let mut stopped = None;
+    // A daemon the lab did not start goes on running: its upstream router (with the T0 uplink)
+    // stays, or the next `lab up` against it would find no outside world.
+    let mut keep = Vec::new();
     if let Ok(status) = client::call(socket, "daemon.status", json!({})) {
         let ours = status
             .get("started_by_lab")
@@ -482,18 +485,26 @@ fn lab_down(socket: &Path, prefix: &str) -> Result<ExitCode, String> {
             stopped = Some(pid);
         } else {
             let _ = client::call(socket, "lab.reset", json!({}));
+            let daemon_prefix = status
+                .get("prefix")
+                .and_then(Value::as_str)
+                .unwrap_or(&prefix);
+            keep.push(format!("{daemon_prefix}-upstream"));
         }
     }
-    let summary = teardown(&record_path, &prefix).map_err(|e| e.to_string())?;
+    let summary = teardown(&record_path, &prefix, &keep).map_err(|e| e.to_string())?;
     if !client::daemon_answers(socket) {
         let _ = std::fs::remove_file(socket);
     }
-    let left = crate::lab::netns::list_netns_with_prefix(&format!("{prefix}-"))
-        .map(|v| v.len())
-        .unwrap_or(0);
+    let remaining =
+        crate::lab::netns::list_netns_with_prefix(&format!("{prefix}-")).unwrap_or_default();
+    let left = remaining.iter().filter(|ns| !keep.contains(ns)).count();
+    let removed = namespaces_before.saturating_sub(remaining.len());
     match stopped {
-        Some(pid) => out!("lab down: stopped the lab's daemon (pid {pid}); {namespaces_before} namespace(s) removed"),
-        None => out!("lab down: {namespaces_before} namespace(s) removed"),
+        Some(pid) => {
+            out!("lab down: stopped the lab's daemon (pid {pid}); {removed} namespace(s) removed")
+        }
+        None => out!("lab down: {removed} namespace(s) removed"),
     }
     out!("lab down: leftovers cleaned: {summary}");
     if left > 0 {

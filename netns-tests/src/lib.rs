@@ -273,7 +273,17 @@ impl Lab {
         Lab::start(tag, Some(yaml))
     }
 
+    /// Builds the seed lab against a daemon started here with `pacific daemon` (not by `lab up`):
+    /// `lab down` then resets that daemon instead of stopping it.
+    pub fn up_on_own_daemon(tag: &str) -> Lab {
+        Lab::start_on(tag, None, true)
+    }
+
     fn start(tag: &str, yaml: Option<&str>) -> Lab {
+        Lab::start_on(tag, yaml, false)
+    }
+
+    fn start_on(tag: &str, yaml: Option<&str>, own_daemon: bool) -> Lab {
         let tag = tag.to_ascii_lowercase();
         assert!(
             !tag.is_empty() && tag.len() <= 8 && tag.bytes().all(|b| b.is_ascii_alphanumeric()),
@@ -311,6 +321,32 @@ impl Lab {
                 stderr: Vec::new(),
             },
         };
+        if own_daemon {
+            let log = std::fs::File::create(lab.dir.join("pacific-daemon.log"))
+                .unwrap_or_else(|e| panic!("cannot create the daemon log: {e}"));
+            let err = log.try_clone().expect("the daemon log");
+            let child = Command::new(pacific_bin())
+                .arg("--socket")
+                .arg(&lab.socket)
+                .args(["daemon", "--workers", "2", "--prefix", &lab.prefix])
+                .env_remove("PACIFIC_SOCKET")
+                .env_remove("PACIFIC_PREFIX")
+                .stdin(Stdio::null())
+                .stdout(log)
+                .stderr(err)
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start pacific daemon: {e}"));
+            // Reaped by whoever ends it (the test, or `Drop`'s last resort); not waited for here.
+            std::mem::forget(child);
+            assert!(
+                wait_until(Duration::from_secs(30), || {
+                    UnixStream::connect(&lab.socket).is_ok()
+                }),
+                "the daemon never answered on {}:\n{}",
+                lab.socket.display(),
+                lab.daemon_log()
+            );
+        }
         let mut args = vec!["lab".to_string(), "up".to_string()];
         if let Some(yaml) = yaml {
             let file = lab.dir.join("lab.yaml");

@@ -320,3 +320,57 @@ fn lab_up_twice_is_idempotent() {
         "no forwarding after the second lab up"
     );
 }
+
+/// `lab down` against a daemon the lab did not start resets it and leaves it running: its
+/// upstream router (with the T0 uplink) must stay, so that the next `lab up` on that daemon has
+/// an outside world again. SIGTERM then removes the rest.
+#[test]
+fn lab_down_keeps_the_upstream_router_of_a_daemon_it_did_not_start() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_on_own_daemon("fown");
+    let upstream = lab.upstream_netns();
+    let out = lab.down();
+    assert!(out.status.success(), "lab down failed:\n{}", describe(&out));
+    assert_eq!(
+        netns_with_prefix(&lab.prefix),
+        vec![upstream.clone()],
+        "lab down should leave exactly the running daemon's upstream router"
+    );
+    let out = lab.pacific(&["lab", "up", "--prefix", &lab.prefix, "--workers", "2"]);
+    assert!(
+        out.status.success(),
+        "lab up again failed:\n{}",
+        describe(&out)
+    );
+    assert!(
+        !stderr(&out).contains("warning"),
+        "lab up again warned:\n{}",
+        describe(&out)
+    );
+    let out = lab.exec(
+        WORDPRESS,
+        &["curl", "-s", "-m", "3", "http://198.51.100.100/clientip"],
+    );
+    assert!(
+        stdout(&out).starts_with("172.60.96.2:"),
+        "the outside is unreachable after lab down and up on a standing daemon:\n{}",
+        describe(&out)
+    );
+    let pid = lab.rpc_ok("daemon.status", &serde_json::json!({}))["pid"]
+        .as_u64()
+        .expect("daemon.status has a pid") as u32;
+    signal(pid, libc::SIGTERM);
+    assert!(
+        wait_until(Duration::from_secs(20), || cmdline(pid)
+            .is_none_or(|c| c.is_empty())),
+        "the daemon {pid} survived SIGTERM"
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || netns_with_prefix(&lab.prefix)
+            .is_empty()),
+        "SIGTERM left namespaces: {:?}",
+        netns_with_prefix(&lab.prefix)
+    );
+}

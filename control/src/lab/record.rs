@@ -146,8 +146,13 @@ pub fn cmdline_is_ours(cmdline: &str) -> bool {
 /// ours (the daemon too when the lab started it), deletes every recorded namespace and every
 /// namespace named `{prefix}-...` (ending the processes inside), removes the daemon's stale socket
 /// when the lab owned the daemon, and deletes the record. Safe to repeat; a missing record is not
-/// an error (the prefix sweep still runs).
-pub fn teardown(record_path: &Path, prefix: &str) -> Result<TeardownSummary, LabError> {
+/// an error (the prefix sweep still runs). The namespaces in `keep` are left alone: those of a
+/// daemon that goes on running (its upstream router and the T0 uplink in it).
+pub fn teardown(
+    record_path: &Path,
+    prefix: &str,
+    keep: &[String],
+) -> Result<TeardownSummary, LabError> {
     if netns::validate_netns_name(prefix).is_err() {
         return Err(LabError::new(
             "lab teardown",
@@ -188,7 +193,8 @@ pub fn teardown(record_path: &Path, prefix: &str) -> Result<TeardownSummary, Lab
     }
     // Reverse creation order: hosts before the router they hang off.
     for ns in namespaces.iter().rev() {
-        if netns::validate_netns_name(ns).is_err() || !netns::netns_exists(ns) {
+        if keep.contains(ns) || netns::validate_netns_name(ns).is_err() || !netns::netns_exists(ns)
+        {
             continue;
         }
         netns::delete_netns(ns)?;
@@ -272,7 +278,7 @@ mod tests {
 
     #[test]
     fn teardown_refuses_an_empty_prefix() {
-        assert!(teardown(&temp_path("empty"), "").is_err());
+        assert!(teardown(&temp_path("empty"), "", &[]).is_err());
     }
 
     /// A copy of `sleep` whose command line says "pacific", so the ownership check accepts it.
@@ -348,7 +354,7 @@ mod tests {
         rec.add_pid(foreign_pid);
         rec.save(&path).unwrap();
 
-        let summary = teardown(&path, &prefix).unwrap();
+        let summary = teardown(&path, &prefix, &[]).unwrap();
         let alive_after = netns::pid_alive(foreign_pid);
         let _ = foreign.kill();
         let _ = foreign.wait();
@@ -374,7 +380,7 @@ mod tests {
         assert!(!path.exists());
 
         // Again: nothing left to do.
-        let again = teardown(&path, &prefix).unwrap();
+        let again = teardown(&path, &prefix, &[]).unwrap();
         assert_eq!(again, TeardownSummary::default());
         let _ = std::fs::remove_file(&log);
         let _ = std::fs::remove_dir_all(path.parent().unwrap());

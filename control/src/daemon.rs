@@ -117,6 +117,9 @@ struct Control {
     /// The uplink transit the upstream router is configured for now (an `Uplink` object may
     /// move it).
     routed_uplink: Uplink,
+    /// Ports removed by `realize` whose connections are still to be forgotten (once the tables
+    /// without them are published).
+    gone_ports: Vec<PortId>,
 }
 
 pub struct Daemon {
@@ -205,6 +208,7 @@ impl Daemon {
                 generation: 0,
                 routed_pools: Vec::new(),
                 routed_uplink: uplink.clone(),
+                gone_ports: Vec::new(),
                 record,
             }),
             tables,
@@ -503,7 +507,9 @@ impl Daemon {
         let mut control = self.control.lock();
         let problems = self.realize(&mut control);
         self.publish(&mut control);
+        let gone = std::mem::take(&mut control.gone_ports);
         drop(control);
+        self.forget_connections_of(&gone);
         self.save_record();
         self.sync_upstream();
         let results: Vec<String> = outcomes.iter().map(|o| o.to_string()).collect();
@@ -531,6 +537,7 @@ impl Daemon {
         for key in stale {
             if let Some(r) = control.pods.remove(&key) {
                 self.dataplane.lock().remove_port(r.port);
+                control.gone_ports.push(r.port);
                 control
                     .ports
                     .remove(&PortOwner::Pod(key.0.clone(), key.1.clone()));
@@ -988,6 +995,18 @@ impl Daemon {
         }
     }
 
+    /// Forgets the connections from or to removed ports (a deleted pod or namespace): they would
+    /// otherwise linger in `pacific get nat`, under whoever gets the addresses next, and hold
+    /// their SNAT ports, until they time out.
+    fn forget_connections_of(&self, ports: &[PortId]) {
+        if ports.is_empty() {
+            return;
+        }
+        self.pipeline.conntrack.remove_where(|c| {
+            ports.contains(&c.in_port) || c.actions.iter().any(|a| ports.contains(&a.out_port))
+        });
+    }
+
     /// Removes everything realized and empties the state (used by `lab down` when the daemon was
     /// not started by the lab, and on shutdown).
     pub fn reset(&self) {
@@ -1010,8 +1029,11 @@ impl Daemon {
         let upstream = self.upstream.netns.clone();
         control.record.namespaces.retain(|n| *n == upstream);
         control.record.pids.clear();
+        control.gone_ports.clear();
         self.publish(&mut control);
         drop(control);
+        // Nothing is left for any connection to go to (nor its NAT binding to hold).
+        self.pipeline.conntrack.remove_where(|_| true);
         self.save_record();
         self.sync_upstream();
     }

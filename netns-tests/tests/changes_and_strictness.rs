@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use pacific_netns_tests::*;
+use serde_json::{json, Value};
 
 const POOLS: &str = "\
 apiVersion: pacific.dev/v1
@@ -285,4 +286,93 @@ spec:
             "node {ip} does not answer on its nodePort ({url})"
         );
     }
+}
+
+/// Deleting a namespace ends its connections: its NAT entries do not linger in `get nat` (under
+/// `<none>`, or under the next namespace given its addresses) holding SNAT ports until they time
+/// out.
+#[test]
+fn deleting_a_namespace_forgets_its_connections() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("qagone");
+    let app = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: gone}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: gone}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: w, image: x, ports: [{containerPort: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: gone}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 80}]
+";
+    lab.apply_ok(app, None, None);
+    let vip = lab
+        .services()
+        .into_iter()
+        .find(|s| s["namespace"] == "gone")
+        .and_then(|s| s["external_ip"].as_str().map(str::to_string))
+        .expect("the gone/web VIP");
+    let out = lab.exec(
+        "gone/web",
+        &["curl", "-s", "-m", "3", "http://198.51.100.100/clientip"],
+    );
+    assert!(out.status.success(), "pod -> outside:\n{}", describe(&out));
+    let out = lab.exec(
+        "ext/hop",
+        &["curl", "-s", "-m", "3", &format!("http://{vip}/")],
+    );
+    assert!(out.status.success(), "hop -> VIP:\n{}", describe(&out));
+    let of_gone = |lab: &Lab| -> Vec<Value> {
+        lab.rpc_ok("nat.list", &json!({"all": true}))["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|r| {
+                r["namespace"] == "gone" || r["original"].as_str().unwrap_or("").contains(&vip)
+            })
+            .collect()
+    };
+    assert!(
+        of_gone(&lab).len() >= 2,
+        "the namespace's connections are tracked: {:?}",
+        of_gone(&lab)
+    );
+    let out = lab.delete(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: gone}\n",
+        None,
+        None,
+    );
+    assert!(out.status.success(), "delete:\n{}", describe(&out));
+    let all = lab.rpc_ok("nat.list", &json!({"all": true}));
+    let left: Vec<&Value> = all["items"]
+        .as_array()
+        .map(|v| {
+            v.iter()
+                .filter(|r| {
+                    r["namespace"].is_null() || r["original"].as_str().unwrap_or("").contains(&vip)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "connections of the deleted namespace are still tracked: {left:?}"
+    );
 }

@@ -794,7 +794,7 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
         "routes.list" | "ports.list" | "dfw.list" | "nat.list" | "outside.list"
     );
     if let Some(ns) = &args.namespace {
-        if method != "ports.list" && method != "outside.list" {
+        if method != "outside.list" {
             params["namespace"] = json!(ns);
         }
     }

@@ -279,10 +279,25 @@ fn routes(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
 }
 
 fn ports(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
-    rpc::only_params(params, &[])?;
+    rpc::only_params(params, &["namespace"])?;
+    let ns: Option<String> = rpc::opt_param(params, "namespace")?;
+    Filter {
+        namespace: ns.clone(),
+        name: None,
+    }
+    .check_namespace(ctx.state)?;
     let counters = ctx.dataplane.lock().all_counters();
     let rows = counters
         .into_iter()
+        .filter(|(id, _)| {
+            // With a namespace, its pods' ports (named `NS/POD`) only.
+            ns.as_deref().is_none_or(|ns| {
+                ctx.tables.port(*id).is_some_and(|p| {
+                    matches!(p.kind, PortKind::Pod { .. })
+                        && p.name.split_once('/').is_some_and(|(n, _)| n == ns)
+                })
+            })
+        })
         .map(|(id, c)| {
             let snap = c.snapshot();
             let port = ctx.tables.port(id);

@@ -376,3 +376,28 @@ spec:
         "connections of the deleted namespace are still tracked: {left:?}"
     );
 }
+
+/// `pacific get ports -n NS` lists that namespace's pod ports, as `-n` does for every other
+/// namespaced kind (it listed every port), and an unknown namespace is an error.
+#[test]
+fn get_ports_takes_a_namespace() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("qaports");
+    let names: Vec<String> = lab
+        .items("ports", Some("ns-prod"))
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        !names.is_empty() && names.iter().all(|n| n.starts_with("ns-prod/")),
+        "get ports -n ns-prod: {names:?}"
+    );
+    let out = lab.pacific(&["get", "ports", "-n", "nosuch"]);
+    assert!(
+        !out.status.success(),
+        "get ports -n nosuch succeeded:\n{}",
+        describe(&out)
+    );
+}

@@ -473,8 +473,11 @@ impl Pipeline {
                 } else if arp.target_ip == arp.sender_ip {
                     None // gratuitous
                 } else {
+                    // Never the asker itself: an RFC 5227 probe for its own address (sender
+                    // 0.0.0.0) must meet silence, or the pod thinks its address is taken.
                     t.hosts
                         .get(&arp.target_ip)
+                        .filter(|&&p| p != port.id)
                         .and_then(|&p| t.port(p))
                         .filter(
                             |p| matches!(p.kind, PortKind::Pod { segment: s, .. } if s == segment),

@@ -212,6 +212,21 @@ fn arp_is_suppressed_within_a_segment_and_never_crosses_it() {
     let n = build::build_arp_request(&mut b, pod_mac(A1_IP), A1_IP, B1_IP).unwrap();
     assert_eq!(bed.send(A1, &b[..n]), Verdict::Consumed);
     assert!(bed.ctx.tx.is_empty());
+    // An RFC 5227 probe of A1's own address (sender 0.0.0.0): no answer, no conflict; another
+    // pod probing A1's address is told it is taken.
+    let probe = |from: MacAddr| {
+        let mut b = buf();
+        let n = build::build_arp_request(&mut b, from, Ipv4Addr::UNSPECIFIED, A1_IP).unwrap();
+        b.truncate(n);
+        b
+    };
+    assert_eq!(bed.send(A1, &probe(pod_mac(A1_IP))), Verdict::Consumed);
+    assert!(bed.ctx.tx.is_empty(), "{:?}", bed.ctx.tx);
+    assert_eq!(bed.send(A2, &probe(pod_mac(A2_IP))), Verdict::Reply);
+    let L3::Arp(arp) = parse_frame(&bed.out().1).unwrap().l3 else {
+        panic!()
+    };
+    assert_eq!((arp.sender_ip, arp.sender_mac), (A1_IP, pod_mac(A1_IP)));
 }
 
 #[test]

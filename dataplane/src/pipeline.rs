@@ -1615,7 +1615,6 @@ enum FlowOf {
     IcmpError(InnerPacket),
 }
 
-/// The connection key of a packet and its TCP flags (0 for other protocols).
 /// The datagram a fragment belongs to, as it arrived on `in_port` (RFC 791 section 3.2).
 fn datagram_id(in_port: PortId, ip: &Ipv4Info, frame: &[u8]) -> Option<DatagramId> {
     let at = ip.offset + ipv4::field::IDENT.start;
@@ -1636,6 +1635,7 @@ fn more_fragments(ip: &Ipv4Info, frame: &[u8]) -> bool {
         .is_some_and(|&high| u16::from(high) << 8 & ipv4::FLAG_MF != 0)
 }
 
+/// The connection key of a packet and its TCP flags (0 for other protocols).
 fn flow_key(ip: &Ipv4Info) -> FlowOf {
     let key = |src_port, dst_port| FlowKey {
         protocol: ip.protocol,

@@ -140,6 +140,12 @@ pub fn bind(cfg: &NetexecConfig) -> io::Result<BoundServer> {
     let mut relays = Vec::with_capacity(cfg.forwards.len());
     for f in &cfg.forwards {
         let port = f.port;
+        if f.targets.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("netexec: the forwarded port {port} has no target"),
+            ));
+        }
         let relay = if f.udp {
             reusable_socket(Type::DGRAM, Protocol::UDP)
                 .and_then(|s| s.bind(&any(port).into()).map(|()| Relay::Udp(s.into())))

@@ -154,7 +154,8 @@ pub struct Timeouts {
     pub tcp_close: u64,
     /// A UDP flow that has seen traffic one way only.
     pub udp: u64,
-    /// A UDP flow that has seen replies.
+    /// A UDP flow that has seen replies and is still at it 2 s after its first packet
+    /// (Linux's rule: a one-shot exchange, a DNS query and its answer, keeps `udp`).
     pub udp_stream: u64,
     pub icmp: u64,
     /// Any other IP protocol.
@@ -334,6 +335,14 @@ const REPLIED: u64 = 1 << 48;
 /// and (TCP) it is ESTABLISHED with no FIN seen, so a segment without SYN, FIN or RST changes
 /// nothing but the expiry.
 const STEADY: u64 = 1 << 49;
+/// Set in the expiry word of a replied UDP flow once it has lived 2 s: `udp_stream` applies.
+const STREAM: u64 = 1 << 50;
+
+/// Linux's rule for UDP (nf_conntrack_proto_udp.c): a replied flow still active 2 s after its
+/// first packet is a stream.
+fn is_stream(created: u64, now: u64) -> bool {
+    now >= created.saturating_add(2000)
+}
 
 /// The TCP state machine's part of a connection, under the connection's mutex; only segments
 /// that may change it take the mutex. A state change stores a new expiry word, so a packet on
@@ -590,7 +599,11 @@ impl Conntrack {
                     .then_some(t.tcp_established)
             }
             PROTO_UDP | PROTO_ICMP if hot.dir == Dir::Reply && !replied => None,
-            PROTO_UDP if replied => Some(t.udp_stream),
+            PROTO_UDP if replied && word & STREAM != 0 => Some(t.udp_stream),
+            // The packet that finds a replied flow 2 s old makes it a stream.
+            PROTO_UDP if replied && is_stream(hot.created(), now) => {
+                return self.advance_quick(hot, t.udp_stream, STREAM, now);
+            }
             PROTO_UDP => Some(t.udp),
             PROTO_ICMP => Some(t.icmp),
             _ => Some(t.generic),
@@ -598,7 +611,14 @@ impl Conntrack {
         let Some(timeout) = timeout else {
             return self.advance_slow(hot, protocol, flags, now);
         };
-        let next = (word & !EXPIRY_MASK) | now.saturating_add(timeout).min(EXPIRY_MASK);
+        self.advance_quick(hot, timeout, 0, now)
+    }
+
+    /// The packet moves the expiry word (with `bits` added) by compare-and-swap and is counted.
+    #[inline(always)]
+    fn advance_quick(&self, hot: &Hot, timeout: u64, bits: u64, now: u64) -> Option<Tracked> {
+        let word = hot.clock;
+        let next = (word & !EXPIRY_MASK) | bits | now.saturating_add(timeout).min(EXPIRY_MASK);
         if next != word && !hot.swap_clock(next) {
             return None;
         }
@@ -622,6 +642,8 @@ impl Conntrack {
         let t = &self.config.timeouts;
         let slow = &mut cold.slow;
         let mut opened = 0;
+        // Once a stream, always a stream (the word is rebuilt from the state below).
+        let mut stream = whole.clock & STREAM;
         let timeout = match protocol {
             PROTO_TCP => {
                 let fresh = whole.packets == [0, 0];
@@ -638,7 +660,8 @@ impl Conntrack {
                 if dir == Dir::Reply {
                     slow.replied = true;
                 }
-                if slow.replied {
+                if slow.replied && is_stream(whole.created, now) {
+                    stream = STREAM;
                     t.udp_stream
                 } else {
                     t.udp
@@ -655,7 +678,7 @@ impl Conntrack {
         // A plain store: a packet on the fast path that read the previous word fails its swap.
         self.table.store_clock(
             slot,
-            slow.bits() | now.saturating_add(timeout).min(EXPIRY_MASK),
+            slow.bits() | stream | now.saturating_add(timeout).min(EXPIRY_MASK),
         );
         self.table.count(slot, dir);
         Some(Tracked::Pass {
@@ -714,6 +737,7 @@ impl Conntrack {
                 [pack(&conn.actions[0]), pack(&conn.actions[1])],
                 generation,
                 clock,
+                now,
             )
         };
         let undo = |unlink_reply: bool| {
@@ -1154,7 +1178,8 @@ mod tests {
             ..key([172, 211, 0, 18], 5353, [198, 51, 100, 100], 53)
         };
         ct.insert(new_conn(k), 1, 0, 1000).unwrap();
-        let (dir, t) = ct.track(&k.reversed(), 0, 2000).unwrap();
+        // The answer comes 2 s after the question: a UDP stream.
+        let (dir, t) = ct.track(&k.reversed(), 0, 3000).unwrap();
         assert_eq!(dir, Dir::Reply);
         assert_eq!(
             t,
@@ -1165,10 +1190,10 @@ mod tests {
             }
         );
         assert_eq!(ct.len(), 1);
-        // Replied UDP lives 120 s from the last packet.
-        assert_eq!(ct.expire(2000 + 119_999), 0);
+        // A UDP stream lives 120 s from the last packet.
+        assert_eq!(ct.expire(3000 + 119_999), 0);
         let mut gone = Vec::new();
-        assert_eq!(ct.expire_with(2000 + 120_000, |c| gone.push(c.original)), 1);
+        assert_eq!(ct.expire_with(3000 + 120_000, |c| gone.push(c.original)), 1);
         assert_eq!(gone, [k]);
         assert!(ct.get(&k).is_none() && ct.get(&k.reversed()).is_none());
         assert_eq!(ct.len(), 0);
@@ -1255,7 +1280,7 @@ mod tests {
     }
 
     #[test]
-    fn udp_timeout_grows_once_replied_in_either_direction() {
+    fn udp_timeout_grows_once_replied_and_two_seconds_old() {
         let ct = Conntrack::new(ConntrackConfig::default());
         let t = Timeouts::default();
         let k = FlowKey {
@@ -1266,11 +1291,27 @@ mod tests {
         ct.track(&k, 0, 5).unwrap();
         assert_eq!(info(&ct, &k).expires_at, 5 + t.udp);
         assert!(!info(&ct, &k).replied);
+        // Replied, but a one-shot exchange so far: Linux's `udp` still.
         ct.track(&k.reversed(), 0, 6).unwrap();
-        assert_eq!(info(&ct, &k).expires_at, 6 + t.udp_stream);
+        assert_eq!(info(&ct, &k).expires_at, 6 + t.udp);
         ct.track(&k, 0, 7).unwrap();
-        assert_eq!(info(&ct, &k).expires_at, 7 + t.udp_stream);
+        assert_eq!(info(&ct, &k).expires_at, 7 + t.udp);
         assert!(info(&ct, &k).replied);
+        // Still at it 2 s after the first packet: a stream, and it stays one.
+        ct.track(&k, 0, 2000).unwrap();
+        assert_eq!(info(&ct, &k).expires_at, 2000 + t.udp_stream);
+        ct.track(&k.reversed(), 0, 2001).unwrap();
+        assert_eq!(info(&ct, &k).expires_at, 2001 + t.udp_stream);
+        // A stream that began with its reply direction's first packet late (the slow path).
+        let late = FlowKey {
+            src_port: 5001,
+            ..k
+        };
+        ct.insert(new_conn(late), 1, 0, 10_000).unwrap();
+        ct.track(&late.reversed(), 0, 13_000).unwrap();
+        assert_eq!(info(&ct, &late).expires_at, 13_000 + t.udp_stream);
+        ct.track(&late, 0, 13_001).unwrap();
+        assert_eq!(info(&ct, &late).expires_at, 13_001 + t.udp_stream);
     }
 
     #[test]

@@ -60,6 +60,7 @@ const GENERATION: usize = 2;
 const KEY: [usize; 2] = [3, 8]; // two words per direction
 const ACTION: [usize; 2] = [5, 10]; // three words per direction
 const PACKETS: [usize; 2] = [13, 14];
+const CREATED: usize = 15; // when the connection was made (ms of the same clock as `now`)
 
 /// Set in the second word of every packed key, so a live key is never all zeros (the words of
 /// a free entry).
@@ -104,6 +105,13 @@ impl Hot<'_> {
     #[inline(always)]
     pub fn count(&self) {
         self.entry.count(self.dir)
+    }
+
+    /// When the connection was made, read outside the sequence lock: for a choice of timeout
+    /// only, which the swap of the expiry word then confirms or refuses.
+    #[inline(always)]
+    pub fn created(&self) -> u64 {
+        self.entry.w[CREATED].load(Relaxed)
     }
 }
 
@@ -215,6 +223,7 @@ pub(super) struct Whole {
     pub generation: u64,
     pub clock: u64,
     pub packets: [u64; 2],
+    pub created: u64,
 }
 
 pub(super) struct Table {
@@ -493,6 +502,7 @@ impl Table {
             generation: e.w[GENERATION].load(Relaxed),
             clock: e.w[CLOCK].load(Relaxed),
             packets: [e.w[PACKETS[0]].load(Relaxed), e.w[PACKETS[1]].load(Relaxed)],
+            created: e.w[CREATED].load(Relaxed),
         })
     }
 
@@ -549,6 +559,7 @@ impl Table {
     /// Fills a freshly allocated slot (the caller holds its mutex, `cold`, and has set the cold
     /// part). The slot is not in the index yet, but a reader that found its previous incarnation
     /// may still be looking: the seqlock tells it.
+    #[allow(clippy::too_many_arguments)]
     pub fn fill(
         &self,
         slot: u32,
@@ -557,6 +568,7 @@ impl Table {
         actions: [[u64; 3]; 2],
         generation: u64,
         clock: u64,
+        created: u64,
     ) -> ConnId {
         let Some(e) = self.entry(slot) else {
             return ConnId {
@@ -576,6 +588,7 @@ impl Table {
             }
             e.w[GENERATION].store(generation, Relaxed);
             e.w[CLOCK].store(clock, Relaxed);
+            e.w[CREATED].store(created, Relaxed);
         });
         self.live.fetch_add(1, Relaxed);
         cold.live = true;
@@ -731,6 +744,7 @@ mod tests {
                 [[i as u64; 3]; 2],
                 1,
                 0,
+                0,
             );
             drop(cold);
             t.link(&h, slot, Dir::Original)
@@ -768,7 +782,15 @@ mod tests {
         let h = t.hash(&k);
         let slot = t.allocate().unwrap();
         let mut cold = t.cold(slot).unwrap();
-        let id = t.fill(slot, &mut cold, [k, k.reversed()], [[1; 3], [2; 3]], 5, 9);
+        let id = t.fill(
+            slot,
+            &mut cold,
+            [k, k.reversed()],
+            [[1; 3], [2; 3]],
+            5,
+            9,
+            0,
+        );
         assert_eq!(t.link(&h, slot, Dir::Original), Ok(()));
         assert_eq!(t.link(&h, slot + 1, Dir::Reply), Err(Some(slot)));
         let hot = t.find(&h, Hint::NONE).unwrap();

@@ -11,7 +11,8 @@
 //!
 //! Interruption: SIGINT and SIGTERM only set a flag ([`install_interrupt_handler`]); every wait
 //! loop polls it, gives up with an error, and the guards of the rigs unwind and remove what they
-//! built. A second Ctrl-C while the first is being handled exits at once.
+//! built. A second Ctrl-C while the first is being handled exits at once (but not a second signal
+//! within half a second of the first: `timeout -s INT` sends two for one interruption).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::process::{Child, ChildStdout, Command, ExitStatus, Stdio};
@@ -24,16 +25,41 @@ use super::{Error, Result};
 
 static INTERRUPTED: OnceLock<Arc<AtomicBool>> = OnceLock::new();
 
+/// How long after the first signal a second one is taken for the same interruption. `timeout -s
+/// INT` signals its child and then its whole process group, so netbench gets two SIGINTs a few
+/// microseconds apart for one interruption: exiting at the second would skip the teardown and leave
+/// both rigs (namespaces, the Pacific daemon) behind.
+const SAME_INTERRUPTION: Duration = Duration::from_millis(500);
+
 /// Makes SIGINT and SIGTERM set the flag [`interrupted`] reads instead of ending the process, so
-/// the rigs can be torn down. A second signal, once the flag is set, exits with status 130.
+/// the rigs can be torn down. A second signal, [`SAME_INTERRUPTION`] or more after the first (a
+/// person pressing Ctrl-C again), exits with status 130.
 pub fn install_interrupt_handler() -> Result<()> {
     let flag = Arc::clone(INTERRUPTED.get_or_init(|| Arc::new(AtomicBool::new(false))));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        // Registered first, so it sees the flag as it was before this signal set it.
-        signal_hook::flag::register_conditional_shutdown(sig, 130, Arc::clone(&flag))
-            .and_then(|_| signal_hook::flag::register(sig, Arc::clone(&flag)))
-            .map_err(|e| Error::new(format!("cannot install a signal handler: {e}")))?;
-    }
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| Error::new(format!("cannot install a signal handler: {e}")))?;
+    std::thread::Builder::new()
+        .name("netbench-signals".into())
+        .spawn(move || {
+            let mut first: Option<Instant> = None;
+            for _ in signals.forever() {
+                match first {
+                    None => {
+                        first = Some(Instant::now());
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                    Some(at) if at.elapsed() >= SAME_INTERRUPTION => {
+                        eprintln!("netbench: interrupted again: exiting without tearing down");
+                        std::process::exit(130);
+                    }
+                    Some(_) => {}
+                }
+            }
+        })
+        .map_err(|e| Error::new(format!("cannot start the signal thread: {e}")))?;
     Ok(())
 }
 

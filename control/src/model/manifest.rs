@@ -413,6 +413,8 @@ pub fn parse_object_refs(
 }
 
 fn parse_with(text: &str, ctx: &Ctx<'_>) -> Result<Vec<Manifest>, ManifestError> {
+    // A byte-order mark (what some editors write first) is not part of the first key.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
     for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
         let document = index + 1;
@@ -740,6 +742,8 @@ const DEPLOYMENT_SPEC: &[&str] = &[
     "strategy",
     "template",
 ];
+/// A PodTemplateSpec: its metadata is an ObjectMeta, checked as strictly as an object's.
+const POD_TEMPLATE: &[&str] = &["metadata", "spec"];
 const LABEL_SELECTOR: &[&str] = &["matchExpressions", "matchLabels"];
 const POOLS_SPEC: &[&str] = &[
     "pods",
@@ -1317,7 +1321,9 @@ fn parse_deployment(meta: Meta, root: &Field<'_>) -> Res<DeploymentRequest> {
         return Err(match_labels.err("empty selector is invalid for a deployment"));
     }
     let template = spec.req("template")?;
+    template.known_keys(POD_TEMPLATE)?;
     let template_meta = template.req("metadata")?;
+    template_meta.known_keys(OBJECT_META)?;
     let labels_field = template_meta.req("labels")?;
     let template_labels = labels_of(&labels_field)?;
     if !selects(&selector, &template_labels) {
@@ -1933,6 +1939,21 @@ mod tests {
                 "spec.replica",
                 "replicas",
             ),
+            (
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: n}\nspec:\n  selector: {matchLabels: {app: d}}\n  template:\n    metadata: {labels: {app: d}, anotations: {a: b}}\n    spec: {containers: [{name: c, image: x}]}\n".to_string(),
+                "spec.template.metadata.anotations",
+                "annotations",
+            ),
+            (
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: n}\nspec:\n  selector: {matchLabels: {app: d}}\n  template:\n    metadata: {lables: {app: d}}\n    spec: {containers: [{name: c, image: x}]}\n".to_string(),
+                "spec.template.metadata.lables",
+                "labels",
+            ),
+            (
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: n}\nspec:\n  selector: {matchLabels: {app: d}}\n  template:\n    metadata: {labels: {app: d}}\n    sepc: {containers: [{name: c, image: x}]}\n".to_string(),
+                "spec.template.sepc",
+                "spec",
+            ),
         ] {
             let e = parse_err(&text);
             assert_eq!(e.field, field, "{e}");
@@ -1944,6 +1965,15 @@ mod tests {
         // As `kubectl get svc web -o yaml` prints it.
         let printed = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: ns-dev\n  uid: 5b1c\n  resourceVersion: \"812\"\n  creationTimestamp: \"2026-12-01T09:00:00Z\"\n  labels: {app: web}\nspec:\n  type: LoadBalancer\n  selector: {app: web}\n  ports:\n  - {name: http, protocol: TCP, port: 80, targetPort: 8080, appProtocol: http}\n  sessionAffinity: None\n  externalTrafficPolicy: Cluster\n  internalTrafficPolicy: Cluster\n  ipFamilies: [IPv4]\n  ipFamilyPolicy: SingleStack\n  allocateLoadBalancerNodePorts: true\nstatus: {loadBalancer: {}}\n";
         assert_eq!(parse(printed).len(), 1);
+    }
+
+    /// A file saved with a UTF-8 byte-order mark (as some editors on Windows do) parses: the mark
+    /// is not part of the first key (it was: "apiVersion: required value").
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let ms = parse("\u{feff}apiVersion: v1\nkind: Namespace\nmetadata: {name: bom}\n");
+        assert_eq!(ms.len(), 1);
+        assert_eq!(ms[0].meta().name, "bom");
     }
 
     #[test]

@@ -571,10 +571,18 @@ fn exec(socket: &Path, target: &str, command: &[String]) -> Result<ExitCode, Str
         .args(command)
         .status()
         .map_err(|e| format!("cannot run ip netns exec: {e}"))?;
-    Ok(match status.code() {
-        Some(code) => ExitCode::from(code.clamp(0, 255) as u8),
-        None => ExitCode::from(128 + 9),
-    })
+    Ok(exit_code_of(status))
+}
+
+/// The exit code a shell reports for `status`: the command's own, or 128 + the signal that
+/// ended it (143 for SIGTERM, 130 for SIGINT), as `kubectl exec` and `sh` do.
+fn exit_code_of(status: std::process::ExitStatus) -> ExitCode {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (Some(code), _) => ExitCode::from(code.clamp(0, 255) as u8),
+        (None, Some(sig)) => ExitCode::from((128 + sig.clamp(0, 127)) as u8),
+        (None, None) => ExitCode::from(128 + 9),
+    }
 }
 
 fn print_summary(socket: &Path) -> Result<(), String> {
@@ -1039,6 +1047,21 @@ fn routes_text(result: &Value, now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `pacific exec` reports a command killed by a signal as a shell does, 128 + the signal
+    /// (it said 137, SIGKILL's, whatever the signal).
+    #[test]
+    fn exec_exit_codes_follow_the_shell() {
+        let code = |script: &str| {
+            let status = Command::new("sh").args(["-c", script]).status().unwrap();
+            format!("{:?}", exit_code_of(status))
+        };
+        let want = |n: u8| format!("{:?}", ExitCode::from(n));
+        assert_eq!(code("exit 7"), want(7));
+        assert_eq!(code("kill -TERM $$"), want(143));
+        assert_eq!(code("kill -INT $$"), want(130));
+        assert_eq!(code("kill -KILL $$"), want(137));
+    }
 
     #[test]
     fn ages_read_like_kubectl() {

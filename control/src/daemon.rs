@@ -602,6 +602,20 @@ impl Daemon {
         problems
     }
 
+    /// A name for a new namespace standing for `key`: `base` unless it is too long or another
+    /// pod, an outside host or the upstream router has it, else a shortened, hashed variant.
+    fn free_netns_name(&self, control: &Control, base: String, key: &str) -> String {
+        let taken = |n: &str| {
+            n == self.upstream.netns
+                || control.pods.values().any(|r| r.netns == n)
+                || control.outside.values().any(|(ns, _, _)| ns == n)
+        };
+        (0..)
+            .map(|attempt| fit_netns_name(base.clone(), key, attempt))
+            .find(|n| !taken(n))
+            .unwrap_or(base)
+    }
+
     fn realize_pod(
         &self,
         control: &mut Control,
@@ -615,7 +629,9 @@ impl Daemon {
             .find(|s| s.segment.name == pod.segment)
             .map(|s| s.segment.clone())
             .ok_or_else(|| format!("segment {} not found", pod.segment))?;
-        let netns_name = pod_netns(&self.config.prefix, &pod.namespace, &pod.name);
+        let base = format!("{}-{}-{}", self.config.prefix, pod.namespace, pod.name);
+        let netns_name =
+            self.free_netns_name(control, base, &format!("{}/{}", pod.namespace, pod.name));
         control.record.add_namespace(&netns_name);
         if let Err(e) = control.record.save(&self.config.record_path()) {
             log(format!("cannot write the lab record: {e}"));
@@ -775,7 +791,11 @@ impl Daemon {
             if control.outside.contains_key(name) {
                 continue;
             }
-            let ns = format!("{}-ext-{}", self.config.prefix, name);
+            let ns = self.free_netns_name(
+                control,
+                format!("{}-ext-{}", self.config.prefix, name),
+                &format!("ext/{name}"),
+            );
             control.record.add_namespace(&ns);
             let _ = control.record.save(&self.config.record_path());
             let h = LabOutsideHost {
@@ -1171,9 +1191,39 @@ fn discard_line(reader: &mut BufReader<UnixStream>) -> bool {
     }
 }
 
-/// The namespace of a pod: `{prefix}-{namespace}-{pod}`.
+/// The namespace of a pod: `{prefix}-{namespace}-{pod}`, shortened (see [`fit_netns_name`]) when
+/// that is longer than a namespace name may be.
 pub fn pod_netns(prefix: &str, namespace: &str, pod: &str) -> String {
-    format!("{prefix}-{namespace}-{pod}")
+    fit_netns_name(
+        format!("{prefix}-{namespace}-{pod}"),
+        &format!("{namespace}/{pod}"),
+        0,
+    )
+}
+
+/// The longest namespace name the lab creates (`netns::validate_netns_name`).
+const NETNS_NAME_MAX: usize = 64;
+
+/// `base` when it fits and `attempt` is 0; otherwise `base` cut short and followed by a hash of
+/// `key` (what the name stands for) and `attempt`, so that two objects whose readable names are
+/// too long, or the same (pod `b-c` of namespace `a` and pod `c` of namespace `a-b` are both
+/// `{prefix}-a-b-c`), still get namespaces of their own.
+fn fit_netns_name(base: String, key: &str, attempt: u32) -> String {
+    if attempt == 0 && base.len() <= NETNS_NAME_MAX {
+        return base;
+    }
+    // FNV-1a: the same name for the same object from one run to the next.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in key.bytes().chain(attempt.to_le_bytes()) {
+        h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let suffix = format!("-{:08x}", (h ^ (h >> 32)) as u32);
+    let mut cut = base.len().min(NETNS_NAME_MAX - suffix.len());
+    while !base.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    let head = base[..cut].trim_end_matches(['-', '.']);
+    format!("{head}{suffix}")
 }
 
 /// The test server's arguments for a pod: HTTP on its TCP container ports, echo on its UDP ones.
@@ -1199,4 +1249,51 @@ fn message_of(containers: &[crate::model::objects::Container]) -> Option<String>
     containers
         .iter()
         .find_map(|c| c.env.get("MESSAGE").cloned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pod_namespace_names_fit_and_stay_apart() {
+        assert_eq!(pod_netns("pac", "ns-dev", "testbox"), "pac-ns-dev-testbox");
+        // Realistic names (a namespace, a deployment and its pod hashes) exceed the 64
+        // characters a namespace name may have: shortened, deterministically, and valid.
+        let long = pod_netns(
+            "pac",
+            "payments-production",
+            "checkout-api-gateway-service-h4r9bkq54n-mj7mx",
+        );
+        assert!(long.len() <= NETNS_NAME_MAX, "{long}");
+        assert!(netns::validate_netns_name(&long).is_ok(), "{long}");
+        assert!(
+            long.starts_with("pac-payments-production-checkout"),
+            "{long}"
+        );
+        assert_eq!(
+            long,
+            pod_netns(
+                "pac",
+                "payments-production",
+                "checkout-api-gateway-service-h4r9bkq54n-mj7mx"
+            )
+        );
+        let other = pod_netns(
+            "pac",
+            "payments-production",
+            "checkout-api-gateway-service-h4r9bkq54n-zzzzz",
+        );
+        assert_ne!(long, other);
+        // Two objects with the same readable name: the second attempt differs, and fits.
+        let a = fit_netns_name("pac-a-b-c".into(), "a/b-c", 0);
+        let b = fit_netns_name("pac-a-b-c".into(), "a-b/c", 1);
+        assert_eq!(a, "pac-a-b-c");
+        assert_ne!(a, b);
+        assert!(b.starts_with("pac-a-b-c-") && netns::validate_netns_name(&b).is_ok());
+        assert_ne!(
+            fit_netns_name("pac-a-b-c".into(), "a-b/c", 1),
+            fit_netns_name("pac-a-b-c".into(), "a-b/c", 2)
+        );
+    }
 }

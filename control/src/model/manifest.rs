@@ -1187,6 +1187,14 @@ impl Annotations<'_, '_> {
 }
 
 fn parse_namespace(meta: Meta, ann: &Annotations<'_, '_>) -> Res<NamespaceRequest> {
+    // `pacific exec ext/HOST` names an outside host: pods of a namespace `ext` could not be
+    // reached, and their network namespaces would be named like the outside hosts'.
+    if meta.name == "ext" {
+        return Err(FieldError {
+            field: "metadata.name".into(),
+            message: "\"ext\" is reserved: `pacific exec ext/HOST` names the outside hosts".into(),
+        });
+    }
     let supervisor = ann.flag(ANN_SUPERVISOR)?;
     let egress_ip = ann.ip(ANN_STATIC_SNAT_IP)?;
     let (segment_cidr, segment_prefix_len) = ann.segment()?;
@@ -1965,6 +1973,17 @@ mod tests {
         // As `kubectl get svc web -o yaml` prints it.
         let printed = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: ns-dev\n  uid: 5b1c\n  resourceVersion: \"812\"\n  creationTimestamp: \"2026-12-01T09:00:00Z\"\n  labels: {app: web}\nspec:\n  type: LoadBalancer\n  selector: {app: web}\n  ports:\n  - {name: http, protocol: TCP, port: 80, targetPort: 8080, appProtocol: http}\n  sessionAffinity: None\n  externalTrafficPolicy: Cluster\n  internalTrafficPolicy: Cluster\n  ipFamilies: [IPv4]\n  ipFamilyPolicy: SingleStack\n  allocateLoadBalancerNodePorts: true\nstatus: {loadBalancer: {}}\n";
         assert_eq!(parse(printed).len(), 1);
+    }
+
+    #[test]
+    fn a_namespace_may_not_be_called_ext() {
+        let e = parse_err("apiVersion: v1\nkind: Namespace\nmetadata: {name: ext}\n");
+        assert_eq!(e.field, "metadata.name", "{e}");
+        assert!(e.message.contains("reserved"), "{e}");
+        assert_eq!(
+            parse("apiVersion: v1\nkind: Namespace\nmetadata: {name: ext2}\n").len(),
+            1
+        );
     }
 
     /// A file saved with a UTF-8 byte-order mark (as some editors on Windows do) parses: the mark

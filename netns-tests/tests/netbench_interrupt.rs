@@ -11,7 +11,10 @@ fn netbench_interrupted_by_timeout_leaves_nothing_behind() {
         return;
     }
     let netbench = pacific_bin().with_file_name("netbench");
+    // Under PACIFIC_REQUIRE_NETNS=1 (CI) a missing piece is a failure, as for every netns test.
+    let required = std::env::var("PACIFIC_REQUIRE_NETNS").as_deref() == Ok("1");
     if !netbench.is_file() {
+        assert!(!required, "{} is missing", netbench.display());
         eprintln!("skipping: {} is missing", netbench.display());
         return;
     }
@@ -22,6 +25,7 @@ fn netbench_interrupted_by_timeout_leaves_nothing_behind() {
             .map(|o| o.status.success())
             .unwrap_or(false);
         if !found {
+            assert!(!required, "{tools} is missing");
             eprintln!("skipping: {tools} is missing");
             return;
         }

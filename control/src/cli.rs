@@ -105,8 +105,9 @@ struct DaemonArgs {
     /// Worker threads (and TAP queues per port).
     #[arg(long, default_value_t = default_workers())]
     workers: usize,
-    /// Prefix of every namespace the daemon creates.
-    #[arg(long, env = "PACIFIC_PREFIX", default_value = "pac")]
+    /// Prefix of every namespace the daemon creates (letters, digits and `_`: with a `-`, one
+    /// lab's `{prefix}-*` could hold another's namespaces).
+    #[arg(long, env = "PACIFIC_PREFIX", default_value = "pac", value_parser = parse_prefix)]
     prefix: String,
     /// Set by `pacific lab up` when it starts the daemon.
     #[arg(long, hide = true)]
@@ -162,6 +163,21 @@ impl DaemonArgs {
     }
 }
 
+/// A namespace prefix: 1-16 letters, digits or `_`. No `-`, so that no lab's `{prefix}-*` (what
+/// `lab down` sweeps) can match another lab's namespaces (`pac` and `pac-x` would).
+fn parse_prefix(s: &str) -> Result<String, String> {
+    let ok =
+        (1..=16).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(s.to_string())
+    } else {
+        Err(format!(
+            "{s:?}: a prefix is 1-16 letters, digits or '_' (no '-': `lab down` removes \
+             {s}-*, which would hold the namespaces of a lab whose prefix begins {s}-)"
+        ))
+    }
+}
+
 /// A worker per core, at most four. (Half the cores was tried, since the pods of a lab share
 /// the cores with the workers: on 2 cores, netbench's connection rate and round trips were
 /// within the runs' spread of each other, and TCP with 4 streams lost a third.)
@@ -178,7 +194,7 @@ enum LabCmd {
         file: Option<PathBuf>,
         #[arg(long, default_value_t = default_workers())]
         workers: usize,
-        #[arg(long, env = "PACIFIC_PREFIX", default_value = "pac")]
+        #[arg(long, env = "PACIFIC_PREFIX", default_value = "pac", value_parser = parse_prefix)]
         prefix: String,
         /// The daemon's `--busy-poll-us`, when this starts it (default: the daemon's).
         #[arg(long, value_name = "MICROSECONDS")]
@@ -186,7 +202,7 @@ enum LabCmd {
     },
     /// Remove everything the lab created: namespaces, TAPs, processes, the daemon it started.
     Down {
-        #[arg(long, env = "PACIFIC_PREFIX", default_value = "pac")]
+        #[arg(long, env = "PACIFIC_PREFIX", default_value = "pac", value_parser = parse_prefix)]
         prefix: String,
     },
     /// Print the embedded seed lab.
@@ -1105,6 +1121,19 @@ mod tests {
         ])
         .unwrap();
         assert!(Cli::try_parse_from(["pacific", "get"]).is_err());
+        // A prefix with a `-` would let one lab's sweep take another's namespaces.
+        for bad in ["qd-x", "", "a.b", "seventeen_chars_x"] {
+            for cmd in [&["lab", "down"][..], &["lab", "up"], &["daemon"]] {
+                let mut argv = vec!["pacific"];
+                argv.extend_from_slice(cmd);
+                argv.extend(["--prefix", bad]);
+                assert!(
+                    Cli::try_parse_from(argv).is_err(),
+                    "{cmd:?} --prefix {bad:?}"
+                );
+            }
+        }
+        Cli::try_parse_from(["pacific", "lab", "down", "--prefix", "pacnb123p"]).unwrap();
     }
 
     /// The daemon's table and polling options: defaults, and the sizes it refuses with a

@@ -416,7 +416,14 @@ fn parse_with(text: &str, ctx: &Ctx<'_>) -> Result<Vec<Manifest>, ManifestError>
     // A byte-order mark (what some editors write first) is not part of the first key.
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut out = Vec::new();
-    for (index, doc) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+    // Lazily: after a syntax error the YAML reader goes on yielding errors; the first one ends
+    // the loop.
+    let documents: Box<dyn Iterator<Item = Result<Value, serde_yaml_ng::Error>>> =
+        match json_stream(text) {
+            Some(objects) => Box::new(objects.into_iter().map(Ok)),
+            None => Box::new(serde_yaml_ng::Deserializer::from_str(text).map(Value::deserialize)),
+        };
+    for (index, doc) in documents.enumerate() {
         let document = index + 1;
         let syntax = |e: serde_yaml_ng::Error| ManifestError {
             document,
@@ -425,7 +432,7 @@ fn parse_with(text: &str, ctx: &Ctx<'_>) -> Result<Vec<Manifest>, ManifestError>
             field: String::new(),
             message: format!("YAML syntax error: {e}"),
         };
-        let mut value = Value::deserialize(doc).map_err(syntax)?;
+        let mut value = doc.map_err(syntax)?;
         // YAML merge keys (`<<: *defaults`), which kubectl honours.
         value.apply_merge().map_err(syntax)?;
         // `---` alone (or a file of comments) is an empty document: skipped, as kubectl does.
@@ -443,6 +450,26 @@ fn parse_with(text: &str, ctx: &Ctx<'_>) -> Result<Vec<Manifest>, ManifestError>
         )?;
     }
     Ok(out)
+}
+
+/// A file of several JSON objects one after the other (`{...}{...}`, as `kubectl apply` takes
+/// them), which is not YAML: its objects, when it is that. `None` for anything else (one JSON
+/// object is YAML already, and errors are YAML's to report).
+fn json_stream(text: &str) -> Option<Vec<Value>> {
+    if !text.trim_start().starts_with('{') {
+        return None;
+    }
+    let objects: Vec<serde_json::Value> = serde_json::Deserializer::from_str(text)
+        .into_iter()
+        .collect::<Result<_, _>>()
+        .ok()?;
+    if objects.len() < 2 {
+        return None;
+    }
+    objects
+        .into_iter()
+        .map(|o| serde_yaml_ng::to_value(o).ok())
+        .collect()
 }
 
 /// Two requests for the same object in one request are an error (which one would win?).
@@ -1993,6 +2020,21 @@ mod tests {
         let ms = parse("\u{feff}apiVersion: v1\nkind: Namespace\nmetadata: {name: bom}\n");
         assert_eq!(ms.len(), 1);
         assert_eq!(ms[0].meta().name, "bom");
+    }
+
+    /// JSON objects one after the other, as kubectl takes them.
+    #[test]
+    fn a_stream_of_json_objects_is_a_file_of_documents() {
+        let ms = parse(
+            r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}}
+{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "b"}}"#,
+        );
+        assert_eq!(ms.len(), 2);
+        let e = parse_err(
+            r#"{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "a"}}
+{"apiVersion": "v1", "kind": "Namespace", "metadata": {"nme": "b"}}"#,
+        );
+        assert_eq!((e.document, e.field.as_str()), (2, "metadata.nme"), "{e}");
     }
 
     #[test]

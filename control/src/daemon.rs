@@ -494,13 +494,24 @@ impl Daemon {
         let p: Params = rpc::params(params)?;
         let (namespace, cluster) = (p.namespace.as_deref(), p.cluster.as_deref());
         let now = unix_now();
+        // As kubectl: a file of nothing (empty, comments, `---` alone) is an error, not a no-op.
+        let nothing = || {
+            let verb = if delete { "delete" } else { "apply" };
+            RpcError::invalid_params("manifest", format!("no objects passed to {verb}"))
+        };
         let outcomes = if delete {
             let refs = parse_object_refs(&p.manifest, namespace, cluster)
                 .map_err(|e| RpcError::manifest(&e))?;
+            if refs.is_empty() {
+                return Err(nothing());
+            }
             self.control.lock().store.delete_refs(refs, now)
         } else {
             let manifests = parse_manifests(&p.manifest, namespace, cluster)
                 .map_err(|e| RpcError::manifest(&e))?;
+            if manifests.is_empty() {
+                return Err(nothing());
+            }
             self.control.lock().store.apply(manifests, now)
         }
         .map_err(|e: ApplyError| RpcError::apply(&e))?;

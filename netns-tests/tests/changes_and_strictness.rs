@@ -173,6 +173,20 @@ fn control_socket_refuses_bad_bytes_stray_params_and_unknown_namespaces() {
             describe(&out)
         );
     }
+    // A file of nothing is an error, as kubectl says "no objects passed to apply".
+    for method in ["apply", "delete"] {
+        let resp = conn.call(method, serde_json::json!({"manifest": "# nothing\n---\n"}));
+        assert_eq!(
+            resp["error"]["code"],
+            serde_json::json!(-32602),
+            "{method}: {resp}"
+        );
+        assert_eq!(
+            resp["error"]["data"]["field"],
+            serde_json::json!("params.manifest"),
+            "{method}: {resp}"
+        );
+    }
     // The connection still serves, and the good calls still work.
     let resp = conn.call("daemon.status", serde_json::json!({}));
     assert!(resp["result"]["pid"].is_u64(), "{resp}");

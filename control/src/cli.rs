@@ -163,16 +163,16 @@ impl DaemonArgs {
     }
 }
 
-/// A namespace prefix: 1-16 letters, digits or `_`. No `-`, so that no lab's `{prefix}-*` (what
+/// A namespace prefix: 1-32 letters, digits or `_`. No `-`, so that no lab's `{prefix}-*` (what
 /// `lab down` sweeps) can match another lab's namespaces (`pac` and `pac-x` would).
 fn parse_prefix(s: &str) -> Result<String, String> {
     let ok =
-        (1..=16).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+        (1..=32).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
     if ok {
         Ok(s.to_string())
     } else {
         Err(format!(
-            "{s:?}: a prefix is 1-16 letters, digits or '_' (no '-': `lab down` removes \
+            "{s:?}: a prefix is 1-32 letters, digits or '_' (no '-': `lab down` removes \
              {s}-*, which would hold the namespaces of a lab whose prefix begins {s}-)"
         ))
     }
@@ -582,8 +582,10 @@ fn exec(socket: &Path, target: &str, command: &[String]) -> Result<ExitCode, Str
         .get("netns")
         .and_then(Value::as_str)
         .ok_or("the daemon named no namespace")?;
+    // Through `sh -c 'exec "$@"'`, so a command that cannot run exits as a shell says it: 127
+    // not found, 126 not executable (`ip netns exec` itself says 1 or 255).
     let status = Command::new("ip")
-        .args(["netns", "exec", netns])
+        .args(["netns", "exec", netns, "sh", "-c", "exec \"$@\"", "sh"])
         .args(command)
         .status()
         .map_err(|e| format!("cannot run ip netns exec: {e}"))?;
@@ -1122,7 +1124,7 @@ mod tests {
         .unwrap();
         assert!(Cli::try_parse_from(["pacific", "get"]).is_err());
         // A prefix with a `-` would let one lab's sweep take another's namespaces.
-        for bad in ["qd-x", "", "a.b", "seventeen_chars_x"] {
+        for bad in ["qd-x", "", "a.b", "thirty_three_characters_long_xxxx"] {
             for cmd in [&["lab", "down"][..], &["lab", "up"], &["daemon"]] {
                 let mut argv = vec!["pacific"];
                 argv.extend_from_slice(cmd);

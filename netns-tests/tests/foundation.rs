@@ -21,6 +21,20 @@ fn pod_to_pod_in_one_segment() {
     );
     let r = ping(&lab, WORDPRESS, "172.211.0.19", 5, &[]);
     assert_eq!(r.received, 5, "wordpress -> 172.211.0.19: {r:?}");
+    // `pacific exec` exits as the command did, as a shell reports it.
+    for (argv, code) in [
+        (&["sh", "-c", "exit 3"][..], 3),
+        (&["no-such-command-here"], 127),
+        (&["sh", "-c", "kill -TERM $$"], 143),
+    ] {
+        let out = lab.exec(WORDPRESS, argv);
+        assert_eq!(
+            out.status.code(),
+            Some(code),
+            "{argv:?}: {}",
+            describe(&out)
+        );
+    }
 }
 
 #[test]

@@ -102,6 +102,18 @@ fn guest_replicas_follow_their_nodes_when_workers_are_added() {
     );
 }
 
+/// An error answer with this code, naming this field.
+fn assert_refused(resp: &serde_json::Value, code: i64, field: &str, method: &str) {
+    assert_eq!(
+        (
+            resp["error"]["code"].as_i64(),
+            resp["error"]["data"]["field"].as_str()
+        ),
+        (Some(code), Some(field)),
+        "{method}: {resp}"
+    );
+}
+
 /// The control socket refuses what it cannot take as it is: a line that is not UTF-8 (instead of
 /// repairing it with replacement characters), parameters a method does not take, and a
 /// namespace that does not exist (for every namespaced list, as `pods.list` already did).
@@ -139,31 +151,13 @@ fn control_socket_refuses_bad_bytes_stray_params_and_unknown_namespaces() {
         ),
     ] {
         let resp = conn.call(method, params);
-        assert_eq!(
-            resp["error"]["code"],
-            serde_json::json!(-32602),
-            "{method}: {resp}"
-        );
-        assert_eq!(
-            resp["error"]["data"]["field"],
-            serde_json::json!(field),
-            "{resp}"
-        );
+        assert_refused(&resp, -32602, field, method);
         let message = resp["error"]["message"].as_str().unwrap_or_default();
         assert!(!message.contains("one of: )"), "{method}: {message}");
     }
     for method in ["tkc.list", "nat.list", "pods.list", "services.list"] {
         let resp = conn.call(method, serde_json::json!({"namespace": "nope"}));
-        assert_eq!(
-            resp["error"]["code"],
-            serde_json::json!(-32002),
-            "{method}: {resp}"
-        );
-        assert_eq!(
-            resp["error"]["data"]["field"],
-            serde_json::json!("params.namespace"),
-            "{method}: {resp}"
-        );
+        assert_refused(&resp, -32002, "params.namespace", method);
     }
     for kind in ["tkc", "nat"] {
         let out = lab.pacific(&["get", kind, "-n", "nope"]);
@@ -176,16 +170,7 @@ fn control_socket_refuses_bad_bytes_stray_params_and_unknown_namespaces() {
     // A file of nothing is an error, as kubectl says "no objects passed to apply".
     for method in ["apply", "delete"] {
         let resp = conn.call(method, serde_json::json!({"manifest": "# nothing\n---\n"}));
-        assert_eq!(
-            resp["error"]["code"],
-            serde_json::json!(-32602),
-            "{method}: {resp}"
-        );
-        assert_eq!(
-            resp["error"]["data"]["field"],
-            serde_json::json!("params.manifest"),
-            "{method}: {resp}"
-        );
+        assert_refused(&resp, -32602, "params.manifest", method);
     }
     // The connection still serves, and the good calls still work.
     let resp = conn.call("daemon.status", serde_json::json!({}));

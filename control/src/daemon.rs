@@ -36,7 +36,7 @@ use crate::lab::netns::{self, PodInterface};
 use crate::lab::outside::{self, OutsideHost as LabOutsideHost, UpstreamRouter};
 use crate::lab::record::LabRecord;
 use crate::model::manifest::{parse_manifests, parse_object_refs};
-use crate::model::objects::{State, Uplink};
+use crate::model::objects::{selects, State, Uplink};
 use crate::model::store::{ApplyError, Store};
 use crate::netexec;
 use crate::rpc::{self, RpcError};
@@ -1101,9 +1101,10 @@ fn workload_args(state: &State, w: &crate::model::objects::ClusterWorkload) -> V
         if svc.cluster.as_deref() != Some(w.cluster.as_str()) || svc.namespace != w.namespace {
             continue;
         }
-        let selected = svc.selector.as_ref().is_some_and(|sel| {
-            !sel.is_empty() && sel.iter().all(|(k, v)| w.labels.get(k) == Some(v))
-        });
+        let selected = svc
+            .selector
+            .as_ref()
+            .is_some_and(|sel| !sel.is_empty() && selects(sel, &w.labels));
         if selected {
             ports.extend(
                 svc.ports
@@ -1143,17 +1144,12 @@ fn nodeport_relays(state: &State) -> BTreeMap<(String, String), Vec<netexec::For
             continue;
         };
         let busy: BTreeSet<&str> = state
-            .cluster_workloads
-            .values()
-            .filter(|w| w.cluster == cluster && w.namespace == svc.namespace)
-            .filter(|w| selector.iter().all(|(k, v)| w.labels.get(k) == Some(v)))
+            .workloads_in(&svc.namespace, cluster)
+            .filter(|w| selects(selector, &w.labels))
             .map(|w| w.node.as_str())
             .collect();
-        let nodes: Vec<&crate::model::objects::Pod> = state
-            .pods
-            .values()
-            .filter(|p| p.namespace == svc.namespace && p.tkg_cluster.as_deref() == Some(cluster))
-            .collect();
+        let nodes: Vec<&crate::model::objects::Pod> =
+            state.tkg_nodes(&svc.namespace, cluster).collect();
         let targets: Vec<Ipv4Addr> = nodes
             .iter()
             .filter(|p| busy.contains(p.name.as_str()))

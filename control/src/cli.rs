@@ -819,18 +819,27 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
         method,
         "routes.list" | "ports.list" | "dfw.list" | "nat.list" | "outside.list"
     );
+    // Outside hosts are named objects too, though their list takes no name: picked out here.
+    let pick = (method == "outside.list")
+        .then_some(args.name.as_deref())
+        .flatten();
     if let Some(ns) = &args.namespace {
         if method != "outside.list" {
             params["namespace"] = json!(ns);
         }
     }
     if let Some(name) = &args.name {
-        if !takes_name {
+        if !takes_name && pick.is_none() {
             return Err(format!("`pacific get {kind}` takes no NAME"));
         }
-        params["name"] = json!(name);
+        if takes_name {
+            params["name"] = json!(name);
+        }
     }
-    let result = call(socket, method, params)?;
+    let mut result = call(socket, method, params)?;
+    if let (Some(name), Some(items)) = (pick, result["items"].as_array_mut()) {
+        items.retain(|item| item["name"].as_str() == Some(name));
+    }
     if args.output == Some(Output::Json) {
         out!(
             "{}",

@@ -81,6 +81,16 @@ fn pod_to_outside_host_and_back() {
         !body.trim().is_empty(),
         "ext/internet's web server did not answer wordpress"
     );
+    // The outside hosts by name, as `kubectl get KIND NAME` works.
+    let out = lab.pacific(&["get", "outside", "hop"]);
+    let text = stdout(&out);
+    assert!(
+        out.status.success() && text.contains("hop") && !text.contains("internet"),
+        "get outside hop: {}",
+        describe(&out)
+    );
+    let out = lab.pacific(&["get", "outside", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
 }
 
 /// Datagrams larger than the MTU cross in fragments (the kernel fragments a 3000-byte ping):

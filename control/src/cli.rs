@@ -49,12 +49,15 @@ struct Cli {
         long,
         global = true,
         env = "PACIFIC_SOCKET",
-        default_value = "/run/pacific/pacific.sock"
+        default_value = DEFAULT_SOCKET
     )]
     socket: PathBuf,
     #[command(subcommand)]
     command: Cmd,
 }
+
+/// Where the daemon listens unless told otherwise.
+const DEFAULT_SOCKET: &str = "/run/pacific/pacific.sock";
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
@@ -652,9 +655,15 @@ fn print_summary(socket: &Path) -> Result<(), String> {
     out!();
     let tries = try_commands(&namespaces, &pods, &services, &outside);
     if !tries.is_empty() {
+        // Commands to paste: they name the socket when it is not the default one.
+        let socket_arg = if socket == Path::new(DEFAULT_SOCKET) {
+            String::new()
+        } else {
+            format!("--socket {} ", socket.display())
+        };
         out!("Try:");
         for t in tries {
-            out!("  pacific exec {t}");
+            out!("  pacific {socket_arg}exec {t}");
         }
     }
     Ok(())

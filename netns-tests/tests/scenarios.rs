@@ -1455,6 +1455,12 @@ fn lab_up_hints_fit_the_applied_file() {
         !text.contains("ns-dev/") && !text.contains("ext/hop"),
         "the summary suggests objects this lab does not have:\n{text}"
     );
+    // The lab's own socket, so that the hints can be pasted as they are.
+    let socket = format!("pacific --socket {} exec ", lab.socket.display());
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with(&socket)),
+        "the hints should name the socket ({socket}):\n{text}"
+    );
 }
 
 #[test]

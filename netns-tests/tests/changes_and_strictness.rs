@@ -49,26 +49,32 @@ spec:
     )
 }
 
-const GUEST_APP: &str = "\
-apiVersion: v1
+/// A guest service `name` (of `service_type`, port 80 to 8080, `node_port` pinned when given)
+/// and the Deployment of `replicas` it selects.
+fn guest_app(name: &str, service_type: &str, node_port: Option<u16>, replicas: u32) -> String {
+    let node_port = node_port.map_or(String::new(), |p| format!(", nodePort: {p}"));
+    format!(
+        "apiVersion: v1
 kind: Service
-metadata: {name: echo}
+metadata: {{name: {name}}}
 spec:
-  type: LoadBalancer
-  selector: {app: echo}
-  ports: [{port: 80, targetPort: 8080}]
+  type: {service_type}
+  selector: {{app: {name}}}
+  ports: [{{port: 80, targetPort: 8080{node_port}}}]
 ---
 apiVersion: apps/v1
 kind: Deployment
-metadata: {name: echo}
+metadata: {{name: {name}}}
 spec:
-  replicas: 2
-  selector: {matchLabels: {app: echo}}
+  replicas: {replicas}
+  selector: {{matchLabels: {{app: {name}}}}}
   template:
-    metadata: {labels: {app: echo}}
+    metadata: {{labels: {{app: {name}}}}}
     spec:
-      containers: [{name: e, image: x, ports: [{containerPort: 8080}]}]
-";
+      containers: [{{name: c, image: x, ports: [{{containerPort: 8080}}]}}]
+"
+    )
+}
 
 /// Adding workers to a TKG cluster may place its replicas on other nodes; the replicas' servers
 /// must follow them, or the SLB sends every other connection to a node where nothing listens.
@@ -78,7 +84,11 @@ fn guest_replicas_follow_their_nodes_when_workers_are_added() {
         return;
     }
     let lab = Lab::up_with("qatkc", &format!("{POOLS}---\n{}", tkc(1)));
-    lab.apply_ok(GUEST_APP, Some("team"), Some("guest"));
+    lab.apply_ok(
+        &guest_app("echo", "LoadBalancer", None, 2),
+        Some("team"),
+        Some("guest"),
+    );
     lab.apply_ok(&tkc(3), None, None);
     let vip = lab
         .service_vip("echo")
@@ -243,27 +253,8 @@ fn every_node_of_a_guest_cluster_answers_on_the_nodeport() {
     }
     let client = "apiVersion: v1\nkind: Pod\nmetadata: {name: client, namespace: team}\nspec:\n  containers: [{name: c, image: x}]\n";
     let lab = Lab::up_with("qanodes", &format!("{POOLS}---\n{}---\n{client}", tkc(3)));
-    let app = "\
-apiVersion: v1
-kind: Service
-metadata: {name: web}
-spec:
-  type: NodePort
-  selector: {app: web}
-  ports: [{port: 80, targetPort: 8080, nodePort: 31080}]
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: web}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: web}}
-  template:
-    metadata: {labels: {app: web}}
-    spec:
-      containers: [{name: w, image: x, ports: [{containerPort: 8080}]}]
-";
-    lab.apply_ok(app, Some("team"), Some("guest"));
+    let app = guest_app("web", "NodePort", Some(31080), 1);
+    lab.apply_ok(&app, Some("team"), Some("guest"));
     let nodes: Vec<String> = lab
         .items("pods", Some("team"))
         .iter()

@@ -925,7 +925,11 @@ fn columns(method: &str, with_ns: bool, wide: bool, now: u64) -> Vec<Column> {
         )
     };
     let mut c: Vec<Column> = Vec::new();
-    let namespaced = matches!(method, "pods.list" | "services.list");
+    // kubectl shows NAMESPACE only when the listing spans namespaces (no `-n`).
+    let namespaced = matches!(
+        method,
+        "pods.list" | "services.list" | "deployments.list" | "tkc.list"
+    );
     if namespaced && with_ns {
         c.push(field("NAMESPACE", "namespace"));
     }
@@ -1027,7 +1031,6 @@ fn columns(method: &str, with_ns: bool, wide: bool, now: u64) -> Vec<Column> {
             age_column(),
         ]),
         "deployments.list" => c.extend([
-            field("NAMESPACE", "namespace"),
             field("NAME", "name"),
             field("READY", "ready"),
             field("UP-TO-DATE", "up_to_date"),
@@ -1035,7 +1038,6 @@ fn columns(method: &str, with_ns: bool, wide: bool, now: u64) -> Vec<Column> {
             age_column(),
         ]),
         _ => c.extend([
-            field("NAMESPACE", "namespace"),
             field("NAME", "name"),
             field("CONTROL PLANE", "control_plane"),
             field("WORKER", "workers"),
@@ -1105,6 +1107,21 @@ mod tests {
         assert_eq!(age(0, 720), "12m");
         assert_eq!(age(0, 5 * 3600), "5h");
         assert_eq!(age(0, 3 * 86400), "3d");
+    }
+
+    #[test]
+    fn namespace_column_only_when_the_listing_spans_namespaces() {
+        for method in ["pods.list", "services.list", "deployments.list", "tkc.list"] {
+            let headers = |with_ns| -> Vec<&str> {
+                columns(method, with_ns, false, 0)
+                    .iter()
+                    .map(|c| c.0)
+                    .collect()
+            };
+            assert_eq!(headers(true)[..2], ["NAMESPACE", "NAME"], "{method}");
+            assert_eq!(headers(false)[0], "NAME", "{method}");
+            assert!(!headers(false).contains(&"NAMESPACE"), "{method}");
+        }
     }
 
     #[test]

@@ -130,11 +130,13 @@ pub struct Tx {
 pub enum Verdict {
     /// The frame was rewritten and goes out of the ports in `WorkerContext::tx`.
     Forward,
-    /// The router answered (ARP reply, ICMP echo reply or error); see `WorkerContext::tx`.
+    /// The router answered (ARP reply, ICMP echo reply or error, TCP reset); see
+    /// `WorkerContext::tx`.
     Reply,
     /// The router took the frame for itself and has nothing to send.
     Consumed,
-    /// The frame was dropped; the reason is counted on the ingress port.
+    /// The frame was dropped; the reason is counted on the ingress port. The sender may be told
+    /// (ICMP time exceeded or unreachable, a reset): a frame the router built, in `tx`.
     Drop(DropReason),
 }
 
@@ -1366,8 +1368,13 @@ impl Pipeline {
                 ) {
                     return Verdict::Consumed;
                 }
+                // A port nothing listens on: a reset or port unreachable, when one is due.
                 self.refuse(t, ctx, port, parsed, ip, pkt, addr);
-                Verdict::Consumed
+                if ctx.tx.is_empty() {
+                    Verdict::Consumed
+                } else {
+                    Verdict::Reply
+                }
             }
         }
     }
@@ -1766,7 +1773,7 @@ mod fast_path_tests {
         // The scenario covers what it means to: forwarding, TTL, SpoofGuard, malformed,
         // conntrack state, the DFW and a local answer.
         use DropReason::*;
-        use Verdict::{Consumed, Drop as D, Forward as F};
+        use Verdict::{Drop as D, Forward as F, Reply};
         let ttl = D(TtlExceeded);
         let expected = vec![
             F,
@@ -1787,7 +1794,8 @@ mod fast_path_tests {
             F,
             D(ConntrackInvalid),
             D(DfwDeny),
-            Consumed,
+            // The reset from the VIP.
+            Reply,
         ];
         (frames, expected)
     }

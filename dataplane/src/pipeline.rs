@@ -20,8 +20,10 @@
 //!    (RFC 5508 section 4.2; RFC 3022 section 4.3).
 //!
 //! A gateway whose TTL check fails answers with ICMP time-exceeded from its own address facing
-//! the sender, quoting the packet as the sender sent it, so `traceroute` shows T1 and T0 even for
-//! connections that are translated further on.
+//! the sender, quoting the packet with the addresses the sender wrote, so `traceroute` shows T1
+//! and T0 even for connections that are translated further on. What a gateway answers loses a
+//! TTL step at each gateway it crosses back, and an error's quote the steps the packet lost on
+//! its way in ([`build::age_answer`]), as kernel routers in a row would show it.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::Ordering::Relaxed;
@@ -227,7 +229,9 @@ struct FastFrame {
     hint: Hint,
 }
 
-/// Where the walk through the gateways ended.
+/// Where the walk through the gateways ended. `back`, in the variants the router answers, counts
+/// the gateways the packet crossed before the one that answers: the answer crosses them again
+/// on its way back, and each takes one off its TTL ([`build::age_answer`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Walk {
     Deliver(Path),
@@ -236,20 +240,23 @@ enum Walk {
     Local {
         addr: Ipv4Addr,
         owned: bool,
-        hops: u8,
+        back: u8,
     },
     /// The TTL ran out at a gateway whose address facing the sender is `from`.
     TtlExceeded {
         from: Ipv4Addr,
+        back: u8,
     },
     /// No route or no host: ICMP destination unreachable from `from`.
     Unreachable {
         from: Ipv4Addr,
         code: u8,
+        back: u8,
     },
     /// A load-balanced frontend with no backend: refused at once.
     NoBackend {
         frontend: Ipv4Addr,
+        back: u8,
     },
     Drop(DropReason),
 }
@@ -966,7 +973,12 @@ impl Pipeline {
                                 snat_addr = Some(seg.gateway_ip);
                             }
                         }
-                        None => return Walk::NoBackend { frontend: key.dst },
+                        None => {
+                            return Walk::NoBackend {
+                                frontend: key.dst,
+                                back: 0,
+                            }
+                        }
                     }
                 }
                 (seg.t1, seg.gateway_ip)
@@ -989,7 +1001,10 @@ impl Pipeline {
                 };
                 if let Some(&svc) = t.vips.get(&frontend) {
                     let Some((index, b)) = self.choose_backend(t, svc, key, pin) else {
-                        return Walk::NoBackend { frontend: dst };
+                        return Walk::NoBackend {
+                            frontend: dst,
+                            back: hops,
+                        };
                     };
                     dnat = Some((b.ip, b.port));
                     lb = Some(LbBinding {
@@ -1011,17 +1026,23 @@ impl Pipeline {
                 return Walk::Local {
                     addr: dst,
                     owned: true,
-                    hops,
+                    back: hops,
                 };
             }
             if ttl <= hops + 1 {
-                return Walk::TtlExceeded { from: facing };
+                return Walk::TtlExceeded {
+                    from: facing,
+                    back: hops,
+                };
             }
+            // The gateways crossed before this one, which answers from here on.
+            let back = hops;
             hops += 1;
             let Some(route) = g.routes.lookup(dst) else {
                 return Walk::Unreachable {
                     from: facing,
                     code: icmp::NET_UNREACHABLE,
+                    back,
                 };
             };
             match route.next_hop {
@@ -1029,7 +1050,7 @@ impl Pipeline {
                     return Walk::Local {
                         addr: dst,
                         owned: t.gateway_addrs.contains_key(&dst),
-                        hops,
+                        back,
                     };
                 }
                 NextHop::Segment(segment) => {
@@ -1048,6 +1069,7 @@ impl Pipeline {
                         None => Walk::Unreachable {
                             from: facing,
                             code: icmp::HOST_UNREACHABLE,
+                            back,
                         },
                     };
                 }
@@ -1307,33 +1329,25 @@ impl Pipeline {
         match walk {
             Walk::Deliver(_) => Verdict::Drop(DropReason::NoRoute),
             Walk::Drop(reason) => Verdict::Drop(reason),
-            Walk::TtlExceeded { from } => {
-                self.icmp_error(t, ctx, port, parsed, ip, pkt, from, icmp::TIME_EXCEEDED, 0);
+            Walk::TtlExceeded { from, back } => {
+                let error = (icmp::TIME_EXCEEDED, 0);
+                self.icmp_error(t, ctx, port, parsed, ip, pkt, from, error, back);
                 Verdict::Drop(DropReason::TtlExceeded)
             }
-            Walk::Unreachable { from, code } => {
-                self.icmp_error(
-                    t,
-                    ctx,
-                    port,
-                    parsed,
-                    ip,
-                    pkt,
-                    from,
-                    icmp::DEST_UNREACHABLE,
-                    code,
-                );
+            Walk::Unreachable { from, code, back } => {
+                let error = (icmp::DEST_UNREACHABLE, code);
+                self.icmp_error(t, ctx, port, parsed, ip, pkt, from, error, back);
                 Verdict::Drop(DropReason::NoRoute)
             }
-            Walk::NoBackend { frontend } => {
+            Walk::NoBackend { frontend, back } => {
                 // Refuse at once, as kube-proxy's REJECT does: RST for TCP, port unreachable
                 // otherwise, from the frontend's address.
-                self.refuse(t, ctx, port, parsed, ip, pkt, frontend);
+                self.refuse(t, ctx, port, parsed, ip, pkt, frontend, back);
                 Verdict::Drop(DropReason::NoBackend)
             }
             // The router answers only what it can read whole: it does not reassemble.
             Walk::Local { .. } if ip.is_fragment => Verdict::Drop(DropReason::Fragment),
-            Walk::Local { addr, owned, hops } => {
+            Walk::Local { addr, owned, back } => {
                 if owned {
                     if let L4::IcmpEcho {
                         icmp_type: icmp::ECHO_REQUEST,
@@ -1342,13 +1356,7 @@ impl Pipeline {
                     {
                         let frame = pkt.frame_mut();
                         if let Some(n) = build::make_echo_reply_in_place(frame, ip, t.router_mac) {
-                            if hops > 1 {
-                                if let Ok(parsed) = parse_frame(&frame[..n]) {
-                                    if let L3::Ipv4(reply_ip) = parsed.l3 {
-                                        rewrite::decrement_ttl(frame, &reply_ip, hops - 1);
-                                    }
-                                }
-                            }
+                            build::age_answer(&mut frame[..n], back);
                             // An echo reply leaves with a plain header: no offloads pending.
                             pkt.buf[..VNET_HDR_LEN].fill(0);
                             pkt.len = VNET_HDR_LEN + n;
@@ -1369,7 +1377,7 @@ impl Pipeline {
                     return Verdict::Consumed;
                 }
                 // A port nothing listens on: a reset or port unreachable, when one is due.
-                self.refuse(t, ctx, port, parsed, ip, pkt, addr);
+                self.refuse(t, ctx, port, parsed, ip, pkt, addr, back);
                 if ctx.tx.is_empty() {
                     Verdict::Consumed
                 } else {
@@ -1379,7 +1387,8 @@ impl Pipeline {
         }
     }
 
-    /// TCP RST (from `from`) or ICMP port unreachable, to the sender of the packet.
+    /// TCP RST (from `from`) or ICMP port unreachable, to the sender of the packet, from a
+    /// gateway `back` gateways in.
     #[allow(clippy::too_many_arguments)]
     fn refuse(
         &self,
@@ -1390,6 +1399,7 @@ impl Pipeline {
         ip: &Ipv4Info,
         pkt: &PacketBuf,
         from: Ipv4Addr,
+        back: u8,
     ) {
         if let L4::Tcp { flags, .. } = ip.l4 {
             if flags & crate::conntrack::TCP_RST != 0 {
@@ -1405,6 +1415,7 @@ impl Pipeline {
                 ip,
             );
             if let Some(n) = built {
+                build::age_answer(&mut scratch.buf[VNET_HDR_LEN..VNET_HDR_LEN + n], back);
                 scratch.len = VNET_HDR_LEN + n;
                 ctx.tx.push(Tx {
                     port: port.id,
@@ -1412,22 +1423,14 @@ impl Pipeline {
                 });
             }
         } else {
-            self.icmp_error(
-                t,
-                ctx,
-                port,
-                parsed,
-                ip,
-                pkt,
-                from,
-                icmp::DEST_UNREACHABLE,
-                icmp::PORT_UNREACHABLE,
-            );
+            let error = (icmp::DEST_UNREACHABLE, icmp::PORT_UNREACHABLE);
+            self.icmp_error(t, ctx, port, parsed, ip, pkt, from, error, back);
         }
     }
 
-    /// Builds an ICMP error about the received packet, from `from`, back out of the ingress port.
-    /// Never about an ICMP error (RFC 1122 section 3.2.2).
+    /// Builds an ICMP error (`(type, code)`) about the received packet, from `from` at a gateway
+    /// `back` gateways in, back out of the ingress port. Never about an ICMP error (RFC 1122
+    /// section 3.2.2).
     #[allow(clippy::too_many_arguments)]
     fn icmp_error(
         &self,
@@ -1438,8 +1441,8 @@ impl Pipeline {
         ip: &Ipv4Info,
         pkt: &PacketBuf,
         from: Ipv4Addr,
-        icmp_type: u8,
-        code: u8,
+        (icmp_type, code): (u8, u8),
+        back: u8,
     ) {
         if matches!(ip.l4, L4::IcmpError { .. }) {
             return;
@@ -1462,6 +1465,7 @@ impl Pipeline {
             0,
             original,
         ) {
+            build::age_answer(&mut out[..n], back);
             scratch.len = VNET_HDR_LEN + n;
             ctx.tx.push(Tx {
                 port: port.id,

@@ -349,6 +349,90 @@ fn ttl_expiry_answers_from_each_gateway_in_turn() {
     assert_eq!((ip.src, ip.ttl), (EGRESS_A, 1));
 }
 
+/// The TTL of the quoted IP header in an ICMP error (Ethernet, 20-byte IP header, ICMP header).
+fn quoted_ttl(frame: &[u8]) -> u8 {
+    frame[14 + 20 + 8 + 8]
+}
+
+/// What the router answers from a gateway some routers in loses a TTL step at each of them on
+/// the way back, as the packet it answers lost one at each on the way in: `ping` from a pod
+/// saw ttl=64 from T0 (two hops in, by traceroute) and from outside ttl=63 from a VIP behind
+/// T0 and the upstream router, as if each gateway were the first router on the path.
+#[test]
+fn answers_from_gateways_further_in_lose_a_ttl_step_per_gateway_crossed_back() {
+    let mut bed = Bed::new();
+    // From a pod: its T1 answers at 64, T0 (one router further) at 63.
+    for (dst, ttl) in [(GW_A, 64), (T0_TRANSIT_A, 63), (T0_UPLINK_IP, 63)] {
+        let echo = ping(pod_mac(A1_IP), ROUTER_MAC, A1_IP, dst, 64, 7);
+        assert_eq!(bed.send(A1, &echo), Verdict::Reply, "{dst}");
+        let ip = check(&bed.out().1);
+        assert_eq!((ip.src, ip.dst, ip.ttl), (dst, A1_IP, ttl), "{dst}");
+    }
+    // TTL 1 runs out at the T1: 64, the quote as it reached the T1. TTL 2 runs out at T0: 63,
+    // and the quote shows TTL 1, as it reached T0 (a kernel router quotes the same).
+    for (probe_ttl, from, ttl) in [(1, GW_A, 64), (2, T0_TRANSIT_A, 63)] {
+        let probe = udp(
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            A1_IP,
+            OUTSIDE_HOST,
+            probe_ttl,
+            41000,
+            33434,
+        );
+        assert_eq!(bed.send(A1, &probe), Verdict::Drop(DropReason::TtlExceeded));
+        let frame = bed.out().1;
+        let ip = check(&frame);
+        assert_eq!((ip.src, ip.ttl, quoted_ttl(&frame)), (from, ttl, 1));
+        let L4::IcmpError { inner, .. } = ip.l4 else {
+            panic!("{:?}", ip.l4)
+        };
+        assert_eq!((inner.src, inner.dst), (A1_IP, OUTSIDE_HOST));
+        let quote = &frame[inner.offset..inner.offset + inner.header_len];
+        assert_eq!(checksum::fold(checksum::sum(quote, 0)), 0xffff, "quote");
+    }
+    // From outside: T0 answers at 64, the VIP's T1 behind it at 63, and a TTL that runs out at
+    // that T1 likewise.
+    for (dst, ttl) in [(T0_UPLINK_IP, 64), (VIP, 63)] {
+        let echo = ping(UPLINK_PEER_MAC, ROUTER_MAC, OUTSIDE_HOST, dst, 60, 8);
+        assert_eq!(bed.send(UPLINK, &echo), Verdict::Reply, "{dst}");
+        let ip = check(&bed.out().1);
+        assert_eq!((ip.src, ip.dst, ip.ttl), (dst, OUTSIDE_HOST, ttl), "{dst}");
+    }
+    let syn = |ttl: u8, dport: u16| {
+        let mut b = buf();
+        let n = build::build_tcp(
+            &mut b,
+            UPLINK_PEER_MAC,
+            ROUTER_MAC,
+            OUTSIDE_HOST,
+            VIP,
+            ttl,
+            42000,
+            dport,
+            1,
+            0,
+            SYN,
+            b"",
+        )
+        .unwrap();
+        b.truncate(n);
+        b
+    };
+    assert_eq!(
+        bed.send(UPLINK, &syn(2, 80)),
+        Verdict::Drop(DropReason::TtlExceeded)
+    );
+    let frame = bed.out().1;
+    let ip = check(&frame);
+    assert_eq!((ip.src, ip.ttl, quoted_ttl(&frame)), (T1_TRANSIT_A, 63, 1));
+    // A port the VIP does not serve: the T1 resets, one step down.
+    bed.send(UPLINK, &syn(60, 81));
+    let ip = check(&bed.out().1);
+    assert!(matches!(ip.l4, L4::Tcp { .. }), "{:?}", ip.l4);
+    assert_eq!((ip.src, ip.ttl), (VIP, 63));
+}
+
 #[test]
 fn egress_snat_translates_both_ways_and_related_icmp_errors_follow() {
     let mut bed = Bed::new();

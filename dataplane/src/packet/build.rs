@@ -177,6 +177,46 @@ pub fn build_icmp_error(
     Some(len)
 }
 
+/// Ages an answer the router built at a gateway `hops` routers in from the port it leaves by:
+/// on its way back each of them forwards it and takes one off its TTL (RFC 791), as each took
+/// one off the packet it answers on the way in. So `ping` shows ttl=63 from a gateway one
+/// router away, as from a kernel router one hop off. An ICMP error's quote loses the same
+/// steps: it shows the packet as it reached the gateway that answers (RFC 1812 section 4.3.2.3
+/// quotes the header as received; a TTL that ran out reads 1 there, as Linux quotes it), its
+/// addresses still as the sender wrote them. Checksums are updated (RFC 1624 for the quote's
+/// header, the ICMP checksum recomputed). A frame that does not hold the IPv4 packet its header
+/// claims, and any frame when `hops` is 0, is left as it is.
+pub fn age_answer(frame: &mut [u8], hops: u8) {
+    if hops > 0 {
+        let _ = try_age_answer(frame, hops);
+    }
+}
+
+fn try_age_answer(frame: &mut [u8], hops: u8) -> Option<()> {
+    let mut ip = Ipv4Packet::new_checked(frame.get_mut(ETH_LEN..)?).ok()?;
+    ip.set_ttl(ip.ttl().saturating_sub(hops));
+    ip.fill_checksum();
+    let (header_len, total_len, protocol) = (ip.header_len(), ip.total_len(), ip.protocol());
+    if protocol != PROTO_ICMP {
+        return Some(());
+    }
+    let msg = frame.get_mut(ETH_LEN + header_len..ETH_LEN + total_len)?;
+    if !matches!(msg.first(), Some(&(DEST_UNREACHABLE | icmp::TIME_EXCEEDED))) {
+        return Some(());
+    }
+    let quote = msg.get_mut(icmp::HEADER_LEN..)?;
+    let word_at = ipv4::field::TTL;
+    let csum_at = ipv4::field::CHECKSUM;
+    let old = u16::from_be_bytes([*quote.get(word_at)?, *quote.get(word_at + 1)?]);
+    let csum = u16::from_be_bytes([*quote.get(csum_at.start)?, *quote.get(csum_at.start + 1)?]);
+    let ttl = (old >> 8) as u8;
+    let new = (u16::from(ttl.saturating_sub(hops)) << 8) | (old & 0x00ff);
+    quote[word_at..word_at + 2].copy_from_slice(&new.to_be_bytes());
+    quote[csum_at].copy_from_slice(&update16(csum, old, new).to_be_bytes());
+    IcmpPacket::new_unchecked(msg).fill_checksum();
+    Some(())
+}
+
 /// A TCP reset answering the segment `ip` describes in `frame` (RFC 9293 section 3.10.7.1): it
 /// appears to come from the segment's destination (addresses and ports swapped). If the segment
 /// has ACK, the reset takes its sequence number from that acknowledgment and carries no ACK;
@@ -507,6 +547,42 @@ mod tests {
         assert!(
             build_icmp_error(&mut out[..62], MAC_B, MAC_A, B, 11, 0, 0, &big[14..34]).is_some()
         );
+    }
+
+    #[test]
+    fn aging_an_answer_steps_its_ttl_and_its_quotes_checksums_stay_right() {
+        let mut big = vec![0u8; 200];
+        let n = build_udp(&mut big, MAC_A, MAC_B, A, B, 3, 1, 2, b"probe").unwrap();
+        let mut out = [0u8; 200];
+        let n = build_icmp_error(&mut out, MAC_B, MAC_A, B, 11, 0, 0, &big[14..n]).unwrap();
+        let mut aged = out;
+        age_answer(&mut aged[..n], 2);
+        assert_eq!(verify_checksums(&aged[..n]), Some((true, true)));
+        assert_eq!(ipv4(&aged[..n]).ttl, 62);
+        let quote = &aged[42..62];
+        assert_eq!(quote[8], 1, "the quote as the answering gateway got it");
+        let csum = crate::packet::checksum::ipv4_header_checksum(quote);
+        assert_eq!(csum.to_be_bytes(), [quote[10], quote[11]]);
+        // Only the TTLs and checksums changed.
+        let differ: Vec<usize> = (0..n).filter(|&i| aged[i] != out[i]).collect();
+        assert!(
+            differ
+                .iter()
+                .all(|i| [22, 24, 25, 36, 37, 50, 52, 53].contains(i)),
+            "{differ:?}"
+        );
+        // No step, or not a whole packet: untouched.
+        let mut same = out;
+        age_answer(&mut same[..n], 0);
+        age_answer(&mut same[..30], 5);
+        assert_eq!(same, out);
+        // A reset: only its own header.
+        let ip = ipv4(&samples::TCP_SYN);
+        let mut rst = [0u8; 64];
+        let n = build_tcp_rst(&mut rst, MAC_B, MAC_A, &samples::TCP_SYN, &ip).unwrap();
+        age_answer(&mut rst[..n], 1);
+        assert_eq!(verify_checksums(&rst[..n]), Some((true, true)));
+        assert_eq!(ipv4(&rst[..n]).ttl, 63);
     }
 
     #[test]

@@ -138,8 +138,8 @@ pub struct Daemon {
 
 /// At most this many control connections at once; more are answered with an error and closed.
 const MAX_CLIENTS: usize = 256;
-/// A client that sends nothing for this long is disconnected, so idle clients cannot hold every
-/// slot.
+/// A client that sends nothing, or reads none of its answers, for this long is disconnected, so
+/// idle or stuck clients cannot hold every slot.
 const CLIENT_IDLE: Duration = Duration::from_secs(120);
 /// The longest request line accepted (a manifest travels in one line).
 const MAX_REQUEST: usize = 8 << 20;
@@ -359,63 +359,11 @@ impl Daemon {
         let _ = UnixStream::connect(&self.config.socket);
     }
 
-    /// One client: newline-delimited JSON-RPC requests, answered in order. A bad line gets an
-    /// error response; the connection stays open.
+    /// One client of the control socket (see [`serve_client`]).
     fn client(&self, stream: UnixStream) {
-        let _ = stream.set_read_timeout(Some(CLIENT_IDLE));
-        let Ok(write_half) = stream.try_clone() else {
-            return;
-        };
-        let mut writer = std::io::BufWriter::new(write_half);
-        let mut reader = BufReader::new(stream);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            let mut limited = (&mut reader).take(MAX_REQUEST as u64 + 1);
-            match limited.read_until(b'\n', &mut line) {
-                Ok(0) => return,
-                Ok(_) => {}
-                Err(_) => return,
-            }
-            if line.len() > MAX_REQUEST {
-                let err =
-                    RpcError::invalid_request(format!("request longer than {MAX_REQUEST} bytes"));
-                let _ = writeln!(writer, "{}", rpc::error_response(&Value::Null, &err));
-                let _ = writer.flush();
-                // Skip the rest of the oversized line without keeping it.
-                if !discard_line(&mut reader) {
-                    return;
-                }
-                continue;
-            }
-            // JSON text is UTF-8 (RFC 8259): a line that is not is refused, not repaired (a
-            // replacement character would silently change a name or a manifest).
-            let response = match std::str::from_utf8(&line) {
-                Ok(text) if text.trim().is_empty() => continue,
-                Ok(text) => rpc::handle_line(text, |method, params| self.dispatch(method, params)),
-                Err(e) => Some(rpc::error_response(
-                    &Value::Null,
-                    &RpcError::new(
-                        rpc::code::PARSE_ERROR,
-                        format!(
-                            "parse error: invalid UTF-8 at byte {} of the request",
-                            e.valid_up_to()
-                        ),
-                    ),
-                )),
-            };
-            if let Some(response) = response {
-                if writeln!(writer, "{response}")
-                    .and_then(|_| writer.flush())
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            if self.shutdown.load(Ordering::Relaxed) {
-                return;
-            }
-        }
+        serve_client(stream, CLIENT_IDLE, &self.shutdown, |method, params| {
+            self.dispatch(method, params)
+        });
     }
 
     /// Routes one method call.
@@ -1181,6 +1129,72 @@ fn nodeport_relays(state: &State) -> BTreeMap<(String, String), Vec<netexec::For
     relays
 }
 
+/// One client: newline-delimited JSON-RPC requests, answered in order. A bad line gets an error
+/// response; the connection stays open. A client that sends nothing for `idle`, or does not read
+/// its answers for `idle` (it pipelines requests and never reads, so a write blocks), is
+/// disconnected: neither holds a client slot for longer.
+fn serve_client(
+    stream: UnixStream,
+    idle: Duration,
+    shutdown: &AtomicBool,
+    mut dispatch: impl FnMut(&str, &Value) -> Result<Value, RpcError>,
+) {
+    let _ = stream.set_read_timeout(Some(idle));
+    let _ = stream.set_write_timeout(Some(idle));
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let mut writer = std::io::BufWriter::new(write_half);
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let mut limited = (&mut reader).take(MAX_REQUEST as u64 + 1);
+        match limited.read_until(b'\n', &mut line) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        if line.len() > MAX_REQUEST {
+            let err = RpcError::invalid_request(format!("request longer than {MAX_REQUEST} bytes"));
+            let _ = writeln!(writer, "{}", rpc::error_response(&Value::Null, &err));
+            let _ = writer.flush();
+            // Skip the rest of the oversized line without keeping it.
+            if !discard_line(&mut reader) {
+                return;
+            }
+            continue;
+        }
+        // JSON text is UTF-8 (RFC 8259): a line that is not is refused, not repaired (a
+        // replacement character would silently change a name or a manifest).
+        let response = match std::str::from_utf8(&line) {
+            Ok(text) if text.trim().is_empty() => continue,
+            Ok(text) => rpc::handle_line(text, &mut dispatch),
+            Err(e) => Some(rpc::error_response(
+                &Value::Null,
+                &RpcError::new(
+                    rpc::code::PARSE_ERROR,
+                    format!(
+                        "parse error: invalid UTF-8 at byte {} of the request",
+                        e.valid_up_to()
+                    ),
+                ),
+            )),
+        };
+        if let Some(response) = response {
+            if writeln!(writer, "{response}")
+                .and_then(|_| writer.flush())
+                .is_err()
+            {
+                return;
+            }
+        }
+        if shutdown.load(Ordering::Relaxed) {
+            return;
+        }
+    }
+}
+
 /// Reads and drops bytes up to the end of the current line. False at EOF or on an error.
 fn discard_line(reader: &mut BufReader<UnixStream>) -> bool {
     loop {
@@ -1261,6 +1275,36 @@ fn message_of(containers: &[crate::model::objects::Container]) -> Option<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client that pipelines requests and never reads its answers fills the socket; the
+    /// write of an answer then blocks. It is disconnected after the idle time, as a silent
+    /// client is, instead of holding its thread and client slot until it goes away.
+    #[test]
+    fn a_client_that_never_reads_is_disconnected() {
+        let (server, client) = UnixStream::pair().unwrap();
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let shutdown = AtomicBool::new(false);
+            serve_client(server, Duration::from_millis(300), &shutdown, |_, _| {
+                Ok(json!("x".repeat(64 << 10)))
+            });
+            let _ = done_tx.send(());
+        });
+        let mut writer = client.try_clone().unwrap();
+        std::thread::spawn(move || {
+            let request = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\"}\n";
+            for _ in 0..100_000 {
+                if writer.write_all(request.as_bytes()).is_err() {
+                    return;
+                }
+            }
+        });
+        assert!(
+            done_rx.recv_timeout(Duration::from_secs(10)).is_ok(),
+            "the client's thread is still blocked writing to a client that does not read"
+        );
+        drop(client);
+    }
 
     #[test]
     fn pod_namespace_names_fit_and_stay_apart() {

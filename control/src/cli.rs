@@ -849,6 +849,13 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
     if let (Some(name), Some(items)) = (pick, result["items"].as_array_mut()) {
         items.retain(|item| item["name"].as_str() == Some(name));
     }
+    let items: Vec<&Value> = rows(&result).collect();
+    // A named object that is not there is an error, as kubectl has it, in every output format.
+    if let Some(name) = args.name.as_ref().filter(|_| items.is_empty()) {
+        if method != "routes.list" {
+            return Err(format!("{kind} {name:?} not found"));
+        }
+    }
     if args.output == Some(Output::Json) {
         out!(
             "{}",
@@ -858,12 +865,7 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
     }
     let wide = args.output == Some(Output::Wide);
     let now = now();
-    let items: Vec<&Value> = rows(&result).collect();
     if items.is_empty() && method != "routes.list" {
-        // A named object that is not there is an error, as kubectl has it.
-        if let Some(name) = &args.name {
-            return Err(format!("{kind} {name:?} not found"));
-        }
         match &args.namespace {
             Some(ns) => eprintln!("No resources found in {ns} namespace."),
             None => eprintln!("No resources found"),

@@ -227,3 +227,49 @@ fn a_second_client_keeps_working_during_a_bad_request() {
     let out = lab.pacific(&["get", "pods", "-n", "ns-dev"]);
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+/// A lab of one namespace and one pod, for CLI checks that need no traffic.
+const SMALL_LAB: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: qa-a
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web
+  namespace: qa-a
+spec:
+  containers:
+  - name: web
+    image: x
+";
+
+/// `get KIND NAME` of a missing object fails in every output format, as kubectl's does: a
+/// script that asks for JSON must not read an empty list as success.
+#[test]
+fn get_of_a_missing_object_fails_in_every_format() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("cmiss", SMALL_LAB);
+    for format in [None, Some("wide"), Some("json")] {
+        let mut args = vec!["get", "pods", "-n", "qa-a", "nosuch"];
+        args.extend(format.iter().flat_map(|f| ["-o", f]));
+        let out = lab.pacific(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
+        assert!(
+            stderr(&out).contains("\"nosuch\" not found") && stdout(&out).is_empty(),
+            "{args:?}: {}",
+            describe(&out)
+        );
+        args[4] = "web";
+        let out = lab.pacific(&args);
+        assert!(
+            out.status.success() && stdout(&out).contains("web"),
+            "{args:?}: {}",
+            describe(&out)
+        );
+    }
+}

@@ -216,6 +216,7 @@ enum LabCmd {
 enum Output {
     Wide,
     Json,
+    Yaml,
 }
 
 #[derive(Args, Debug)]
@@ -861,6 +862,12 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
             "{}",
             serde_json::to_string_pretty(&result).unwrap_or_default()
         );
+        return Ok(ExitCode::SUCCESS);
+    }
+    if args.output == Some(Output::Yaml) {
+        let text = serde_yaml_ng::to_string(&result)
+            .map_err(|e| format!("cannot print the answer as YAML: {e}"))?;
+        out_raw!("{text}");
         return Ok(ExitCode::SUCCESS);
     }
     let wide = args.output == Some(Output::Wide);

@@ -247,14 +247,15 @@ spec:
 ";
 
 /// `get KIND NAME` of a missing object fails in every output format, as kubectl's does: a
-/// script that asks for JSON must not read an empty list as success.
+/// script that asks for JSON must not read an empty list as success. `-o yaml` is there, as in
+/// kubectl, for every kind.
 #[test]
 fn get_of_a_missing_object_fails_in_every_format() {
     if !require_netns() {
         return;
     }
     let lab = Lab::up_with("cmiss", SMALL_LAB);
-    for format in [None, Some("wide"), Some("json")] {
+    for format in [None, Some("wide"), Some("json"), Some("yaml")] {
         let mut args = vec!["get", "pods", "-n", "qa-a", "nosuch"];
         args.extend(format.iter().flat_map(|f| ["-o", f]));
         let out = lab.pacific(&args);
@@ -269,6 +270,32 @@ fn get_of_a_missing_object_fails_in_every_format() {
         assert!(
             out.status.success() && stdout(&out).contains("web"),
             "{args:?}: {}",
+            describe(&out)
+        );
+    }
+    let out = lab.pacific(&["get", "pods", "-n", "qa-a", "web", "-o", "yaml"]);
+    assert!(
+        stdout(&out).starts_with("items:\n") && stdout(&out).contains("name: web\n"),
+        "{}",
+        describe(&out)
+    );
+    for kind in [
+        "namespaces",
+        "pods",
+        "segments",
+        "routes",
+        "ports",
+        "svc",
+        "dfw",
+        "nat",
+        "outside",
+        "deployments",
+        "tkc",
+    ] {
+        let out = lab.pacific(&["get", kind, "-o", "yaml"]);
+        assert!(
+            out.status.success(),
+            "get {kind} -o yaml: {}",
             describe(&out)
         );
     }

@@ -165,6 +165,9 @@ fn log(msg: impl AsRef<str>) {
 impl Daemon {
     /// Starts the dataplane and the upstream router with the T0 uplink; does not serve yet.
     pub fn start(config: DaemonConfig) -> Result<Arc<Daemon>, String> {
+        // Before anything is touched: the lab record, the upstream router and its uplink belong
+        // to the daemon that answers there.
+        refuse_if_answered(&config.socket)?;
         std::fs::create_dir_all(config.state_dir())
             .map_err(|e| format!("cannot create {}: {e}", config.state_dir().display()))?;
         let hostname = hostname();
@@ -303,12 +306,7 @@ impl Daemon {
     /// start when another daemon answers on it.
     pub fn serve(self: &Arc<Daemon>) -> Result<(), String> {
         let path = &self.config.socket;
-        if UnixStream::connect(path).is_ok() {
-            return Err(format!(
-                "another daemon already answers on {}",
-                path.display()
-            ));
-        }
+        refuse_if_answered(path)?;
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)
             .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
@@ -1127,6 +1125,20 @@ fn nodeport_relays(state: &State) -> BTreeMap<(String, String), Vec<netexec::For
         }
     }
     relays
+}
+
+/// An error when a daemon already answers on `socket`: a second one would take over its lab
+/// record and its upstream router's uplink.
+fn refuse_if_answered(socket: &Path) -> Result<(), String> {
+    if UnixStream::connect(socket).is_err() {
+        return Ok(());
+    }
+    Err(format!(
+        "another daemon already answers on {}; stop it first (`pacific --socket {} lab down`) \
+         or give this one another --socket",
+        socket.display(),
+        socket.display()
+    ))
 }
 
 /// One client: newline-delimited JSON-RPC requests, answered in order. A bad line gets an error

@@ -300,3 +300,35 @@ fn get_of_a_missing_object_fails_in_every_format() {
         );
     }
 }
+
+/// A second `pacific daemon` on a socket a daemon answers on is refused before it touches
+/// anything: the running daemon's lab record (its pid, which `lab down` and a restart go by)
+/// and its upstream router stay as they were.
+#[test]
+fn a_second_daemon_on_the_same_socket_changes_nothing() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("c2nd", SMALL_LAB);
+    let record_path = lab.dir.join("pacific.lab.json");
+    let record = std::fs::read_to_string(&record_path).unwrap_or_default();
+    let pid = lab.rpc_ok("daemon.status", &json!({}))["pid"].clone();
+    let socket = lab.socket.display().to_string();
+    let mut cmd = std::process::Command::new(pacific_bin());
+    cmd.args(["--socket", &socket, "daemon", "--prefix", &lab.prefix]);
+    let out = run_bounded(cmd, None, std::time::Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("another daemon already answers on"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&record_path).unwrap_or_default(),
+        record,
+        "the refused daemon rewrote the lab record"
+    );
+    assert_eq!(lab.rpc_ok("daemon.status", &json!({}))["pid"], pid);
+    let links = lab.ip_in(&lab.upstream_netns(), &["-o", "link", "show", "uplink"]);
+    assert!(links.status.success(), "{}", describe(&links));
+}

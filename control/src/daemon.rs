@@ -34,7 +34,7 @@ use pacific_dataplane::tap::{TapDevice, TapOptions};
 use crate::compile::{self, PortOwner, RuleSlots, TransitSlots, UPLINK_PEER_MAC};
 use crate::lab::netns::{self, PodInterface};
 use crate::lab::outside::{self, OutsideHost as LabOutsideHost, UpstreamRouter};
-use crate::lab::record::LabRecord;
+use crate::lab::record::{self, LabRecord};
 use crate::model::manifest::{parse_manifests, parse_object_refs};
 use crate::model::objects::{selects, State, Uplink};
 use crate::model::store::{ApplyError, Store};
@@ -170,6 +170,21 @@ impl Daemon {
         refuse_if_answered(&config.socket)?;
         std::fs::create_dir_all(config.state_dir())
             .map_err(|e| format!("cannot create {}: {e}", config.state_dir().display()))?;
+        match record::clear_stale(&config.record_path()) {
+            Ok(None) => {}
+            Ok(Some(summary)) => log(format!(
+                "the last daemon on {} died without cleaning up; its leftovers: {summary}",
+                config.socket.display()
+            )),
+            Err(e) => {
+                return Err(format!(
+                    "cannot remove what the last daemon on {} left behind ({e}); \
+                     `pacific --socket {} lab down` removes it",
+                    config.socket.display(),
+                    config.socket.display()
+                ))
+            }
+        }
         let hostname = hostname();
         let store = Store::new(&hostname);
         let counters = Arc::new(RuleCounters::with_slots(compile::RULE_SLOTS));

@@ -288,6 +288,59 @@ fn lab_down_after_the_daemon_was_killed_leaves_nothing() {
     );
 }
 
+/// `lab up` after the daemon was SIGKILLed builds the lab afresh: the dead daemon's test
+/// servers do not go on running (and answering) beside the new ones.
+#[test]
+fn lab_up_after_the_daemon_was_killed_leaves_no_old_servers() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with(
+        "fkillup",
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: qa-a}\n---\n\
+         apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: qa-a}\n\
+         spec: {containers: [{name: web, image: x, ports: [{containerPort: 80}]}]}\n",
+    );
+    let pid = lab.rpc_ok("daemon.status", &serde_json::json!({}))["pid"]
+        .as_u64()
+        .unwrap_or_default() as u32;
+    let old = lab.lab_processes();
+    assert!(
+        old.iter().any(|(_, c)| c.contains("netexec")),
+        "no test server runs in the lab: {old:?}"
+    );
+    signal(pid, libc::SIGKILL);
+    assert!(
+        wait_until(Duration::from_secs(10), || cmdline(pid).is_none()),
+        "the daemon {pid} survived SIGKILL"
+    );
+    let file = lab.dir.join("lab.yaml").display().to_string();
+    let out = lab.pacific(&[
+        "lab",
+        "up",
+        &file,
+        "--prefix",
+        &lab.prefix,
+        "--workers",
+        "2",
+    ]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let survivors: Vec<_> = old
+        .iter()
+        .filter(|(p, c)| cmdline(*p).as_deref() == Some(c.as_str()))
+        .collect();
+    assert!(
+        survivors.is_empty(),
+        "the killed daemon's processes still run after lab up: {survivors:?}"
+    );
+    let servers = lab
+        .lab_processes()
+        .into_iter()
+        .filter(|(_, c)| c.contains("netexec"))
+        .count();
+    assert_eq!(servers, 1, "{:?}", lab.lab_processes());
+}
+
 #[test]
 fn lab_up_twice_is_idempotent() {
     if !require_netns() {

@@ -170,16 +170,7 @@ pub fn teardown(
         if rec.daemon_started_by_lab {
             pids.extend(rec.daemon_pid);
         }
-        let mut ours = Vec::new();
-        for pid in pids.into_iter().filter(|&p| netns::pid_alive(p)) {
-            match netns::pid_cmdline(pid) {
-                Some(cmd) if cmdline_is_ours(&cmd) => ours.push(pid),
-                // Unreadable (gone meanwhile) or foreign: leave it.
-                Some(_) => summary.processes_skipped += 1,
-                None => {}
-            }
-        }
-        summary.processes_killed = netns::terminate_pids(&ours, netns::TERM_GRACE);
+        end_our_processes(&pids, &mut summary);
     }
 
     let mut namespaces: Vec<String> = record
@@ -210,6 +201,50 @@ pub fn teardown(
         summary.record_removed = true;
     }
     Ok(summary)
+}
+
+/// What a daemon starting on a socket does with the record a dead daemon left there (it was
+/// SIGKILLed or crashed, so it removed nothing): ends the processes the record names and deletes
+/// the namespaces it names, then removes the record. Without this the new daemon reused those
+/// namespaces with the old test servers still running in them, answering beside the new ones
+/// (they share ports through `SO_REUSEPORT`). `None` when there is no record or its daemon lives.
+pub fn clear_stale(record_path: &Path) -> Result<Option<TeardownSummary>, LabError> {
+    let what = "clearing the last daemon's leftovers";
+    let Some(rec) = LabRecord::load(record_path).map_err(|e| LabError::new(what, e.to_string()))?
+    else {
+        return Ok(None);
+    };
+    let daemon_lives = rec.daemon_pid.is_some_and(|pid| {
+        netns::pid_alive(pid) && netns::pid_cmdline(pid).is_some_and(|c| cmdline_is_ours(&c))
+    });
+    if daemon_lives {
+        return Ok(None);
+    }
+    let mut summary = TeardownSummary::default();
+    end_our_processes(&rec.pids, &mut summary);
+    for ns in rec.namespaces.iter().rev() {
+        if netns::validate_netns_name(ns).is_ok() && netns::netns_exists(ns) {
+            netns::delete_netns(ns)?;
+            summary.namespaces_deleted += 1;
+        }
+    }
+    remove_if_exists(record_path)?;
+    summary.record_removed = true;
+    Ok(Some(summary))
+}
+
+/// Ends the processes of `pids` that are alive and still ours (see [`cmdline_is_ours`]).
+fn end_our_processes(pids: &[u32], summary: &mut TeardownSummary) {
+    let mut ours = Vec::new();
+    for &pid in pids.iter().filter(|&&p| netns::pid_alive(p)) {
+        match netns::pid_cmdline(pid) {
+            Some(cmd) if cmdline_is_ours(&cmd) => ours.push(pid),
+            // Unreadable (gone meanwhile) or foreign: leave it.
+            Some(_) => summary.processes_skipped += 1,
+            None => {}
+        }
+    }
+    summary.processes_killed += netns::terminate_pids(&ours, netns::TERM_GRACE);
 }
 
 fn remove_if_exists(path: &Path) -> Result<(), LabError> {

@@ -197,16 +197,20 @@ enum LabCmd {
         file: Option<PathBuf>,
         #[arg(long, default_value_t = default_workers())]
         workers: usize,
-        #[arg(long, env = "PACIFIC_PREFIX", default_value = "pac", value_parser = parse_prefix)]
-        prefix: String,
+        /// The prefix of the daemon this starts (default `pac`); given, and a daemon of another
+        /// prefix answers on the socket, nothing is done.
+        #[arg(long, env = "PACIFIC_PREFIX", value_parser = parse_prefix)]
+        prefix: Option<String>,
         /// The daemon's `--busy-poll-us`, when this starts it (default: the daemon's).
         #[arg(long, value_name = "MICROSECONDS")]
         busy_poll_us: Option<u64>,
     },
     /// Remove everything the lab created: namespaces, TAPs, processes, the daemon it started.
     Down {
-        #[arg(long, env = "PACIFIC_PREFIX", default_value = "pac", value_parser = parse_prefix)]
-        prefix: String,
+        /// The lab's prefix (default: the record's, else `pac`); given, and the lab on the socket
+        /// has another, nothing is done.
+        #[arg(long, env = "PACIFIC_PREFIX", value_parser = parse_prefix)]
+        prefix: Option<String>,
     },
     /// Print the embedded seed lab.
     Show,
@@ -277,10 +281,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     prefix,
                     busy_poll_us,
                 },
-        } => lab_up(&socket, file.as_deref(), workers, &prefix, busy_poll_us),
+        } => lab_up(
+            &socket,
+            file.as_deref(),
+            workers,
+            prefix.as_deref(),
+            busy_poll_us,
+        ),
         Cmd::Lab {
             action: LabCmd::Down { prefix },
-        } => lab_down(&socket, &prefix),
+        } => lab_down(&socket, prefix.as_deref()),
         Cmd::Lab {
             action: LabCmd::Show,
         } => {
@@ -395,15 +405,21 @@ fn lab_up(
     socket: &Path,
     file: Option<&Path>,
     workers: usize,
-    prefix: &str,
+    prefix: Option<&str>,
     busy_poll_us: Option<u64>,
 ) -> Result<ExitCode, String> {
     let manifest = match file {
         Some(f) => read_manifest(f)?,
         None => SEED_LAB.to_string(),
     };
-    if !client::daemon_answers(socket) {
-        start_daemon(socket, workers, prefix, busy_poll_us)?;
+    match client::call(socket, "daemon.status", json!({})) {
+        Ok(status) => refuse_other_prefix(socket, prefix, status["prefix"].as_str())?,
+        Err(_) => start_daemon(
+            socket,
+            workers,
+            prefix.unwrap_or(DEFAULT_PREFIX),
+            busy_poll_us,
+        )?,
     }
     let result = call(socket, "apply", json!({ "manifest": manifest }))?;
     print_apply(&result);
@@ -473,9 +489,37 @@ fn start_daemon(
     ))
 }
 
-fn lab_down(socket: &Path, prefix: &str) -> Result<ExitCode, String> {
+/// The prefix of a daemon (or lab record) that no `--prefix` names.
+const DEFAULT_PREFIX: &str = "pac";
+
+/// An error when `--prefix` was given and the lab on `socket` has another: `lab up --prefix
+/// mine` or `lab down --prefix mine` without `--socket` must not apply to, or remove, the lab
+/// on the default socket.
+fn refuse_other_prefix(
+    socket: &Path,
+    given: Option<&str>,
+    found: Option<&str>,
+) -> Result<(), String> {
+    match (given, found) {
+        (Some(given), Some(found)) if !found.is_empty() && given != found => Err(format!(
+            "the lab on {} has the prefix {found}, not {given}: nothing done (give the \
+             {given} lab's socket with --socket)",
+            socket.display()
+        )),
+        _ => Ok(()),
+    }
+}
+
+fn lab_down(socket: &Path, given_prefix: Option<&str>) -> Result<ExitCode, String> {
     let record_path = record_path_for(socket);
     let record = LabRecord::load(&record_path).ok().flatten();
+    let status = client::call(socket, "daemon.status", json!({})).ok();
+    let found = status
+        .as_ref()
+        .and_then(|s| s["prefix"].as_str())
+        .or(record.as_ref().map(|r| r.prefix.as_str()));
+    refuse_other_prefix(socket, given_prefix, found)?;
+    let prefix = given_prefix.unwrap_or(DEFAULT_PREFIX);
     let prefix = record.as_ref().map_or(prefix.to_string(), |r| {
         if r.prefix.is_empty() {
             prefix.to_string()
@@ -490,7 +534,7 @@ fn lab_down(socket: &Path, prefix: &str) -> Result<ExitCode, String> {
     // A daemon the lab did not start goes on running: its upstream router (with the T0 uplink)
     // stays, or the next `lab up` against it would find no outside world.
     let mut keep = Vec::new();
-    if let Ok(status) = client::call(socket, "daemon.status", json!({})) {
+    if let Some(status) = status {
         let ours = status
             .get("started_by_lab")
             .and_then(Value::as_bool)
@@ -1108,6 +1152,21 @@ mod tests {
         assert_eq!(code("kill -TERM $$"), want(143));
         assert_eq!(code("kill -INT $$"), want(130));
         assert_eq!(code("kill -KILL $$"), want(137));
+    }
+
+    #[test]
+    fn an_explicit_prefix_must_be_the_labs() {
+        let socket = Path::new("/run/pacific/pacific.sock");
+        let e = refuse_other_prefix(socket, Some("qa2"), Some("pac")).unwrap_err();
+        assert!(
+            e.contains("has the prefix pac, not qa2: nothing done"),
+            "{e}"
+        );
+        assert!(refuse_other_prefix(socket, Some("pac"), Some("pac")).is_ok());
+        // No prefix given, or no lab there to disagree: nothing to refuse.
+        assert!(refuse_other_prefix(socket, None, Some("pac")).is_ok());
+        assert!(refuse_other_prefix(socket, Some("qa2"), None).is_ok());
+        assert!(refuse_other_prefix(socket, Some("qa2"), Some("")).is_ok());
     }
 
     #[test]

@@ -332,3 +332,38 @@ fn a_second_daemon_on_the_same_socket_changes_nothing() {
     let links = lab.ip_in(&lab.upstream_netns(), &["-o", "link", "show", "uplink"]);
     assert!(links.status.success(), "{}", describe(&links));
 }
+
+/// `lab up --prefix X` and `lab down --prefix X` against a socket whose lab has another prefix
+/// (the user forgot `--socket`) do nothing and say so, instead of applying to that lab or
+/// stopping its daemon.
+#[test]
+fn lab_commands_with_another_labs_prefix_do_nothing() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("cpfx", SMALL_LAB);
+    let pid = lab.rpc_ok("daemon.status", &json!({}))["pid"].clone();
+    let before = visible_state(&lab);
+    let other = format!("{}x", lab.prefix);
+    let file = lab.dir.join("other.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: qa-other}\n",
+    )
+    .expect("write other.yaml");
+    let file = file.display().to_string();
+    for args in [
+        vec!["lab", "up", &file, "--prefix", &other],
+        vec!["lab", "down", "--prefix", &other],
+    ] {
+        let out = lab.pacific(&args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {}", describe(&out));
+        assert!(
+            stderr(&out).contains(&format!("has the prefix {}, not {other}", lab.prefix)),
+            "{args:?}: {}",
+            describe(&out)
+        );
+        assert_eq!(lab.rpc_ok("daemon.status", &json!({}))["pid"], pid);
+        assert_eq!(visible_state(&lab), before, "{args:?} changed the lab");
+    }
+}

@@ -209,14 +209,34 @@ fn handle_request(
 pub fn params<T: DeserializeOwned>(params: &Value) -> Result<T, RpcError> {
     serde_json::from_value(params.clone()).map_err(|e| {
         let text = e.to_string();
-        // serde's messages quote the field: "unknown field `x`", "missing field `y`".
-        let field = text.split('`').nth(1).unwrap_or("").to_string();
-        if field.is_empty() {
-            RpcError::new(code::INVALID_PARAMS, format!("params: {text}"))
-        } else {
-            RpcError::invalid_params(&field, text)
+        // serde's messages quote the field in "unknown field `x`" and "missing field `y`"; a
+        // wrong type ("invalid type: integer `5`, expected a string") quotes the value instead,
+        // so that field is found by leaving each parameter out in turn.
+        let quoted = ["unknown field", "missing field"]
+            .iter()
+            .any(|p| text.starts_with(p))
+            .then(|| text.split('`').nth(1).map(str::to_string))
+            .flatten();
+        match quoted.or_else(|| ill_typed_param::<T>(params)) {
+            Some(field) => RpcError::invalid_params(&field, text),
+            None => RpcError::new(code::INVALID_PARAMS, format!("params: {text}")),
         }
     })
+}
+
+/// The parameter without which `params` deserializes, or only misses that parameter.
+fn ill_typed_param<T: DeserializeOwned>(params: &Value) -> Option<String> {
+    let obj = params.as_object()?;
+    obj.keys()
+        .find(|k| {
+            let mut without = obj.clone();
+            without.remove(k.as_str());
+            match serde_json::from_value::<T>(Value::Object(without)) {
+                Ok(_) => true,
+                Err(e) => e.to_string() == format!("missing field `{k}`"),
+            }
+        })
+        .cloned()
 }
 
 /// One required string-like parameter.
@@ -382,10 +402,20 @@ mod tests {
         #[allow(dead_code)]
         struct P {
             manifest: String,
+            namespace: Option<String>,
         }
         let e = params::<P>(&json!({"manifest": "x", "colour": 1})).unwrap_err();
         assert_eq!(e.data.unwrap()["field"], json!("params.colour"));
         let e = params::<P>(&json!({})).unwrap_err();
         assert_eq!(e.data.unwrap()["field"], json!("params.manifest"));
+        // A wrong type names the parameter, not the value serde quotes.
+        let e = params::<P>(&json!({"manifest": 5})).unwrap_err();
+        assert_eq!(
+            e.message,
+            "params.manifest: invalid type: integer `5`, expected a string"
+        );
+        assert_eq!(e.data.unwrap()["field"], json!("params.manifest"));
+        let e = params::<P>(&json!({"manifest": "x", "namespace": ["a"]})).unwrap_err();
+        assert_eq!(e.data.unwrap()["field"], json!("params.namespace"));
     }
 }

@@ -1279,8 +1279,9 @@ impl Pipeline {
     }
 
     /// Re-checks a connection against tables of a newer generation: the route may have moved,
-    /// the DFW may now deny it, its backend may be gone. NAT bindings are kept. `None`: the
-    /// connection must end.
+    /// the DFW may now deny it, its backend may be gone, its namespace's egress IP may have
+    /// changed (the old address is no longer routed back, and may go to another namespace).
+    /// A NAT binding whose address still stands is kept. `None`: the connection must end.
     fn revalidate(&self, t: &Tables, conn: &ConnInfo) -> Option<[FlowAction; 2]> {
         let [orig, reply] = conn.actions;
         let pin = Pin {
@@ -1289,7 +1290,7 @@ impl Pipeline {
         let Walk::Deliver(path) = self.walk(t, conn.in_port, &conn.original, u8::MAX, pin) else {
             return None;
         };
-        if path.dnat != orig.dnat {
+        if path.dnat != orig.dnat || path.snat_addr != orig.snat.map(|(addr, _)| addr) {
             return None;
         }
         let port = t.port(conn.in_port)?;

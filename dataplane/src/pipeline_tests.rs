@@ -528,6 +528,34 @@ fn egress_snat_translates_both_ways_and_related_icmp_errors_follow() {
     );
 }
 
+/// A namespace whose egress IP changes: its flows leave from the new address, not on with the
+/// old one, which the upstream router no longer routes back (and another namespace may get).
+#[test]
+fn a_flow_follows_its_namespaces_new_egress_ip() {
+    let mut bed = Bed::new();
+    let datagram = udp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        OUTSIDE_HOST,
+        64,
+        5353,
+        53,
+    );
+    assert_eq!(bed.send(A1, &datagram), Verdict::Forward);
+    assert_eq!(check(&bed.out().1).src, EGRESS_A);
+    let new_egress = Ipv4Addr::new(172, 60, 96, 9);
+    let mut t = testbed::tables(2, Options::default());
+    t.gateways[1].egress_ip = Some(new_egress);
+    t.gateway_addrs.remove(&EGRESS_A);
+    t.gateway_addrs.insert(new_egress, 1);
+    bed.tables.store(Arc::new(t));
+    assert_eq!(bed.send(A1, &datagram), Verdict::Forward);
+    let (port, frame) = bed.out();
+    assert_eq!(port, UPLINK);
+    assert_eq!(check(&frame).src, new_egress);
+}
+
 #[test]
 fn pod_to_pod_is_never_translated() {
     let mut bed = Bed::new();

@@ -758,19 +758,22 @@ fn try_commands(
         }
     }
     let host = rows(outside).next();
-    let first_port = |v: &Value| -> String {
-        let ports = s(&v["ports"]);
-        ports
-            .split([':', '/', ','])
-            .next()
-            .unwrap_or("80")
-            .to_string()
+    // The service's first TCP port (`80:30000/TCP,53:30002/UDP`): curl speaks nothing else.
+    let first_port = |v: &Value| -> Option<String> {
+        s(&v["ports"])
+            .split(',')
+            .find(|p| p.ends_with("/TCP"))
+            .and_then(|p| p.split([':', '/']).next())
+            .map(str::to_string)
     };
+    // A VIP that answers: a service with ready endpoints (one whose selector matches nothing
+    // refuses every connection), port 80 if one has it.
     let vip = rows(services)
         .filter(|v| !v["external_ip"].is_null() && v["type"] == "LoadBalancer")
-        .min_by_key(|v| first_port(v) != "80");
-    if let (Some(h), Some(v)) = (host, vip) {
-        let port = first_port(v);
+        .filter(|v| v["endpoints"].as_array().is_some_and(|e| !e.is_empty()))
+        .filter_map(|v| first_port(v).map(|port| (v, port)))
+        .min_by_key(|(_, port)| port != "80");
+    if let (Some(h), Some((v, port))) = (host, vip) {
         let url = if port == "80" {
             format!("http://{}/", s(&v["external_ip"]))
         } else {
@@ -1138,6 +1141,30 @@ fn routes_text(result: &Value, now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `lab up` suggested curling the first VIP by name, even one whose service selects no pod
+    /// (refused) or whose first port is UDP: the hint names a VIP that answers, on a TCP port.
+    #[test]
+    fn the_curl_hint_names_a_vip_that_answers() {
+        let namespaces = json!({"items": [{"name": "alpha", "supervisor": false}]});
+        let pods = json!({"items": [{"namespace": "alpha", "name": "web-1", "ip": "172.211.5.2",
+            "owner": "web", "tkg_node": null}]});
+        let outside = json!({"items": [{"name": "jump", "address": "198.51.100.20/24"}]});
+        let svc = |name: &str, vip: &str, ports: &str, endpoints: Value| {
+            json!({"namespace": "alpha", "name": name, "type": "LoadBalancer",
+                "external_ip": vip, "ports": ports, "endpoints": endpoints})
+        };
+        let services = json!({"items": [
+            svc("empty", "172.80.50.3", "80:30004/TCP", json!([])),
+            svc("dns", "172.80.50.4", "53:30005/UDP", json!(["172.211.5.2:5353"])),
+            svc("web", "172.80.50.1", "53:30002/UDP,8443:30001/TCP", json!(["172.211.5.2:9443"])),
+        ]});
+        let tries = try_commands(&namespaces, &pods, &services, &outside);
+        assert!(
+            tries.contains(&"ext/jump -- curl -s http://172.80.50.1:8443/".to_string()),
+            "{tries:?}"
+        );
+    }
 
     /// `pacific exec` reports a command killed by a signal as a shell does, 128 + the signal
     /// (it said 137, SIGKILL's, whatever the signal).

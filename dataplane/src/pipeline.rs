@@ -189,6 +189,51 @@ pub struct WorkerContext {
     /// The worker's copy of the tables pointer: checking it is one load, where an `ArcSwap::load`
     /// per packet costs two atomic read-modify-writes on arc-swap's debt list.
     tables: Option<TablesCache>,
+    icmp_errors: IcmpErrorBudget,
+}
+
+/// The ICMP errors (time exceeded, unreachable) a worker may still send: a token bucket, as
+/// routers limit them (RFC 1812 section 4.3.2.8), with Linux's defaults (`icmp_msgs_per_sec`
+/// 1000, `icmp_msgs_burst` 50). A `traceroute` never meets it; a flood of expiring packets gets
+/// a thousand answers a second per worker, not one per packet. Echo replies and TCP resets are
+/// not limited, as in Linux.
+#[derive(Debug, Clone, Copy)]
+struct IcmpErrorBudget {
+    tokens: u64,
+    /// When `tokens` was last topped up, ms.
+    refilled: u64,
+    /// The time of the frame being answered, ms (set by `answer_walk`).
+    now: u64,
+}
+
+impl IcmpErrorBudget {
+    const PER_SECOND: u64 = 1000;
+    const BURST: u64 = 50;
+
+    /// Whether one more error may be sent now (and if so, spends it).
+    fn take(&mut self) -> bool {
+        let elapsed = self.now.saturating_sub(self.refilled);
+        let earned = elapsed.saturating_mul(Self::PER_SECOND) / 1000;
+        if earned > 0 {
+            self.tokens = self.tokens.saturating_add(earned).min(Self::BURST);
+            self.refilled = self.now;
+        }
+        if self.tokens == 0 {
+            return false;
+        }
+        self.tokens -= 1;
+        true
+    }
+}
+
+impl Default for IcmpErrorBudget {
+    fn default() -> Self {
+        IcmpErrorBudget {
+            tokens: Self::BURST,
+            refilled: 0,
+            now: 0,
+        }
+    }
 }
 
 type TablesCache = Cache<Arc<ArcSwap<Tables>>, Arc<Tables>>;
@@ -199,6 +244,7 @@ impl Default for WorkerContext {
             tx: Vec::with_capacity(16),
             scratch: PacketBuf::new(),
             tables: None,
+            icmp_errors: IcmpErrorBudget::default(),
         }
     }
 }
@@ -554,7 +600,7 @@ impl Pipeline {
                 Hit::Done(verdict) => return verdict,
                 Hit::TtlWalk => {
                     let walk = self.walk(t, port.id, &key, ip.ttl, Pin::default());
-                    return self.answer_walk(t, ctx, port, parsed, ip, pkt, walk);
+                    return self.answer_walk(t, ctx, now, port, parsed, ip, pkt, walk);
                 }
                 Hit::Miss => {}
             }
@@ -688,7 +734,7 @@ impl Pipeline {
                 Hit::Done(verdict) => return Some(verdict),
                 Hit::TtlWalk => {
                     let walk = self.walk(t, port.id, &key, ip.ttl, Pin::default());
-                    return Some(self.answer_walk(t, ctx, port, &parsed(), &ip, pkt, walk));
+                    return Some(self.answer_walk(t, ctx, now, port, &parsed(), &ip, pkt, walk));
                 }
                 Hit::Miss => {}
             }
@@ -781,7 +827,7 @@ impl Pipeline {
             None => self.walk(t, port.id, key, ip.ttl, Pin::default()),
         };
         let Walk::Deliver(path) = walk else {
-            return self.answer_walk(t, ctx, port, parsed, ip, pkt, walk);
+            return self.answer_walk(t, ctx, now, port, parsed, ip, pkt, walk);
         };
         if let Some(rule_action) = self.dfw_verdict(t, port, key, &path) {
             if rule_action != RuleAction::Allow {
@@ -1321,12 +1367,14 @@ impl Pipeline {
         &self,
         t: &Tables,
         ctx: &mut WorkerContext,
+        now: u64,
         port: &Port,
         parsed: &ParsedFrame,
         ip: &Ipv4Info,
         pkt: &mut PacketBuf,
         walk: Walk,
     ) -> Verdict {
+        ctx.icmp_errors.now = now;
         match walk {
             Walk::Deliver(_) => Verdict::Drop(DropReason::NoRoute),
             Walk::Drop(reason) => Verdict::Drop(reason),
@@ -1445,7 +1493,7 @@ impl Pipeline {
         (icmp_type, code): (u8, u8),
         back: u8,
     ) {
-        if matches!(ip.l4, L4::IcmpError { .. }) {
+        if matches!(ip.l4, L4::IcmpError { .. }) || !ctx.icmp_errors.take() {
             return;
         }
         let frame = pkt.frame();

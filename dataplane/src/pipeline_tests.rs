@@ -1564,3 +1564,41 @@ fn damaged_frames_are_answered_or_dropped_never_a_panic() {
         assert_eq!(seen, BATCH, "every frame of a batch gets its verdict");
     }
 }
+
+/// A flood of expiring packets gets the burst of ICMP errors and then the steady rate, while
+/// echo replies are not limited and a `traceroute`'s few probes are always answered.
+#[test]
+fn icmp_errors_are_rate_limited_as_routers_do() {
+    let mut bed = Bed::new();
+    let expiring = udp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        OUTSIDE_HOST,
+        1,
+        40000,
+        33434,
+    );
+    let errors_at = |bed: &mut Bed, now: u64, count: usize| -> usize {
+        (0..count)
+            .filter(|_| {
+                bed.pkt.set_frame(&expiring);
+                let v = bed.pipeline.process(&mut bed.ctx, now, A1, &mut bed.pkt);
+                assert_eq!(v, Verdict::Drop(DropReason::TtlExceeded));
+                !bed.ctx.tx.is_empty()
+            })
+            .count()
+    };
+    // 200 in the same millisecond: the burst of 50.
+    assert_eq!(errors_at(&mut bed, 5000, 200), 50);
+    // 10 ms later, 10 more; a second later, a full burst again (not a thousand).
+    assert_eq!(errors_at(&mut bed, 5010, 200), 10);
+    assert_eq!(errors_at(&mut bed, 6010, 200), 50);
+    // Echo replies are not limited, even with the error budget spent.
+    for _ in 0..100 {
+        bed.pkt
+            .set_frame(&ping(pod_mac(A1_IP), ROUTER_MAC, A1_IP, GW_A, 64, 7));
+        let v = bed.pipeline.process(&mut bed.ctx, 6010, A1, &mut bed.pkt);
+        assert_eq!(v, Verdict::Reply);
+    }
+}

@@ -171,6 +171,20 @@ fn handle_request(
             ),
         ));
     }
+    // Past 64 bits serde_json holds a number as a float, and the answer would carry another id
+    // than the request's (123456789012345678901234567890 came back as 1.2345678901234568e29).
+    if let Value::Number(n) = &reply_id {
+        if !n.is_i64() && !n.is_u64() {
+            return Some(error_value(
+                &Value::Null,
+                &RpcError::with_field(
+                    code::INVALID_REQUEST,
+                    "id",
+                    "a number must be an integer of at most 64 bits (send a larger id as a string)",
+                ),
+            ));
+        }
+    }
     if obj.get("jsonrpc") != Some(&json!("2.0")) {
         return Some(error_value(
             &reply_id,
@@ -318,6 +332,26 @@ mod tests {
             parse(&out),
             json!({"jsonrpc":"2.0","id":7,"result":{"a":1}})
         );
+    }
+
+    #[test]
+    fn ids_come_back_exactly_or_are_refused() {
+        for id in [
+            "-9223372036854775808",
+            "18446744073709551615",
+            "\"123456789012345678901234567890\"",
+        ] {
+            let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"echo"}}"#);
+            let out = handle_line(&line, echo).unwrap();
+            assert!(out.contains(&format!("\"id\":{id}")), "{out}");
+        }
+        for id in ["123456789012345678901234567890", "1.5", "1e3"] {
+            let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"echo"}}"#);
+            let out = parse(&handle_line(&line, echo).unwrap());
+            assert_eq!(out["error"]["code"], json!(code::INVALID_REQUEST), "{id}");
+            assert_eq!(out["error"]["data"]["field"], json!("id"), "{id}");
+            assert_eq!(out["id"], Value::Null);
+        }
     }
 
     #[test]

@@ -35,7 +35,7 @@ use crate::compile::{self, PortOwner, RuleSlots, TransitSlots, UPLINK_PEER_MAC};
 use crate::lab::netns::{self, PodInterface};
 use crate::lab::outside::{self, OutsideHost as LabOutsideHost, UpstreamRouter};
 use crate::lab::record::{self, LabRecord};
-use crate::model::manifest::{parse_manifests, parse_object_refs};
+use crate::model::manifest::{parse_manifests_and_skipped, parse_object_refs_and_skipped};
 use crate::model::objects::{selects, State, Uplink};
 use crate::model::store::{ApplyError, Store};
 use crate::netexec;
@@ -460,22 +460,30 @@ impl Daemon {
             let verb = if delete { "delete" } else { "apply" };
             RpcError::invalid_params("manifest", format!("no objects passed to {verb}"))
         };
-        let outcomes = if delete {
-            let refs = parse_object_refs(&p.manifest, namespace, cluster)
+        // Objects of kinds Pacific does not model (ConfigMap, Secret...) are reported, not
+        // applied; a file of nothing else changes nothing.
+        let (outcomes, skipped) = if delete {
+            let (refs, skipped) = parse_object_refs_and_skipped(&p.manifest, namespace, cluster)
                 .map_err(|e| RpcError::manifest(&e))?;
             if refs.is_empty() {
-                return Err(nothing());
+                if skipped.is_empty() {
+                    return Err(nothing());
+                }
+                return Ok(json!({"results": skipped, "warnings": []}));
             }
-            self.control.lock().store.delete_refs(refs, now)
+            (self.control.lock().store.delete_refs(refs, now), skipped)
         } else {
-            let manifests = parse_manifests(&p.manifest, namespace, cluster)
+            let (manifests, skipped) = parse_manifests_and_skipped(&p.manifest, namespace, cluster)
                 .map_err(|e| RpcError::manifest(&e))?;
             if manifests.is_empty() {
-                return Err(nothing());
+                if skipped.is_empty() {
+                    return Err(nothing());
+                }
+                return Ok(json!({"results": skipped, "warnings": []}));
             }
-            self.control.lock().store.apply(manifests, now)
-        }
-        .map_err(|e: ApplyError| RpcError::apply(&e))?;
+            (self.control.lock().store.apply(manifests, now), skipped)
+        };
+        let outcomes = outcomes.map_err(|e: ApplyError| RpcError::apply(&e))?;
         let mut control = self.control.lock();
         let problems = self.realize(&mut control);
         self.publish(&mut control);
@@ -484,7 +492,8 @@ impl Daemon {
         self.forget_connections_of(&gone);
         self.save_record();
         self.sync_upstream();
-        let results: Vec<String> = outcomes.iter().map(|o| o.to_string()).collect();
+        let mut results: Vec<String> = outcomes.iter().map(|o| o.to_string()).collect();
+        results.extend(skipped);
         Ok(json!({"results": results, "warnings": problems}))
     }
 

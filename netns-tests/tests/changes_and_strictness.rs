@@ -391,3 +391,73 @@ fn get_ports_takes_a_namespace() {
         describe(&out)
     );
 }
+
+/// An application's file often carries its ConfigMap and Secret: `apply -f` takes it, names what
+/// it skipped (Pacific models no configuration), and applies the rest; `delete -f` of the same
+/// file deletes the rest. A file of skipped kinds alone changes nothing.
+#[test]
+fn an_app_file_with_a_configmap_applies_and_names_what_it_skipped() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("qacfg", POOLS);
+    let app = "apiVersion: v1
+kind: ConfigMap
+metadata: {name: web-config, namespace: team}
+data: {greeting: hello}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: web-secret, namespace: team}
+type: Opaque
+stringData: {password: x}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: team}
+spec:
+  selector: {app: web}
+  ports: [{port: 80}]
+";
+    let out = lab.apply_ok(app, None, None);
+    let text = stdout(&out);
+    assert!(text.contains("service/web created"), "{}", describe(&out));
+    assert!(
+        text.contains("configmap/web-config skipped"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        text.contains("secret/web-secret skipped"),
+        "{}",
+        describe(&out)
+    );
+    let names = |lab: &Lab| -> Vec<String> {
+        lab.items("services", Some("team"))
+            .iter()
+            .filter_map(|s| s["name"].as_str().map(str::to_string))
+            .collect()
+    };
+    assert_eq!(names(&lab), ["web"]);
+
+    let only_config = "apiVersion: v1
+kind: ConfigMap
+metadata: {name: other, namespace: team}
+";
+    let out = lab.apply_ok(only_config, None, None);
+    assert!(
+        stdout(&out).contains("configmap/other skipped"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(names(&lab), ["web"]);
+
+    let out = lab.delete(app, None, None);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("configmap/web-config skipped"),
+        "{}",
+        describe(&out)
+    );
+    assert!(names(&lab).is_empty(), "{:?}", names(&lab));
+}

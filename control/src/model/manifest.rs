@@ -386,14 +386,24 @@ pub fn parse_manifests(
     default_namespace: Option<&str>,
     cluster: Option<&str>,
 ) -> Result<Vec<Manifest>, ManifestError> {
+    parse_manifests_and_skipped(text, default_namespace, cluster).map(|(out, _)| out)
+}
+
+/// [`parse_manifests`], and the `kind/name` of each object skipped as [`NOT_MODELLED`].
+pub fn parse_manifests_and_skipped(
+    text: &str,
+    default_namespace: Option<&str>,
+    cluster: Option<&str>,
+) -> Result<(Vec<Manifest>, Vec<String>), ManifestError> {
     let ctx = Ctx {
         default_namespace,
         cluster,
         refs: None,
+        skipped: Default::default(),
     };
     let out = parse_with(text, &ctx)?;
     reject_duplicates(&out)?;
-    Ok(out)
+    Ok((out, ctx.skipped.into_inner()))
 }
 
 /// The objects a delete request names: each document needs only apiVersion, kind and metadata
@@ -403,13 +413,24 @@ pub fn parse_object_refs(
     default_namespace: Option<&str>,
     cluster: Option<&str>,
 ) -> Result<Vec<ObjectRef>, ManifestError> {
+    parse_object_refs_and_skipped(text, default_namespace, cluster).map(|(refs, _)| refs)
+}
+
+/// [`parse_object_refs`], and the `kind/name` of each object skipped as [`NOT_MODELLED`].
+pub fn parse_object_refs_and_skipped(
+    text: &str,
+    default_namespace: Option<&str>,
+    cluster: Option<&str>,
+) -> Result<(Vec<ObjectRef>, Vec<String>), ManifestError> {
     let ctx = Ctx {
         default_namespace,
         cluster,
         refs: Some(std::cell::RefCell::new(Vec::new())),
+        skipped: Default::default(),
     };
     parse_with(text, &ctx)?;
-    Ok(ctx.refs.map(|r| r.into_inner()).unwrap_or_default())
+    let refs = ctx.refs.map(|r| r.into_inner()).unwrap_or_default();
+    Ok((refs, ctx.skipped.into_inner()))
 }
 
 fn parse_with(text: &str, ctx: &Ctx<'_>) -> Result<Vec<Manifest>, ManifestError> {
@@ -512,7 +533,34 @@ struct Ctx<'a> {
     /// Delete mode: only kind, namespace and name are read (as `kubectl delete -f` does), and
     /// the object is named here instead of parsed whole.
     refs: Option<std::cell::RefCell<Vec<ObjectRef>>>,
+    /// Objects of kinds Pacific does not model and that have no part in the network
+    /// ([`NOT_MODELLED`]), as `kind/name` lines to report.
+    skipped: std::cell::RefCell<Vec<String>>,
 }
+
+/// Kinds that often come in the same file as an application's Deployment and Service but have
+/// no part in the network (configuration, storage, identity, scaling policy): skipped with a
+/// note instead of failing the whole file. Kinds that would run pods (StatefulSet, DaemonSet,
+/// Job) or shape traffic (Ingress, NetworkPolicy) stay errors: skipping them would hide that
+/// Pacific does not do what they ask.
+pub const NOT_MODELLED: &[(&str, &[&str])] = &[
+    ("ConfigMap", &["v1"]),
+    ("Secret", &["v1"]),
+    ("ServiceAccount", &["v1"]),
+    ("PersistentVolumeClaim", &["v1"]),
+    ("PersistentVolume", &["v1"]),
+    ("LimitRange", &["v1"]),
+    ("ResourceQuota", &["v1"]),
+    (
+        "HorizontalPodAutoscaler",
+        &["autoscaling/v1", "autoscaling/v2"],
+    ),
+    ("PodDisruptionBudget", &["policy/v1"]),
+    ("Role", &["rbac.authorization.k8s.io/v1"]),
+    ("RoleBinding", &["rbac.authorization.k8s.io/v1"]),
+    ("ClusterRole", &["rbac.authorization.k8s.io/v1"]),
+    ("ClusterRoleBinding", &["rbac.authorization.k8s.io/v1"]),
+];
 
 /// A field error before the document, kind and name are attached.
 #[derive(Debug)]
@@ -993,6 +1041,21 @@ fn parse_object(
                 return Err(e);
             }
         }
+        return Ok(());
+    }
+    if let Some((_, versions)) = NOT_MODELLED.iter().find(|(k, _)| *k == kind_str) {
+        if !versions.contains(&api_version) {
+            return Err(root.req("apiVersion")?.err(format!(
+                "{kind_str} is served by {}, not {api_version:?}",
+                versions.join(" or ")
+            )));
+        }
+        let name = root.req("metadata")?.req("name")?.str()?;
+        *object_name = Some(name.to_string());
+        ctx.skipped.borrow_mut().push(format!(
+            "{}/{name} skipped: Pacific does not model {kind_str} (it has no part in the network)",
+            kind_str.to_ascii_lowercase()
+        ));
         return Ok(());
     }
     let kind = Kind::from_kind(kind_str).ok_or_else(|| {
@@ -2341,6 +2404,53 @@ spec: {t0Address: 203.0.113.6, peerAddress: 203.0.113.5, prefixLength: 30}
     }
 
     const NS: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: ok}\n---\n";
+
+    /// An application's file with its ConfigMap and Secret applies: those two are skipped and
+    /// named, the rest is applied; kinds that would run pods or shape traffic stay errors.
+    #[test]
+    fn kinds_with_no_part_in_the_network_are_skipped_and_named() {
+        let text = format!(
+            "{NS}apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: app-config, namespace: ok}}\ndata: {{a: b}}\n---\napiVersion: v1\nkind: Secret\nmetadata: {{name: db-pass}}\nstringData: {{p: x}}\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: ok}}\nspec: {{selector: {{app: web}}, ports: [{{port: 80}}]}}\n"
+        );
+        let (manifests, skipped) = parse_manifests_and_skipped(&text, None, None).unwrap();
+        let kinds: Vec<Kind> = manifests.iter().map(|m| m.kind()).collect();
+        assert_eq!(kinds, [Kind::Namespace, Kind::Service]);
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(
+            skipped[0].starts_with("configmap/app-config skipped"),
+            "{skipped:?}"
+        );
+        assert!(
+            skipped[1].starts_with("secret/db-pass skipped"),
+            "{skipped:?}"
+        );
+        let (refs, skipped) = parse_object_refs_and_skipped(&text, None, None).unwrap();
+        assert_eq!((refs.len(), skipped.len()), (2, 2));
+        // Still checked: the name, and the apiVersion that serves the kind.
+        assert_err(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {}\n",
+            1,
+            "metadata.name",
+            "required",
+        );
+        assert_err(
+            "apiVersion: apps/v1\nkind: Secret\nmetadata: {name: a}\n",
+            1,
+            "apiVersion",
+            "Secret is served by v1",
+        );
+        for (api, kind) in [
+            ("apps/v1", "StatefulSet"),
+            ("networking.k8s.io/v1", "NetworkPolicy"),
+        ] {
+            assert_err(
+                &format!("apiVersion: {api}\nkind: {kind}\nmetadata: {{name: a}}\n"),
+                1,
+                "kind",
+                "unknown kind",
+            );
+        }
+    }
 
     #[test]
     fn error_messages_name_document_object_and_field() {

@@ -1,4 +1,5 @@
-//! IPv4 fragments (RFC 791): followed, not reassembled.
+//! IPv4 fragments (RFC 791) through the router: followed, not reassembled (a ping to the
+//! router itself is put together by [`crate::reassembly`]).
 //!
 //! Only a datagram's first fragment carries the transport header, so only it can be looked up
 //! in the connection table, judged by the DFW and translated. What it got, its [`FlowAction`],

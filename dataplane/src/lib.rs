@@ -18,6 +18,7 @@ pub mod fragments;
 pub mod packet;
 pub mod pipeline;
 pub mod ports;
+pub mod reassembly;
 pub mod tables;
 pub mod tap;
 pub mod testbed;

@@ -38,7 +38,7 @@ use crate::conntrack::{
 };
 use crate::fragments::{DatagramId, Fragments};
 use crate::packet::build;
-use crate::packet::ethernet::{self, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
+use crate::packet::ethernet::{self, mac_at, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 use crate::packet::parse::{
     self, parse_frame, ArpInfo, InnerPacket, Ipv4Info, ParsedFrame, L3, L4,
 };
@@ -46,6 +46,7 @@ use crate::packet::rewrite::{self, PlainV4};
 use crate::packet::vnet::VIRTIO_NET_HDR_F_NEEDS_CSUM;
 use crate::packet::MacAddr;
 use crate::packet::{icmp, ipv4};
+use crate::reassembly::{Added, Reassembly};
 use crate::tables::{
     Backend, DfwQuery, Direction, FrontendKey, GatewayKind, NextHop, Port, PortId, PortKind,
     RuleAction, Tables, PROTO_ICMP, PROTO_TCP,
@@ -60,6 +61,10 @@ pub const MAX_FRAME_LEN: usize = 65536 + 14 + 4;
 /// memory latency, few enough that the first frame's connection is still cached by the time it
 /// is processed.
 pub const BATCH: usize = 32;
+
+/// The IP MTU of every port: the TAPs are made with 1500, as NSX segments and uplinks are by
+/// default. The answers the router fragments itself are cut to it.
+pub const PORT_MTU: usize = 1500;
 
 /// One packet buffer: `buf[..VNET_HDR_LEN]` is the virtio-net header, `buf[VNET_HDR_LEN..len]`
 /// the Ethernet frame. Owned by a worker and reused: no allocation per packet.
@@ -118,6 +123,9 @@ pub enum TxSource {
     Packet,
     /// `WorkerContext::scratch`: a frame the router built (ICMP error, TCP reset...).
     Scratch,
+    /// One of the fragments of an answer too big for one frame (an echo reply to a fragmented
+    /// ping): `WorkerContext::fragments_out[i]`.
+    Fragment(u8),
 }
 
 /// One frame to transmit: on `port`, the bytes of `source`.
@@ -190,6 +198,20 @@ pub struct WorkerContext {
     /// per packet costs two atomic read-modify-writes on arc-swap's debt list.
     tables: Option<TablesCache>,
     icmp_errors: IcmpErrorBudget,
+    /// Buffers of one frame each for [`TxSource::Fragment`], grown on first use.
+    fragments_out: Vec<PacketBuf>,
+}
+
+impl WorkerContext {
+    /// The buffer a frame to transmit is in: `pkt`, the one the frame came in, or one of the
+    /// context's.
+    pub fn buffer<'a>(&'a self, tx: &Tx, pkt: &'a PacketBuf) -> &'a PacketBuf {
+        match tx.source {
+            TxSource::Packet => pkt,
+            TxSource::Scratch => &self.scratch,
+            TxSource::Fragment(i) => self.fragments_out.get(usize::from(i)).unwrap_or(pkt),
+        }
+    }
 }
 
 /// The ICMP errors (time exceeded, unreachable) a worker may still send: a token bucket, as
@@ -245,6 +267,7 @@ impl Default for WorkerContext {
             scratch: PacketBuf::new(),
             tables: None,
             icmp_errors: IcmpErrorBudget::default(),
+            fragments_out: Vec::new(),
         }
     }
 }
@@ -330,6 +353,8 @@ pub struct Pipeline {
     pub conntrack: Conntrack,
     /// The datagrams whose later fragments follow their first.
     pub fragments: Fragments,
+    /// The fragmented datagrams addressed to the router, being put together.
+    pub reassembly: Reassembly,
 }
 
 impl Pipeline {
@@ -342,6 +367,7 @@ impl Pipeline {
             tables,
             conntrack: Conntrack::new(config),
             fragments: Fragments::default(),
+            reassembly: Reassembly::default(),
         }
     }
 
@@ -943,8 +969,72 @@ impl Pipeline {
             }
             // The rewrite leaves the transport header of a later fragment alone: it has none.
             Some(action) => self.transmit(t, ctx, ip, &action, pkt),
-            None => Verdict::Drop(DropReason::Fragment),
+            // Perhaps part of a datagram addressed to the router.
+            None => {
+                let frame = pkt.frame();
+                let offset = fragment_offset(ip, frame);
+                let Some(payload) = frame.get(ip.l4_offset()..ip.end()) else {
+                    return Verdict::Drop(DropReason::Malformed);
+                };
+                match self.reassembly.add(&id, offset, payload, last, now) {
+                    Added::Held => Verdict::Consumed,
+                    Added::Refused => Verdict::Drop(DropReason::Fragment),
+                    Added::Complete {
+                        datagram,
+                        hops_back,
+                    } => {
+                        let peer = mac_at(frame, 6);
+                        self.answer_reassembled(t, ctx, port, peer, &datagram, hops_back)
+                    }
+                }
+            }
         }
+    }
+
+    /// Answers a datagram addressed to the router that came in fragments, now whole: an echo
+    /// request gets its reply, in fragments as the request came. Anything else the router
+    /// would refuse is dropped (it answers only pings in pieces).
+    fn answer_reassembled(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        port: &Port,
+        peer: MacAddr,
+        datagram: &[u8],
+        hops_back: u8,
+    ) -> Verdict {
+        for index in 0..=u8::MAX {
+            let i = usize::from(index);
+            if ctx.fragments_out.len() <= i {
+                ctx.fragments_out.push(PacketBuf {
+                    buf: vec![0u8; VNET_HDR_LEN + PORT_MTU + ethernet::HEADER_LEN]
+                        .into_boxed_slice(),
+                    len: 0,
+                });
+            }
+            let out = &mut ctx.fragments_out[i];
+            out.buf[..VNET_HDR_LEN].fill(0);
+            let built = build::echo_reply_fragment(
+                &mut out.buf[VNET_HDR_LEN..],
+                t.router_mac,
+                peer,
+                datagram,
+                PORT_MTU,
+                i,
+            );
+            let Some((n, last)) = built else { break };
+            build::age_answer(&mut out.buf[VNET_HDR_LEN..VNET_HDR_LEN + n], hops_back);
+            out.len = VNET_HDR_LEN + n;
+            ctx.tx.push(Tx {
+                port: port.id,
+                source: TxSource::Fragment(index),
+            });
+            if last {
+                return Verdict::Reply;
+            }
+        }
+        ctx.tx.clear();
+        Verdict::Drop(DropReason::Fragment)
     }
 
     /// [`Pipeline::transmit`] with the rewrite done by `apply` (the frame, the rewrite, whether
@@ -1394,7 +1484,32 @@ impl Pipeline {
                 self.refuse(t, ctx, port, parsed, ip, pkt, frontend, back);
                 Verdict::Drop(DropReason::NoBackend)
             }
-            // The router answers only what it can read whole: it does not reassemble.
+            // A fragmented ping to the router: put together, then answered (`reassembly`).
+            Walk::Local {
+                owned: true, back, ..
+            } if ip.is_fragment
+                && matches!(
+                    ip.l4,
+                    L4::IcmpEcho {
+                        icmp_type: icmp::ECHO_REQUEST,
+                        ..
+                    }
+                ) =>
+            {
+                let frame = pkt.frame();
+                let (Some(id), Some(header), Some(payload)) = (
+                    datagram_id(port.id, ip, frame),
+                    frame.get(ip.offset..ip.l4_offset()),
+                    frame.get(ip.l4_offset()..ip.end()),
+                ) else {
+                    return Verdict::Drop(DropReason::Malformed);
+                };
+                match self.reassembly.start(id, header, payload, back, now) {
+                    Added::Refused => Verdict::Drop(DropReason::Fragment),
+                    _ => Verdict::Consumed,
+                }
+            }
+            // Other fragments for the router are not put together: it answers whole pings only.
             Walk::Local { .. } if ip.is_fragment => Verdict::Drop(DropReason::Fragment),
             Walk::Local { addr, owned, back } => {
                 if owned {
@@ -1640,6 +1755,8 @@ impl Pipeline {
         let t = self.tables.load();
         self.conntrack
             .expire_with(now, |conn| self.give_back(&t, conn));
+        self.fragments.expire(now);
+        self.reassembly.expire(now);
     }
 
     /// Expires a tenth of the connection table at `now`: what a worker calls ten times a
@@ -1649,6 +1766,7 @@ impl Pipeline {
         self.conntrack
             .expire_part(now, 10, |conn| self.give_back(&t, conn));
         self.fragments.expire(now);
+        self.reassembly.expire(now);
     }
 
     /// Least-connections counts live connections per backend: a connection that ends gives
@@ -1685,6 +1803,14 @@ fn datagram_id(in_port: PortId, ip: &Ipv4Info, frame: &[u8]) -> Option<DatagramI
         dst: ip.dst,
         protocol: ip.protocol,
         ident: u16::from_be_bytes([ident[0], ident[1]]),
+    })
+}
+
+/// Where a fragment's payload goes in its datagram, in bytes (0 for a frame too short).
+fn fragment_offset(ip: &Ipv4Info, frame: &[u8]) -> usize {
+    let at = ip.offset + ipv4::field::FLG_OFF.start;
+    frame.get(at..at + 2).map_or(0, |w| {
+        usize::from(u16::from_be_bytes([w[0], w[1]]) & ipv4::FRAG_OFFSET_MASK) * 8
     })
 }
 

@@ -69,10 +69,7 @@ impl Bed {
             self.ctx.tx
         );
         let tx = self.ctx.tx[0];
-        let bytes = match tx.source {
-            TxSource::Packet => self.pkt.frame().to_vec(),
-            TxSource::Scratch => self.ctx.scratch.frame().to_vec(),
-        };
+        let bytes = self.ctx.buffer(&tx, &self.pkt).frame().to_vec();
         (tx.port, bytes)
     }
 }
@@ -1283,25 +1280,122 @@ fn later_fragments_without_a_first_that_went_through_are_dropped() {
         Verdict::Drop(DropReason::Fragment)
     );
     assert_eq!(bed.send(A1, &a1[1]), Verdict::Forward);
-    // The router answers only what it can read whole: a fragmented ping to the gateway.
-    let mut b = vec![0u8; 3100];
+    // The router puts together only pings: a fragmented datagram of another kind to the
+    // gateway is dropped.
+    let to_gateway = fragments_of(
+        &big_udp(
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            (A1_IP, 5354),
+            (GW_A, 53),
+            10,
+            3000,
+        ),
+        1500,
+    );
+    assert_eq!(
+        bed.send(A1, &to_gateway[0]),
+        Verdict::Drop(DropReason::Fragment)
+    );
+    assert_eq!(
+        bed.send(A1, &to_gateway[1]),
+        Verdict::Drop(DropReason::Fragment)
+    );
+    assert!(bed.pipeline.reassembly.is_empty());
+}
+
+/// A fragmented echo request of `len` bytes of payload, identification `ident`.
+fn big_ping(
+    (src_mac, src): (MacAddr, Ipv4Addr),
+    dst: Ipv4Addr,
+    ttl: u8,
+    ident: u16,
+    len: usize,
+) -> Vec<Vec<u8>> {
+    let payload: Vec<u8> = (0..len).map(|i| (i * 13 % 251) as u8).collect();
+    let mut b = vec![0u8; len + 64];
     let n = build::build_icmp_echo(
-        &mut b,
-        pod_mac(A1_IP),
-        ROUTER_MAC,
-        A1_IP,
-        GW_A,
-        64,
-        true,
-        1,
-        1,
-        &[0u8; 3000],
+        &mut b, src_mac, ROUTER_MAC, src, dst, ttl, true, 77, 1, &payload,
     )
     .unwrap();
     b.truncate(n);
-    let frags = fragments_of(&b, 1500);
-    assert_eq!(bed.send(A1, &frags[0]), Verdict::Drop(DropReason::Fragment));
-    assert_eq!(bed.send(A1, &frags[1]), Verdict::Drop(DropReason::Fragment));
+    b[18..20].copy_from_slice(&ident.to_be_bytes());
+    fix_header_checksum(&mut b);
+    fragments_of(&b, 1500)
+}
+
+/// The frames a verdict sent, put back together as one datagram from its IP header on: the
+/// headers of each checked, then the ICMP checksum over the whole message.
+fn reassembled_icmp(bed: &Bed) -> (Ipv4Info, Vec<u8>) {
+    let frames: Vec<Vec<u8>> = bed
+        .ctx
+        .tx
+        .iter()
+        .map(|tx| bed.ctx.buffer(tx, &bed.pkt).frame().to_vec())
+        .collect();
+    let mut msg = Vec::new();
+    let mut first = None;
+    for (i, f) in frames.iter().enumerate() {
+        assert!(f.len() <= 1514, "fragment {i} is {} bytes", f.len());
+        let L3::Ipv4(ip) = parse_frame(f).expect("fragment parses").l3 else {
+            panic!("not IPv4")
+        };
+        assert_eq!(
+            checksum::fold(checksum::sum(&f[14..14 + ip.header_len], 0)),
+            0xffff
+        );
+        let flags = u16::from_be_bytes([f[20], f[21]]);
+        assert_eq!(usize::from(flags & 0x1fff) * 8, msg.len(), "offset of {i}");
+        assert_eq!(
+            flags & 0x2000 != 0,
+            i + 1 < frames.len(),
+            "more-fragments of {i}"
+        );
+        msg.extend_from_slice(&f[14 + ip.header_len..14 + ip.total_len]);
+        first.get_or_insert(ip);
+    }
+    assert_eq!(
+        checksum::fold(checksum::sum(&msg, 0)),
+        0xffff,
+        "ICMP checksum"
+    );
+    (first.expect("something was sent"), msg)
+}
+
+#[test]
+fn a_fragmented_ping_to_a_gateway_is_answered_whole_in_fragments() {
+    let mut bed = Bed::new();
+    // ping -s 3000 172.211.0.17 from a1: three fragments in, three out, once the last came.
+    let frags = big_ping((pod_mac(A1_IP), A1_IP), GW_A, 64, 0x1111, 3000);
+    assert_eq!(frags.len(), 3);
+    assert_eq!(bed.send(A1, &frags[0]), Verdict::Consumed);
+    assert_eq!(bed.send(A1, &frags[1]), Verdict::Consumed);
+    assert_eq!(bed.send(A1, &frags[2]), Verdict::Reply);
+    assert_eq!(bed.ctx.tx.len(), 3);
+    assert!(bed.ctx.tx.iter().all(|tx| tx.port == A1));
+    let (ip, msg) = reassembled_icmp(&bed);
+    assert_eq!((ip.src, ip.dst, ip.ttl), (GW_A, A1_IP, 64));
+    assert_eq!(msg.len(), 8 + 3000);
+    assert_eq!(msg[0], 0, "an echo reply");
+    let payload: Vec<u8> = (0..3000).map(|i| (i * 13 % 251) as u8).collect();
+    assert_eq!(&msg[8..], &payload[..], "the request's payload, whole");
+    assert_eq!(&msg[4..6], &77u16.to_be_bytes(), "the request's identifier");
+    assert!(bed.pipeline.reassembly.is_empty());
+
+    // T0, one gateway further in: the reply takes a TTL step on its way back.
+    let frags = big_ping((pod_mac(A1_IP), A1_IP), T0_TRANSIT_A, 64, 0x2222, 2000);
+    assert_eq!(bed.send(A1, &frags[0]), Verdict::Consumed);
+    assert_eq!(bed.send(A1, &frags[1]), Verdict::Reply);
+    let (ip, msg) = reassembled_icmp(&bed);
+    assert_eq!((ip.src, ip.ttl, msg.len()), (T0_TRANSIT_A, 63, 2008));
+
+    // A datagram whose middle never came is not answered, and is forgotten in time.
+    let frags = big_ping((pod_mac(A1_IP), A1_IP), GW_A, 64, 0x3333, 4000);
+    assert_eq!(bed.send(A1, &frags[0]), Verdict::Consumed);
+    assert_eq!(bed.send(A1, &frags[2]), Verdict::Consumed);
+    assert_eq!(bed.pipeline.reassembly.len(), 1);
+    bed.pipeline.expire(bed.now + crate::reassembly::TIMEOUT_MS);
+    assert!(bed.pipeline.reassembly.is_empty());
 }
 
 #[test]
@@ -1421,6 +1515,8 @@ fn seed_frames() -> Vec<Vec<u8>> {
     seeds.push(b[..n].to_vec());
     let big = big_udp(a1, ROUTER_MAC, (A1_IP, 40006), (OUTSIDE_HOST, 53), 77, 3000);
     seeds.extend(fragments_of(&big, 1500));
+    seeds.extend(big_ping((a1, A1_IP), GW_A, 64, 78, 3000));
+    seeds.extend(big_ping((UPLINK_PEER_MAC, OUTSIDE_HOST), VIP, 64, 79, 2000));
     seeds
 }
 
@@ -1488,10 +1584,7 @@ fn damaged_frames_are_answered_or_dropped_never_a_panic() {
     let sent_ok = |ctx: &WorkerContext, pkt: &PacketBuf| {
         for tx in &ctx.tx {
             assert!(known(tx.port), "sent to unknown port {}", tx.port);
-            let frame = match tx.source {
-                TxSource::Packet => pkt.frame(),
-                TxSource::Scratch => ctx.scratch.frame(),
-            };
+            let frame = ctx.buffer(tx, pkt).frame();
             if let Ok(parsed) = parse_frame(frame) {
                 if let L3::Ipv4(ip) = parsed.l3 {
                     let header = &frame[ip.offset..ip.offset + ip.header_len];

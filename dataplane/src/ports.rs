@@ -48,7 +48,7 @@ use parking_lot::Mutex;
 
 use crate::counters::PortCounters;
 use crate::pipeline::{
-    DropReason, PacketBuf, Pipeline, TxSource, Verdict, WorkerContext, BATCH, VNET_HDR_LEN,
+    DropReason, PacketBuf, Pipeline, Verdict, WorkerContext, BATCH, VNET_HDR_LEN,
 };
 use crate::tables::PortId;
 use crate::tap::TapDevice;
@@ -671,10 +671,7 @@ impl Worker {
                         port.counters.count_drop(DropReason::UnknownPort);
                         continue;
                     };
-                    let source = match tx.source {
-                        TxSource::Packet => pkt,
-                        TxSource::Scratch => &ctx.scratch,
-                    };
+                    let source = ctx.buffer(tx, pkt);
                     if let Some(bytes) = transmit(out, source, tx_errors, index, tx.port) {
                         tally.add(tx.port, out, bytes);
                     }
@@ -840,7 +837,7 @@ mod tests {
     use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 
     use super::*;
-    use crate::pipeline::Tx;
+    use crate::pipeline::{Tx, TxSource};
     use crate::tap::test_support::{ip_ok, netns_tests_enabled, Netns};
     use crate::tap::{in_netns, TapOptions};
 

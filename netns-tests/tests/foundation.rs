@@ -109,10 +109,26 @@ fn large_pings_cross_in_fragments() {
         (WORDPRESS, "198.51.100.100"),
         (WORDPRESS, "172.211.0.19"),
         ("ext/hop", "198.51.100.100"),
+        // The router's own addresses put the request together and answer in fragments: the
+        // T1 gateway, T0 one gateway further in, a VIP and T0's uplink from the outside.
+        (WORDPRESS, "172.211.0.17"),
+        (WORDPRESS, "100.64.0.0"),
+        ("ext/hop", "172.80.88.5"),
+        ("ext/hop", "203.0.113.2"),
     ] {
         let r = ping(&lab, from, dst, 3, &["-s", "3000"]);
         assert_eq!(r.received, 3, "{from} -> {dst}, 3000-byte pings: {r:?}");
     }
+    // The reply is as long as the request, and ages a step per gateway on its way back.
+    let out = lab.exec(
+        WORDPRESS,
+        &["ping", "-c", "1", "-W", "2", "-s", "5000", "100.64.0.0"],
+    );
+    assert!(
+        stdout(&out).contains("5008 bytes from 100.64.0.0: icmp_seq=1 ttl=63"),
+        "{}",
+        describe(&out)
+    );
     // Still denied: the outside to a pod, and another namespace.
     let r = ping(&lab, "ext/hop", "172.211.0.18", 2, &["-s", "3000"]);
     assert_eq!((r.transmitted, r.received), (2, 0), "hop -> pod: {r:?}");

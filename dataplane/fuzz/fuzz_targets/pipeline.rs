@@ -70,10 +70,7 @@ fuzz_target!(|data: &[u8]| {
                     "{verdict:?} passed the frame on"
                 );
             }
-            let out = match tx.source {
-                TxSource::Packet => pkt.frame(),
-                TxSource::Scratch => ctx.scratch.frame(),
-            };
+            let out = ctx.buffer(tx, &pkt).frame();
             if let Ok(parsed) = parse_frame(out) {
                 if let L3::Ipv4(ip) = parsed.l3 {
                     let header = &out[ip.offset..ip.offset + ip.header_len];

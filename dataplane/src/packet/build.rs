@@ -177,6 +177,75 @@ pub fn build_icmp_error(
     Some(len)
 }
 
+/// Fragment `index` (from 0) of the echo reply to `request`, an echo request whole (an IPv4
+/// datagram from its header on, as [`crate::reassembly`] puts it together), into `out` as an
+/// Ethernet frame from `router_mac` to `peer_mac`. The reply is cut into fragments of at most
+/// `mtu` bytes of IP (RFC 791 section 3.2: payloads in multiples of 8 bytes, more-fragments on
+/// all but the last), with the request's identification, TTL 64, no options, addresses
+/// swapped; its ICMP checksum is the request's updated for the type (RFC 1624), as
+/// [`make_echo_reply_in_place`] does. The frame's length and whether it is the last fragment;
+/// `None` past the last, when `request` is no echo request, or when `out` is too small.
+pub fn echo_reply_fragment(
+    out: &mut [u8],
+    router_mac: MacAddr,
+    peer_mac: MacAddr,
+    request: &[u8],
+    mtu: usize,
+    index: usize,
+) -> Option<(usize, bool)> {
+    let header_len = usize::from(request.first()? & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([*request.get(2)?, *request.get(3)?]));
+    let msg = request.get(header_len..total)?;
+    if header_len < IP_LEN
+        || request.get(ipv4::field::PROTOCOL) != Some(&PROTO_ICMP)
+        || msg.len() < icmp::HEADER_LEN
+        || msg[0] != ECHO_REQUEST
+        || mtu < IP_LEN + 8
+    {
+        return None;
+    }
+    let step = (mtu - IP_LEN) / 8 * 8;
+    let start = index.checked_mul(step)?;
+    if start >= msg.len() {
+        return None;
+    }
+    let end = msg.len().min(start + step);
+    let last = end == msg.len();
+    let len = L4_AT + (end - start);
+    let frame = out.get_mut(..len)?;
+
+    let mut eth = EthernetFrame::new_unchecked(&mut frame[..]);
+    eth.set_dst_addr(peer_mac);
+    eth.set_src_addr(router_mac);
+    eth.set_ethertype(ETHERTYPE_IPV4);
+
+    let ip = &mut frame[ETH_LEN..L4_AT];
+    ip.fill(0);
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((IP_LEN + end - start) as u16).to_be_bytes());
+    ip[4..6].copy_from_slice(&request[4..6]);
+    let more = if last { 0 } else { ipv4::FLAG_MF };
+    ip[6..8].copy_from_slice(&(more | (start / 8) as u16).to_be_bytes());
+    ip[8] = DEFAULT_TTL;
+    ip[9] = PROTO_ICMP;
+    ip[12..16].copy_from_slice(request.get(16..20)?);
+    ip[16..20].copy_from_slice(request.get(12..16)?);
+    let sum = super::checksum::ipv4_header_checksum(ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+
+    let payload = &mut frame[L4_AT..];
+    payload.copy_from_slice(&msg[start..end]);
+    if index == 0 {
+        let code = msg[1];
+        let csum = u16::from_be_bytes([msg[2], msg[3]]);
+        let old = u16::from_be_bytes([ECHO_REQUEST, code]);
+        let new = u16::from_be_bytes([ECHO_REPLY, code]);
+        payload[0] = ECHO_REPLY;
+        payload[2..4].copy_from_slice(&update16(csum, old, new).to_be_bytes());
+    }
+    Some((len, last))
+}
+
 /// Ages an answer the router built at a gateway `hops` routers in from the port it leaves by:
 /// on its way back each of them forwards it and takes one off its TTL (RFC 791), as each took
 /// one off the packet it answers on the way in. So `ping` shows ttl=63 from a gateway one

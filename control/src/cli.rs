@@ -103,6 +103,9 @@ enum Cmd {
     },
 }
 
+/// The daemon's `--conntrack-max` when none is given.
+const DEFAULT_CONNTRACK_MAX: usize = 1 << 20;
+
 #[derive(Args, Debug)]
 struct DaemonArgs {
     /// Worker threads (and TAP queues per port).
@@ -116,7 +119,7 @@ struct DaemonArgs {
     #[arg(long, hide = true)]
     started_by_lab: bool,
     /// The most connections tracked at once (past it the soonest-expiring are evicted).
-    #[arg(long, default_value_t = 1 << 20)]
+    #[arg(long, default_value_t = DEFAULT_CONNTRACK_MAX)]
     conntrack_max: usize,
     /// A connection timeout, NAME=SECONDS (repeatable): tcp-syn-sent, tcp-established,
     /// tcp-fin-wait, tcp-close-wait, tcp-time-wait, tcp-close, udp, udp-stream, icmp, ...
@@ -130,40 +133,46 @@ struct DaemonArgs {
 
 impl DaemonArgs {
     fn conntrack(&self) -> Result<ConntrackConfig, String> {
-        if self.conntrack_max == 0 {
-            return Err("--conntrack-max must be at least 1".to_string());
-        }
-        if self.conntrack_max > ConntrackConfig::MAX_CONNECTIONS {
+        conntrack_config(self.conntrack_max, &self.conntrack_timeouts)
+    }
+}
+
+/// The connection table of `--conntrack-max` and `--conntrack-timeout`s, or what is wrong with
+/// them (checked by `lab up` too, before it starts a daemon with them).
+fn conntrack_config(max: usize, timeouts: &[String]) -> Result<ConntrackConfig, String> {
+    if max == 0 {
+        return Err("--conntrack-max must be at least 1".to_string());
+    }
+    if max > ConntrackConfig::MAX_CONNECTIONS {
+        return Err(format!(
+            "--conntrack-max must be at most {} (the index for it is allocated at start: \
+             32 bytes per connection)",
+            ConntrackConfig::MAX_CONNECTIONS
+        ));
+    }
+    let mut config = ConntrackConfig {
+        max_connections: max,
+        ..Default::default()
+    };
+    for spec in timeouts {
+        let (name, secs) = spec
+            .split_once('=')
+            .ok_or_else(|| format!("--conntrack-timeout {spec:?}: expected NAME=SECONDS"))?;
+        let secs: u64 = secs.parse().map_err(|_| {
+            format!("--conntrack-timeout {spec:?}: {secs:?} is not a number of seconds")
+        })?;
+        // Zero would end every connection with the packet that made it: no reply, no NAT.
+        if secs == 0 {
             return Err(format!(
-                "--conntrack-max must be at most {} (the index for it is allocated at start: \
-                 32 bytes per connection)",
-                ConntrackConfig::MAX_CONNECTIONS
+                "--conntrack-timeout {spec:?}: a timeout is at least 1 second"
             ));
         }
-        let mut config = ConntrackConfig {
-            max_connections: self.conntrack_max,
-            ..Default::default()
-        };
-        for spec in &self.conntrack_timeouts {
-            let (name, secs) = spec
-                .split_once('=')
-                .ok_or_else(|| format!("--conntrack-timeout {spec:?}: expected NAME=SECONDS"))?;
-            let secs: u64 = secs.parse().map_err(|_| {
-                format!("--conntrack-timeout {spec:?}: {secs:?} is not a number of seconds")
-            })?;
-            // Zero would end every connection with the packet that made it: no reply, no NAT.
-            if secs == 0 {
-                return Err(format!(
-                    "--conntrack-timeout {spec:?}: a timeout is at least 1 second"
-                ));
-            }
-            config
-                .timeouts
-                .set(name, secs.saturating_mul(1000))
-                .map_err(|e| format!("--conntrack-timeout: {e}"))?;
-        }
-        Ok(config)
+        config
+            .timeouts
+            .set(name, secs.saturating_mul(1000))
+            .map_err(|e| format!("--conntrack-timeout: {e}"))?;
     }
+    Ok(config)
 }
 
 /// A namespace prefix: 1-32 letters, digits or `_`. No `-`, so that no lab's `{prefix}-*` (what
@@ -204,6 +213,13 @@ enum LabCmd {
         /// The daemon's `--busy-poll-us`, when this starts it (default: the daemon's).
         #[arg(long, value_name = "MICROSECONDS")]
         busy_poll_us: Option<u64>,
+        /// The daemon's `--conntrack-max`, when this starts it.
+        #[arg(long, value_name = "CONNECTIONS")]
+        conntrack_max: Option<usize>,
+        /// The daemon's `--conntrack-timeout NAME=SECONDS` (repeatable), when this starts it:
+        /// tcp-established, tcp-time-wait, udp, udp-stream, icmp, ...
+        #[arg(long = "conntrack-timeout", value_name = "NAME=SECONDS")]
+        conntrack_timeouts: Vec<String>,
     },
     /// Remove everything the lab created: namespaces, TAPs, processes, the daemon it started.
     Down {
@@ -280,13 +296,19 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                     workers,
                     prefix,
                     busy_poll_us,
+                    conntrack_max,
+                    conntrack_timeouts,
                 },
         } => lab_up(
             &socket,
             file.as_deref(),
-            workers,
             prefix.as_deref(),
-            busy_poll_us,
+            &LabDaemon {
+                workers,
+                busy_poll_us,
+                conntrack_max,
+                conntrack_timeouts,
+            },
         ),
         Cmd::Lab {
             action: LabCmd::Down { prefix },
@@ -401,25 +423,63 @@ fn install_signal_handlers(daemon: Arc<Daemon>) -> Result<(), String> {
     Ok(())
 }
 
+/// The options `lab up` starts a daemon with (when none answers on the socket).
+struct LabDaemon {
+    workers: usize,
+    busy_poll_us: Option<u64>,
+    conntrack_max: Option<usize>,
+    conntrack_timeouts: Vec<String>,
+}
+
+impl LabDaemon {
+    /// Whether any option beyond the defaults was given (a running daemon keeps its own).
+    fn given(&self) -> bool {
+        self.busy_poll_us.is_some()
+            || self.conntrack_max.is_some()
+            || !self.conntrack_timeouts.is_empty()
+    }
+
+    /// The daemon's arguments for them.
+    fn args(&self) -> Vec<String> {
+        let mut args = vec!["--workers".to_string(), self.workers.to_string()];
+        args.extend(self.busy_poll_us.map(|us| format!("--busy-poll-us={us}")));
+        args.extend(self.conntrack_max.map(|n| format!("--conntrack-max={n}")));
+        args.extend(
+            self.conntrack_timeouts
+                .iter()
+                .map(|t| format!("--conntrack-timeout={t}")),
+        );
+        args
+    }
+}
+
 fn lab_up(
     socket: &Path,
     file: Option<&Path>,
-    workers: usize,
     prefix: Option<&str>,
-    busy_poll_us: Option<u64>,
+    daemon: &LabDaemon,
 ) -> Result<ExitCode, String> {
+    // Bad table options are refused before anything starts, as the daemon would refuse them.
+    conntrack_config(
+        daemon.conntrack_max.unwrap_or(DEFAULT_CONNTRACK_MAX),
+        &daemon.conntrack_timeouts,
+    )?;
     let manifest = match file {
         Some(f) => read_manifest(f)?,
         None => SEED_LAB.to_string(),
     };
     match client::call(socket, "daemon.status", json!({})) {
-        Ok(status) => refuse_other_prefix(socket, prefix, status["prefix"].as_str())?,
-        Err(_) => start_daemon(
-            socket,
-            workers,
-            prefix.unwrap_or(DEFAULT_PREFIX),
-            busy_poll_us,
-        )?,
+        Ok(status) => {
+            refuse_other_prefix(socket, prefix, status["prefix"].as_str())?;
+            if daemon.given() {
+                eprintln!(
+                    "note: a daemon already answers on {}: it keeps the options it was started \
+                     with (`pacific rpc daemon.status` shows them)",
+                    socket.display()
+                );
+            }
+        }
+        Err(_) => start_daemon(socket, prefix.unwrap_or(DEFAULT_PREFIX), daemon)?,
     }
     let result = call(socket, "apply", json!({ "manifest": manifest }))?;
     print_apply(&result);
@@ -429,12 +489,7 @@ fn lab_up(
 
 /// Starts `pacific daemon` in the background, detached, logging beside the socket, and waits
 /// for it to answer.
-fn start_daemon(
-    socket: &Path,
-    workers: usize,
-    prefix: &str,
-    busy_poll_us: Option<u64>,
-) -> Result<(), String> {
+fn start_daemon(socket: &Path, prefix: &str, daemon: &LabDaemon) -> Result<(), String> {
     let dir = socket.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let log_path = dir.join("pacific-daemon.log");
@@ -449,15 +504,8 @@ fn start_daemon(
     let mut child = Command::new(exe)
         .arg("--socket")
         .arg(socket)
-        .args([
-            "daemon",
-            "--workers",
-            &workers.to_string(),
-            "--prefix",
-            prefix,
-            "--started-by-lab",
-        ])
-        .args(busy_poll_us.map(|us| format!("--busy-poll-us={us}")))
+        .args(["daemon", "--prefix", prefix, "--started-by-lab"])
+        .args(daemon.args())
         .stdin(Stdio::null())
         .stdout(log)
         .stderr(err)
@@ -1292,6 +1340,47 @@ mod tests {
             Cmd::Lab {
                 action: LabCmd::Up { busy_poll_us, .. },
             } => assert_eq!(busy_poll_us, Some(7)),
+            other => panic!("not lab up: {other:?}"),
+        }
+        // `lab up` hands the table's options on as the daemon takes them.
+        let argv = [
+            "pacific",
+            "lab",
+            "up",
+            "--conntrack-timeout",
+            "udp=5",
+            "--conntrack-timeout=icmp=3",
+            "--conntrack-max",
+            "9",
+        ];
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Cmd::Lab {
+                action:
+                    LabCmd::Up {
+                        workers,
+                        busy_poll_us,
+                        conntrack_max,
+                        conntrack_timeouts,
+                        ..
+                    },
+            } => {
+                let lab = LabDaemon {
+                    workers,
+                    busy_poll_us,
+                    conntrack_max,
+                    conntrack_timeouts,
+                };
+                let mut argv = vec!["pacific", "daemon"];
+                let args = lab.args();
+                argv.extend(args.iter().map(String::as_str));
+                let Cmd::Daemon(d) = Cli::try_parse_from(argv).expect("parses").command else {
+                    panic!("not the daemon")
+                };
+                let config = d.conntrack().unwrap();
+                assert_eq!(config.max_connections, 9);
+                assert_eq!(config.timeouts.get("udp"), Some(5000));
+                assert_eq!(config.timeouts.get("icmp"), Some(3000));
+            }
             other => panic!("not lab up: {other:?}"),
         }
         for bad in ["0", "16777217"] {

@@ -25,7 +25,7 @@ use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use serde_json::{json, Value};
 
-use pacific_dataplane::conntrack::ConntrackConfig;
+use pacific_dataplane::conntrack::{ConntrackConfig, Timeouts};
 use pacific_dataplane::pipeline::Pipeline;
 use pacific_dataplane::ports::Dataplane;
 use pacific_dataplane::tables::{Ipv4Net, PortId, RuleCounters, Tables};
@@ -396,6 +396,7 @@ impl Daemon {
                 "connections": self.pipeline.conntrack.len(),
                 "conntrack": {
                     "max": self.pipeline.conntrack.config().max_connections,
+                    "timeouts_seconds": conntrack_timeouts(self.pipeline.conntrack.config()),
                     "created": self.pipeline.conntrack.stats.created.load(Ordering::Relaxed),
                     "expired": self.pipeline.conntrack.stats.expired.load(Ordering::Relaxed),
                     "evicted": self.pipeline.conntrack.stats.evicted.load(Ordering::Relaxed),
@@ -1306,6 +1307,18 @@ fn message_of(containers: &[crate::model::objects::Container]) -> Option<String>
     containers
         .iter()
         .find_map(|c| c.env.get("MESSAGE").cloned())
+}
+
+/// The connection timeouts as `--conntrack-timeout` names them, in seconds (what
+/// `daemon.status` reports, so a user can see what a running daemon was started with).
+fn conntrack_timeouts(config: &ConntrackConfig) -> Value {
+    let timeouts = &config.timeouts;
+    Value::Object(
+        Timeouts::NAMES
+            .iter()
+            .filter_map(|name| Some((name.to_string(), json!(timeouts.get(name)? / 1000))))
+            .collect(),
+    )
 }
 
 #[cfg(test)]

@@ -276,14 +276,20 @@ impl Lab {
     /// Builds the seed lab against a daemon started here with `pacific daemon` (not by `lab up`):
     /// `lab down` then resets that daemon instead of stopping it.
     pub fn up_on_own_daemon(tag: &str) -> Lab {
-        Lab::start_on(tag, None, true)
+        Lab::start_on(tag, None, true, &[])
+    }
+
+    /// Builds the lab of `yaml` (the seed lab without) with more `lab up` options (the
+    /// daemon's, which `lab up` hands on).
+    pub fn up_with_options(tag: &str, yaml: Option<&str>, options: &[&str]) -> Lab {
+        Lab::start_on(tag, yaml, false, options)
     }
 
     fn start(tag: &str, yaml: Option<&str>) -> Lab {
-        Lab::start_on(tag, yaml, false)
+        Lab::start_on(tag, yaml, false, &[])
     }
 
-    fn start_on(tag: &str, yaml: Option<&str>, own_daemon: bool) -> Lab {
+    fn start_on(tag: &str, yaml: Option<&str>, own_daemon: bool, options: &[&str]) -> Lab {
         let tag = tag.to_ascii_lowercase();
         assert!(
             !tag.is_empty() && tag.len() <= 8 && tag.bytes().all(|b| b.is_ascii_alphanumeric()),
@@ -360,6 +366,7 @@ impl Lab {
             "--workers".to_string(),
             "2".to_string(),
         ]);
+        args.extend(options.iter().map(|o| o.to_string()));
         let argv: Vec<&str> = args.iter().map(String::as_str).collect();
         let out = lab.pacific(&argv);
         // `lab` is dropped (and cleans up) when this assertion fails.

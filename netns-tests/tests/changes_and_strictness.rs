@@ -461,3 +461,53 @@ metadata: {name: other, namespace: team}
     );
     assert!(names(&lab).is_empty(), "{:?}", names(&lab));
 }
+
+/// `lab up --conntrack-timeout` starts the daemon with it (as `pacific daemon` takes it): the
+/// status shows it, and a ping's SNAT binding is gone from `get nat` once it ran out. A bad one
+/// is refused before anything starts.
+#[test]
+fn lab_up_hands_conntrack_timeouts_to_the_daemon() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with_options(
+        "qatmo",
+        None,
+        &["--conntrack-timeout", "icmp=2", "--conntrack-max", "5000"],
+    );
+    let status = lab.rpc_ok("daemon.status", &json!({}));
+    assert_eq!(status["conntrack"]["max"], 5000, "{status}");
+    assert_eq!(
+        status["conntrack"]["timeouts_seconds"]["icmp"], 2,
+        "{status}"
+    );
+    assert_eq!(
+        status["conntrack"]["timeouts_seconds"]["tcp-established"], 432_000,
+        "{status}"
+    );
+    let pings = |lab: &Lab| -> usize {
+        lab.items("nat", None)
+            .iter()
+            .filter(|n| n["protocol"] == "icmp")
+            .count()
+    };
+    let out = lab.exec(
+        "ns-dev/testbox",
+        &["ping", "-c", "1", "-W", "2", "198.51.100.100"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(pings(&lab), 1);
+    assert!(
+        wait_until(Duration::from_secs(8), || pings(&lab) == 0),
+        "the ping's binding outlived its 2 s: {:?}",
+        lab.items("nat", None)
+    );
+
+    let out = lab.pacific(&["lab", "up", "--conntrack-timeout", "udp=0"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("at least 1 second"),
+        "{}",
+        describe(&out)
+    );
+}

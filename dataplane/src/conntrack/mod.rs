@@ -201,7 +201,24 @@ impl Timeouts {
 
     /// Sets one timeout by name, in milliseconds.
     pub fn set(&mut self, name: &str, ms: u64) -> Result<(), String> {
-        let slot = match name {
+        let slot = self.slot(name).ok_or_else(|| {
+            format!(
+                "unknown timeout {name:?} (one of: {})",
+                Self::NAMES.join(", ")
+            )
+        })?;
+        *slot = ms;
+        Ok(())
+    }
+
+    /// One timeout by name, in milliseconds.
+    pub fn get(&self, name: &str) -> Option<u64> {
+        let mut copy = *self;
+        copy.slot(name).map(|ms| *ms)
+    }
+
+    fn slot(&mut self, name: &str) -> Option<&mut u64> {
+        Some(match name {
             "tcp-syn-sent" => &mut self.tcp_syn_sent,
             "tcp-syn-recv" => &mut self.tcp_syn_recv,
             "tcp-established" => &mut self.tcp_established,
@@ -214,15 +231,8 @@ impl Timeouts {
             "udp-stream" => &mut self.udp_stream,
             "icmp" => &mut self.icmp,
             "generic" => &mut self.generic,
-            other => {
-                return Err(format!(
-                    "unknown timeout {other:?} (one of: {})",
-                    Self::NAMES.join(", ")
-                ))
-            }
-        };
-        *slot = ms;
-        Ok(())
+            _ => return None,
+        })
     }
 
     fn tcp(&self, state: TcpState) -> u64 {

@@ -5,11 +5,17 @@
 //! Traffic through the router is not reassembled ([`crate::fragments`] follows it). What is
 //! addressed to the router is: an echo request's reply must carry its whole payload back. This
 //! is kept small and bounded, since any outside host can send fragments: at most [`CAPACITY`]
-//! datagrams at once (a new one when full is refused), each at most [`MAX_DATAGRAM`] bytes,
-//! each given [`TIMEOUT_MS`] to complete. As in [`crate::fragments`], a datagram's first
+//! datagrams at once, each at most [`MAX_DATAGRAM`] bytes, each given [`TIMEOUT_MS`] to
+//! complete. A new datagram when the table is full evicts the oldest (as Linux's evictor drops
+//! the oldest queues past its memory threshold, and counted in [`Reassembly::evicted`]):
+//! refusing it instead would let eight stray first fragments, from anyone, stop every
+//! fragmented ping to the router for [`TIMEOUT_MS`], where a ping's fragments, which come
+//! back to back, complete long before eight newer datagrams push them out. As in [`crate::fragments`], a datagram's first
 //! fragment must come first (the paths here keep a datagram's fragments in order); it starts
 //! the reassembly once the walk says the datagram is the router's, and the later ones join it.
 //! Overlapping fragments are taken as they come (the later bytes win), as Linux does for IPv4.
+
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use parking_lot::Mutex;
 
@@ -100,8 +106,8 @@ pub enum Added {
     /// The datagram is complete: here it is, as one unfragmented IPv4 datagram, with the
     /// `hops_back` its first fragment started with.
     Complete { datagram: Vec<u8>, hops_back: u8 },
-    /// Not kept: no datagram to join, the table full, a datagram past 65,535 bytes or
-    /// contradicting its own length.
+    /// Not kept: no datagram to join, a datagram past 65,535 bytes or contradicting its own
+    /// length.
     Refused,
 }
 
@@ -110,6 +116,8 @@ pub enum Added {
 #[derive(Debug, Default)]
 pub struct Reassembly {
     pending: Mutex<Vec<Pending>>,
+    /// Datagrams pushed out, unfinished, by newer ones when the table was full.
+    evicted: AtomicU64,
 }
 
 impl Reassembly {
@@ -125,8 +133,15 @@ impl Reassembly {
     ) -> Added {
         let mut pending = self.pending.lock();
         pending.retain(|p| p.expires_at > now && p.id != id);
-        if pending.len() >= CAPACITY || header.len() < 20 {
+        if header.len() < 20 {
             return Added::Refused;
+        }
+        if pending.len() >= CAPACITY {
+            // The oldest started first, so expires first.
+            if let Some(oldest) = (0..pending.len()).min_by_key(|&i| pending[i].expires_at) {
+                pending.swap_remove(oldest);
+                self.evicted.fetch_add(1, Ordering::Relaxed);
+            }
         }
         let mut p = Pending {
             id,
@@ -180,6 +195,11 @@ impl Reassembly {
         if !pending.is_empty() {
             pending.retain(|p| p.expires_at > now);
         }
+    }
+
+    /// Datagrams evicted unfinished by newer ones since start.
+    pub fn evicted(&self) -> u64 {
+        self.evicted.load(Ordering::Relaxed)
     }
 
     /// Datagrams being reassembled now.
@@ -266,6 +286,35 @@ mod tests {
     }
 
     #[test]
+    fn a_full_table_evicts_the_oldest_so_stray_fragments_cannot_block_pings() {
+        let r = Reassembly::default();
+        // Eight first fragments whose rest never comes (a stray sender, ids 0..8).
+        for ident in 0..CAPACITY as u16 {
+            let now = u64::from(ident);
+            assert_eq!(
+                r.start(id(ident), &header(ident), &[0; 8], 0, now),
+                Added::Held
+            );
+        }
+        // A ping comes while they are all still live: it is kept, the oldest goes.
+        assert_eq!(r.start(id(99), &header(99), &[1; 8], 0, 10), Added::Held);
+        assert_eq!((r.len(), r.evicted()), (CAPACITY, 1));
+        let Added::Complete { datagram, .. } = r.add(&id(99), 8, &[2; 8], true, 10) else {
+            panic!("the ping was not put together")
+        };
+        assert_eq!(&datagram[20..], &[[1u8; 8], [2; 8]].concat()[..]);
+        assert_eq!(
+            r.add(&id(0), 8, &[0; 8], true, 11),
+            Added::Refused,
+            "evicted"
+        );
+        assert!(
+            matches!(r.add(&id(1), 8, &[0; 8], true, 11), Added::Complete { .. }),
+            "the next oldest stayed"
+        );
+    }
+
+    #[test]
     fn the_table_is_bounded_in_datagrams_size_and_time() {
         let r = Reassembly::default();
         for ident in 0..CAPACITY as u16 {
@@ -274,11 +323,6 @@ mod tests {
                 Added::Held
             );
         }
-        assert_eq!(
-            r.start(id(99), &header(99), &[0; 8], 0, 1),
-            Added::Refused,
-            "full"
-        );
         // Past 65,535 bytes: refused, and the datagram forgotten.
         assert_eq!(r.add(&id(0), 65_520, &[0; 8], false, 1), Added::Refused);
         assert_eq!(r.len(), CAPACITY - 1);

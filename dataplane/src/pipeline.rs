@@ -1003,6 +1003,16 @@ impl Pipeline {
         datagram: &[u8],
         hops_back: u8,
     ) -> Verdict {
+        // Checked once, whole (each fragment of the reply updates the request's checksum, in
+        // the first): a request that fails it, or whose overlapping fragments rewrote its
+        // bytes, is dropped as Linux drops it.
+        let header_len = usize::from(datagram.first().map_or(0, |b| b & 0x0f)) * 4;
+        if !datagram
+            .get(header_len..)
+            .is_some_and(build::icmp_checksum_ok)
+        {
+            return Verdict::Drop(DropReason::Malformed);
+        }
         for index in 0..=u8::MAX {
             let i = usize::from(index);
             if ctx.fragments_out.len() <= i {

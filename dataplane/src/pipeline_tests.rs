@@ -1389,6 +1389,20 @@ fn a_fragmented_ping_to_a_gateway_is_answered_whole_in_fragments() {
     let (ip, msg) = reassembled_icmp(&bed);
     assert_eq!((ip.src, ip.ttl, msg.len()), (T0_TRANSIT_A, 63, 2008));
 
+    // One whose bytes do not match its ICMP checksum (a payload byte changed on the way, or
+    // rewritten by an overlapping fragment) is not answered: the reply would fail it too.
+    let mut frags = big_ping((pod_mac(A1_IP), A1_IP), GW_A, 64, 0x4444, 3000);
+    let last = frags[1].len() - 1;
+    frags[1][last] ^= 0x01;
+    assert_eq!(bed.send(A1, &frags[0]), Verdict::Consumed);
+    assert_eq!(bed.send(A1, &frags[1]), Verdict::Consumed);
+    assert_eq!(
+        bed.send(A1, &frags[2]),
+        Verdict::Drop(DropReason::Malformed)
+    );
+    assert!(bed.ctx.tx.is_empty());
+    assert!(bed.pipeline.reassembly.is_empty());
+
     // A datagram whose middle never came is not answered, and is forgotten in time.
     let frags = big_ping((pod_mac(A1_IP), A1_IP), GW_A, 64, 0x3333, 4000);
     assert_eq!(bed.send(A1, &frags[0]), Verdict::Consumed);

@@ -91,11 +91,20 @@ fn emit_arp(
     Some(len)
 }
 
+/// Whether an ICMP message (header and data) sums to its checksum (RFC 792). The replies below
+/// only update the request's checksum for the type (RFC 1624), so a request that fails this
+/// would be answered with a reply that fails it too: like Linux (`icmp_rcv`, counted as
+/// `InCsumErrors`), the router drops such a request instead.
+pub fn icmp_checksum_ok(msg: &[u8]) -> bool {
+    super::checksum::fold(super::checksum::sum(msg, 0)) == 0xffff
+}
+
 /// Turns an echo request into its reply in place (RFC 792): MACs swapped (the reply comes from
 /// `router_mac`), addresses swapped, type 0, the ICMP checksum updated for the type change alone
 /// (RFC 1624), TTL reset to 64 and the header checksum recomputed. IP options are sent back as
 /// they came. Returns the reply's frame length (the request's, trimmed to its IP total length),
-/// or `None` if `ip` is not an echo request of this frame.
+/// or `None` if `ip` is not an echo request of this frame or its checksum is wrong
+/// ([`icmp_checksum_ok`]); the frame is then untouched.
 pub fn make_echo_reply_in_place(
     frame: &mut [u8],
     ip: &Ipv4Info,
@@ -111,7 +120,11 @@ pub fn make_echo_reply_in_place(
     };
     let end = ip.end();
     let icmp_at = ip.l4_offset();
-    if frame.len() < end || icmp_at + icmp::HEADER_LEN > end || ip.offset < ETH_LEN {
+    if frame.len() < end
+        || icmp_at + icmp::HEADER_LEN > end
+        || ip.offset < ETH_LEN
+        || !icmp_checksum_ok(&frame[icmp_at..end])
+    {
         return None;
     }
     let requester = mac_at(frame, ethernet::field::SOURCE.start);
@@ -568,6 +581,15 @@ mod tests {
         let ip = ipv4(&f);
         assert_eq!(make_echo_reply_in_place(&mut f, &ip, MAC_B), None);
         assert_eq!(f, samples::ICMP_ECHO_REPLY);
+        // A request whose data does not match its checksum (a bit flipped on the way) is not
+        // answered: the reply would carry the same error.
+        let mut f = samples::ICMP_ECHO_REQUEST.to_vec();
+        let last = f.len() - 1;
+        f[last] ^= 0x01;
+        let ip = ipv4(&f);
+        let before = f.clone();
+        assert_eq!(make_echo_reply_in_place(&mut f, &ip, MAC_B), None);
+        assert_eq!(f, before, "untouched");
     }
 
     #[test]

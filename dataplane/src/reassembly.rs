@@ -13,7 +13,10 @@
 //! back to back, complete long before eight newer datagrams push them out. As in [`crate::fragments`], a datagram's first
 //! fragment must come first (the paths here keep a datagram's fragments in order); it starts
 //! the reassembly once the walk says the datagram is the router's, and the later ones join it.
-//! Overlapping fragments are taken as they come (the later bytes win), as Linux does for IPv4.
+//! Overlapping fragments are taken as they come (the later bytes win); an overlap that changed
+//! the message then fails its ICMP checksum and is not answered. (Linux since 4.19 discards a
+//! datagram whose fragments partly overlap, and ignores one wholly inside what it has; the
+//! difference shows only for overlaps that repeat the same bytes, which Pacific answers.)
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

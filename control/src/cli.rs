@@ -139,6 +139,9 @@ impl DaemonArgs {
 
 /// The connection table of `--conntrack-max` and `--conntrack-timeout`s, or what is wrong with
 /// them (checked by `lab up` too, before it starts a daemon with them).
+/// The longest `--conntrack-timeout`, in seconds (136 years).
+const MAX_CONNTRACK_TIMEOUT_SECS: u64 = u32::MAX as u64;
+
 fn conntrack_config(max: usize, timeouts: &[String]) -> Result<ConntrackConfig, String> {
     if max == 0 {
         return Err("--conntrack-max must be at least 1".to_string());
@@ -167,9 +170,17 @@ fn conntrack_config(max: usize, timeouts: &[String]) -> Result<ConntrackConfig, 
                 "--conntrack-timeout {spec:?}: a timeout is at least 1 second"
             ));
         }
+        // Past this the milliseconds would be clamped, and daemon.status show another number
+        // than the one given (Linux's conntrack timeouts are 32-bit as well).
+        if secs > MAX_CONNTRACK_TIMEOUT_SECS {
+            return Err(format!(
+                "--conntrack-timeout {spec:?}: a timeout is at most \
+                 {MAX_CONNTRACK_TIMEOUT_SECS} seconds"
+            ));
+        }
         config
             .timeouts
-            .set(name, secs.saturating_mul(1000))
+            .set(name, secs * 1000)
             .map_err(|e| format!("--conntrack-timeout: {e}"))?;
     }
     Ok(config)
@@ -1397,6 +1408,17 @@ mod tests {
             .conntrack()
             .unwrap_err();
         assert!(err.contains("at least 1 second"), "{err}");
+        // u64::MAX seconds was taken, and daemon.status showed 18446744073709551.
+        for huge in ["udp=18446744073709551615", "udp=4294967296"] {
+            let err = daemon(&["--conntrack-timeout", huge])
+                .conntrack()
+                .unwrap_err();
+            assert!(err.contains("at most 4294967295 seconds"), "{err}");
+        }
+        let most = daemon(&["--conntrack-timeout", "tcp-established=4294967295"])
+            .conntrack()
+            .unwrap();
+        assert_eq!(most.timeouts.tcp_established, 4_294_967_295_000);
         let one = daemon(&["--conntrack-timeout", "udp=1"])
             .conntrack()
             .unwrap();

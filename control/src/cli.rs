@@ -215,8 +215,9 @@ enum LabCmd {
     /// Start a daemon if none answers, apply the lab (the embedded seed lab without FILE), print a summary.
     Up {
         file: Option<PathBuf>,
-        #[arg(long, default_value_t = default_workers())]
-        workers: usize,
+        /// Workers of the daemon this starts (default: a worker per core, at most 4).
+        #[arg(long)]
+        workers: Option<usize>,
         /// The prefix of the daemon this starts (default `pac`); given, and a daemon of another
         /// prefix answers on the socket, nothing is done.
         #[arg(long, env = "PACIFIC_PREFIX", value_parser = parse_prefix)]
@@ -436,7 +437,7 @@ fn install_signal_handlers(daemon: Arc<Daemon>) -> Result<(), String> {
 
 /// The options `lab up` starts a daemon with (when none answers on the socket).
 struct LabDaemon {
-    workers: usize,
+    workers: Option<usize>,
     busy_poll_us: Option<u64>,
     conntrack_max: Option<usize>,
     conntrack_timeouts: Vec<String>,
@@ -445,14 +446,16 @@ struct LabDaemon {
 impl LabDaemon {
     /// Whether any option beyond the defaults was given (a running daemon keeps its own).
     fn given(&self) -> bool {
-        self.busy_poll_us.is_some()
+        self.workers.is_some()
+            || self.busy_poll_us.is_some()
             || self.conntrack_max.is_some()
             || !self.conntrack_timeouts.is_empty()
     }
 
     /// The daemon's arguments for them.
     fn args(&self) -> Vec<String> {
-        let mut args = vec!["--workers".to_string(), self.workers.to_string()];
+        let workers = self.workers.unwrap_or_else(default_workers);
+        let mut args = vec!["--workers".to_string(), workers.to_string()];
         args.extend(self.busy_poll_us.map(|us| format!("--busy-poll-us={us}")));
         args.extend(self.conntrack_max.map(|n| format!("--conntrack-max={n}")));
         args.extend(
@@ -1325,6 +1328,43 @@ mod tests {
             }
         }
         Cli::try_parse_from(["pacific", "lab", "down", "--prefix", "pacnb123p"]).unwrap();
+    }
+
+    /// `lab up --workers N` to a daemon that already runs says it keeps its own (it said nothing,
+    /// and the daemon went on with its count); without it, the default count is handed on.
+    #[test]
+    fn lab_up_workers_counts_as_an_option_given() {
+        let lab = |args: &[&str]| {
+            let mut argv = vec!["pacific", "lab", "up"];
+            argv.extend_from_slice(args);
+            match Cli::try_parse_from(argv).expect("parses").command {
+                Cmd::Lab {
+                    action:
+                        LabCmd::Up {
+                            workers,
+                            busy_poll_us,
+                            conntrack_max,
+                            conntrack_timeouts,
+                            ..
+                        },
+                } => LabDaemon {
+                    workers,
+                    busy_poll_us,
+                    conntrack_max,
+                    conntrack_timeouts,
+                },
+                other => panic!("not lab up: {other:?}"),
+            }
+        };
+        let one = lab(&["--workers", "1"]);
+        assert!(one.given());
+        assert_eq!(one.args()[..2], ["--workers", "1"]);
+        let none = lab(&[]);
+        assert!(!none.given());
+        assert_eq!(
+            none.args(),
+            ["--workers".to_string(), default_workers().to_string()]
+        );
     }
 
     /// The daemon's table and polling options: defaults, and the sizes it refuses with a

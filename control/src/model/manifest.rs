@@ -1050,8 +1050,18 @@ fn parse_object(
                 versions.join(" or ")
             )));
         }
-        let name = root.req("metadata")?.req("name")?.str()?;
+        let name_field = root.req("metadata")?.req("name")?;
+        let name = name_field.str()?;
         *object_name = Some(name.to_string());
+        // What the API server would refuse is refused here too: a DNS subdomain (RFC 1123).
+        let subdomain = (1..=253).contains(&name.len())
+            && name.split('.').all(|label| check_dns_label(label).is_ok());
+        if !subdomain {
+            return Err(name_field.err(format!(
+                "{name:?} must be lower case alphanumeric characters, '-' or '.', starting and \
+                 ending alphanumeric (RFC 1123 subdomain)"
+            )));
+        }
         ctx.skipped.borrow_mut().push(format!(
             "{}/{name} skipped: Pacific does not model {kind_str} (it has no part in the network)",
             kind_str.to_ascii_lowercase()
@@ -2433,6 +2443,18 @@ spec: {t0Address: 203.0.113.6, peerAddress: 203.0.113.5, prefixLength: 30}
             "metadata.name",
             "required",
         );
+        assert_err(
+            "apiVersion: v1\nkind: Secret\nmetadata: {name: Bad_Name!}\n",
+            1,
+            "metadata.name",
+            "RFC 1123 subdomain",
+        );
+        assert!(parse_manifests_and_skipped(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: kube-root-ca.crt}\n",
+            None,
+            None
+        )
+        .is_ok());
         assert_err(
             "apiVersion: apps/v1\nkind: Secret\nmetadata: {name: a}\n",
             1,

@@ -1144,8 +1144,8 @@ fn columns(method: &str, with_ns: bool, wide: bool, now: u64) -> Vec<Column> {
         "outside.list" => c.extend([
             field("NAME", "name"),
             field("ADDRESS", "address"),
-            field("HTTP", "http_ports"),
-            field("UDP", "udp_ports"),
+            pairs("HTTP", "http_ports", ""),
+            pairs("UDP", "udp_ports", ""),
             age_column(),
         ]),
         "deployments.list" => c.extend([
@@ -1256,6 +1256,21 @@ mod tests {
         assert!(refuse_other_prefix(socket, None, Some("pac")).is_ok());
         assert!(refuse_other_prefix(socket, Some("qa2"), None).is_ok());
         assert!(refuse_other_prefix(socket, Some("qa2"), Some("")).is_ok());
+    }
+
+    /// `pacific get outside` showed a host's ports as JSON arrays (`[80]`, `[]`).
+    #[test]
+    fn outside_ports_read_as_lists() {
+        let cells = |host: Value| -> Vec<String> {
+            columns("outside.list", false, false, 0)
+                .iter()
+                .map(|(_, cell)| cell(&host))
+                .collect()
+        };
+        let row = cells(json!({"name": "internet", "address": "198.51.100.100/24",
+            "http_ports": [80, 8080], "udp_ports": [], "created": 0}));
+        assert_eq!(row[2], "80,8080");
+        assert_eq!(row[3], "<none>");
     }
 
     #[test]

@@ -972,6 +972,18 @@ impl Daemon {
         if let Some(r) = control.pods.get(&(ns.to_string(), name.to_string())) {
             return Ok(r.netns.clone());
         }
+        // A mistyped namespace is named as such, not as a pod missing from it.
+        let namespaces = &control.store.state().namespaces;
+        if !namespaces.contains_key(ns) {
+            let known: Vec<&str> = namespaces.keys().map(String::as_str).collect();
+            return Err(RpcError::not_found(
+                "target",
+                format!(
+                    "namespace {ns:?} not found (namespaces: {}; ext/HOST for outside hosts)",
+                    known.join(", ")
+                ),
+            ));
+        }
         // A deployment's name stands for its pods.
         let matches: Vec<&RealizedPod> = control
             .store

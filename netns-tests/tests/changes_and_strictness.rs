@@ -511,3 +511,28 @@ fn lab_up_hands_conntrack_timeouts_to_the_daemon() {
         describe(&out)
     );
 }
+
+/// `pacific exec ns-deb/wordpress` (a mistyped namespace) said `no pod "wordpress" in
+/// namespace "ns-deb"`, sending the user to look for a pod; it now says the namespace is not
+/// found and lists the ones there are.
+#[test]
+fn exec_into_an_unknown_namespace_names_the_namespace() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("qaexns", POOLS);
+    let out = lab.exec("tema/tester", &["true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("namespace \"tema\" not found (namespaces: team;"),
+        "{err}"
+    );
+    // A known namespace without that pod still says so.
+    let out = lab.exec("team/tester", &["true"]);
+    assert!(
+        stderr(&out).contains("no pod \"tester\" in namespace \"team\""),
+        "{}",
+        describe(&out)
+    );
+}

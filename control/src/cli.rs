@@ -592,6 +592,7 @@ fn lab_down(socket: &Path, given_prefix: Option<&str>) -> Result<ExitCode, Strin
     let namespaces_before = crate::lab::netns::list_netns_with_prefix(&format!("{prefix}-"))
         .map(|v| v.len())
         .unwrap_or(0);
+    let nothing_there = status.is_none() && record.is_none() && namespaces_before == 0;
     let mut stopped = None;
     // A daemon the lab did not start goes on running: its upstream router (with the T0 uplink)
     // stays, or the next `lab up` against it would find no outside world.
@@ -626,19 +627,44 @@ fn lab_down(socket: &Path, given_prefix: Option<&str>) -> Result<ExitCode, Strin
         crate::lab::netns::list_netns_with_prefix(&format!("{prefix}-")).unwrap_or_default();
     let left = remaining.iter().filter(|ns| !keep.contains(ns)).count();
     let removed = namespaces_before.saturating_sub(remaining.len());
-    match stopped {
-        Some(pid) => {
-            out!("lab down: stopped the lab's daemon (pid {pid}); {removed} namespace(s) removed")
-        }
-        None => out!("lab down: {removed} namespace(s) removed"),
+    for line in lab_down_report(socket, nothing_there, stopped, removed, &summary) {
+        out!("{line}");
     }
-    out!("lab down: leftovers cleaned: {summary}");
     if left > 0 {
         return Err(format!(
             "{left} namespace(s) named {prefix}-* could not be removed"
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// What `lab down` prints: what it stopped and removed, the leftovers line only when there were
+/// leftovers, and one plain line when there was no lab at all.
+fn lab_down_report(
+    socket: &Path,
+    nothing_there: bool,
+    stopped: Option<u32>,
+    removed: usize,
+    summary: &crate::lab::record::TeardownSummary,
+) -> Vec<String> {
+    if nothing_there && *summary == Default::default() {
+        return vec![format!(
+            "lab down: no lab on {} (no daemon answers, none recorded): nothing to remove",
+            socket.display()
+        )];
+    }
+    let mut lines = vec![match stopped {
+        Some(pid) => {
+            format!(
+                "lab down: stopped the lab's daemon (pid {pid}); {removed} namespace(s) removed"
+            )
+        }
+        None => format!("lab down: {removed} namespace(s) removed"),
+    }];
+    if *summary != Default::default() {
+        lines.push(format!("lab down: leftovers cleaned: {summary}"));
+    }
+    lines
 }
 
 fn read_manifest(path: &Path) -> Result<String, String> {
@@ -1271,6 +1297,33 @@ mod tests {
             "http_ports": [80, 8080], "udp_ports": [], "created": 0}));
         assert_eq!(row[2], "80,8080");
         assert_eq!(row[3], "<none>");
+    }
+
+    /// A second `lab down` said "0 namespace(s) removed" and "leftovers cleaned: 0 process(es)
+    /// stopped, 0 namespace(s) deleted, record absent"; every `lab down` printed that line.
+    #[test]
+    fn lab_down_says_plainly_what_it_did() {
+        use crate::lab::record::TeardownSummary;
+        let socket = Path::new("/run/pacific/pacific.sock");
+        let none = TeardownSummary::default();
+        assert_eq!(
+            lab_down_report(socket, true, None, 0, &none),
+            ["lab down: no lab on /run/pacific/pacific.sock (no daemon answers, none recorded): \
+              nothing to remove"]
+        );
+        assert_eq!(
+            lab_down_report(socket, false, Some(42), 14, &none),
+            ["lab down: stopped the lab's daemon (pid 42); 14 namespace(s) removed"]
+        );
+        let after_kill = TeardownSummary {
+            processes_killed: 3,
+            namespaces_deleted: 14,
+            record_removed: true,
+            ..Default::default()
+        };
+        let lines = lab_down_report(socket, false, None, 14, &after_kill);
+        assert_eq!(lines.len(), 2, "{lines:?}");
+        assert!(lines[1].starts_with("lab down: leftovers cleaned: 3 process(es)"));
     }
 
     #[test]

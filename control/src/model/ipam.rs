@@ -39,6 +39,14 @@ pub fn guest_service_cidr() -> Ipv4Net {
     Ipv4Net::new(addr, 13).unwrap_or(Ipv4Net::host(addr))
 }
 
+/// Where guest ClusterIPs are handed out from: past 100.64.0.0/16, where the T0-T1 transit
+/// links are numbered, so that a guest service's address is never also a gateway's in what
+/// `get svc` and `get routes` show (the first one, 100.64.0.1, was the ns-dev T1's), and past
+/// the addresses a guest cluster keeps for itself (`kubernetes` at .1, kube-dns at .10).
+pub fn guest_service_start() -> Ipv4Addr {
+    Ipv4Addr::new(100, 65, 0, 1)
+}
+
 /// Why an allocation failed; `store` turns it into an `ApplyError` with the same code.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IpamError {

@@ -1351,7 +1351,11 @@ impl Txn<'_> {
         let in_cluster = m.cluster.is_some();
 
         let (range, start, label) = if in_cluster {
-            (ipam::guest_service_cidr(), None, "TKG guest service range")
+            (
+                ipam::guest_service_cidr(),
+                Some(ipam::guest_service_start()),
+                "TKG guest service range",
+            )
         } else {
             (pools.services, pools.services_start, "service pool")
         };
@@ -2207,8 +2211,10 @@ mod tests {
         assert_eq!(svc.cluster.as_deref(), Some("tkg-cluster-01"));
         // The seed's VIP: allocation continues at 172.80.88.7.
         assert_eq!(svc.load_balancer_ip, Some(ip("172.80.88.7")));
-        // Its ClusterIP is the guest's own, outside the supervisor pools.
+        // Its ClusterIP is the guest's own, outside the supervisor pools, and past the T0-T1
+        // transit links (100.64.0.1 was also the ns-dev T1's address).
         assert!(ipam::guest_service_cidr().contains(svc.cluster_ip.unwrap()));
+        assert_eq!(svc.cluster_ip, Some(ip("100.65.0.1")));
         let node_port = svc.ports[0].node_port.unwrap();
         assert!(ipam::NODE_PORT_RANGE.contains(&node_port));
         let mut expected: Vec<(Ipv4Addr, u16)> =

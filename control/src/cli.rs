@@ -82,8 +82,10 @@ enum Cmd {
     },
     /// Pacific's test server: HTTP (/, /hostname, /clientip, /echo?msg=) and UDP echo.
     Netexec {
+        /// Serve HTTP on this TCP port (repeatable).
         #[arg(long = "http")]
         http: Vec<u16>,
+        /// Echo UDP datagrams on this port (repeatable).
         #[arg(long = "udp")]
         udp: Vec<u16>,
         /// The name it answers /hostname with (default: the host name).
@@ -214,6 +216,7 @@ fn default_workers() -> usize {
 enum LabCmd {
     /// Start a daemon if none answers, apply the lab (the embedded seed lab without FILE), print a summary.
     Up {
+        /// The lab's manifest (without: the embedded seed lab, `pacific lab show`).
         file: Option<PathBuf>,
         /// Workers of the daemon this starts (default: a worker per core, at most 4).
         #[arg(long)]
@@ -253,13 +256,18 @@ enum Output {
 
 #[derive(Args, Debug)]
 struct GetArgs {
+    /// namespaces, pods, segments, routes, ports, svc, dfw, nat, outside, deployments or tkc
+    /// (kubectl's short names and plurals too).
     kind: String,
+    /// One object of that kind.
     name: Option<String>,
+    /// Only this namespace (for routes: its T1's table instead of T0's).
     #[arg(short = 'n', long)]
     namespace: Option<String>,
     /// All namespaces (the default when -n is not given).
     #[arg(short = 'A', long)]
     all_namespaces: bool,
+    /// wide (more columns), json or yaml (the control socket's answer).
     #[arg(short = 'o', long)]
     output: Option<Output>,
 }
@@ -269,6 +277,7 @@ struct ApplyArgs {
     /// The manifest file, or - for standard input.
     #[arg(short = 'f', long)]
     filename: PathBuf,
+    /// The namespace of objects that name none (one that names another is refused).
     #[arg(short = 'n', long)]
     namespace: Option<String>,
     /// Apply inside this TKG cluster (of the namespace given with -n).

@@ -320,7 +320,7 @@ pub fn compile_with(
                     backends.clone(),
                     DpAlgorithm::ConnectionHash,
                 );
-                lb.client_affinity = svc.session_affinity.is_some();
+                lb.client_affinity = svc.session_affinity;
                 t.cluster_ips.insert(
                     FrontendKey {
                         protocol,
@@ -351,7 +351,7 @@ pub fn compile_with(
                     backends,
                     algorithm,
                 );
-                lb.client_affinity = svc.session_affinity.is_some();
+                lb.client_affinity = svc.session_affinity;
                 lb.snat_automap = !svc.external_traffic_local;
                 t.vips.insert(
                     FrontendKey {
@@ -617,5 +617,57 @@ mod tests {
         assert_eq!(transit(&before, "t1-blue"), transit(&after, "t1-blue"));
         assert_eq!(transit(&before, "t1-green"), transit(&after, "t1-green"));
         assert_ne!(transit(&after, "t1-aaa"), transit(&after, "t1-blue"));
+    }
+
+    #[test]
+    fn a_client_ip_timeout_reaches_the_cluster_ip_and_the_vip() {
+        let t = compiled(&state(&format!(
+            "{TWO_NAMESPACES}---
+apiVersion: v1
+kind: Service
+metadata: {{name: sticky, namespace: blue}}
+spec:
+  type: LoadBalancer
+  selector: {{app: web}}
+  ports: [{{port: 80}}]
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {{clientIP: {{timeoutSeconds: 60}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: default-timeout, namespace: blue}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80}}]
+  sessionAffinity: ClientIP
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: plain, namespace: blue}}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80}}]
+"
+        )));
+        let affinity: BTreeMap<&str, Option<u32>> = t
+            .services
+            .iter()
+            .map(|s| (s.name.split(" (").next().unwrap_or(""), s.client_affinity))
+            .collect();
+        let vips = t
+            .services
+            .iter()
+            .filter(|s| s.name.contains("(VIP"))
+            .count();
+        assert_eq!(vips, 1, "{affinity:?}");
+        for s in &t.services {
+            let expected = match s.name.split(" (").next() {
+                Some("blue/sticky:80") => Some(60),
+                Some("blue/default-timeout:80") => Some(10800),
+                _ => None,
+            };
+            assert_eq!(s.client_affinity, expected, "{}", s.name);
+        }
+        assert_eq!(affinity.len(), 3, "{affinity:?}");
     }
 }

@@ -8,10 +8,12 @@
 //! - [`tables`]: the snapshot the control plane publishes (ports, segments, routes, rules).
 //! - [`pipeline`]: `process(now, port, frame) -> Verdict`, no I/O, no clock, no threads.
 //! - [`conntrack`]: the connection table shared by the workers; the fast path.
+//! - [`affinity`]: the backends clients of `sessionAffinity: ClientIP` services were given.
 //! - [`packet`]: zero-copy packet views, checksums (RFC 1071/1624) and frame builders.
 //! - [`tap`]: TAP devices (the only `unsafe` in the crate).
 //! - [`ports`]: worker threads that move frames between TAP queues and the pipeline.
 
+pub mod affinity;
 pub mod conntrack;
 pub mod counters;
 pub mod fragments;

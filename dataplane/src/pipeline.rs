@@ -32,6 +32,7 @@ use std::sync::Arc;
 use arc_swap::cache::Cache;
 use arc_swap::ArcSwap;
 
+use crate::affinity::Affinity;
 use crate::conntrack::{
     Conn, ConnInfo, Conntrack, ConntrackConfig, Dir, FlowAction, FlowHash, FlowKey, Hint,
     InsertError, Inserted, LbBinding, Tracked,
@@ -48,8 +49,8 @@ use crate::packet::MacAddr;
 use crate::packet::{icmp, ipv4};
 use crate::reassembly::{Added, Reassembly};
 use crate::tables::{
-    Backend, DfwQuery, Direction, FrontendKey, GatewayKind, NextHop, Port, PortId, PortKind,
-    RuleAction, Tables, PROTO_ICMP, PROTO_TCP,
+    Backend, DfwQuery, Direction, FrontendKey, GatewayKind, LbAlgorithm, NextHop, Port, PortId,
+    PortKind, RuleAction, Tables, PROTO_ICMP, PROTO_TCP,
 };
 
 /// Bytes reserved in front of every frame for the virtio-net header (`struct virtio_net_hdr`,
@@ -355,6 +356,9 @@ pub struct Pipeline {
     pub fragments: Fragments,
     /// The fragmented datagrams addressed to the router, being put together.
     pub reassembly: Reassembly,
+    /// The backends clients of `sessionAffinity: ClientIP` services were given: outlives a
+    /// publication of new tables, so a scaled service keeps its clients where they were.
+    pub affinity: Affinity,
 }
 
 impl Pipeline {
@@ -368,6 +372,7 @@ impl Pipeline {
             conntrack: Conntrack::new(config),
             fragments: Fragments::default(),
             reassembly: Reassembly::default(),
+            affinity: Affinity::default(),
         }
     }
 
@@ -625,7 +630,7 @@ impl Pipeline {
                 }
                 Hit::Done(verdict) => return verdict,
                 Hit::TtlWalk => {
-                    let walk = self.walk(t, port.id, &key, ip.ttl, Pin::default());
+                    let walk = self.walk(t, port.id, &key, ip.ttl, Pin::default(), None);
                     return self.answer_walk(t, ctx, now, port, parsed, ip, pkt, walk);
                 }
                 Hit::Miss => {}
@@ -759,7 +764,7 @@ impl Pipeline {
                 Hit::Transmit(action) => return Some(self.transmit(t, ctx, &ip, &action, pkt)),
                 Hit::Done(verdict) => return Some(verdict),
                 Hit::TtlWalk => {
-                    let walk = self.walk(t, port.id, &key, ip.ttl, Pin::default());
+                    let walk = self.walk(t, port.id, &key, ip.ttl, Pin::default(), None);
                     return Some(self.answer_walk(t, ctx, now, port, &parsed(), &ip, pkt, walk));
                 }
                 Hit::Miss => {}
@@ -850,7 +855,7 @@ impl Pipeline {
                 dnat: None,
                 lb: None,
             }),
-            None => self.walk(t, port.id, key, ip.ttl, Pin::default()),
+            None => self.walk(t, port.id, key, ip.ttl, Pin::default(), Some(now)),
         };
         let Walk::Deliver(path) = walk else {
             return self.answer_walk(t, ctx, now, port, parsed, ip, pkt, walk);
@@ -1081,8 +1086,17 @@ impl Pipeline {
     }
 
     /// Walks a new flow through the gateways. Pure: reads the tables, changes nothing (the
-    /// round-robin cursor aside).
-    fn walk(&self, t: &Tables, in_port: PortId, key: &FlowKey, ttl: u8, pin: Pin) -> Walk {
+    /// round-robin cursor aside), unless `opening` says the flow is a new connection at that
+    /// time: a service with client affinity then remembers (or refreshes) the client's backend.
+    fn walk(
+        &self,
+        t: &Tables,
+        in_port: PortId,
+        key: &FlowKey,
+        ttl: u8,
+        pin: Pin,
+        opening: Option<u64>,
+    ) -> Walk {
         let Some(port) = t.port(in_port) else {
             return Walk::Drop(DropReason::UnknownPort);
         };
@@ -1103,7 +1117,7 @@ impl Pipeline {
                     port: dport,
                 };
                 if let Some(&svc) = t.cluster_ips.get(&frontend) {
-                    match self.choose_backend(t, svc, key, pin) {
+                    match self.choose_backend(t, svc, key, pin, opening) {
                         Some((index, b)) => {
                             dnat = Some((b.ip, b.port));
                             lb = Some(LbBinding {
@@ -1146,7 +1160,7 @@ impl Pipeline {
                     port: dport,
                 };
                 if let Some(&svc) = t.vips.get(&frontend) {
-                    let Some((index, b)) = self.choose_backend(t, svc, key, pin) else {
+                    let Some((index, b)) = self.choose_backend(t, svc, key, pin, opening) else {
                         return Walk::NoBackend {
                             frontend: dst,
                             back: hops,
@@ -1260,27 +1274,43 @@ impl Pipeline {
         }
     }
 
+    /// The backend of a new flow to service `svc`: the pinned one of an existing connection
+    /// (if it still stands), the client's remembered one under affinity when `opening` a
+    /// connection, else the service's algorithm's choice.
     fn choose_backend(
         &self,
         t: &Tables,
         svc: usize,
         key: &FlowKey,
         pin: Pin,
+        opening: Option<u64>,
     ) -> Option<(usize, Backend)> {
         let service = t.services.get(svc)?;
         if let Some((ip, port)) = pin.backend {
             let b = Backend { ip, port };
             return service.backend_index(b).map(|i| (i, b));
         }
-        let conn_hash = self.conntrack.hash_key(key);
-        let client_hash = self.conntrack.hash_key(&FlowKey {
-            protocol: 0,
-            src: key.src,
-            dst: key.src,
-            src_port: 0,
-            dst_port: 0,
-        });
-        let index = service.pick(conn_hash, client_hash)?;
+        let first_choice = || {
+            let hash = match service.algorithm_in_force() {
+                LbAlgorithm::ConnectionHash => self.conntrack.hash_key(key),
+                LbAlgorithm::SourceIpHash => self.conntrack.hash_key(&FlowKey {
+                    protocol: 0,
+                    src: key.src,
+                    dst: key.src,
+                    src_port: 0,
+                    dst_port: 0,
+                }),
+                LbAlgorithm::RoundRobin | LbAlgorithm::LeastConnections => 0,
+            };
+            service.pick(hash)
+        };
+        let index = match (service.client_affinity, opening) {
+            (Some(timeout_s), Some(now)) => {
+                self.affinity
+                    .choose(service, timeout_s, key.src, now, first_choice)?
+            }
+            _ => first_choice()?,
+        };
         service.backends.get(index).map(|&b| (index, b))
     }
 
@@ -1433,7 +1463,8 @@ impl Pipeline {
         let pin = Pin {
             backend: conn.lb.and(orig.dnat),
         };
-        let Walk::Deliver(path) = self.walk(t, conn.in_port, &conn.original, u8::MAX, pin) else {
+        let Walk::Deliver(path) = self.walk(t, conn.in_port, &conn.original, u8::MAX, pin, None)
+        else {
             return None;
         };
         if path.dnat != orig.dnat || path.snat_addr != orig.snat.map(|(addr, _)| addr) {
@@ -1714,7 +1745,7 @@ impl Pipeline {
             src_port: 0,
             dst_port: 0,
         };
-        let Walk::Deliver(path) = self.walk(t, port.id, &key, ip.ttl, Pin::default()) else {
+        let Walk::Deliver(path) = self.walk(t, port.id, &key, ip.ttl, Pin::default(), None) else {
             return Verdict::Drop(DropReason::NoRoute);
         };
         if self
@@ -1760,13 +1791,15 @@ impl Pipeline {
         }
     }
 
-    /// Expires idle state (connections) at `now`: the whole table at once.
+    /// Expires idle state (connections, clients' remembered backends) at `now`: the whole
+    /// tables at once.
     pub fn expire(&self, now: u64) {
         let t = self.tables.load();
         self.conntrack
             .expire_with(now, |conn| self.give_back(&t, conn));
         self.fragments.expire(now);
         self.reassembly.expire(now);
+        self.affinity.expire(now);
     }
 
     /// Expires a tenth of the connection table at `now`: what a worker calls ten times a
@@ -1777,6 +1810,7 @@ impl Pipeline {
             .expire_part(now, 10, |conn| self.give_back(&t, conn));
         self.fragments.expire(now);
         self.reassembly.expire(now);
+        self.affinity.expire_part(now);
     }
 
     /// Least-connections counts live connections per backend: a connection that ends gives

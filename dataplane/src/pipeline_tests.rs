@@ -1709,3 +1709,84 @@ fn icmp_errors_are_rate_limited_as_routers_do() {
         assert_eq!(v, Verdict::Reply);
     }
 }
+
+/// Tables of generation `generation` whose ClusterIP (service 0) and VIP (service 1) have
+/// `backends` and `sessionAffinity: ClientIP` with `timeout_s`.
+fn sticky_tables(generation: u64, backends: &[Ipv4Addr], timeout_s: u32) -> Tables {
+    let mut t = testbed::tables(generation, Options::default());
+    let b = |ip| crate::tables::Backend { ip, port: 80 };
+    for (i, frontend, algorithm) in [
+        (0, CLUSTER_IP, crate::tables::LbAlgorithm::ConnectionHash),
+        (1, VIP, crate::tables::LbAlgorithm::RoundRobin),
+    ] {
+        let mut svc = crate::tables::LbService::new(
+            format!("sticky-{i}"),
+            PROTO_TCP,
+            b(frontend),
+            backends.iter().map(|&ip| b(ip)).collect(),
+            algorithm,
+        );
+        svc.client_affinity = Some(timeout_s);
+        svc.snat_automap = i == 1;
+        t.services[i] = svc;
+    }
+    t
+}
+
+#[test]
+fn a_sticky_client_keeps_its_backend_through_scaling_until_idle_past_the_timeout() {
+    let mut bed = Bed::new();
+    bed.tables.store(Arc::new(sticky_tables(2, &[A3_IP], 60)));
+    assert_eq!(bed.open_to_cluster_ip(41000), (A3, A3_IP));
+    // Scaled up: without remembering, the connection hash would spread these over both.
+    bed.tables
+        .store(Arc::new(sticky_tables(3, &[A2_IP, A3_IP], 60)));
+    for sport in 41001..41033 {
+        assert_eq!(bed.open_to_cluster_ip(sport), (A3, A3_IP), "port {sport}");
+    }
+    // Its backend gone: another, kept when the old one returns.
+    bed.tables.store(Arc::new(sticky_tables(4, &[A2_IP], 60)));
+    assert_eq!(bed.open_to_cluster_ip(41100), (A2, A2_IP));
+    bed.tables
+        .store(Arc::new(sticky_tables(5, &[A2_IP, A3_IP], 60)));
+    for sport in 41101..41117 {
+        assert_eq!(bed.open_to_cluster_ip(sport), (A2, A2_IP), "port {sport}");
+    }
+    // The VIP remembers its own clients (the outside host), apart from the ClusterIP's.
+    let vip_member = |bed: &mut Bed, sport| {
+        let syn = tcp(
+            UPLINK_PEER_MAC,
+            ROUTER_MAC,
+            OUTSIDE_HOST,
+            VIP,
+            sport,
+            80,
+            SYN,
+        );
+        assert_eq!(bed.send(UPLINK, &syn), Verdict::Forward);
+        bed.out().0
+    };
+    let member = vip_member(&mut bed, 52000);
+    for sport in 52001..52017 {
+        assert_eq!(
+            vip_member(&mut bed, sport),
+            member,
+            "round robin overridden"
+        );
+    }
+    assert_eq!(bed.pipeline.affinity.len(), 2);
+    // Idle past the timeout: the periodic expiry forgets both clients.
+    bed.pipeline.expire(bed.now + 60_000);
+    assert!(bed.pipeline.affinity.is_empty());
+}
+
+#[test]
+fn services_without_affinity_remember_nothing() {
+    let mut bed = Bed::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for sport in 43000..43064 {
+        seen.insert(bed.open_to_cluster_ip(sport));
+    }
+    assert_eq!(seen.len(), 2, "the connection hash spreads: {seen:?}");
+    assert!(bed.pipeline.affinity.is_empty());
+}

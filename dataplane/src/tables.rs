@@ -350,9 +350,10 @@ pub struct LbService {
     pub frontend: Backend,
     pub backends: Vec<Backend>,
     pub algorithm: LbAlgorithm,
-    /// `sessionAffinity: ClientIP`: the same client goes to the same backend (hash of the client
-    /// address; see `maglev`).
-    pub client_affinity: bool,
+    /// `sessionAffinity: ClientIP` with its `timeoutSeconds`: a client's new connections go to
+    /// the backend it was given, while that backend stands and the client is not idle that long
+    /// (remembered in `affinity::Affinity`; its first choice is the hash of its address).
+    pub client_affinity: Option<u32>,
     /// SLB: translate the client's address to the T1's (NSX automap); false for
     /// `externalTrafficPolicy: Local`.
     pub snat_automap: bool,
@@ -401,7 +402,7 @@ impl LbService {
             frontend,
             backends,
             algorithm,
-            client_affinity: false,
+            client_affinity: None,
             snat_automap: false,
             maglev,
             next: AtomicUsize::new(0),
@@ -409,18 +410,24 @@ impl LbService {
         }
     }
 
-    /// Picks a backend for a new connection; `conn_hash` hashes the whole 5-tuple, `client_hash`
-    /// the client address alone. `None` when the service has no backend.
-    pub fn pick(&self, conn_hash: u64, client_hash: u64) -> Option<usize> {
-        if self.backends.is_empty() {
-            return None;
-        }
-        let algorithm = if self.client_affinity {
+    /// How new connections are spread: by the algorithm, except that a service with client
+    /// affinity hashes the client address (its first choice for a client, then remembered).
+    pub fn algorithm_in_force(&self) -> LbAlgorithm {
+        if self.client_affinity.is_some() {
             LbAlgorithm::SourceIpHash
         } else {
             self.algorithm
-        };
-        let index = match algorithm {
+        }
+    }
+
+    /// Picks a backend for a new connection. `hash` is what [`Self::algorithm_in_force`] hashes:
+    /// the whole 5-tuple (`ConnectionHash`), the client address (`SourceIpHash`), nothing
+    /// otherwise. `None` when the service has no backend.
+    pub fn pick(&self, hash: u64) -> Option<usize> {
+        if self.backends.is_empty() {
+            return None;
+        }
+        let index = match self.algorithm_in_force() {
             LbAlgorithm::RoundRobin => self.next.fetch_add(1, Relaxed) % self.backends.len(),
             LbAlgorithm::LeastConnections => {
                 // Ties go round robin, so an idle pool still spreads.
@@ -431,8 +438,9 @@ impl LbService {
                     .min_by_key(|&i| self.active[i].load(Relaxed))
                     .unwrap_or(0)
             }
-            LbAlgorithm::SourceIpHash => maglev::lookup(&self.maglev, client_hash)?,
-            LbAlgorithm::ConnectionHash => maglev::lookup(&self.maglev, conn_hash)?,
+            LbAlgorithm::SourceIpHash | LbAlgorithm::ConnectionHash => {
+                maglev::lookup(&self.maglev, hash)?
+            }
         };
         Some(index)
     }

@@ -358,11 +358,13 @@ fn services(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
                 "created": s.created,
                 "selector": s.selector,
                 "endpoints": endpoints,
-                // The SLB's algorithm is the service's; the DLB always hashes (Maglev), by
-                // client address under ClientIP affinity.
+                // The SLB's algorithm is the service's; the DLB always hashes (Maglev). Under
+                // ClientIP affinity both hash a client's address for its first connection and
+                // then keep it on that backend (remembered for timeoutSeconds of idleness).
                 "algorithm": s.algorithm.to_string(),
                 "cluster_ip_algorithm": if s.session_affinity.is_some() { "maglev-client-ip" } else { "maglev" },
                 "session_affinity": if s.session_affinity.is_some() { "ClientIP" } else { "None" },
+                "session_affinity_timeout_seconds": s.session_affinity,
                 "external_traffic_policy": if s.external_traffic_local { "Local" } else { "Cluster" },
                 "status": { "loadBalancer": { "ingress": s.load_balancer_ip.map(|ip| vec![json!({"ip": ip})]).unwrap_or_default() } },
             })

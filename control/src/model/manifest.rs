@@ -55,6 +55,8 @@ pub const LABEL_SERVICE_NAME: &str = "kubernetes.io/service-name";
 pub const DEFAULT_SEGMENT_PREFIX_LEN: u8 = 28;
 /// Default ClientIP affinity timeout (Kubernetes' own: 3 hours).
 pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10800;
+/// The longest ClientIP affinity timeout Kubernetes accepts (a day).
+pub const MAX_AFFINITY_TIMEOUT: u32 = 86400;
 /// Upper bound on replicas and TKG node counts: beyond this a typo, not a lab.
 pub const MAX_REPLICAS: u64 = 10_000;
 
@@ -1560,29 +1562,7 @@ fn parse_service(meta: Meta, root: &Field<'_>, ann: &Annotations<'_, '_>) -> Res
         Some(f) => Some(labels_of(&f)?).filter(|m| !m.is_empty()),
         None => None,
     };
-    let session_affinity = match spec.get("sessionAffinity") {
-        None => None,
-        Some(f) => match f.str()? {
-            "None" => None,
-            "ClientIP" => {
-                let timeout = spec
-                    .get("sessionAffinityConfig")
-                    .and_then(|c| c.get("clientIP"))
-                    .and_then(|c| c.get("timeoutSeconds"));
-                match timeout {
-                    None => Some(DEFAULT_AFFINITY_TIMEOUT),
-                    Some(t) => {
-                        let n = t.u64()?;
-                        if !(1..=86400).contains(&n) {
-                            return Err(t.err(format!("must be 1-86400, got {n}")));
-                        }
-                        u32::try_from(n).ok()
-                    }
-                }
-            }
-            other => return Err(f.err(format!("unsupported value {other:?}: None or ClientIP"))),
-        },
-    };
+    let session_affinity = session_affinity(&spec)?;
     let external_traffic_local = match spec.get("externalTrafficPolicy") {
         None => false,
         Some(f) => match f.str()? {
@@ -1625,6 +1605,49 @@ fn parse_service(meta: Meta, root: &Field<'_>, ann: &Annotations<'_, '_>) -> Res
         load_balancer_ip,
         algorithm,
     })
+}
+
+/// `sessionAffinity` and its `sessionAffinityConfig`: the ClientIP timeout in seconds, or `None`
+/// without affinity. Validated as the API server does (`ValidateService`): a timeout of 1 to
+/// 86400 s (default 10800), and no config on a service without affinity, where it would be
+/// accepted and silently do nothing.
+fn session_affinity(spec: &Field<'_>) -> Res<Option<u32>> {
+    let config = spec.get("sessionAffinityConfig");
+    let client_ip = match &config {
+        Some(c) => {
+            c.known_keys(&["clientIP"])?;
+            c.get("clientIP")
+        }
+        None => None,
+    };
+    let timeout = match &client_ip {
+        Some(c) => {
+            c.known_keys(&["timeoutSeconds"])?;
+            c.get("timeoutSeconds")
+        }
+        None => None,
+    };
+    let affinity = match spec.get("sessionAffinity") {
+        None => "None",
+        Some(f) => match f.str()? {
+            a @ ("None" | "ClientIP") => a,
+            other => return Err(f.err(format!("unsupported value {other:?}: None or ClientIP"))),
+        },
+    };
+    if affinity == "None" {
+        return match config {
+            Some(c) => Err(c.err("must not be set when sessionAffinity is None")),
+            None => Ok(None),
+        };
+    }
+    let Some(t) = timeout else {
+        return Ok(Some(DEFAULT_AFFINITY_TIMEOUT));
+    };
+    let n = t.u64()?;
+    match u32::try_from(n) {
+        Ok(n) if (1..=MAX_AFFINITY_TIMEOUT).contains(&n) => Ok(Some(n)),
+        _ => Err(t.err(format!("must be 1-{MAX_AFFINITY_TIMEOUT} seconds, got {n}"))),
+    }
 }
 
 fn endpoint_port(p: &Field<'_>) -> Res<EndpointPort> {
@@ -2234,6 +2257,80 @@ spec:
         assert_eq!(lb.load_balancer_ip, Some(ip("172.80.88.5")));
         assert_eq!(lb.session_affinity, Some(60));
         assert_eq!(lb.selector, None);
+    }
+
+    #[test]
+    fn session_affinity_timeouts_are_validated_as_kubernetes_does() {
+        let svc = |extra: &str| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: web, namespace: ns-dev}}\nspec:\n  selector: {{app: web}}\n  ports: [{{port: 80}}]\n{extra}"
+            )
+        };
+        let timeout = |affinity: &str, config: &str| {
+            svc(&format!(
+                "  sessionAffinity: {affinity}\n  sessionAffinityConfig: {config}\n"
+            ))
+        };
+        for (seconds, expected) in [("1", 1), ("86400", 86400), ("60", 60)] {
+            let ms = parse_manifests(
+                &timeout(
+                    "ClientIP",
+                    &format!("{{clientIP: {{timeoutSeconds: {seconds}}}}}"),
+                ),
+                None,
+                None,
+            )
+            .unwrap();
+            let Manifest::Service(s) = &ms[0] else {
+                panic!()
+            };
+            assert_eq!(s.session_affinity, Some(expected));
+        }
+        // An empty config takes the default, as the API server's defaulting does.
+        let ms = parse_manifests(&timeout("ClientIP", "{clientIP: {}}"), None, None).unwrap();
+        let Manifest::Service(s) = &ms[0] else {
+            panic!()
+        };
+        assert_eq!(s.session_affinity, Some(DEFAULT_AFFINITY_TIMEOUT));
+        const FIELD: &str = "spec.sessionAffinityConfig.clientIP.timeoutSeconds";
+        for (config, field, says) in [
+            ("{clientIP: {timeoutSeconds: 0}}", FIELD, "must be 1-86400"),
+            (
+                "{clientIP: {timeoutSeconds: 86401}}",
+                FIELD,
+                "must be 1-86400",
+            ),
+            (
+                "{clientIP: {timeoutSeconds: 4294967297}}",
+                FIELD,
+                "must be 1-86400",
+            ),
+            ("{clientIP: {timeoutSeconds: -5}}", FIELD, "non-negative"),
+            ("{clientIP: {timeoutSeconds: soon}}", FIELD, "integer"),
+            (
+                "{clientIP: {timeoutSecond: 60}}",
+                "spec.sessionAffinityConfig.clientIP.timeoutSecond",
+                "did you mean \"timeoutSeconds\"",
+            ),
+            (
+                "{clientIp: {timeoutSeconds: 60}}",
+                "spec.sessionAffinityConfig.clientIp",
+                "did you mean \"clientIP\"",
+            ),
+        ] {
+            let e = parse_err(&timeout("ClientIP", config));
+            assert_eq!(e.field, field, "{config}: {e}");
+            assert!(e.message.contains(says), "{config}: {e}");
+        }
+        // A timeout without affinity would do nothing: refused, as by the API server.
+        for text in [
+            timeout("None", "{clientIP: {timeoutSeconds: 60}}"),
+            svc("  sessionAffinityConfig: {clientIP: {timeoutSeconds: 60}}\n"),
+        ] {
+            let e = parse_err(&text);
+            assert_eq!(e.field, "spec.sessionAffinityConfig", "{e}");
+            assert!(e.message.contains("sessionAffinity is None"), "{e}");
+        }
     }
 
     #[test]

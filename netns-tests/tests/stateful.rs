@@ -237,6 +237,67 @@ fn removing_an_endpoint_moves_only_its_share() {
     }
 }
 
+/// The names that answer `count` connections from the client to `ip`; connections that get no
+/// answer (a pod still starting) are left out.
+fn answering(lab: &Lab, ip: &str, count: u32) -> BTreeSet<String> {
+    let script = format!(
+        "for i in $(seq {count}); do curl -s --max-time 2 http://{ip}/hostname; echo; done"
+    );
+    stdout(&lab.sh(CLIENT, &script))
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// `sessionAffinity: ClientIP` remembers the pod a client got (kube-proxy's `recent` list, NSX's
+/// source-IP persistence): scaling the deployment from 1 replica to 6 keeps the client on its
+/// pod while the new pods take other connections. A hash of the client over the backends, what
+/// affinity was before, kept a client through this scale-up in 1 case of 6.
+#[test]
+fn session_affinity_survives_scaling_up() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("slbgrow");
+    lab.apply_ok(&ns_lb(1), None, None);
+    let sticky = lab.cluster_ip("ns-lb", "web-sticky");
+    let first = curl_until(
+        &lab,
+        CLIENT,
+        &format!("http://{sticky}/hostname"),
+        Duration::from_secs(20),
+    );
+    let first = first.trim().to_string();
+    let before = web_pods(&lab);
+    assert_eq!(before.len(), 1, "1 replica: {before:?}");
+    assert!(before.contains(&first), "{first:?} is not {before:?}");
+
+    lab.apply_ok(&ns_lb(6), None, None);
+    let pods = web_pods(&lab);
+    assert_eq!(pods.len(), 6, "scaled to 6: {pods:?}");
+    assert!(pods.contains(&first), "scaling up keeps {first}: {pods:?}");
+    // Every new pod answers through the plain service (so the DLB has all six).
+    let plain = lab.cluster_ip("ns-lb", "web");
+    let mut seen = BTreeSet::new();
+    let all = wait_until(Duration::from_secs(30), || {
+        seen.extend(answering(&lab, &plain, 30));
+        seen == pods
+    });
+    assert!(
+        all,
+        "all 6 pods should answer {plain}: {seen:?} of {pods:?}"
+    );
+
+    let sticky_now = hostnames(&lab, &sticky, 30);
+    assert_eq!(
+        sticky_now.keys().collect::<Vec<_>>(),
+        vec![&first],
+        "after scaling 1 -> 6 the client's 30 connections all reach its pod {first}"
+    );
+}
+
 #[test]
 fn service_without_endpoints_refuses_at_once() {
     if !require_netns() {

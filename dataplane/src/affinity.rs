@@ -26,6 +26,12 @@
 //! 64k clients active within their timeout, and the hash is a fair answer for the rest.) Expiry
 //! sweeps one shard per [`Affinity::expire_part`]; a lookup judges idleness itself, so a client
 //! past its timeout starts afresh even before the sweep reaches it.
+//!
+//! Both judge by the timeout in force, which the sweep asks of the tables for each frontend, as
+//! kube-proxy's `--rcheck --seconds` reads the rule of the moment: a timeout raised by a
+//! re-apply keeps the clients it now covers. A frontend that no longer has affinity (switched
+//! off, or its service deleted) has its clients forgotten, as `xt_recent` drops a list with the
+//! last rule naming it: switched back on, or recreated, the service starts afresh.
 
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -53,8 +59,6 @@ struct Remembered {
     backend: Backend,
     /// When the client last opened a connection (ms).
     last_used: u64,
-    /// The service's timeout when it did (ms), for the sweep: a lookup uses the one in force.
-    timeout_ms: u64,
 }
 
 /// The remembered backends of every client of every service with affinity.
@@ -122,7 +126,6 @@ impl Affinity {
             let live = now.saturating_sub(r.last_used) < timeout_ms;
             if let Some(index) = live.then(|| service.backend_index(r.backend)).flatten() {
                 r.last_used = r.last_used.max(now);
-                r.timeout_ms = timeout_ms;
                 return Some(index);
             }
             // Idle too long, or its backend is gone: a new choice, remembered in its place.
@@ -130,7 +133,6 @@ impl Affinity {
             *r = Remembered {
                 backend: *service.backends.get(index)?,
                 last_used: now,
-                timeout_ms,
             };
             return Some(index);
         }
@@ -144,32 +146,39 @@ impl Affinity {
                 Remembered {
                     backend,
                     last_used: now,
-                    timeout_ms,
                 },
             );
         }
         Some(index)
     }
 
-    /// Forgets every client idle past its timeout at `now`.
-    pub fn expire(&self, now: u64) {
+    /// Forgets every client idle past its frontend's timeout at `now`, and every client of a
+    /// frontend `timeout_s` says has no affinity (any more).
+    pub fn expire(&self, now: u64, timeout_s: impl Fn(&FrontendKey) -> Option<u32>) {
         for shard in self.shards.iter() {
-            Self::forget_idle(shard, now);
+            Self::forget_idle(shard, now, &timeout_s);
         }
     }
 
-    /// Forgets the idle clients of one shard (the next in turn): what a worker calls ten times
-    /// a second, so that each shard is swept at least every 1.6 s and no call holds a lock for
+    /// [`Self::expire`] for one shard (the next in turn): what a worker calls ten times a
+    /// second, so that each shard is swept at least every 1.6 s and no call holds a lock for
     /// the whole table.
-    pub fn expire_part(&self, now: u64) {
+    pub fn expire_part(&self, now: u64, timeout_s: impl Fn(&FrontendKey) -> Option<u32>) {
         let i = self.sweep.fetch_add(1, Relaxed) % SHARDS;
-        Self::forget_idle(&self.shards[i], now);
+        Self::forget_idle(&self.shards[i], now, &timeout_s);
     }
 
-    fn forget_idle(shard: &Mutex<AHashMap<Client, Remembered>>, now: u64) {
+    fn forget_idle(
+        shard: &Mutex<AHashMap<Client, Remembered>>,
+        now: u64,
+        timeout_s: &impl Fn(&FrontendKey) -> Option<u32>,
+    ) {
         let mut clients = shard.lock();
         if !clients.is_empty() {
-            clients.retain(|_, r| now.saturating_sub(r.last_used) < r.timeout_ms);
+            clients.retain(|c, r| {
+                timeout_s(&c.frontend)
+                    .is_some_and(|t| now.saturating_sub(r.last_used) < u64::from(t) * 1000)
+            });
         }
     }
 
@@ -293,9 +302,9 @@ mod tests {
             assert_eq!(chosen(&a, &s, c, now), backend(20));
         }
         // Idle for the whole timeout: the sweep forgets it, and the lookup would too.
-        a.expire(now + timeout_ms - 1);
+        a.expire(now + timeout_ms - 1, |_| Some(TIMEOUT_S));
         assert_eq!(a.len(), 1);
-        a.expire(now + timeout_ms);
+        a.expire(now + timeout_ms, |_| Some(TIMEOUT_S));
         assert!(a.is_empty());
         let later = now + timeout_ms;
         let expected = s.backends[hashed(&s, c).unwrap()];
@@ -324,6 +333,49 @@ mod tests {
             grown.backends[i],
             backend(21),
             "idle 10 s of a 10 s timeout"
+        );
+    }
+
+    #[test]
+    fn a_raised_timeout_keeps_clients_the_old_one_would_have_forgotten() {
+        let a = Affinity::default();
+        let c = client(9);
+        let one = service(&[20]);
+        assert_eq!(a.choose(&one, 5, c, 0, || Some(0)), Some(0));
+        // Re-applied with 300 s; 8 s idle: past the old timeout, well within the new one.
+        a.expire(8_000, |_| Some(300));
+        assert_eq!(
+            a.len(),
+            1,
+            "forgotten by the timeout it was remembered under"
+        );
+        let grown = service(&[21, 22, 20]);
+        assert_eq!(a.choose(&grown, 300, c, 8_000, || Some(0)), Some(2));
+        // The new timeout, not the old one, ends it.
+        a.expire(8_000 + 299_999, |_| Some(300));
+        assert_eq!(a.len(), 1);
+        a.expire(8_000 + 300_000, |_| Some(300));
+        assert!(a.is_empty());
+    }
+
+    #[test]
+    fn clients_of_a_frontend_without_affinity_are_forgotten() {
+        // Affinity switched off (or the service deleted) within the timeout, then on again:
+        // the client starts afresh, as a new kube-proxy recent list would.
+        let a = Affinity::default();
+        let c = client(4);
+        assert_eq!(chosen(&a, &service(&[20]), c, 0), backend(20));
+        let other = FrontendKey {
+            protocol: PROTO_TCP,
+            ip: Ipv4Addr::new(172, 96, 0, 99),
+            port: 80,
+        };
+        a.expire(1000, |f| (*f == other).then_some(TIMEOUT_S));
+        assert!(a.is_empty());
+        let grown = service(&[20, 21, 22, 23, 24, 25, 26, 27]);
+        assert_eq!(
+            chosen(&a, &grown, c, 2000),
+            grown.backends[hashed(&grown, c).unwrap()]
         );
     }
 
@@ -371,7 +423,7 @@ mod tests {
         chosen(&empty, &other, client(1), 1000);
         assert_eq!(empty.len(), 2);
         // The sweep frees them all once idle.
-        a.expire(2000 + u64::from(TIMEOUT_S) * 1000);
+        a.expire(2000 + u64::from(TIMEOUT_S) * 1000, |_| Some(TIMEOUT_S));
         assert!(a.is_empty());
     }
 
@@ -395,7 +447,7 @@ mod tests {
         }
         let late = u64::from(TIMEOUT_S) * 1000;
         for _ in 0..SHARDS {
-            a.expire_part(late);
+            a.expire_part(late, |_| Some(TIMEOUT_S));
         }
         assert!(a.is_empty());
     }

@@ -1799,7 +1799,7 @@ impl Pipeline {
             .expire_with(now, |conn| self.give_back(&t, conn));
         self.fragments.expire(now);
         self.reassembly.expire(now);
-        self.affinity.expire(now);
+        self.affinity.expire(now, |f| t.affinity_timeout(f));
     }
 
     /// Expires a tenth of the connection table at `now`: what a worker calls ten times a
@@ -1810,7 +1810,7 @@ impl Pipeline {
             .expire_part(now, 10, |conn| self.give_back(&t, conn));
         self.fragments.expire(now);
         self.reassembly.expire(now);
-        self.affinity.expire_part(now);
+        self.affinity.expire_part(now, |f| t.affinity_timeout(f));
     }
 
     /// Least-connections counts live connections per backend: a connection that ends gives

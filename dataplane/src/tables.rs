@@ -783,6 +783,16 @@ pub struct Tables {
 }
 
 impl Tables {
+    /// The `sessionAffinity: ClientIP` timeout (s) of the service at a ClusterIP or VIP
+    /// frontend; `None` when no service there has affinity.
+    pub fn affinity_timeout(&self, frontend: &FrontendKey) -> Option<u32> {
+        let svc = self
+            .cluster_ips
+            .get(frontend)
+            .or_else(|| self.vips.get(frontend))?;
+        self.services.get(*svc)?.client_affinity
+    }
+
     pub fn port(&self, id: PortId) -> Option<&Port> {
         self.ports.get(id as usize).and_then(Option::as_ref)
     }

@@ -1407,32 +1407,35 @@ mod tests {
         Cli::try_parse_from(["pacific", "lab", "down", "--prefix", "pacnb123p"]).unwrap();
     }
 
+    /// The daemon options `pacific lab up ARGS...` parses to.
+    fn lab_up_daemon(args: &[&str]) -> LabDaemon {
+        let mut argv = vec!["pacific", "lab", "up"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("parses").command {
+            Cmd::Lab {
+                action:
+                    LabCmd::Up {
+                        workers,
+                        busy_poll_us,
+                        conntrack_max,
+                        conntrack_timeouts,
+                        ..
+                    },
+            } => LabDaemon {
+                workers,
+                busy_poll_us,
+                conntrack_max,
+                conntrack_timeouts,
+            },
+            other => panic!("not lab up: {other:?}"),
+        }
+    }
+
     /// `lab up --workers N` to a daemon that already runs says it keeps its own (it said nothing,
     /// and the daemon went on with its count); without it, the default count is handed on.
     #[test]
     fn lab_up_workers_counts_as_an_option_given() {
-        let lab = |args: &[&str]| {
-            let mut argv = vec!["pacific", "lab", "up"];
-            argv.extend_from_slice(args);
-            match Cli::try_parse_from(argv).expect("parses").command {
-                Cmd::Lab {
-                    action:
-                        LabCmd::Up {
-                            workers,
-                            busy_poll_us,
-                            conntrack_max,
-                            conntrack_timeouts,
-                            ..
-                        },
-                } => LabDaemon {
-                    workers,
-                    busy_poll_us,
-                    conntrack_max,
-                    conntrack_timeouts,
-                },
-                other => panic!("not lab up: {other:?}"),
-            }
-        };
+        let lab = lab_up_daemon;
         let one = lab(&["--workers", "1"]);
         assert!(one.given());
         assert_eq!(one.args()[..2], ["--workers", "1"]);
@@ -1471,46 +1474,23 @@ mod tests {
             other => panic!("not lab up: {other:?}"),
         }
         // `lab up` hands the table's options on as the daemon takes them.
-        let argv = [
-            "pacific",
-            "lab",
-            "up",
+        let lab = lab_up_daemon(&[
             "--conntrack-timeout",
             "udp=5",
             "--conntrack-timeout=icmp=3",
             "--conntrack-max",
             "9",
-        ];
-        match Cli::try_parse_from(argv).expect("parses").command {
-            Cmd::Lab {
-                action:
-                    LabCmd::Up {
-                        workers,
-                        busy_poll_us,
-                        conntrack_max,
-                        conntrack_timeouts,
-                        ..
-                    },
-            } => {
-                let lab = LabDaemon {
-                    workers,
-                    busy_poll_us,
-                    conntrack_max,
-                    conntrack_timeouts,
-                };
-                let mut argv = vec!["pacific", "daemon"];
-                let args = lab.args();
-                argv.extend(args.iter().map(String::as_str));
-                let Cmd::Daemon(d) = Cli::try_parse_from(argv).expect("parses").command else {
-                    panic!("not the daemon")
-                };
-                let config = d.conntrack().unwrap();
-                assert_eq!(config.max_connections, 9);
-                assert_eq!(config.timeouts.get("udp"), Some(5000));
-                assert_eq!(config.timeouts.get("icmp"), Some(3000));
-            }
-            other => panic!("not lab up: {other:?}"),
-        }
+        ]);
+        let mut argv = vec!["pacific", "daemon"];
+        let args = lab.args();
+        argv.extend(args.iter().map(String::as_str));
+        let Cmd::Daemon(d) = Cli::try_parse_from(argv).expect("parses").command else {
+            panic!("not the daemon")
+        };
+        let config = d.conntrack().unwrap();
+        assert_eq!(config.max_connections, 9);
+        assert_eq!(config.timeouts.get("udp"), Some(5000));
+        assert_eq!(config.timeouts.get("icmp"), Some(3000));
         for bad in ["0", "16777217"] {
             let err = daemon(&["--conntrack-max", bad]).conntrack().unwrap_err();
             assert!(err.starts_with("--conntrack-max must be"), "{err}");

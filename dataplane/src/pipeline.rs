@@ -1852,10 +1852,10 @@ fn datagram_id(in_port: PortId, ip: &Ipv4Info, frame: &[u8]) -> Option<DatagramI
 
 /// Where a fragment's payload goes in its datagram, in bytes (0 for a frame too short).
 fn fragment_offset(ip: &Ipv4Info, frame: &[u8]) -> usize {
-    let at = ip.offset + ipv4::field::FLG_OFF.start;
-    frame.get(at..at + 2).map_or(0, |w| {
-        usize::from(u16::from_be_bytes([w[0], w[1]]) & ipv4::FRAG_OFFSET_MASK) * 8
-    })
+    frame
+        .get(ip.offset..ip.end())
+        .and_then(|packet| ipv4::Ipv4Packet::new_checked(packet).ok())
+        .map_or(0, |packet| packet.frag_offset())
 }
 
 /// Whether the more-fragments flag of the packet is set (a frame too short says no).

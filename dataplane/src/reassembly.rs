@@ -69,14 +69,14 @@ impl Pending {
         self.payload[offset..end].copy_from_slice(bytes);
         self.have.push((offset, end));
         self.have.sort_unstable();
-        let mut merged: Vec<(usize, usize)> = Vec::with_capacity(self.have.len());
-        for &(s, e) in &self.have {
-            match merged.last_mut() {
-                Some(m) if s <= m.1 => m.1 = m.1.max(e),
-                _ => merged.push((s, e)),
+        // Ranges that touch or overlap become one, in place.
+        self.have.dedup_by(|next, kept| {
+            let joins = next.0 <= kept.1;
+            if joins {
+                kept.1 = kept.1.max(next.1);
             }
-        }
-        self.have = merged;
+            joins
+        });
         Ok(())
     }
 

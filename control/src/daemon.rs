@@ -403,6 +403,16 @@ impl Daemon {
                     "refused": self.pipeline.conntrack.stats.refused.load(Ordering::Relaxed),
                     "removed": self.pipeline.conntrack.stats.removed.load(Ordering::Relaxed),
                 },
+                "fragments": {
+                    "followed": self.pipeline.fragments.len(),
+                    "reassembling": self.pipeline.reassembly.len(),
+                    "reassembly_evicted": self.pipeline.reassembly.evicted(),
+                },
+                "session_affinity": {
+                    "clients": self.pipeline.affinity.len(),
+                    "max": self.pipeline.affinity.max(),
+                    "unremembered_when_full": self.pipeline.affinity.full.load(Ordering::Relaxed),
+                },
                 "started_by_lab": self.config.started_by_lab,
                 }))
             }

@@ -119,6 +119,9 @@ fn large_pings_cross_in_fragments() {
         let r = ping(&lab, from, dst, 3, &["-s", "3000"]);
         assert_eq!(r.received, 3, "{from} -> {dst}, 3000-byte pings: {r:?}");
     }
+    // Every datagram put together was answered: none is left half-assembled.
+    let status = lab.rpc_ok("daemon.status", &serde_json::json!({}));
+    assert_eq!(status["fragments"]["reassembling"], 0, "{status}");
     // The reply is as long as the request, and ages a step per gateway on its way back.
     let out = lab.exec(
         WORDPRESS,

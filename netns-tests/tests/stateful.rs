@@ -296,6 +296,9 @@ fn session_affinity_survives_scaling_up() {
         vec![&first],
         "after scaling 1 -> 6 the client's 30 connections all reach its pod {first}"
     );
+    // The one client is what the daemon remembers (the plain service remembers nobody).
+    let status = lab.rpc_ok("daemon.status", &serde_json::json!({}));
+    assert_eq!(status["session_affinity"]["clients"], 1, "{status}");
 }
 
 #[test]

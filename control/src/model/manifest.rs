@@ -1627,9 +1627,12 @@ fn session_affinity(spec: &Field<'_>) -> Res<Option<u32>> {
         }
         None => None,
     };
+    // Empty or null is defaulted to None, as the API server does.
     let affinity = match spec.get("sessionAffinity") {
         None => "None",
+        Some(f) if f.value.is_null() => "None",
         Some(f) => match f.str()? {
+            "" => "None",
             a @ ("None" | "ClientIP") => a,
             other => return Err(f.err(format!("unsupported value {other:?}: None or ClientIP"))),
         },
@@ -2292,6 +2295,15 @@ spec:
             panic!()
         };
         assert_eq!(s.session_affinity, Some(DEFAULT_AFFINITY_TIMEOUT));
+        // Empty and null are None, as the API server defaults them.
+        for none in ["\"\"", "null"] {
+            let ms =
+                parse_manifests(&svc(&format!("  sessionAffinity: {none}\n")), None, None).unwrap();
+            let Manifest::Service(s) = &ms[0] else {
+                panic!()
+            };
+            assert_eq!(s.session_affinity, None, "{none}");
+        }
         const FIELD: &str = "spec.sessionAffinityConfig.clientIP.timeoutSeconds";
         for (config, field, says) in [
             ("{clientIP: {timeoutSeconds: 0}}", FIELD, "must be 1-86400"),

@@ -431,10 +431,8 @@ impl Pipeline {
         if pkt.len < VNET_HDR_LEN {
             return Verdict::Drop(DropReason::Malformed);
         }
-        if let Some(ff) = self.fast_frame(pkt.frame()).filter(|_| fast) {
-            if let Some(verdict) = self.fast_path(tables, ctx, now, port, &ff, pkt) {
-                return verdict;
-            }
+        if let Some(ff) = self.fast_frame(tables, port, pkt.frame()).filter(|_| fast) {
+            return self.fast_path(tables, ctx, now, port, &ff, pkt);
         }
         self.general_path(tables, ctx, now, port, pkt)
     }
@@ -463,29 +461,26 @@ impl Pipeline {
             _ => Cache::new(Arc::clone(&self.tables)),
         };
         let tables: &Tables = cache.load();
+        let port = tables.port(in_port);
         let mut done = 0;
         for batch in pkts.chunks_mut(BATCH) {
             let mut prepared: [Option<FastFrame>; BATCH] = [None; BATCH];
-            for (pkt, slot) in batch.iter().zip(prepared.iter_mut()) {
-                *slot = self.fast_frame(pkt.frame());
-                if let Some(ff) = slot {
-                    self.conntrack.warm_bucket(&ff.hash);
+            if let Some(port) = port {
+                for (pkt, slot) in batch.iter().zip(prepared.iter_mut()) {
+                    *slot = self.fast_frame(tables, port, pkt.frame());
+                    if let Some(ff) = slot {
+                        self.conntrack.warm_bucket(&ff.hash);
+                    }
                 }
             }
             for ff in prepared.iter_mut().flatten() {
                 ff.hint = self.conntrack.warm_entry(&ff.hash);
             }
-            let port = tables.port(in_port);
             for (i, (pkt, prep)) in batch.iter_mut().zip(prepared.iter()).enumerate() {
                 ctx.tx.clear();
                 let verdict = match (port, prep) {
                     (None, _) => Verdict::Drop(DropReason::UnknownPort),
-                    (Some(port), Some(ff)) => {
-                        match self.fast_path(tables, ctx, now, port, ff, pkt) {
-                            Some(verdict) => verdict,
-                            None => self.general_path(tables, ctx, now, port, pkt),
-                        }
-                    }
+                    (Some(port), Some(ff)) => self.fast_path(tables, ctx, now, port, ff, pkt),
                     // A frame shorter than its header is empty there: dropped as malformed.
                     (Some(port), None) => self.general_path(tables, ctx, now, port, pkt),
                 };
@@ -650,10 +645,22 @@ impl Pipeline {
         )
     }
 
-    /// A frame for the fast path: what [`parse::parse_ipv4_fast`] found, and its key hashed.
+    /// A frame for the fast path: what [`parse::parse_ipv4_fast`] found in a frame addressed to
+    /// the router that passes SpoofGuard on `port`, its key hashed. `None` sends the frame down
+    /// the general path, which drops or switches it. (Pure: `process_batch` decides it for a
+    /// whole batch before processing the first frame.)
     #[inline]
-    fn fast_frame(&self, frame: &[u8]) -> Option<FastFrame> {
+    fn fast_frame(&self, t: &Tables, port: &Port, frame: &[u8]) -> Option<FastFrame> {
         let ip = parse::parse_ipv4_fast(frame)?;
+        let macs: &[u8; 12] = frame.get(..12)?.try_into().ok()?;
+        if macs[..6] != t.router_mac.0 {
+            return None; // switched, broadcast, or not for us
+        }
+        if let PortKind::Pod { ip: pod_ip, .. } = port.kind {
+            if macs[6..] != port.peer_mac.0 || ip.src != pod_ip {
+                return None; // dropped and counted by the general path
+            }
+        }
         let (src_port, dst_port, tcp_flags) = match ip.l4 {
             L4::Tcp {
                 src_port,
@@ -681,13 +688,11 @@ impl Pipeline {
         })
     }
 
-    /// The fast path: a TCP or UDP frame that [`parse::parse_ipv4_fast`] parsed, addressed to
-    /// the router, that passes SpoofGuard. It does what [`Pipeline::ipv4`] does for such a frame
-    /// (a hit applies the cached action, a miss is walked as a new flow); the common case, a
-    /// packet of an established connection whose action stands, goes straight to
-    /// [`rewrite::apply_action_v4`], and only the rare branches parse the frame again for the
-    /// general machinery. `None`, always decided before the connection is touched, sends the
-    /// frame down the general path, which drops or switches it.
+    /// The fast path: a TCP or UDP frame that [`Pipeline::fast_frame`] took. It does what
+    /// [`Pipeline::ipv4`] does for such a frame (a hit applies the cached action, a miss is
+    /// walked as a new flow); the common case, a packet of an established connection whose
+    /// action stands, goes straight to [`rewrite::apply_action_v4`], and only the rare branches
+    /// parse the frame again for the general machinery.
     #[inline]
     fn fast_path(
         &self,
@@ -697,16 +702,7 @@ impl Pipeline {
         port: &Port,
         ff: &FastFrame,
         pkt: &mut PacketBuf,
-    ) -> Option<Verdict> {
-        let macs: [u8; 12] = pkt.frame().get(..12)?.try_into().ok()?;
-        if macs[..6] != t.router_mac.0 {
-            return None; // switched, broadcast, or not for us
-        }
-        if let PortKind::Pod { ip: pod_ip, .. } = port.kind {
-            if macs[6..] != port.peer_mac.0 || ff.hash.src() != pod_ip {
-                return None; // dropped and counted by the general path
-            }
-        }
+    ) -> Verdict {
         // Ethernet pads short frames; the IP total length is the truth (STYLE.md 3).
         let end = VNET_HDR_LEN + ethernet::HEADER_LEN + usize::from(ff.end);
         if end < pkt.len {
@@ -736,7 +732,7 @@ impl Pipeline {
                     src_port: key.src_port,
                     dst_port: key.dst_port,
                 };
-                return Some(self.transmit_with(
+                return self.transmit_with(
                     t,
                     ctx,
                     &action,
@@ -744,15 +740,15 @@ impl Pipeline {
                     |frame, rewrite, partial| {
                         rewrite::apply_action_v4(frame, &v4, rewrite, partial)
                     },
-                ));
+                );
             }
         }
         // The connection was tracked: whatever follows must not send the frame down the
         // general path, which would track it again. The parse cannot fail (it did not before).
         let Some(ip) = parse::parse_ipv4_fast(pkt.frame()) else {
-            return Some(Verdict::Drop(DropReason::Malformed));
+            return Verdict::Drop(DropReason::Malformed);
         };
-        let src_mac = MacAddr([macs[6], macs[7], macs[8], macs[9], macs[10], macs[11]]);
+        let src_mac = mac_at(pkt.frame(), 6);
         let parsed = || ParsedFrame {
             dst_mac: t.router_mac,
             src_mac,
@@ -761,16 +757,16 @@ impl Pipeline {
         };
         if let Some((dir, tracked)) = tracked {
             match self.hit(t, &key, ip.ttl, dir, tracked) {
-                Hit::Transmit(action) => return Some(self.transmit(t, ctx, &ip, &action, pkt)),
-                Hit::Done(verdict) => return Some(verdict),
+                Hit::Transmit(action) => return self.transmit(t, ctx, &ip, &action, pkt),
+                Hit::Done(verdict) => return verdict,
                 Hit::TtlWalk => {
                     let walk = self.walk(t, port.id, &key, ip.ttl, Pin::default(), None);
-                    return Some(self.answer_walk(t, ctx, now, port, &parsed(), &ip, pkt, walk));
+                    return self.answer_walk(t, ctx, now, port, &parsed(), &ip, pkt, walk);
                 }
                 Hit::Miss => {}
             }
         }
-        Some(self.miss(
+        self.miss(
             t,
             ctx,
             now,
@@ -781,7 +777,7 @@ impl Pipeline {
             ff.tcp_flags,
             None,
             pkt,
-        ))
+        )
     }
 
     /// What a packet of a tracked connection gets: its cached action, re-validated when the

@@ -387,48 +387,34 @@ pub fn apply_action_v4(frame: &mut [u8], f: &PlainV4, action: &Action, csum_part
         head[ethernet::field::DESTINATION].copy_from_slice(&dst.0);
         head[ethernet::field::SOURCE].copy_from_slice(&src.0);
     }
-    let mut word = |at: usize, new: u16| {
-        let old = u16::from_be_bytes([head[at], head[at + 1]]);
-        head[at..at + 2].copy_from_slice(&new.to_be_bytes());
-        old
-    };
     if action.ttl_dec == 0 && action.snat.is_none() && action.dnat.is_none() {
         return;
     }
     let mut ip_delta = 0;
     if action.ttl_dec > 0 {
-        let old = u16::from_be_bytes([f.ttl, f.protocol]);
-        let new = u16::from_be_bytes([f.ttl.saturating_sub(action.ttl_dec), f.protocol]);
-        word(IP + ipv4::field::TTL, new);
-        ip_delta += delta16(old, new);
+        let ttl = f.ttl.saturating_sub(action.ttl_dec);
+        head[IP + ipv4::field::TTL] = ttl;
+        ip_delta += delta16(
+            u16::from_be_bytes([f.ttl, f.protocol]),
+            u16::from_be_bytes([ttl, f.protocol]),
+        );
     }
+    // Each end straight through, in registers: the old values are the frame's as `f` holds them.
     let mut addr_delta = 0;
     let mut port_delta = 0;
-    let ends = [
-        (
-            action.snat,
-            f.src,
-            f.src_port,
-            ipv4::field::SRC_ADDR.start,
-            0,
-        ),
-        (
-            action.dnat,
-            f.dst,
-            f.dst_port,
-            ipv4::field::DST_ADDR.start,
-            2,
-        ),
-    ];
-    for (new, old_addr, old_port, addr_at, port_at) in ends {
-        if let Some((addr, port)) = new {
-            let addr = u32::from(addr);
-            word(IP + addr_at, (addr >> 16) as u16);
-            word(IP + addr_at + 2, addr as u16);
-            addr_delta += delta32(u32::from(old_addr), addr);
-            word(L4 + port_at, port);
-            port_delta += delta16(old_port, port);
-        }
+    if let Some((addr, port)) = action.snat {
+        head[IP + ipv4::field::SRC_ADDR.start..IP + ipv4::field::SRC_ADDR.end]
+            .copy_from_slice(&addr.octets());
+        head[L4..L4 + 2].copy_from_slice(&port.to_be_bytes());
+        addr_delta += delta32(u32::from(f.src), u32::from(addr));
+        port_delta += delta16(f.src_port, port);
+    }
+    if let Some((addr, port)) = action.dnat {
+        head[IP + ipv4::field::DST_ADDR.start..IP + ipv4::field::DST_ADDR.end]
+            .copy_from_slice(&addr.octets());
+        head[L4 + 2..L4 + 4].copy_from_slice(&port.to_be_bytes());
+        addr_delta += delta32(u32::from(f.dst), u32::from(addr));
+        port_delta += delta16(f.dst_port, port);
     }
     let at = IP + ipv4::field::CHECKSUM.start;
     let csum = u16::from_be_bytes([head[at], head[at + 1]]);

@@ -708,10 +708,10 @@ impl Pipeline {
         if end < pkt.len {
             pkt.len = end;
         }
-        let key = ff.hash.key();
-        let tracked =
-            self.conntrack
-                .track_hashed(key.protocol, &ff.hash, ff.hint, ff.tcp_flags, now);
+        let protocol = ff.hash.protocol();
+        let tracked = self
+            .conntrack
+            .track_hashed(protocol, &ff.hash, ff.hint, ff.tcp_flags, now);
         if let Some((
             _,
             Tracked::Pass {
@@ -723,10 +723,13 @@ impl Pipeline {
         {
             // What `hit` finds for it: the action stands and the TTL lasts.
             if generation == t.generation && !(action.routed && ff.ttl <= action.ttl_dec) {
+                // The key unpacked here, not above: the rare branches below take it by
+                // reference, and unpacked early it would be spilled to the stack for them.
+                let key = ff.hash.key();
                 let v4 = PlainV4 {
-                    udp: key.protocol != PROTO_TCP,
+                    udp: protocol != PROTO_TCP,
                     ttl: ff.ttl,
-                    protocol: key.protocol,
+                    protocol,
                     src: key.src,
                     dst: key.dst,
                     src_port: key.src_port,
@@ -745,6 +748,7 @@ impl Pipeline {
         }
         // The connection was tracked: whatever follows must not send the frame down the
         // general path, which would track it again. The parse cannot fail (it did not before).
+        let key = ff.hash.key();
         let Some(ip) = parse::parse_ipv4_fast(pkt.frame()) else {
             return Verdict::Drop(DropReason::Malformed);
         };

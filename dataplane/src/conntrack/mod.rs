@@ -619,7 +619,7 @@ impl Conntrack {
             _ => Some(t.generic),
         };
         let Some(timeout) = timeout else {
-            return self.advance_slow(hot, protocol, flags, now);
+            return self.advance_slow(hot.id, hot.dir, protocol, flags, now);
         };
         self.advance_quick(hot, timeout, 0, now)
     }
@@ -641,14 +641,22 @@ impl Conntrack {
     }
 
     /// A packet that may change the connection's state: under the connection's mutex.
-    fn advance_slow(&self, hot: &Hot, protocol: u8, flags: u8, now: u64) -> Option<Tracked> {
-        let slot = hot.id.slot;
+    /// (It takes the handle and direction, not the [`Hot`] view: a reference to that would keep
+    /// the view in memory on the fast path, where it lives in registers.)
+    fn advance_slow(
+        &self,
+        id: ConnId,
+        dir: Dir,
+        protocol: u8,
+        flags: u8,
+        now: u64,
+    ) -> Option<Tracked> {
+        let slot = id.slot;
         let mut cold = self.table.cold(slot)?;
-        if !cold.live || cold.incarnation != hot.id.incarnation {
+        if !cold.live || cold.incarnation != id.incarnation {
             return None;
         }
         let whole = self.table.whole(slot)?;
-        let dir = hot.dir;
         let t = &self.config.timeouts;
         let slow = &mut cold.slow;
         let mut opened = 0;

@@ -202,6 +202,12 @@ impl FlowHash {
     pub fn src(&self) -> std::net::Ipv4Addr {
         ((self.words[0] >> 32) as u32).into()
     }
+
+    /// The key's protocol.
+    #[inline(always)]
+    pub fn protocol(&self) -> u8 {
+        (self.words[1] >> 32) as u8
+    }
 }
 
 /// The hot part of an entry as one direction's packet reads it, whole (checked by the seqlock).

@@ -441,6 +441,38 @@ pub enum Tracked {
     Invalid,
 }
 
+/// [`Tracked`] with the action still in the three words of the entry: what [`Conntrack::advance`]
+/// returns, so that its quick and slow paths meet on a few words in registers, the action
+/// unpacked once after them (an enum of unpacked actions built on two paths was assembled in
+/// memory and read back, 30 instructions a packet).
+#[derive(Debug, Clone, Copy)]
+enum Advanced {
+    Pass {
+        action: [u64; 3],
+        generation: u64,
+        opened: i8,
+    },
+    Invalid,
+}
+
+impl Advanced {
+    #[inline(always)]
+    fn unpack(self) -> Tracked {
+        match self {
+            Advanced::Pass {
+                action,
+                generation,
+                opened,
+            } => Tracked::Pass {
+                action: unpack(action),
+                generation,
+                opened,
+            },
+            Advanced::Invalid => Tracked::Invalid,
+        }
+    }
+}
+
 /// Why an insert did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InsertError {
@@ -542,8 +574,8 @@ impl Conntrack {
     ) -> Option<(Dir, Tracked)> {
         for _ in 0..RETRIES {
             let hot = self.table.find(h, std::mem::take(&mut hint))?;
-            if let Some(tracked) = self.advance(&hot, protocol, tcp_flags, now) {
-                return Some((hot.dir, tracked));
+            if let Some(advanced) = self.advance(&hot, protocol, tcp_flags, now) {
+                return Some((hot.dir, advanced.unpack()));
             }
         }
         None
@@ -598,7 +630,7 @@ impl Conntrack {
     /// change it, the state machine (see [`SlowState`]). `None`: the entry changed under the
     /// packet (another packet's state change, the connection's end); look again.
     #[inline]
-    fn advance(&self, hot: &Hot, protocol: u8, flags: u8, now: u64) -> Option<Tracked> {
+    fn advance(&self, hot: &Hot, protocol: u8, flags: u8, now: u64) -> Option<Advanced> {
         let t = &self.config.timeouts;
         let word = hot.clock;
         let replied = word & REPLIED != 0;
@@ -626,15 +658,15 @@ impl Conntrack {
 
     /// The packet moves the expiry word (with `bits` added) by compare-and-swap and is counted.
     #[inline(always)]
-    fn advance_quick(&self, hot: &Hot, timeout: u64, bits: u64, now: u64) -> Option<Tracked> {
+    fn advance_quick(&self, hot: &Hot, timeout: u64, bits: u64, now: u64) -> Option<Advanced> {
         let word = hot.clock;
         let next = (word & !EXPIRY_MASK) | bits | now.saturating_add(timeout).min(EXPIRY_MASK);
         if next != word && !hot.swap_clock(next) {
             return None;
         }
         hot.count();
-        Some(Tracked::Pass {
-            action: unpack(hot.action),
+        Some(Advanced::Pass {
+            action: hot.action,
             generation: hot.generation,
             opened: 0,
         })
@@ -650,7 +682,7 @@ impl Conntrack {
         protocol: u8,
         flags: u8,
         now: u64,
-    ) -> Option<Tracked> {
+    ) -> Option<Advanced> {
         let slot = id.slot;
         let mut cold = self.table.cold(slot)?;
         if !cold.live || cold.incarnation != id.incarnation {
@@ -671,7 +703,7 @@ impl Conntrack {
                         opened = i8::from(state.is_open()) - i8::from(was_open);
                         t.tcp(state)
                     }
-                    None => return Some(Tracked::Invalid),
+                    None => return Some(Advanced::Invalid),
                 }
             }
             PROTO_UDP => {
@@ -699,8 +731,8 @@ impl Conntrack {
             slow.bits() | stream | now.saturating_add(timeout).min(EXPIRY_MASK),
         );
         self.table.count(slot, dir);
-        Some(Tracked::Pass {
-            action: unpack(whole.actions[dir as usize]),
+        Some(Advanced::Pass {
+            action: whole.actions[dir as usize],
             generation: whole.generation,
             opened,
         })
@@ -801,7 +833,7 @@ impl Conntrack {
             .table
             .read_hot(slot, Dir::Original, &original)
             .and_then(|hot| self.advance(&hot, protocol, tcp_flags, now))
-            .map(|tracked| (Dir::Original, tracked));
+            .map(|advanced| (Dir::Original, advanced.unpack()));
         let tracked = match first
             .or_else(|| self.track_hashed(protocol, &original, Hint::NONE, tcp_flags, now))
         {
@@ -830,11 +862,11 @@ impl Conntrack {
     ) -> Option<Inserted> {
         for _ in 0..RETRIES {
             let hot = self.table.find(original, Hint::NONE)?;
-            if let Some(tracked) = self.advance(&hot, conn.original.protocol, tcp_flags, now) {
+            if let Some(advanced) = self.advance(&hot, conn.original.protocol, tcp_flags, now) {
                 return Some(Inserted {
                     id: hot.id,
                     created: false,
-                    tracked,
+                    tracked: advanced.unpack(),
                 });
             }
         }

@@ -467,9 +467,11 @@ impl Pipeline {
             let mut prepared: [Option<FastFrame>; BATCH] = [None; BATCH];
             if let Some(port) = port {
                 for (pkt, slot) in batch.iter().zip(prepared.iter_mut()) {
-                    *slot = self.fast_frame(tables, port, pkt.frame());
-                    if let Some(ff) = slot {
+                    // Stored only when taken: a store of the option on both outcomes would
+                    // assemble it on the stack first.
+                    if let Some(ff) = self.fast_frame(tables, port, pkt.frame()) {
                         self.conntrack.warm_bucket(&ff.hash);
+                        *slot = Some(ff);
                     }
                 }
             }

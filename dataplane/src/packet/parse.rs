@@ -199,20 +199,22 @@ pub fn parse_ipv4_fast(frame: &[u8]) -> Option<Ipv4Info> {
     if protocol != PROTO_UDP && protocol != PROTO_TCP {
         return None;
     }
-    // RFC 1071 section 2(B): the sum may be taken in either byte order (the folded result comes
-    // out byte-swapped, and 0xffff is its own swap), so the words are added as they lie.
-    let ne16 = |at: usize| u32::from(u16::from_ne_bytes([head[at], head[at + 1]]));
-    let sum = ne16(IP)
-        + ne16(IP + 2)
-        + ne16(IP + 4)
-        + ne16(IP + 6)
-        + ne16(IP + 8)
-        + ne16(IP + 10)
-        + ne16(IP + 12)
-        + ne16(IP + 14)
-        + ne16(IP + 16)
-        + ne16(IP + 18);
-    if super::checksum::fold(sum) != 0xffff {
+    // RFC 1071 section 2: the sum may be taken in either byte order (B: the folded result
+    // comes out byte-swapped, and 0xffff is its own swap) and over 32-bit words folded at the
+    // end (C: 2^16 = 1 modulo 0xffff), so five words are added as they lie. The header's first
+    // byte is 0x45, so the sum is never zero and folds to 0xffff exactly when it is right.
+    let ne32 = |at: usize| {
+        u64::from(u32::from_ne_bytes([
+            head[at],
+            head[at + 1],
+            head[at + 2],
+            head[at + 3],
+        ]))
+    };
+    let sum = ne32(IP) + ne32(IP + 4) + ne32(IP + 8) + ne32(IP + 12) + ne32(IP + 16);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    let sum = (sum & 0xffff_ffff) + (sum >> 32);
+    if super::checksum::fold(sum as u32) != 0xffff {
         return None;
     }
     let (src_port, dst_port) = (be16(L4_AT), be16(L4_AT + 2));
@@ -436,6 +438,25 @@ pub(crate) mod tests {
             }
         }
         assert!(answered > 1000, "{answered}");
+        // The header checksum (summed by each its own way): every value of the field, on a
+        // frame whose other words are each a mutant, is taken by both or by neither.
+        let mut taken = 0;
+        for sample in [&samples::UDP_DNS[..], &samples::TCP_SYN] {
+            for bit in 14 * 8..34 * 8 {
+                let mut frame = sample.to_vec();
+                frame[bit / 8] ^= 1 << (bit % 8);
+                for csum in 0..=u16::MAX {
+                    frame[24..26].copy_from_slice(&csum.to_be_bytes());
+                    let general = parse_frame(&frame)
+                        .is_ok_and(|p| matches!(p.l3, L3::Ipv4(ip) if !ip.is_fragment));
+                    if frame[23] == PROTO_UDP || frame[23] == PROTO_TCP {
+                        assert_eq!(check(&frame), general, "{frame:02x?}");
+                        taken += usize::from(general);
+                    }
+                }
+            }
+        }
+        assert!(taken > 100, "{taken}");
         // Options, fragments and ICMP are left to `parse_frame`.
         assert_eq!(parse_ipv4_fast(&samples::ICMP_ECHO_REQUEST), None);
         let mut frag = samples::UDP_DNS.to_vec();

@@ -737,15 +737,9 @@ impl Pipeline {
                     src_port: key.src_port,
                     dst_port: key.dst_port,
                 };
-                return self.transmit_with(
-                    t,
-                    ctx,
-                    &action,
-                    pkt,
-                    |frame, rewrite, partial| {
-                        rewrite::apply_action_v4(frame, &v4, rewrite, partial)
-                    },
-                );
+                return self.transmit_with(t, ctx, &action, pkt, |frame, rewrite, partial| {
+                    rewrite::apply_action_v4(frame, &v4, rewrite, partial)
+                });
             }
         }
         // The connection was tracked: whatever follows must not send the frame down the

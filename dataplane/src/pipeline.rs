@@ -186,6 +186,7 @@ drop_reasons! {
     ConntrackInvalid => "conntrack-invalid",
     Fragment => "fragment",
     TxQueueFull => "tx-queue-full",
+    LinkDown => "link-down",
     TxError => "tx-error",
     Unimplemented => "unimplemented",
 }

@@ -22,7 +22,8 @@
 //! front: a port without the header gets a zero one, so the pipeline sees one layout.
 //!
 //! Writing never blocks: a full queue (`EAGAIN`, `ENOBUFS`) counts `tx-queue-full` on the
-//! egress port, any other error `tx-error`. The transmit list of every verdict is sent, a `Drop`
+//! egress port, a port whose link the pod has set down (`EIO`: the TAP's interface is not up)
+//! `link-down`, any other error `tx-error`. The transmit list of every verdict is sent, a `Drop`
 //! included (the pipeline may drop a frame and answer it with an ICMP error).
 //!
 //! Time: `now_ms` counts milliseconds from one `Instant` taken in [`Dataplane::start`], shared by
@@ -793,6 +794,10 @@ fn transmit(
         {
             out.counters.count_drop(DropReason::TxQueueFull)
         }
+        // A switch port with no link: dropped as a switch drops it, counted, not logged.
+        Err(e) if e.raw_os_error() == Some(libc::EIO) => {
+            out.counters.count_drop(DropReason::LinkDown)
+        }
         Err(e) => {
             out.counters.count_drop(DropReason::TxError);
             log.log(|| format!("pacific-worker-{worker}: port {id}: write: {e}"));
@@ -1299,8 +1304,72 @@ mod tests {
         for counters in &lab.ports {
             let s = counters.snapshot();
             assert!(s.rx_packets >= 3 && s.tx_packets >= 3, "{s:?}");
-            assert!(s.drops.is_empty(), "{s:?}");
+            // What the first namespace sent (IPv6 neighbour discovery, say) before the second
+            // one's link came up met a port with no link.
+            assert!(s.drops.iter().all(|(r, _)| *r == "link-down"), "{s:?}");
         }
+    }
+
+    #[test]
+    fn a_frame_to_a_port_whose_link_is_down_is_counted_link_down_not_tx_error() {
+        if !netns_tests_enabled("a_frame_to_a_port_whose_link_is_down") {
+            return;
+        }
+        let opts = TapOptions {
+            queues: 1,
+            vnet_hdr: true,
+            offloads: true,
+        };
+        let lab = Lab::new("lnkdn", TestProcessor::bridge(), opts, 1500);
+        ip_ok(&["-n", &lab.ns[1].name, "link", "set", "eth0", "down"]);
+        let before = lab.ports[1].drops(DropReason::LinkDown);
+        // Unanswered: each try is an ARP broadcast the bridge sends to the downed port.
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns[0].name,
+                "ping",
+                "-c",
+                "3",
+                "-i",
+                "0.2",
+            ])
+            .args(["-W", "1", "198.18.0.2"])
+            .output()
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "a ping through a downed link was answered"
+        );
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while lab.ports[1].drops(DropReason::LinkDown) == before && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(10));
+        }
+        let s = lab.ports[1].snapshot();
+        assert!(lab.ports[1].drops(DropReason::LinkDown) > before, "{s:?}");
+        assert_eq!(lab.ports[1].drops(DropReason::TxError), 0, "{s:?}");
+        // Back up, the same ping is answered.
+        ip_ok(&["-n", &lab.ns[1].name, "link", "set", "eth0", "up"]);
+        let out = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &lab.ns[0].name,
+                "ping",
+                "-c",
+                "1",
+                "-w",
+                "10",
+            ])
+            .arg("198.18.0.2")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
     }
 
     #[test]

@@ -250,13 +250,25 @@ impl Store {
                 },
             ));
         }
+        // Only a deleted Pools or Uplink (back to the defaults) can misplace what stays: the
+        // error names it, as an apply's names the Pools or Uplink document.
+        let blame = refs
+            .iter()
+            .find(|r| r.kind == Kind::Pools)
+            .or_else(|| refs.iter().find(|r| r.kind == Kind::Uplink));
         check_placement(&st).map_err(|(code, message)| ApplyError {
             code,
-            document: None,
-            kind: None,
-            name: None,
+            document: blame.and_then(|r| r.document),
+            kind: blame.map(|r| r.kind.to_string()),
+            name: blame.map(|r| r.name.clone()),
             field: String::new(),
-            message,
+            message: match blame {
+                Some(r) if r.kind == Kind::Pools => {
+                    format!("deleting it restores the default pools, and then {message}")
+                }
+                Some(_) => format!("deleting it restores the default uplink, and then {message}"),
+                None => message,
+            },
         })?;
         outcomes.sort_by_key(|(i, _)| *i);
         self.commit(st);
@@ -1984,6 +1996,7 @@ impl State {
 
 #[cfg(test)]
 mod tests {
+    use super::super::manifest::parse_object_refs;
     use super::super::{parse_manifests, seed_lab, HELLO_KUBERNETES};
     use super::*;
 
@@ -2803,6 +2816,29 @@ endpoints: [{addresses: [198.51.100.100], targetRef: {name: internet}}]
                 (ip("198.51.100.100"), 8080, true, "internet"),
             ]
         );
+    }
+
+    #[test]
+    fn deleting_pools_that_placed_a_segment_names_the_pools_document() {
+        let mut store = Store::new("esx-05a");
+        let lab = "apiVersion: pacific.dev/v1\nkind: Pools\nmetadata: {name: default}\nspec: {pods: 10.244.0.0/20, services: 10.100.0.0/24, ingress: 10.200.0.0/26, egress: 10.201.0.0/28}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: apps}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: apps2}\n";
+        apply(&mut store, lab, None).unwrap();
+        let generation = store.state().generation;
+        let pools = "apiVersion: v1\nkind: Namespace\nmetadata: {name: apps2}\n---\napiVersion: pacific.dev/v1\nkind: Pools\nmetadata: {name: default}\n";
+        let e = store
+            .delete_refs(parse_object_refs(pools, None, None).unwrap(), NOW)
+            .unwrap_err();
+        assert_eq!(
+            (e.document, e.kind.as_deref(), e.name.as_deref()),
+            (Some(2), Some("Pools"), Some("default")),
+            "{e}"
+        );
+        assert_eq!(
+            e.to_string(),
+            "document 2 (Pools default): deleting it restores the default pools, and then \
+             segment seg-apps 10.244.0.0/28 is outside the pod pool 172.211.0.0/16"
+        );
+        assert_eq!(store.state().generation, generation);
     }
 
     #[test]

@@ -353,6 +353,7 @@ pub fn compile_with(
                 );
                 lb.client_affinity = svc.session_affinity;
                 lb.snat_automap = !svc.external_traffic_local;
+                lb.source_ranges = svc.load_balancer_source_ranges.clone();
                 t.vips.insert(
                     FrontendKey {
                         protocol,

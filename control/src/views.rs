@@ -366,6 +366,7 @@ fn services(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
                 "session_affinity": if s.session_affinity.is_some() { "ClientIP" } else { "None" },
                 "session_affinity_timeout_seconds": s.session_affinity,
                 "external_traffic_policy": if s.external_traffic_local { "Local" } else { "Cluster" },
+                "load_balancer_source_ranges": s.load_balancer_source_ranges.iter().map(ToString::to_string).collect::<Vec<_>>(),
                 "status": { "loadBalancer": { "ingress": s.load_balancer_ip.map(|ip| vec![json!({"ip": ip})]).unwrap_or_default() } },
             })
         })

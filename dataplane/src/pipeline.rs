@@ -1157,6 +1157,12 @@ impl Pipeline {
                     port: dport,
                 };
                 if let Some(&svc) = t.vips.get(&frontend) {
+                    // `loadBalancerSourceRanges`: NCP realizes them as firewall rules in front
+                    // of the VIP, so a client outside them is dropped silently, as denied.
+                    let client = snat_addr.unwrap_or(key.src);
+                    if !t.services.get(svc).is_some_and(|s| s.admits(client)) {
+                        return Walk::Drop(DropReason::DfwDeny);
+                    }
                     let Some((index, b)) = self.choose_backend(t, svc, key, pin, opening) else {
                         return Walk::NoBackend {
                             frontend: dst,

@@ -1093,6 +1093,49 @@ fn least_connections_counts_live_connections_and_gives_them_back() {
     assert_eq!(active(&bed), vec![0, 0]);
 }
 
+#[test]
+fn a_vip_with_source_ranges_admits_only_clients_inside_them() {
+    let mut bed = Bed::new();
+    let net = |s: &str| s.parse::<crate::tables::Ipv4Net>().unwrap();
+    let with_ranges = |bed: &mut Bed, ranges: &[&str]| {
+        let mut t = testbed::tables(2, Options::default());
+        let vip = t
+            .services
+            .iter_mut()
+            .find(|s| s.frontend.ip == VIP)
+            .expect("the testbed has a VIP");
+        vip.source_ranges = ranges.iter().map(|r| net(r)).collect();
+        bed.tables.store(Arc::new(t));
+    };
+    let from_outside = |sport| {
+        tcp(
+            UPLINK_PEER_MAC,
+            ROUTER_MAC,
+            OUTSIDE_HOST,
+            VIP,
+            sport,
+            80,
+            SYN,
+        )
+    };
+    with_ranges(&mut bed, &["198.51.100.128/25"]);
+    assert_eq!(
+        bed.send(UPLINK, &from_outside(40000)),
+        Verdict::Drop(DropReason::DfwDeny)
+    );
+    assert!(bed.ctx.tx.is_empty(), "refused means silently dropped");
+    with_ranges(&mut bed, &["198.51.100.0/25"]);
+    assert_eq!(bed.send(UPLINK, &from_outside(40001)), Verdict::Forward);
+    assert_eq!(bed.out().0, A2);
+    // A pod of another namespace arrives as its egress IP; one of the VIP's own namespace as
+    // its own address.
+    with_ranges(&mut bed, &["172.60.96.3/32"]);
+    let from_b = tcp(pod_mac(B1_IP), ROUTER_MAC, B1_IP, VIP, 40002, 80, SYN);
+    assert_eq!(bed.send(B1, &from_b), Verdict::Forward);
+    let from_a = tcp(pod_mac(A1_IP), ROUTER_MAC, A1_IP, VIP, 40003, 80, SYN);
+    assert_eq!(bed.send(A1, &from_a), Verdict::Drop(DropReason::DfwDeny));
+}
+
 /// A UDP datagram with `len` bytes of payload (a repeating pattern), identification `ident`.
 fn big_udp(
     src_mac: MacAddr,

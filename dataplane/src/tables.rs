@@ -357,6 +357,9 @@ pub struct LbService {
     /// SLB: translate the client's address to the T1's (NSX automap); false for
     /// `externalTrafficPolicy: Local`.
     pub snat_automap: bool,
+    /// SLB: `loadBalancerSourceRanges`, the clients a VIP admits (as the client's address
+    /// reaches the VIP's T1, after any egress SNAT of its own namespace); empty admits any.
+    pub source_ranges: Vec<Ipv4Net>,
     /// Maglev lookup table: `backends` index per slot (empty when there are no backends).
     pub maglev: Vec<u16>,
     /// Round-robin cursor, shared by the workers.
@@ -375,6 +378,7 @@ impl Clone for LbService {
             algorithm: self.algorithm,
             client_affinity: self.client_affinity,
             snat_automap: self.snat_automap,
+            source_ranges: self.source_ranges.clone(),
             maglev: self.maglev.clone(),
             next: AtomicUsize::new(self.next.load(Relaxed)),
             active: self
@@ -404,10 +408,16 @@ impl LbService {
             algorithm,
             client_affinity: None,
             snat_automap: false,
+            source_ranges: Vec::new(),
             maglev,
             next: AtomicUsize::new(0),
             active,
         }
+    }
+
+    /// Whether the VIP admits a client (`loadBalancerSourceRanges`; none given admits any).
+    pub fn admits(&self, client: Ipv4Addr) -> bool {
+        self.source_ranges.is_empty() || self.source_ranges.iter().any(|n| n.contains(client))
     }
 
     /// How new connections are spread: by the algorithm, except that a service with client

@@ -251,6 +251,7 @@ pub struct ServiceRequest {
     pub session_affinity: Option<u32>,
     pub external_traffic_local: bool,
     pub load_balancer_ip: Option<Ipv4Addr>,
+    pub load_balancer_source_ranges: Vec<Ipv4Net>,
     pub algorithm: LbAlgorithm,
 }
 
@@ -1581,6 +1582,7 @@ fn parse_service(meta: Meta, root: &Field<'_>, ann: &Annotations<'_, '_>) -> Res
             Some(f.ipv4()?)
         }
     };
+    let load_balancer_source_ranges = source_ranges(&spec, service_type)?;
     let algorithm = match ann.get(ANN_LB_ALGORITHM) {
         None | Some("round-robin") => LbAlgorithm::RoundRobin,
         Some("least-connections") => LbAlgorithm::LeastConnections,
@@ -1603,8 +1605,32 @@ fn parse_service(meta: Meta, root: &Field<'_>, ann: &Annotations<'_, '_>) -> Res
         session_affinity,
         external_traffic_local,
         load_balancer_ip,
+        load_balancer_source_ranges,
         algorithm,
     })
+}
+
+/// `loadBalancerSourceRanges`, validated as the API server does: CIDRs (space-padding and host
+/// bits tolerated, as its legacy parser tolerates them: `198.51.100.7/24` is 198.51.100.0/24),
+/// on a LoadBalancer service only.
+fn source_ranges(spec: &Field<'_>, service_type: ServiceType) -> Res<Vec<Ipv4Net>> {
+    let Some(f) = spec.get("loadBalancerSourceRanges") else {
+        return Ok(Vec::new());
+    };
+    let items = f.seq()?;
+    if !items.is_empty() && service_type != ServiceType::LoadBalancer {
+        return Err(f.err("may only be used when `type` is LoadBalancer"));
+    }
+    items
+        .iter()
+        .map(|item| {
+            let s = item.str()?.trim();
+            let net = s
+                .split_once('/')
+                .and_then(|(a, l)| Ipv4Net::new(a.parse().ok()?, l.parse().ok()?));
+            net.ok_or_else(|| item.err(format!("{s:?} is not a CIDR (a.b.c.d/len)")))
+        })
+        .collect()
 }
 
 /// `sessionAffinity` and its `sessionAffinityConfig`: the ClientIP timeout in seconds, or `None`
@@ -2260,6 +2286,53 @@ spec:
         assert_eq!(lb.load_balancer_ip, Some(ip("172.80.88.5")));
         assert_eq!(lb.session_affinity, Some(60));
         assert_eq!(lb.selector, None);
+    }
+
+    #[test]
+    fn load_balancer_source_ranges_are_parsed_as_the_api_server_does() {
+        let svc = |spec: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec: {spec}\n")
+        };
+        let ms = parse_manifests(
+            &svc("{type: LoadBalancer, loadBalancerSourceRanges: [\" 198.51.100.7/24\", 203.0.113.9/32], ports: [{port: 80}]}"),
+            None,
+            None,
+        )
+        .unwrap();
+        let Manifest::Service(s) = &ms[0] else {
+            panic!()
+        };
+        let shown: Vec<String> = s
+            .load_balancer_source_ranges
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(shown, ["198.51.100.0/24", "203.0.113.9/32"]);
+        // An empty list is no restriction, on any type.
+        let ms = parse_manifests(
+            &svc("{loadBalancerSourceRanges: [], ports: [{port: 80}]}"),
+            None,
+            None,
+        )
+        .unwrap();
+        let Manifest::Service(s) = &ms[0] else {
+            panic!()
+        };
+        assert!(s.load_balancer_source_ranges.is_empty());
+        assert_err(
+            &svc("{type: NodePort, loadBalancerSourceRanges: [10.0.0.0/8], ports: [{port: 80}]}"),
+            1,
+            "spec.loadBalancerSourceRanges",
+            "only be used when `type` is LoadBalancer",
+        );
+        for bad in ["198.51.100.1", "198.51.100.0/33", "any"] {
+            assert_err(
+                &svc(&format!("{{type: LoadBalancer, loadBalancerSourceRanges: [{bad}], ports: [{{port: 80}}]}}")),
+                1,
+                "spec.loadBalancerSourceRanges[0]",
+                "is not a CIDR",
+            );
+        }
     }
 
     #[test]

@@ -24,6 +24,10 @@ pub(crate) fn display<T: fmt::Display, S: Serializer>(value: &T, s: S) -> Result
     s.collect_str(value)
 }
 
+fn displays<T: fmt::Display, S: Serializer>(items: &[T], s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(items.iter().map(ToString::to_string))
+}
+
 fn values<K, V: Serialize, S: Serializer>(map: &BTreeMap<K, V>, s: S) -> Result<S::Ok, S::Error> {
     s.collect_seq(map.values())
 }
@@ -326,6 +330,9 @@ pub struct Service {
     pub external_traffic_local: bool,
     /// The VIP, allocated from the ingress pool (LoadBalancer only).
     pub load_balancer_ip: Option<Ipv4Addr>,
+    /// `loadBalancerSourceRanges`: the clients the VIP admits (empty: any).
+    #[serde(serialize_with = "displays")]
+    pub load_balancer_source_ranges: Vec<Ipv4Net>,
     pub algorithm: LbAlgorithm,
     pub created: u64,
     /// Some(cluster) for the `<cluster>-control-plane-service` that a TanzuKubernetesCluster

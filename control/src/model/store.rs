@@ -933,6 +933,7 @@ impl Txn<'_> {
             session_affinity: None,
             external_traffic_local: false,
             load_balancer_ip: r.control_plane_vip,
+            load_balancer_source_ranges: Vec::new(),
             algorithm: LbAlgorithm::RoundRobin,
         };
         let fields = ServiceFields {
@@ -1535,6 +1536,7 @@ impl Txn<'_> {
             session_affinity: r.session_affinity,
             external_traffic_local: r.external_traffic_local,
             load_balancer_ip: vip,
+            load_balancer_source_ranges: r.load_balancer_source_ranges.clone(),
             algorithm: r.algorithm,
             created: old.as_ref().map_or(self.now, |o| o.created),
             tkg_control_plane: managed_by.map(str::to_string),

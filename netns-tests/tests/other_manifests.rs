@@ -1,0 +1,189 @@
+//! Labs built from manifests other than the seed's, checked for what a Kubernetes or NSX user
+//! would expect of fields the seed does not use.
+//!
+//! Address plan (RFC 2544's 198.18.0.0/15 for the pools, RFC 5737 outside them): pods
+//! 198.18.0.0/16, services 198.19.0.0/24, ingress 198.19.1.0/24, egress 198.19.2.0/24; T0 uplink
+//! 203.0.113.0/24; outside hosts `allowed` 198.51.100.150 and `other` 198.51.100.160.
+
+use std::time::Duration;
+
+use pacific_netns_tests::*;
+use serde_json::json;
+
+const LAB: &str = r#"apiVersion: pacific.dev/v1
+kind: Pools
+metadata: {name: default}
+spec: {pods: 198.18.0.0/16, services: 198.19.0.0/24, ingress: 198.19.1.0/24, egress: 198.19.2.0/24}
+---
+apiVersion: pacific.dev/v1
+kind: OutsideHost
+metadata: {name: allowed}
+spec: {address: 198.51.100.150/24}
+---
+apiVersion: pacific.dev/v1
+kind: OutsideHost
+metadata: {name: other}
+spec: {address: 198.51.100.160/24}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop-1}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: peer-2, annotations: {ncp/static_snat_ip: 198.19.2.9}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cli, namespace: peer-2}
+spec: {containers: [{name: c, image: busybox}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: cli, namespace: shop-1}
+spec: {containers: [{name: c, image: busybox}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: shop-1}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers:
+      - name: web
+        image: nginx
+        ports: [{containerPort: 8080}, {containerPort: 5353, protocol: UDP}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: open, namespace: shop-1}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{port: 80, targetPort: 8080}]
+"#;
+
+/// `web` admits the `allowed` host and peer-2's egress IP (space-padded, as the API server
+/// tolerates), on TCP and UDP.
+const RESTRICTED: &str = r#"apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: shop-1}
+spec:
+  type: LoadBalancer
+  loadBalancerSourceRanges: [198.51.100.150/32, " 198.19.2.9/32 "]
+  selector: {app: web}
+  ports:
+  - {name: http, port: 80, targetPort: 8080}
+  - {name: dns, port: 53, targetPort: 5353, protocol: UDP}
+"#;
+
+fn vip(lab: &Lab, name: &str) -> String {
+    lab.service_vip(name)
+        .unwrap_or_else(|| panic!("service {name} has no VIP"))
+}
+
+/// One `curl` of at most 2 s; its body (empty when nothing answered).
+fn curl(lab: &Lab, from: &str, url: &str) -> String {
+    stdout(&lab.exec(from, &["curl", "-s", "--max-time", "2", url]))
+}
+
+fn udp_echo(lab: &Lab, from: &str, ip: &str, port: u16, msg: &str) -> String {
+    stdout(&lab.sh(from, &format!("echo {msg} | nc -u -w 1 {ip} {port}")))
+        .trim()
+        .to_string()
+}
+
+#[test]
+fn load_balancer_source_ranges_admit_only_their_clients() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("qasrcr", LAB);
+    lab.apply_ok(RESTRICTED, None, None);
+    let (web, open) = (vip(&lab, "web"), vip(&lab, "open"));
+    let svc = lab
+        .services()
+        .into_iter()
+        .find(|s| s["name"] == json!("web"))
+        .expect("service web listed");
+    assert_eq!(
+        svc["load_balancer_source_ranges"],
+        json!(["198.51.100.150/32", "198.19.2.9/32"]),
+        "{svc}"
+    );
+
+    // The host in the ranges is served on both ports; the other is not, though it reaches a
+    // VIP without ranges on the same backends.
+    let seen = curl_until(
+        &lab,
+        "ext/allowed",
+        &format!("http://{web}/clientip"),
+        Duration::from_secs(20),
+    );
+    assert!(!seen.is_empty(), "the allowed host was not served");
+    assert_eq!(udp_echo(&lab, "ext/allowed", &web, 53, "hi"), "hi");
+    assert!(
+        !curl(&lab, "ext/other", &format!("http://{open}/hostname")).is_empty(),
+        "the other host does not reach a VIP without source ranges"
+    );
+    let denied_before = lab.port_drops("203.0.113.2", "dfw-deny");
+    assert_eq!(
+        curl(&lab, "ext/other", &format!("http://{web}/clientip")),
+        "",
+        "a host outside loadBalancerSourceRanges was served"
+    );
+    assert_eq!(udp_echo(&lab, "ext/other", &web, 53, "hi"), "");
+    assert!(
+        lab.port_drops("203.0.113.2", "dfw-deny") > denied_before,
+        "the refused client was not counted as denied on the uplink"
+    );
+
+    // Pods are judged by the address the VIP sees: peer-2 arrives as its egress IP (in the
+    // ranges), a pod of shop-1 itself as its own address (not in them).
+    assert!(!curl(&lab, "peer-2/cli", &format!("http://{web}/clientip")).is_empty());
+    assert_eq!(
+        curl(&lab, "shop-1/cli", &format!("http://{web}/clientip")),
+        ""
+    );
+
+    // Without the ranges, everyone is served again.
+    lab.apply_ok(
+        &RESTRICTED.replace("loadBalancerSourceRanges", "#"),
+        None,
+        None,
+    );
+    assert!(!curl(&lab, "ext/other", &format!("http://{web}/clientip")).is_empty());
+
+    // Refused as the API server refuses them, naming the field; nothing changes.
+    for (spec, field) in [
+        (
+            "{loadBalancerSourceRanges: [198.51.100.0/24], ports: [{port: 80}]}",
+            "spec.loadBalancerSourceRanges",
+        ),
+        (
+            "{type: LoadBalancer, loadBalancerSourceRanges: [198.51.100.1], ports: [{port: 80}]}",
+            "spec.loadBalancerSourceRanges[0]",
+        ),
+    ] {
+        let bad = format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: bad, namespace: shop-1}}\nspec: {spec}\n"
+        );
+        let mut conn = lab.connect();
+        let request =
+            json!({"jsonrpc": "2.0", "id": 1, "method": "apply", "params": {"manifest": bad}});
+        conn.send_raw(&format!("{request}\n"));
+        let resp = conn.read_response();
+        assert_eq!(
+            (
+                resp["error"]["code"].as_i64(),
+                resp["error"]["data"]["field"].as_str()
+            ),
+            (Some(-32000), Some(field)),
+            "{resp}"
+        );
+    }
+    assert!(lab.service_vip("bad").is_none());
+}

@@ -1394,12 +1394,59 @@ impl Txn<'_> {
         } else {
             &self.claims.ips
         };
-        let cluster_ip = match r.cluster_ip {
+        // `spec.clusterIP` is immutable once set, as the API server holds it: a request may
+        // repeat it or leave it out (the service keeps its address, or stays headless), not
+        // change it.
+        if let Some(o) = old.as_ref() {
+            let asked = match r.cluster_ip {
+                ClusterIpRequest::Headless => Some(None),
+                ClusterIpRequest::Pinned(ip) => Some(Some(ip)),
+                ClusterIpRequest::Auto => None,
+            };
+            if asked.is_some_and(|a| a != o.cluster_ip) {
+                let shown = |ip: Option<Ipv4Addr>| ip.map_or("None".to_string(), |i| i.to_string());
+                return Err(err(
+                    ErrorCode::Invalid,
+                    blame,
+                    fields.cluster_ip.clone(),
+                    format!(
+                        "field is immutable: service {key_ns}/{} has {}, the request asks for {} \
+                         (delete the service to change it)",
+                        m.name,
+                        shown(o.cluster_ip),
+                        shown(asked.flatten()),
+                    ),
+                ));
+            }
+            if r.cluster_ip == ClusterIpRequest::Auto
+                && o.cluster_ip.is_none()
+                && r.service_type != ServiceType::ClusterIP
+            {
+                return Err(err(
+                    ErrorCode::Invalid,
+                    blame,
+                    fields.cluster_ip.clone(),
+                    format!(
+                        "field is immutable: service {key_ns}/{} is headless (None), which a \
+                         {} service may not be (delete the service to change it)",
+                        m.name, r.service_type
+                    ),
+                ));
+            }
+        }
+        // Left out, a headless service stays headless (the API server keeps the old value).
+        let requested = match (r.cluster_ip, &old) {
+            (ClusterIpRequest::Auto, Some(o)) if o.cluster_ip.is_none() => {
+                ClusterIpRequest::Headless
+            }
+            (asked, _) => asked,
+        };
+        let cluster_ip = match requested {
             ClusterIpRequest::Headless => None,
             ClusterIpRequest::Pinned(ip) => Some(ip),
             ClusterIpRequest::Auto => old.as_ref().and_then(|o| o.cluster_ip),
         };
-        let cluster_ip = match (r.cluster_ip, cluster_ip) {
+        let cluster_ip = match (requested, cluster_ip) {
             (ClusterIpRequest::Headless, _) => None,
             (ClusterIpRequest::Pinned(ip), _) => Some(
                 pick_pool_addr(Some(ip), None, range, label, start, &used_ips, claims)
@@ -2818,6 +2865,58 @@ endpoints: [{addresses: [198.51.100.100], targetRef: {name: internet}}]
                 (ip("198.51.100.100"), 8080, true, "internet"),
             ]
         );
+    }
+
+    #[test]
+    fn a_cluster_ip_once_set_cannot_change_and_a_headless_service_stays_headless() {
+        let mut store = seeded();
+        let svc = |spec: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: wordpress-mysql, namespace: ns-dev}}\nspec: {spec}\n")
+        };
+        let web = |cluster_ip: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: wordpress, namespace: ns-dev}}\nspec: {{type: LoadBalancer, clusterIP: {cluster_ip}, selector: {{app: wordpress}}, ports: [{{port: 80}}]}}\n")
+        };
+        let generation = store.state().generation;
+        let e = apply(&mut store, &web("172.96.1.91"), None).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            (ErrorCode::Invalid, "spec.clusterIP"),
+            "{e}"
+        );
+        assert!(e.message.contains("immutable"), "{e}");
+        // Headless to an address, and an address to headless, are changes too.
+        let e = apply(
+            &mut store,
+            &svc(
+                "{clusterIP: 172.96.1.91, selector: {app: wordpress-mysql}, ports: [{port: 3306}]}",
+            ),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "spec.clusterIP", "{e}");
+        assert_eq!(
+            store.state().generation,
+            generation,
+            "a refused change changed the state"
+        );
+        // Repeating the address, or leaving it out, keeps it; left out, headless stays headless.
+        apply(&mut store, &web("172.96.1.90"), None).unwrap();
+        let out = apply(
+            &mut store,
+            &svc("{selector: {app: wordpress-mysql}, ports: [{port: 3306}]}"),
+            None,
+        )
+        .unwrap();
+        assert_eq!(out[0].action, "configured"); // its labels went
+        let key = ("ns-dev".to_string(), "wordpress-mysql".to_string());
+        assert_eq!(store.state().services[&key].cluster_ip, None);
+        let e = apply(
+            &mut store,
+            &svc("{type: LoadBalancer, selector: {app: wordpress-mysql}, ports: [{port: 3306}]}"),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(e.field, "spec.clusterIP", "{e}");
     }
 
     #[test]

@@ -1582,7 +1582,7 @@ fn parse_service(meta: Meta, root: &Field<'_>, ann: &Annotations<'_, '_>) -> Res
             Some(f.ipv4()?)
         }
     };
-    let load_balancer_source_ranges = source_ranges(&spec, service_type)?;
+    let load_balancer_source_ranges = source_ranges(&spec, ann, service_type)?;
     let algorithm = match ann.get(ANN_LB_ALGORITHM) {
         None | Some("round-robin") => LbAlgorithm::RoundRobin,
         Some("least-connections") => LbAlgorithm::LeastConnections,
@@ -1610,26 +1610,46 @@ fn parse_service(meta: Meta, root: &Field<'_>, ann: &Annotations<'_, '_>) -> Res
     })
 }
 
+/// The annotation Kubernetes reads when `spec.loadBalancerSourceRanges` is empty: CIDRs
+/// separated by commas.
+pub const ANN_LB_SOURCE_RANGES: &str = "service.beta.kubernetes.io/load-balancer-source-ranges";
+
 /// `loadBalancerSourceRanges`, validated as the API server does: CIDRs (space-padding and host
 /// bits tolerated, as its legacy parser tolerates them: `198.51.100.7/24` is 198.51.100.0/24),
-/// on a LoadBalancer service only.
-fn source_ranges(spec: &Field<'_>, service_type: ServiceType) -> Res<Vec<Ipv4Net>> {
-    let Some(f) = spec.get("loadBalancerSourceRanges") else {
+/// on a LoadBalancer service only. Without them, the annotation's, as kube-proxy reads it.
+fn source_ranges(
+    spec: &Field<'_>,
+    ann: &Annotations<'_, '_>,
+    service_type: ServiceType,
+) -> Res<Vec<Ipv4Net>> {
+    let cidr = |s: &str| {
+        let s = s.trim();
+        s.split_once('/')
+            .and_then(|(a, l)| Ipv4Net::new(a.parse().ok()?, l.parse().ok()?))
+            .ok_or_else(|| format!("{s:?} is not a CIDR (a.b.c.d/len)"))
+    };
+    let lb_only = "may only be used when `type` is LoadBalancer";
+    if let Some(f) = spec.get("loadBalancerSourceRanges") {
+        let items = f.seq()?;
+        if !items.is_empty() {
+            if service_type != ServiceType::LoadBalancer {
+                return Err(f.err(lb_only));
+            }
+            return items
+                .iter()
+                .map(|item| cidr(item.str()?).map_err(|m| item.err(m)))
+                .collect();
+        }
+    }
+    let Some(text) = ann.get(ANN_LB_SOURCE_RANGES) else {
         return Ok(Vec::new());
     };
-    let items = f.seq()?;
-    if !items.is_empty() && service_type != ServiceType::LoadBalancer {
-        return Err(f.err("may only be used when `type` is LoadBalancer"));
+    if service_type != ServiceType::LoadBalancer {
+        return Err(ann.err(ANN_LB_SOURCE_RANGES, lb_only));
     }
-    items
-        .iter()
-        .map(|item| {
-            let s = item.str()?.trim();
-            let net = s
-                .split_once('/')
-                .and_then(|(a, l)| Ipv4Net::new(a.parse().ok()?, l.parse().ok()?));
-            net.ok_or_else(|| item.err(format!("{s:?} is not a CIDR (a.b.c.d/len)")))
-        })
+    text.split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| cidr(s).map_err(|m| ann.err(ANN_LB_SOURCE_RANGES, m)))
         .collect()
 }
 
@@ -2324,6 +2344,33 @@ spec:
             1,
             "spec.loadBalancerSourceRanges",
             "only be used when `type` is LoadBalancer",
+        );
+        // The annotation stands in when the field is empty.
+        let annotated = |ty: &str, ranges: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: s\n  annotations: {{service.beta.kubernetes.io/load-balancer-source-ranges: \"{ranges}\"}}\nspec: {{type: {ty}, ports: [{{port: 80}}]}}\n")
+        };
+        let ms = parse_manifests(
+            &annotated("LoadBalancer", "10.0.0.0/8, 198.51.100.9/32"),
+            None,
+            None,
+        )
+        .unwrap();
+        let Manifest::Service(s) = &ms[0] else {
+            panic!()
+        };
+        assert_eq!(s.load_balancer_source_ranges.len(), 2);
+        let field = "metadata.annotations[service.beta.kubernetes.io/load-balancer-source-ranges]";
+        assert_err(
+            &annotated("ClusterIP", "10.0.0.0/8"),
+            1,
+            field,
+            "only be used when",
+        );
+        assert_err(
+            &annotated("LoadBalancer", "10.0.0.0/8,10.1.1.1"),
+            1,
+            field,
+            "is not a CIDR",
         );
         for bad in ["198.51.100.1", "198.51.100.0/33", "any"] {
             assert_err(

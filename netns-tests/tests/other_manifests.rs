@@ -187,3 +187,114 @@ fn load_balancer_source_ranges_admit_only_their_clients() {
     }
     assert!(lab.service_vip("bad").is_none());
 }
+
+const SEED_LAB: &str = include_str!("../../control/src/seed-lab.yaml");
+const HELLO_KUBERNETES: &str = include_str!("../../docs/hello-kubernetes.yaml");
+
+/// The seed lab as a user would adapt `pacific lab show`: its namespaces, TKG cluster and outside
+/// hosts renamed, every pool moved to 10.x, the hosts readdressed.
+fn seed_renamed() -> String {
+    [
+        ("ns-dev", "team-x"),
+        ("ns-prod", "team-y"),
+        ("tkg-cluster-01", "tkc-7"),
+        ("172.211.", "10.211."),
+        ("172.96.", "10.96."),
+        ("172.80.", "10.80."),
+        ("172.60.", "10.60."),
+        ("198.51.100.10/", "198.51.100.11/"),
+        ("198.51.100.100/", "198.51.100.101/"),
+        ("name: hop", "name: jump"),
+        ("name: internet", "name: far"),
+    ]
+    .iter()
+    .fold(SEED_LAB.to_string(), |yaml, (from, to)| {
+        yaml.replace(from, to)
+    })
+}
+
+fn lost_all(out: &std::process::Output) -> bool {
+    stdout(out).contains(" 0 received")
+}
+
+#[test]
+fn the_seed_story_holds_with_other_names_and_addresses() {
+    if !require_netns() {
+        return;
+    }
+    let yaml = seed_renamed();
+    assert!(!yaml.contains("172.") && !yaml.contains("ns-dev"), "{yaml}");
+    let lab = Lab::up_with("qaseedre", &yaml);
+    let wordpress = lab.pod_name_by_ip("team-x", "10.211.0.18");
+    assert!(wordpress.starts_with("wordpress-"), "{wordpress}");
+
+    // 1. Outside to a pod: denied, silently.
+    assert!(lost_all(&lab.exec(
+        "ext/jump",
+        &["ping", "-c", "2", "-W", "1", "10.211.0.18"]
+    )));
+    // 2. A pod to the outside: the outside host sees the namespace's egress IP.
+    let seen = curl_until(
+        &lab,
+        "team-x/wordpress",
+        "http://198.51.100.101/clientip",
+        Duration::from_secs(20),
+    );
+    assert!(seen.starts_with("10.60.96.2:"), "{seen}");
+    // 3. Between namespaces: denied. 4. Inside one: allowed, switched (no TTL step).
+    assert!(lost_all(&lab.exec(
+        "team-x/wordpress",
+        &["ping", "-c", "2", "-W", "1", "10.211.0.130"]
+    )));
+    let ping = stdout(&lab.exec("team-x/wordpress", &["ping", "-c", "1", "10.211.0.19"]));
+    assert!(ping.contains("ttl=64"), "{ping}");
+    // 5. The VIP from outside (SLB), 6. the ClusterIP from a pod (DLB).
+    assert_eq!(
+        curl(&lab, "ext/jump", "http://10.80.88.5/").trim(),
+        wordpress
+    );
+    assert_eq!(
+        curl(&lab, "team-x/testbox", "http://10.96.1.90/hostname"),
+        wordpress
+    );
+    // 7. The upstream router: a /32 per VIP and egress IP, via the T0 uplink.
+    let routes = stdout(&lab.ip_in(&lab.upstream_netns(), &["route", "show", "proto", "bgp"]));
+    for addr in [
+        "10.80.88.3",
+        "10.80.88.5",
+        "10.60.96.1",
+        "10.60.96.2",
+        "10.60.96.3",
+    ] {
+        assert!(
+            routes.contains(&format!("{addr} via 203.0.113.2 dev uplink")),
+            "{addr} missing:\n{routes}"
+        );
+    }
+    // The first hop out is the team-x T1's address on the segment.
+    let trace = stdout(&lab.exec(
+        "team-x/wordpress",
+        &["traceroute", "-n", "-q", "1", "-w", "1", "198.51.100.101"],
+    ));
+    assert!(
+        trace
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains(" 10.211.0.17 ")),
+        "{trace}"
+    );
+    // 8. hello-kubernetes inside the renamed TKG cluster, through the nodes' nodePort.
+    lab.apply_ok(HELLO_KUBERNETES, Some("team-x"), Some("tkc-7"));
+    let vip = vip(&lab, "hello-kubernetes");
+    assert_eq!(vip, "10.80.88.7");
+    let message = curl_until(
+        &lab,
+        "ext/jump",
+        &format!("http://{vip}/"),
+        Duration::from_secs(20),
+    );
+    assert_eq!(
+        message.trim(),
+        "I just deployed a PodVM on the Tanzu Kubernetes Cluster!!"
+    );
+}

@@ -2,14 +2,20 @@
 //!
 //! A port of Pacific is a Linux TAP device. This module creates one and hands back one file
 //! descriptor per queue; [`crate::ports`] reads and writes them. It is the only module of the
-//! crate with `unsafe`: three ioctls (`TUNSETIFF`, `TUNSETVNETHDRSZ`, `TUNSETOFFLOAD`) and
-//! `setns`, each behind a safe function, each with its `// SAFETY:` note. Every constant comes
-//! from `libc` (which mirrors `linux/if_tun.h` and `linux/sched.h`); none is hand-coded.
+//! crate with `unsafe`: four ioctls (`TUNSETIFF`, `TUNSETVNETHDRSZ`, `TUNSETOFFLOAD`,
+//! `TUNSETSTEERINGEBPF`), `bpf` and `setns`, each behind a safe function, each with its
+//! `// SAFETY:` note. The constants come from `libc` (which mirrors `linux/if_tun.h` and
+//! `linux/sched.h`), except the few of `linux/bpf.h` that libc lacks, named where they are.
 //!
 //! Why these flags (see DESIGN.md, "TAP facts"):
 //! - `IFF_TAP | IFF_NO_PI`: Ethernet frames with no packet-information prefix.
-//! - `IFF_MULTI_QUEUE`: one queue per worker, so workers never share a read fd; the kernel spreads
-//!   flows over the queues by hash.
+//! - `IFF_MULTI_QUEUE`: one queue per worker, so workers never share a read fd. Which queue a
+//!   frame of the namespace goes to is chosen by a steering program of ours
+//!   ([`steer_by_address_pair`]): by its pair of IPv4 addresses, the same both ways, so all that
+//!   passes between two hosts is read by one worker, in the order it was sent. The kernel's own
+//!   choice (a hash of each flow) spreads the probes of one `traceroute` over the workers, which
+//!   then reach the destination out of order; past its ICMP rate limit (6 at once) the host
+//!   leaves the last hop's answers out, and traceroute shows stars or a wrong hop count.
 //! - `IFF_VNET_HDR` with a 10-byte header (`struct virtio_net_hdr`) and `TUNSETOFFLOAD`
 //!   (`TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`, plus `TUN_F_USO4 | TUN_F_USO6` where the kernel
 //!   knows them): the kernel hands over 64 KiB TCP segments with a partial checksum instead of
@@ -33,7 +39,7 @@
 use std::ffi::c_int;
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::thread;
@@ -107,6 +113,12 @@ impl TapDevice {
             if queue == 0 {
                 device.name = created;
                 configure_device(file.as_raw_fd(), &device.name, opts)?;
+                if opts.queues > 1 {
+                    // Where the kernel lacks BPF (or a sandbox forbids it), its own per-flow
+                    // choice stays: every frame still arrives, only the order between flows
+                    // may differ.
+                    let _ = steer_by_address_pair(file.as_raw_fd());
+                }
             }
             device.queues.push(OwnedFd::from(file));
         }
@@ -241,6 +253,107 @@ fn set_offload(fd: RawFd, features: libc::c_uint) -> io::Result<()> {
     // SAFETY: `fd` is an attached TAP queue; TUNSETOFFLOAD takes its argument by value (an
     // unsigned long of TUN_F_* bits) and dereferences nothing.
     cvt(unsafe { libc::ioctl(fd, libc::TUNSETOFFLOAD, libc::c_ulong::from(features)) }).map(|_| ())
+}
+
+/// `bpf(2)` commands and program types of `linux/bpf.h` (libc has none of them).
+const BPF_PROG_LOAD: libc::c_long = 5;
+const BPF_PROG_TYPE_SOCKET_FILTER: u32 = 1;
+
+/// One eBPF instruction (`struct bpf_insn`): opcode, destination and source registers (4 bits
+/// each, destination low), offset, immediate.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct BpfInsn {
+    code: u8,
+    regs: u8,
+    off: i16,
+    imm: i32,
+}
+
+const fn insn(code: u8, dst: u8, src: u8, imm: i32) -> BpfInsn {
+    BpfInsn {
+        code,
+        regs: (src << 4) | dst,
+        off: 0,
+        imm,
+    }
+}
+
+/// The steering program: the queue of a frame is `(src ^ dst) * K >> 16` over its IPv4 source
+/// and destination (bytes 26-29 and 30-33 of an Ethernet frame), modulo the queues (the kernel
+/// takes the result as a u16). XOR makes it the same both ways, so a connection's two directions
+/// meet on one worker where no NAT changes the pair; the multiplication spreads pairs that
+/// differ only in high bits. A frame too short for the loads ends the program with 0 (the
+/// legacy packet loads' rule): queue 0. Other frames than IPv4 hash whatever lies there, which
+/// for ARP and IPv6 is still the same for the same hosts.
+const STEERING_PROGRAM: [BpfInsn; 8] = [
+    insn(0xbf, 6, 1, 0),           // r6 = r1 (the skb, which the packet loads read)
+    insn(0x20, 0, 0, 26),          // r0 = ntohl(*(u32 *)(frame + 26)): source
+    insn(0xbf, 7, 0, 0),           // r7 = r0
+    insn(0x20, 0, 0, 30),          // r0 = ntohl(*(u32 *)(frame + 30)): destination
+    insn(0xac, 0, 7, 0),           // w0 ^= w7
+    insn(0x24, 0, 0, -1640531535), // w0 *= 0x9e3779b1 (Knuth's multiplicative hash)
+    insn(0x74, 0, 0, 16),          // w0 >>= 16
+    insn(0x95, 0, 0, 0),           // exit
+];
+
+/// The head of `union bpf_attr` that `BPF_PROG_LOAD` reads; the kernel takes a shorter
+/// attribute than its own, the rest zero.
+#[repr(C)]
+struct BpfProgLoad {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+}
+
+/// Loads [`STEERING_PROGRAM`] and makes it choose the queue of every frame the namespace sends
+/// into the TAP whose queue `fd` is (`TUNSETSTEERINGEBPF`, Linux 4.16). The device keeps its own
+/// reference to the program; ours is closed on return.
+fn steer_by_address_pair(fd: RawFd) -> io::Result<()> {
+    let license = b"GPL\0";
+    let mut prog_name = [0u8; 16];
+    prog_name[..13].copy_from_slice(b"pacific_steer");
+    let attr = BpfProgLoad {
+        prog_type: BPF_PROG_TYPE_SOCKET_FILTER,
+        insn_cnt: STEERING_PROGRAM.len() as u32,
+        insns: STEERING_PROGRAM.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        log_level: 0,
+        log_size: 0,
+        log_buf: 0,
+        kern_version: 0,
+        prog_flags: 0,
+        prog_name,
+    };
+    // SAFETY: BPF_PROG_LOAD reads `size_of::<BpfProgLoad>()` bytes at `&attr`, a `#[repr(C)]`
+    // prefix of `union bpf_attr`, and through it the instruction array and the license, all
+    // alive for the call; it returns a new fd or -1.
+    let prog = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            BPF_PROG_LOAD,
+            &attr as *const BpfProgLoad,
+            std::mem::size_of::<BpfProgLoad>(),
+        )
+    };
+    if prog < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let prog_fd = c_int::try_from(prog).map_err(|_| io::Error::other("bpf fd out of range"))?;
+    // SAFETY: `prog_fd` is the fd the kernel just returned, owned by nothing else.
+    let prog = unsafe { OwnedFd::from_raw_fd(prog_fd) };
+    let raw = prog.as_raw_fd();
+    // SAFETY: `fd` is an attached TAP queue; TUNSETSTEERINGEBPF reads one `int` (the program's
+    // fd) through the pointer, which points at `raw`, alive for the call.
+    cvt(unsafe { libc::ioctl(fd, libc::TUNSETSTEERINGEBPF, &raw as *const c_int) })?;
+    Ok(())
 }
 
 /// Turns a libc return value into an `io::Result`, reading `errno` on -1 (as mio's `syscall!`).
@@ -439,6 +552,87 @@ mod tests {
             !ns.has_link(&name),
             "a non-persistent TAP must vanish with its last fd"
         );
+    }
+
+    /// The UDP datagrams a namespace sent on `queue`: destination address and port, in order.
+    fn udp_read(queue: &OwnedFd) -> Vec<([u8; 4], u16)> {
+        let mut file = File::from(queue.try_clone().unwrap());
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = io::Read::read(&mut file, &mut buf) {
+            let f = &buf[VNET_HDR_LEN..n];
+            if f.len() >= 38 && f[12..14] == [8, 0] && f[23] == 17 {
+                let dst = [f[30], f[31], f[32], f[33]];
+                seen.push((dst, u16::from_be_bytes([f[36], f[37]])));
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn every_flow_between_two_hosts_goes_to_one_queue_in_the_order_sent() {
+        if !netns_tests_enabled("every_flow_between_two_hosts_goes_to_one_queue") {
+            return;
+        }
+        let ns = Netns::new("tapsteer");
+        let name = "pacu-steer";
+        let opts = TapOptions {
+            queues: 2,
+            vnet_hdr: true,
+            offloads: true,
+        };
+        let tap = TapDevice::create_in_netns(&ns.path(), name, &opts).unwrap();
+        let n = &ns.name;
+        for args in [
+            &["link", "set", name, "up"][..],
+            &["addr", "add", "198.18.0.1/24", "dev", name],
+            &[
+                "neigh",
+                "add",
+                "198.18.0.2",
+                "lladdr",
+                "02:00:00:00:00:02",
+                "dev",
+                name,
+            ],
+            &[
+                "neigh",
+                "add",
+                "198.18.0.3",
+                "lladdr",
+                "02:00:00:00:00:03",
+                "dev",
+                name,
+            ],
+        ] {
+            let out = ip(&[&["-n", n][..], args].concat());
+            assert!(out.status.success(), "{args:?}: {out:?}");
+        }
+        // 64 flows to each of two hosts (a traceroute's probes are such flows): the kernel's
+        // own per-flow hash would put about half of each on either queue.
+        in_netns(&ns.path(), || {
+            let socket = std::net::UdpSocket::bind("198.18.0.1:0").unwrap();
+            for host in ["198.18.0.2", "198.18.0.3"] {
+                for port in 33434..33498u16 {
+                    socket.send_to(b"probe", (host, port)).unwrap();
+                }
+            }
+        })
+        .unwrap();
+        let read: Vec<_> = tap.queues.iter().map(udp_read).collect();
+        for host in [[198, 18, 0, 2], [198, 18, 0, 3]] {
+            let per_queue: Vec<Vec<u16>> = read
+                .iter()
+                .map(|q| {
+                    q.iter()
+                        .filter(|(d, _)| *d == host)
+                        .map(|(_, p)| *p)
+                        .collect()
+                })
+                .collect();
+            let all: Vec<u16> = (33434..33498).collect();
+            assert!(per_queue.contains(&all), "{host:?}: {per_queue:?}");
+        }
     }
 
     #[test]

@@ -134,6 +134,10 @@ pub struct Daemon {
     upstream: UpstreamRouter,
     shutdown: AtomicBool,
     clients: AtomicUsize,
+    /// Held while the upstream router is brought in line with the tables, so that two requests
+    /// finishing at once cannot interleave their `ip route` commands and leave the routes of
+    /// the older tables (a deleted namespace's /32s kept, a new VIP's missing).
+    upstream_sync: Mutex<()>,
 }
 
 /// At most this many control connections at once; more are answered with an error and closed.
@@ -236,6 +240,7 @@ impl Daemon {
             upstream,
             shutdown: AtomicBool::new(false),
             clients: AtomicUsize::new(0),
+            upstream_sync: Mutex::new(()),
             config,
         });
         daemon.save_record();
@@ -897,6 +902,8 @@ impl Daemon {
     /// ran out.
     fn sync_upstream(&self) {
         use pacific_dataplane::tables::RouteOrigin;
+        // The tables are read under the lock: whichever request syncs last sees the newest.
+        let _sync = self.upstream_sync.lock();
         let tables = self.tables.load();
         let t0_routes = tables
             .gateways

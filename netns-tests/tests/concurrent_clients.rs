@@ -1,0 +1,119 @@
+//! Several clients scripting the control socket at once (found by exploratory QA): whatever
+//! order their requests finish in, what the lab does afterwards is what `get` shows.
+
+use std::collections::BTreeSet;
+
+use pacific_netns_tests::*;
+
+const LAB: &str = "\
+apiVersion: pacific.dev/v1
+kind: Pools
+metadata: {name: default}
+spec:
+  pods: 10.54.0.0/16
+  services: 10.55.0.0/16
+  ingress: 10.56.0.0/16
+  egress: 10.57.0.0/16
+---
+apiVersion: pacific.dev/v1
+kind: Uplink
+metadata: {name: default}
+spec:
+  t0Address: 203.0.113.2
+  peerAddress: 203.0.113.1
+  prefixLength: 24
+";
+
+/// Namespace `team{i}`: two pods and a LoadBalancer service (so a VIP and an egress IP, two
+/// /32s the upstream router learns).
+fn team(i: usize) -> String {
+    format!(
+        "apiVersion: v1
+kind: Namespace
+metadata: {{name: team{i}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: web, namespace: team{i}}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec: {{containers: [{{name: c, image: x, ports: [{{containerPort: 80}}]}}]}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: team{i}}}
+spec: {{type: LoadBalancer, selector: {{app: web}}, ports: [{{port: 80}}]}}
+"
+    )
+}
+
+/// The /32s the upstream router has learned, and those T0 says it advertises (its VIP and NAT
+/// routes).
+fn learned_and_advertised(lab: &Lab) -> (BTreeSet<String>, BTreeSet<String>) {
+    let out = lab.ip_in(&lab.upstream_netns(), &["route", "show", "proto", "bgp"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let learned = stdout(&out)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(|p| format!("{}/32", p.trim_end_matches("/32")))
+        .collect();
+    let advertised = lab.get_json("routes", None)["items"]
+        .as_array()
+        .expect("routes.list items")
+        .iter()
+        .filter(|r| matches!(r["code"].as_str(), Some("t1l" | "t1n")))
+        .filter_map(|r| r["prefix"].as_str().map(str::to_string))
+        .collect();
+    (learned, advertised)
+}
+
+/// Six clients delete (then re-apply) six namespaces at the same moment. Each request
+/// brought the upstream router in line with the tables it had published, without a lock: the
+/// one that finished last could be the one holding older tables, and the router then kept a
+/// deleted namespace's VIP and egress IP (or lacked a new VIP) until some later change.
+#[test]
+fn concurrent_applies_leave_the_upstream_router_with_the_routes_get_routes_shows() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("qaconc", LAB);
+    const TEAMS: usize = 6;
+    for i in 0..TEAMS {
+        lab.apply_ok(&team(i), None, None);
+    }
+    for round in 0..5 {
+        for delete in [true, false] {
+            std::thread::scope(|s| {
+                for i in 0..TEAMS {
+                    let lab = &lab;
+                    s.spawn(move || {
+                        let out = if delete {
+                            lab.delete(&team(i), None, None)
+                        } else {
+                            lab.apply(&team(i), None, None)
+                        };
+                        assert!(out.status.success(), "team{i}: {}", describe(&out));
+                    });
+                }
+            });
+            let (learned, advertised) = learned_and_advertised(&lab);
+            // Each team holds a VIP and an egress IP; none is left once all are deleted.
+            let want = if delete { 0 } else { 2 * TEAMS };
+            assert_eq!(
+                advertised.len(),
+                want,
+                "round {round}: T0 advertises {advertised:?}"
+            );
+            assert_eq!(
+                learned,
+                advertised,
+                "round {round}, after concurrent {}: the upstream router's /32s differ from \
+                 T0's",
+                if delete { "deletes" } else { "applies" }
+            );
+        }
+    }
+}

@@ -1205,8 +1205,14 @@ fn columns(method: &str, with_ns: bool, wide: bool, now: u64) -> Vec<Column> {
 /// A gateway's routing table in the style of the seed's router (FRR's `show ip route`), with
 /// NSX's codes for routes a T1 advertised to T0.
 fn routes_text(result: &Value, now: u64) -> String {
-    let uptime = {
-        let d = now.saturating_sub(result["created"].as_u64().unwrap_or(now));
+    // Each route's uptime, from when it entered the tables (the listing's, from a daemon that
+    // gives none per route).
+    let uptime = |r: &Value| {
+        let since = r["created"]
+            .as_u64()
+            .or_else(|| result["created"].as_u64())
+            .unwrap_or(now);
+        let d = now.saturating_sub(since);
         format!("{:02}:{:02}:{:02}", d / 3600, (d / 60) % 60, d % 60)
     };
     let mut out = format!(
@@ -1217,6 +1223,7 @@ fn routes_text(result: &Value, now: u64) -> String {
         let code = s(&r["code"]);
         let prefix = s(&r["prefix"]);
         let intf = s(&r["interface"]);
+        let uptime = uptime(r);
         if r["local"].as_bool() == Some(true) {
             out.push_str(&format!("{code}>* {prefix} is local ({intf}), {uptime}\n"));
         } else if r["connected"].as_bool() == Some(true) {

@@ -120,6 +120,8 @@ struct Control {
     /// Ports removed by `realize` whose connections are still to be forgotten (once the tables
     /// without them are published).
     gone_ports: Vec<PortId>,
+    /// When each route of the published tables appeared (their uptime in `get routes`).
+    route_since: views::RouteSince,
 }
 
 pub struct Daemon {
@@ -231,6 +233,7 @@ impl Daemon {
                 routed_pools: Vec::new(),
                 routed_uplink: uplink.clone(),
                 gone_ports: Vec::new(),
+                route_since: views::RouteSince::new(),
                 record,
             }),
             tables,
@@ -319,6 +322,7 @@ impl Daemon {
             &mut control.slots,
             &mut control.transit,
         );
+        control.route_since = views::route_times(&tables, &control.route_since, unix_now());
         self.tables.store(Arc::new(tables));
     }
 
@@ -453,6 +457,7 @@ impl Daemon {
                     },
                     now: unix_now(),
                     upstream_netns: &self.upstream.netns,
+                    route_since: &control.route_since,
                 };
                 views::dispatch(&ctx, method, params)
             }

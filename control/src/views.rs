@@ -13,7 +13,7 @@ use pacific_dataplane::conntrack::Dir;
 use pacific_dataplane::pipeline::Pipeline;
 use pacific_dataplane::ports::Dataplane;
 use pacific_dataplane::tables::{
-    Direction, NextHop, PortId, PortKind, RouteOrigin, RuleAction, Tables,
+    Direction, Gateway, NextHop, PortId, PortKind, Route, RouteOrigin, RuleAction, Tables,
 };
 
 use crate::compile::PortOwner;
@@ -29,6 +29,42 @@ pub struct ViewContext<'a> {
     pub netns_of: &'a dyn Fn(&str, &str) -> Option<String>,
     pub now: u64,
     pub upstream_netns: &'a str,
+    /// When each route of the published tables first appeared (`route_times`).
+    pub route_since: &'a RouteSince,
+}
+
+/// When each route (by `route_key`) entered the tables, for its uptime in `pacific get routes`.
+pub type RouteSince = BTreeMap<String, u64>;
+
+/// A route as `pacific get routes` tells it apart: its gateway, prefix, next hop (by name, as
+/// ids are reused) and origin. A route that moves (a VIP handed to another namespace) is new.
+fn route_key(t: &Tables, g: &Gateway, r: &Route) -> String {
+    let next = match r.next_hop {
+        NextHop::Segment(s) => t.segment(s).map(|s| s.name.clone()),
+        NextHop::Gateway(id) => t.gateway(id).map(|n| n.name.clone()),
+        NextHop::Uplink(_) => Some("uplink".to_string()),
+        NextHop::Local => Some("local".to_string()),
+    };
+    format!(
+        "{} {} {} {:?}",
+        g.name,
+        r.prefix,
+        next.unwrap_or_default(),
+        r.origin
+    )
+}
+
+/// The times of `t`'s routes: those already in `old` keep theirs, new ones start `now`.
+pub fn route_times(t: &Tables, old: &RouteSince, now: u64) -> RouteSince {
+    t.gateways
+        .iter()
+        .flat_map(|g| g.routes.routes().into_iter().map(move |r| (g, r)))
+        .map(|(g, r)| {
+            let key = route_key(t, g, &r);
+            let since = old.get(&key).copied().unwrap_or(now);
+            (key, since)
+        })
+        .collect()
 }
 
 pub fn dispatch(ctx: &ViewContext, method: &str, params: &Value) -> Result<Value, RpcError> {
@@ -263,6 +299,7 @@ fn routes(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
             };
             json!({
                 "code": origin_code(r.origin),
+                "created": ctx.route_since.get(&route_key(ctx.tables, g, &r)),
                 "prefix": r.prefix.to_string(),
                 "via": via,
                 "interface": interface,

@@ -1,0 +1,98 @@
+//! After a change, `pacific get` tells what changed (found by exploratory QA).
+
+use std::time::Duration;
+
+use pacific_netns_tests::*;
+
+const LAB: &str = "\
+apiVersion: pacific.dev/v1
+kind: Pools
+metadata: {name: default}
+spec:
+  pods: 10.64.0.0/16
+  services: 10.65.0.0/16
+  ingress: 10.66.0.0/16
+  egress: 10.67.0.0/16
+---
+apiVersion: pacific.dev/v1
+kind: Uplink
+metadata: {name: default}
+spec:
+  t0Address: 203.0.113.2
+  peerAddress: 203.0.113.1
+  prefixLength: 24
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: old}
+";
+
+const NEW: &str = "\
+apiVersion: v1
+kind: Namespace
+metadata: {name: new}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: new}
+spec: {type: LoadBalancer, selector: {app: web}, ports: [{port: 80}]}
+";
+
+/// The uptime `pacific get routes` prints at the end of the line of `prefix`.
+fn uptime_seconds(text: &str, prefix: &str) -> u64 {
+    let line = text
+        .lines()
+        .find(|l| l.contains(&format!(" {prefix} ")))
+        .unwrap_or_else(|| panic!("no route {prefix} in:\n{text}"));
+    let hms = line.rsplit(", ").next().unwrap_or_default();
+    let parts: Vec<u64> = hms.split(':').filter_map(|p| p.parse().ok()).collect();
+    assert_eq!(parts.len(), 3, "no uptime at the end of {line:?}");
+    parts[0] * 3600 + parts[1] * 60 + parts[2]
+}
+
+/// Every route showed the age of the lab's oldest namespace: a VIP and a segment applied a
+/// second ago read as old as the lab, so the table could not tell what a change had added.
+#[test]
+fn get_routes_shows_each_routes_own_uptime() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("qartage", LAB);
+    std::thread::sleep(Duration::from_secs(3));
+    lab.apply_ok(NEW, None, None);
+    let vip = lab.service_vip("web").expect("the new service's VIP");
+    let new_subnet = lab
+        .items("namespaces", None)
+        .into_iter()
+        .find(|n| n["name"] == "new")
+        .and_then(|n| n["subnet"].as_str().map(str::to_string))
+        .expect("namespace new's subnet");
+    let old_subnet = lab
+        .items("namespaces", None)
+        .into_iter()
+        .find(|n| n["name"] == "old")
+        .and_then(|n| n["subnet"].as_str().map(str::to_string))
+        .expect("namespace old's subnet");
+    let out = lab.pacific(&["get", "routes"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let text = stdout(&out);
+    assert!(
+        uptime_seconds(&text, &old_subnet) >= 3,
+        "the old namespace's segment route is as old as the lab:\n{text}"
+    );
+    for prefix in [format!("{vip}/32"), new_subnet] {
+        assert!(
+            uptime_seconds(&text, &prefix) <= 1,
+            "the route to {prefix}, applied just now, shows an older uptime:\n{text}"
+        );
+    }
+    // The same in the JSON scripts read: each row has its own time.
+    let rows = lab.items("routes", None);
+    let created = |prefix: &str| {
+        rows.iter()
+            .find(|r| r["prefix"] == prefix)
+            .and_then(|r| r["created"].as_u64())
+            .unwrap_or_else(|| panic!("no created time for {prefix} in {rows:?}"))
+    };
+    assert!(created(&format!("{vip}/32")) >= created(&old_subnet) + 3);
+}

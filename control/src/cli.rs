@@ -264,7 +264,7 @@ struct GetArgs {
     /// Only this namespace (for routes: its T1's table instead of T0's).
     #[arg(short = 'n', long)]
     namespace: Option<String>,
-    /// All namespaces (the default when -n is not given).
+    /// All namespaces (the default when -n is not given; with -n too, as kubectl has it).
     #[arg(short = 'A', long)]
     all_namespaces: bool,
     /// wide (more columns), json or yaml (the control socket's answer).
@@ -977,7 +977,9 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
     let pick = (method == "outside.list")
         .then_some(args.name.as_deref())
         .flatten();
-    if let Some(ns) = &args.namespace {
+    // As kubectl: `-A` lists every namespace even when `-n` names one.
+    let namespace = args.namespace.as_ref().filter(|_| !args.all_namespaces);
+    if let Some(ns) = namespace {
         if method != "outside.list" {
             params["namespace"] = json!(ns);
         }
@@ -1017,7 +1019,7 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
     let wide = args.output == Some(Output::Wide);
     let now = now();
     if items.is_empty() && method != "routes.list" {
-        match &args.namespace {
+        match namespace {
             Some(ns) => eprintln!("No resources found in {ns} namespace."),
             None => eprintln!("No resources found"),
         }
@@ -1026,7 +1028,7 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
     let out = if method == "routes.list" {
         routes_text(&result, now)
     } else {
-        let columns = columns(method, args.namespace.is_none(), wide, now);
+        let columns = columns(method, namespace.is_none(), wide, now);
         let headers: Vec<&str> = columns.iter().map(|c| c.0).collect();
         let cells: Vec<Vec<String>> = items
             .iter()

@@ -96,3 +96,55 @@ fn get_routes_shows_each_routes_own_uptime() {
     };
     assert!(created(&format!("{vip}/32")) >= created(&old_subnet) + 3);
 }
+
+/// `get pods -A -n old` listed only `old`'s pods, without the NAMESPACE column: kubectl lists
+/// every namespace when `-A` is given, whatever `-n` says, and scripts written for it expect
+/// that.
+#[test]
+fn all_namespaces_wins_over_a_namespace_as_in_kubectl() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("qaallns", LAB);
+    let pod = |ns: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: {ns}}}\n\
+             spec: {{containers: [{{name: c, image: x}}]}}\n"
+        )
+    };
+    lab.apply_ok(
+        &format!(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {{name: new}}\n---\n{}---\n{}",
+            pod("old"),
+            pod("new")
+        ),
+        None,
+        None,
+    );
+    let out = lab.pacific(&["get", "pods", "-A", "-n", "old", "-o", "json"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let mut namespaces: Vec<&str> = listed["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|p| p["namespace"].as_str())
+        .collect();
+    namespaces.sort_unstable();
+    assert_eq!(namespaces, ["new", "old"], "{listed}");
+    let out = lab.pacific(&["get", "pods", "-n", "old", "-A"]);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("NAMESPACE") && text.contains("new "),
+        "the table of every namespace:\n{}",
+        describe(&out)
+    );
+    // Without -A, -n still narrows.
+    let out = lab.pacific(&["get", "pods", "-n", "old", "-o", "json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(1),
+        "{listed}"
+    );
+}

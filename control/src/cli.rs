@@ -1028,7 +1028,12 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
     let out = if method == "routes.list" {
         routes_text(&result, now)
     } else {
-        let columns = columns(method, namespace.is_none(), wide, now);
+        // A supervisor namespace's listing holds its TKG clusters' objects too (`NS/CLUSTER`):
+        // it spans namespaces then, and NAMESPACE tells a guest's `web` from the namespace's.
+        let spans = items
+            .iter()
+            .any(|v| v["namespace"].as_str().is_some_and(|n| n.contains('/')));
+        let columns = columns(method, namespace.is_none() || spans, wide, now);
         let headers: Vec<&str> = columns.iter().map(|c| c.0).collect();
         let cells: Vec<Vec<String>> = items
             .iter()

@@ -148,3 +148,66 @@ fn all_namespaces_wins_over_a_namespace_as_in_kubectl() {
         "{listed}"
     );
 }
+
+/// A TKG cluster's service and the supervisor namespace's own service of the same name, as an
+/// application applied to both gives: `get svc -n old` printed two `web` rows and no NAMESPACE
+/// column, so nothing told which was the guest's.
+#[test]
+fn a_namespaces_listing_tells_its_guest_clusters_objects_apart() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("qaguest", LAB);
+    lab.apply_ok(
+        "apiVersion: run.tanzu.vmware.com/v1alpha1
+kind: TanzuKubernetesCluster
+metadata: {name: guest, namespace: old}
+spec:
+  topology:
+    controlPlane: {count: 1}
+    workers: {count: 1}
+",
+        None,
+        None,
+    );
+    let web = "apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec: {type: LoadBalancer, selector: {app: web}, ports: [{port: 80}]}
+";
+    lab.apply_ok(web, Some("old"), None);
+    lab.apply_ok(web, Some("old"), Some("guest"));
+    for kind in ["svc", "deployments"] {
+        if kind == "deployments" {
+            let deployment = "apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: c, image: x, ports: [{containerPort: 80}]}]}
+";
+            lab.apply_ok(deployment, Some("old"), None);
+            lab.apply_ok(deployment, Some("old"), Some("guest"));
+        }
+        let out = lab.pacific(&["get", kind, "-n", "old"]);
+        assert!(out.status.success(), "{}", describe(&out));
+        let text = stdout(&out);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().take(2).collect())
+            .collect();
+        for want in [["NAMESPACE", "NAME"], ["old", "web"], ["old/guest", "web"]] {
+            assert!(
+                rows.iter().any(|r| *r == want),
+                "get {kind} -n old has no row {want:?}:\n{text}"
+            );
+        }
+    }
+    // Only the namespace's own: no column to tell apart, as kubectl prints it.
+    lab.delete(web, Some("old"), Some("guest"));
+    let out = lab.pacific(&["get", "svc", "-n", "old"]);
+    assert!(stdout(&out).starts_with("NAME "), "{}", describe(&out));
+}

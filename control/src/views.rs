@@ -42,7 +42,10 @@ fn route_key(t: &Tables, g: &Gateway, r: &Route) -> String {
     let next = match r.next_hop {
         NextHop::Segment(s) => t.segment(s).map(|s| s.name.clone()),
         NextHop::Gateway(id) => t.gateway(id).map(|n| n.name.clone()),
-        NextHop::Uplink(_) => Some("uplink".to_string()),
+        NextHop::Uplink(p) => Some(match t.port(p).map(|p| &p.kind) {
+            Some(&PortKind::Uplink { peer_ip, .. }) => format!("uplink {peer_ip}"),
+            _ => "uplink".to_string(),
+        }),
         NextHop::Local => Some("local".to_string()),
     };
     format!(

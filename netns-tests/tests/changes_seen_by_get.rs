@@ -95,6 +95,24 @@ fn get_routes_shows_each_routes_own_uptime() {
             .unwrap_or_else(|| panic!("no created time for {prefix} in {rows:?}"))
     };
     assert!(created(&format!("{vip}/32")) >= created(&old_subnet) + 3);
+    // A default route through another peer is a new route too.
+    assert!(uptime_seconds(&text, "0.0.0.0/0") >= 3, "{text}");
+    lab.apply_ok(
+        "apiVersion: pacific.dev/v1
+kind: Uplink
+metadata: {name: default}
+spec: {t0Address: 203.0.113.2, peerAddress: 203.0.113.3, prefixLength: 24}
+",
+        None,
+        None,
+    );
+    let text = stdout(&lab.pacific(&["get", "routes"]));
+    assert!(text.contains("0.0.0.0/0 [1/0] via 203.0.113.3"), "{text}");
+    assert!(
+        uptime_seconds(&text, "0.0.0.0/0") <= 1,
+        "the default route via the new peer shows the old one's uptime:\n{text}"
+    );
+    assert!(uptime_seconds(&text, &old_subnet) >= 3, "{text}");
 }
 
 /// `get pods -A -n old` listed only `old`'s pods, without the NAMESPACE column: kubectl lists

@@ -73,7 +73,7 @@ enum Cmd {
     /// Create or update objects from YAML manifests (Kubernetes and Pacific kinds).
     Apply(ApplyArgs),
     /// Delete the objects named in YAML manifests.
-    Delete(ApplyArgs),
+    Delete(DeleteArgs),
     /// Run a command inside a pod's namespace (NS/POD) or an outside host's (ext/HOST).
     Exec {
         target: String,
@@ -285,6 +285,16 @@ struct ApplyArgs {
     cluster: Option<String>,
 }
 
+#[derive(Args, Debug)]
+struct DeleteArgs {
+    #[command(flatten)]
+    objects: ApplyArgs,
+    /// Pass over objects that are not there instead of failing (and deleting nothing), as
+    /// kubectl's --ignore-not-found: a teardown deletes what is left.
+    #[arg(long)]
+    ignore_not_found: bool,
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
@@ -341,8 +351,8 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Get(args) => get(&socket, &args),
-        Cmd::Apply(args) => apply(&socket, &args, "apply"),
-        Cmd::Delete(args) => apply(&socket, &args, "delete"),
+        Cmd::Apply(args) => apply(&socket, &args, "apply", false),
+        Cmd::Delete(args) => apply(&socket, &args.objects, "delete", args.ignore_not_found),
         Cmd::Exec { target, command } => exec(&socket, &target, &command),
         Cmd::Netexec {
             http,
@@ -688,9 +698,17 @@ fn read_manifest(path: &Path) -> Result<String, String> {
     }
 }
 
-fn apply(socket: &Path, args: &ApplyArgs, method: &str) -> Result<ExitCode, String> {
+fn apply(
+    socket: &Path,
+    args: &ApplyArgs,
+    method: &str,
+    ignore_not_found: bool,
+) -> Result<ExitCode, String> {
     let manifest = read_manifest(&args.filename)?;
     let mut params = json!({ "manifest": manifest });
+    if ignore_not_found {
+        params["ignore_not_found"] = json!(true);
+    }
     if let Some(ns) = &args.namespace {
         params["namespace"] = json!(ns);
     }

@@ -472,8 +472,18 @@ impl Daemon {
             manifest: String,
             namespace: Option<String>,
             cluster: Option<String>,
+            /// `delete` only: pass over objects that are not there (kubectl's
+            /// `--ignore-not-found`).
+            ignore_not_found: Option<bool>,
         }
         let p: Params = rpc::params(params)?;
+        if p.ignore_not_found.is_some() && !delete {
+            return Err(RpcError::invalid_params(
+                "ignore_not_found",
+                "only delete takes ignore_not_found",
+            ));
+        }
+        let ignore_not_found = p.ignore_not_found.unwrap_or(false);
         let (namespace, cluster) = (p.namespace.as_deref(), p.cluster.as_deref());
         let now = unix_now();
         // As kubectl: a file of nothing (empty, comments, `---` alone) is an error, not a no-op.
@@ -492,7 +502,12 @@ impl Daemon {
                 }
                 return Ok(json!({"results": skipped, "warnings": []}));
             }
-            (self.control.lock().store.delete_refs(refs, now), skipped)
+            let deleted = self
+                .control
+                .lock()
+                .store
+                .delete_refs_with(refs, now, ignore_not_found);
+            (deleted, skipped)
         } else {
             let (manifests, skipped) = parse_manifests_and_skipped(&p.manifest, namespace, cluster)
                 .map_err(|e| RpcError::manifest(&e))?;

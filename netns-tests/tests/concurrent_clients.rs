@@ -117,3 +117,73 @@ fn concurrent_applies_leave_the_upstream_router_with_the_routes_get_routes_shows
         }
     }
 }
+
+/// A teardown script whose file names an object already gone: `delete -f` fails and deletes
+/// nothing (all or nothing), so the lab keeps the rest; `--ignore-not-found`, as in kubectl,
+/// deletes what is left, and a second run is a no-op that succeeds. apply does not take it.
+#[test]
+fn delete_ignore_not_found_tears_down_what_is_left() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("qaignnf", LAB);
+    let file = team(0);
+    lab.apply_ok(&file, None, None);
+    let service = "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: team0}\n";
+    let out = lab.delete(service, None, None);
+    assert!(out.status.success(), "{}", describe(&out));
+    let vip_routes = |lab: &Lab| learned_and_advertised(lab).0.len();
+    let before = vip_routes(&lab);
+
+    let out = lab.delete(&file, None, None);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(stderr(&out).contains("not found"), "{}", describe(&out));
+    assert_eq!(
+        lab.items("pods", Some("team0")).len(),
+        2,
+        "nothing was deleted"
+    );
+
+    let path = lab.dir.join("team0.yaml");
+    std::fs::write(&path, &file).expect("write the manifest");
+    let path = path.display().to_string();
+    let out = lab.pacific(&["delete", "--ignore-not-found", "-f", &path]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let said = stdout(&out);
+    assert!(
+        said.contains("namespace/team0 deleted") && said.contains("deployment.apps/web deleted"),
+        "{said}"
+    );
+    assert!(!said.contains("service/web"), "{said}");
+    let names: Vec<String> = lab
+        .items("namespaces", None)
+        .iter()
+        .filter_map(|n| n["name"].as_str().map(str::to_string))
+        .collect();
+    assert!(!names.contains(&"team0".to_string()), "{names:?}");
+    assert!(
+        vip_routes(&lab) < before,
+        "team0's egress IP is still learned"
+    );
+    assert!(
+        netns_with_prefix(&lab.prefix)
+            .iter()
+            .all(|n| !n.contains("team0")),
+        "team0's pods are still there"
+    );
+
+    let out = lab.pacific(&["delete", "--ignore-not-found", "-f", &path]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(stdout(&out), "", "{}", describe(&out));
+
+    let out = lab.rpc(
+        "apply",
+        &serde_json::json!({"manifest": file, "ignore_not_found": true}),
+    );
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("ignore_not_found"),
+        "{}",
+        describe(&out)
+    );
+}

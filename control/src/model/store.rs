@@ -229,7 +229,19 @@ impl Store {
     pub fn delete_refs(
         &mut self,
         refs: Vec<ObjectRef>,
+        now: u64,
+    ) -> Result<Vec<ApplyOutcome>, ApplyError> {
+        self.delete_refs_with(refs, now, false)
+    }
+
+    /// `delete_refs`; with `ignore_not_found` (kubectl's `--ignore-not-found`) an object that
+    /// is not there is passed over instead of failing the request, so a teardown deletes what
+    /// is left of what it applied. Any other error still deletes nothing.
+    pub fn delete_refs_with(
+        &mut self,
+        refs: Vec<ObjectRef>,
         _now: u64,
+        ignore_not_found: bool,
     ) -> Result<Vec<ApplyOutcome>, ApplyError> {
         let mut st = self.state.clone();
         let mut order: Vec<usize> = (0..refs.len()).collect();
@@ -238,7 +250,11 @@ impl Store {
         let mut outcomes = Vec::with_capacity(refs.len());
         for i in order {
             let r = &refs[i];
-            delete_one(&mut st, r)?;
+            match delete_one(&mut st, r) {
+                Ok(()) => {}
+                Err(e) if ignore_not_found && e.code == ErrorCode::NotFound => continue,
+                Err(e) => return Err(e),
+            }
             outcomes.push((
                 i,
                 ApplyOutcome {
@@ -2864,6 +2880,51 @@ endpoints: [{addresses: [198.51.100.100], targetRef: {name: internet}}]
                 (ip("198.51.100.11"), 8080, false, "198.51.100.11"),
                 (ip("198.51.100.100"), 8080, true, "internet"),
             ]
+        );
+    }
+
+    /// `delete --ignore-not-found`: what is there goes, what is not is passed over; without it
+    /// the missing one fails the request and nothing goes. Other errors still stop it.
+    #[test]
+    fn ignore_not_found_deletes_what_is_left() {
+        let mut store = seeded();
+        let r = |kind: Kind, ns: Option<&str>, name: &str| ObjectRef {
+            kind,
+            namespace: ns.map(str::to_string),
+            cluster: None,
+            name: name.into(),
+            document: None,
+        };
+        let refs = || {
+            vec![
+                r(Kind::Pod, Some("ns-dev"), "ghost"),
+                r(Kind::Deployment, Some("ns-dev"), "wordpress"),
+            ]
+        };
+        let e = store.delete_refs(refs(), NOW).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound);
+        assert!(!replicas(store.state(), "ns-dev", "wordpress").is_empty());
+        let out = store.delete_refs_with(refs(), NOW, true).unwrap();
+        let out: Vec<String> = out.iter().map(ToString::to_string).collect();
+        assert_eq!(out, ["deployment.apps/wordpress deleted"]);
+        assert!(replicas(store.state(), "ns-dev", "wordpress").is_empty());
+        // Nothing left: nothing deleted, no error.
+        assert!(store
+            .delete_refs_with(refs(), NOW, true)
+            .unwrap()
+            .is_empty());
+        // A conflict is not a missing object.
+        let cp = r(
+            Kind::Service,
+            Some("ns-dev"),
+            "tkg-cluster-01-control-plane-service",
+        );
+        assert_eq!(
+            store
+                .delete_refs_with(vec![cp], NOW, true)
+                .unwrap_err()
+                .code,
+            ErrorCode::Conflict
         );
     }
 

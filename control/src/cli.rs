@@ -72,7 +72,7 @@ enum Cmd {
     Get(GetArgs),
     /// Create or update objects from YAML manifests (Kubernetes and Pacific kinds).
     Apply(ApplyArgs),
-    /// Delete the objects named in YAML manifests.
+    /// Delete the objects named in YAML manifests, or KIND NAME... (`pacific delete ns team`).
     Delete(DeleteArgs),
     /// Run a command inside a pod's namespace (NS/POD) or an outside host's (ext/HOST).
     Exec {
@@ -287,12 +287,57 @@ struct ApplyArgs {
 
 #[derive(Args, Debug)]
 struct DeleteArgs {
-    #[command(flatten)]
-    objects: ApplyArgs,
+    /// KIND NAME...: the objects to delete, as `kubectl delete ns team` (instead of -f). KIND:
+    /// namespaces, pods, svc, deployments, endpoints, tkc, outside (short names and plurals too).
+    #[arg(value_name = "KIND NAME", conflicts_with = "filename")]
+    objects: Vec<String>,
+    /// The manifest file, or - for standard input.
+    #[arg(short = 'f', long, required_unless_present = "objects")]
+    filename: Option<PathBuf>,
+    /// The namespace of objects that name none (one that names another is refused).
+    #[arg(short = 'n', long)]
+    namespace: Option<String>,
+    /// Delete inside this TKG cluster (of the namespace given with -n).
+    #[arg(long)]
+    cluster: Option<String>,
     /// Pass over objects that are not there instead of failing (and deleting nothing), as
     /// kubectl's --ignore-not-found: a teardown deletes what is left.
     #[arg(long)]
     ignore_not_found: bool,
+}
+
+/// `delete KIND NAME...` as a manifest of those objects (their names only, which is all
+/// delete reads).
+fn manifest_of_names(objects: &[String]) -> Result<String, String> {
+    let (kind, names) = objects
+        .split_first()
+        .ok_or("name a KIND and NAME, or give -f FILE")?;
+    if names.is_empty() {
+        return Err(format!("`pacific delete {kind}` needs a NAME (or -f FILE)"));
+    }
+    let (api_version, kind) = match kind.to_ascii_lowercase().as_str() {
+        "namespaces" | "namespace" | "ns" => ("v1", "Namespace"),
+        "pods" | "pod" | "po" => ("v1", "Pod"),
+        "services" | "service" | "svc" => ("v1", "Service"),
+        "endpoints" | "ep" => ("v1", "Endpoints"),
+        "deployments" | "deployment" | "deploy" => ("apps/v1", "Deployment"),
+        "tkc" | "tanzukubernetesclusters" | "tanzukubernetescluster" => {
+            ("run.tanzu.vmware.com/v1alpha1", "TanzuKubernetesCluster")
+        }
+        "outside" | "ext" | "hosts" => ("pacific.dev/v1", "OutsideHost"),
+        other => {
+            return Err(format!(
+                "cannot delete {other:?} by name: expected namespaces, pods, svc, deployments, endpoints, tkc or outside (or -f FILE)"
+            ))
+        }
+    };
+    Ok(names
+        .iter()
+        .map(|name| {
+            json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": name}}).to_string()
+        })
+        .collect::<Vec<_>>()
+        .join("\n---\n"))
 }
 
 pub fn main() -> ExitCode {
@@ -351,8 +396,26 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Get(args) => get(&socket, &args),
-        Cmd::Apply(args) => apply(&socket, &args, "apply", false),
-        Cmd::Delete(args) => apply(&socket, &args.objects, "delete", args.ignore_not_found),
+        Cmd::Apply(args) => {
+            let manifest = read_manifest(&args.filename)?;
+            let (ns, cluster) = (args.namespace.as_deref(), args.cluster.as_deref());
+            apply(&socket, "apply", manifest, ns, cluster, false)
+        }
+        Cmd::Delete(args) => {
+            let manifest = match &args.filename {
+                Some(path) => read_manifest(path)?,
+                None => manifest_of_names(&args.objects)?,
+            };
+            let (ns, cluster) = (args.namespace.as_deref(), args.cluster.as_deref());
+            apply(
+                &socket,
+                "delete",
+                manifest,
+                ns,
+                cluster,
+                args.ignore_not_found,
+            )
+        }
         Cmd::Exec { target, command } => exec(&socket, &target, &command),
         Cmd::Netexec {
             http,
@@ -700,19 +763,20 @@ fn read_manifest(path: &Path) -> Result<String, String> {
 
 fn apply(
     socket: &Path,
-    args: &ApplyArgs,
     method: &str,
+    manifest: String,
+    namespace: Option<&str>,
+    cluster: Option<&str>,
     ignore_not_found: bool,
 ) -> Result<ExitCode, String> {
-    let manifest = read_manifest(&args.filename)?;
     let mut params = json!({ "manifest": manifest });
     if ignore_not_found {
         params["ignore_not_found"] = json!(true);
     }
-    if let Some(ns) = &args.namespace {
+    if let Some(ns) = namespace {
         params["namespace"] = json!(ns);
     }
-    if let Some(c) = &args.cluster {
+    if let Some(c) = cluster {
         params["cluster"] = json!(c);
     }
     let result = call(socket, method, params)?;

@@ -1,5 +1,6 @@
-//! Several clients scripting the control socket at once (found by exploratory QA): whatever
-//! order their requests finish in, what the lab does afterwards is what `get` shows.
+//! Scripts driving the control socket and the CLI (found by exploratory QA): several clients at
+//! once, whatever order their requests finish in, leave the lab doing what `get` shows; a
+//! teardown deletes what it names, as kubectl's would.
 
 use std::collections::BTreeSet;
 
@@ -186,4 +187,38 @@ fn delete_ignore_not_found_tears_down_what_is_left() {
         "{}",
         describe(&out)
     );
+}
+
+/// `pacific delete ns team0`, as kubectl users type it, needed a manifest file (-f was
+/// required); by KIND NAME it deletes those objects, with kubectl's NotFound and exit codes.
+#[test]
+fn delete_by_kind_and_name_as_kubectl() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("qadelkn", LAB);
+    lab.apply_ok(&team(0), None, None);
+    lab.apply_ok(&team(1), None, None);
+    let out = lab.pacific(&["delete", "svc", "web", "-n", "team0"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(stdout(&out).trim(), "service/web deleted");
+    assert!(lab.items("svc", Some("team0")).is_empty());
+    let out = lab.pacific(&["delete", "svc", "web", "-n", "team0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(stderr(&out).contains("not found"), "{}", describe(&out));
+    let out = lab.pacific(&["delete", "ns", "team0", "team1"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        lab.items("namespaces", None).is_empty(),
+        "{}",
+        describe(&out)
+    );
+    assert!(netns_with_prefix(&lab.prefix)
+        .iter()
+        .all(|n| !n.contains("team")));
+    let out = lab.pacific(&["delete", "ns", "team0", "--ignore-not-found"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = lab.pacific(&["delete", "bogus", "x"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(stderr(&out).contains("bogus"), "{}", describe(&out));
 }

@@ -1886,7 +1886,7 @@ fn flow_key(ip: &Ipv4Info) -> FlowOf {
         } => FlowOf::Key(key(src_port, dst_port), flags),
         L4::Udp { src_port, dst_port } => FlowOf::Key(key(src_port, dst_port), 0),
         L4::IcmpEcho { ident, .. } => FlowOf::Key(key(ident, 0), 0),
-        L4::IcmpError { inner, .. } if inner.has_ports => FlowOf::IcmpError(inner),
+        L4::IcmpError { inner, .. } if inner.names_a_connection() => FlowOf::IcmpError(inner),
         L4::IcmpError { .. } | L4::IcmpOther { .. } | L4::Other => FlowOf::Key(key(0, 0), 0),
     }
 }

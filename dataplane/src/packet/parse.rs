@@ -151,6 +151,12 @@ impl InnerPacket {
     pub fn l4_offset(&self) -> usize {
         self.offset + self.header_len
     }
+
+    /// Whether the quote names the connection it is about: its ports are there, or its protocol
+    /// has none (GRE, ESP and the rest, SCTP included, are tracked by addresses alone).
+    pub fn names_a_connection(&self) -> bool {
+        self.has_ports || !matches!(self.protocol, PROTO_TCP | PROTO_UDP | PROTO_ICMP)
+    }
 }
 
 /// Parses a frame (without virtio-net header) as described in the module note.

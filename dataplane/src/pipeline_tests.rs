@@ -1058,6 +1058,60 @@ fn a_backend_on_the_clients_segment_answers_from_the_cluster_ip() {
     assert_eq!((ip.src, ip.dst), (CLUSTER_IP, A1_IP));
 }
 
+/// A RST the ends did not send (out of their window: a stale or injected one) no longer ends a
+/// connection through SNAT: the pod's challenge ACK and the server's next data get through, as
+/// through Linux's conntrack, which ignores a RST outside the window. Both were dropped as
+/// `conntrack-invalid`, and the connection hung while both ends still had it.
+#[test]
+fn a_connection_outlives_a_rst_neither_end_sent() {
+    let mut bed = Bed::new();
+    const RST: u8 = 0x04;
+    let from_pod = |flags| {
+        tcp(
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            A1_IP,
+            OUTSIDE_HOST,
+            43210,
+            7010,
+            flags,
+        )
+    };
+    assert_eq!(bed.send(A1, &from_pod(SYN)), Verdict::Forward);
+    let (_, frame) = bed.out();
+    let L4::Tcp {
+        src_port: nat_port, ..
+    } = check(&frame).l4
+    else {
+        panic!()
+    };
+    let from_server = |flags| {
+        tcp(
+            UPLINK_PEER_MAC,
+            ROUTER_MAC,
+            OUTSIDE_HOST,
+            EGRESS_A,
+            7010,
+            nat_port,
+            flags,
+        )
+    };
+    assert_eq!(bed.send(UPLINK, &from_server(SYN | ACK)), Verdict::Forward);
+    assert_eq!(bed.send(A1, &from_pod(ACK)), Verdict::Forward);
+    // A RST in the server's name reaches the pod, whose stack finds it out of its window...
+    assert_eq!(bed.send(UPLINK, &from_server(RST)), Verdict::Forward);
+    // ...and answers with a challenge ACK; the server, which never sent it, talks on.
+    assert_eq!(bed.send(A1, &from_pod(ACK)), Verdict::Forward);
+    assert_eq!(bed.send(UPLINK, &from_server(ACK)), Verdict::Forward);
+    let (port, frame) = bed.out();
+    assert_eq!(port, A1);
+    assert_eq!(check(&frame).dst, A1_IP);
+    for _ in 0..3 {
+        assert_eq!(bed.send(A1, &from_pod(ACK)), Verdict::Forward);
+        assert_eq!(bed.send(UPLINK, &from_server(ACK)), Verdict::Forward);
+    }
+}
+
 #[test]
 fn a_syn_reusing_a_time_wait_tuple_replaces_the_old_connection() {
     let mut bed = Bed::new();

@@ -364,6 +364,10 @@ struct SlowState {
     fin_orig: bool,
     fin_reply: bool,
     replied: bool,
+    /// While the connection is CLOSE by a RST: the state the RST ended, and which sides have
+    /// sent a segment without RST since. When both have, the RST was not an end's own and the
+    /// state comes back (see [`tcp_transition`]).
+    reset: Option<(TcpState, [bool; 2])>,
 }
 
 impl Default for SlowState {
@@ -373,6 +377,7 @@ impl Default for SlowState {
             fin_orig: false,
             fin_reply: false,
             replied: false,
+            reset: None,
         }
     }
 }
@@ -1075,6 +1080,11 @@ fn tcp_transition(st: &mut SlowState, dir: Dir, flags: u8, fresh: bool) -> Optio
     let fin = flags & TCP_FIN != 0;
     let rst = flags & TCP_RST != 0;
     let next = if rst {
+        // Another RST starts the count again: its end has no connection, whatever the other says.
+        let before = st.reset.map_or(st.tcp, |(before, _)| before);
+        if st.tcp != Close || st.reset.is_some() {
+            st.reset = Some((before, [false; 2]));
+        }
         Close
     } else if syn && !ack {
         match (dir, st.tcp) {
@@ -1084,6 +1094,7 @@ fn tcp_transition(st: &mut SlowState, dir: Dir, flags: u8, fresh: bool) -> Optio
                 st.fin_orig = false;
                 st.fin_reply = false;
                 st.replied = false;
+                st.reset = None;
                 SynSent
             }
             (Dir::Original, s) => s,
@@ -1102,6 +1113,24 @@ fn tcp_transition(st: &mut SlowState, dir: Dir, flags: u8, fresh: bool) -> Optio
     } else {
         if dir == Dir::Reply {
             st.replied = true;
+        }
+        // After a RST, segments without one pass and leave the connection CLOSE, as Linux's
+        // conntrack passes an ACK in CLOSE: a retransmission whose RST was lost further on
+        // (its end answers it with another RST), data the RST overtook. But an end that sent a
+        // real RST, or got one, has no connection left and answers anything with a RST; when
+        // both sides go on talking, the RST was neither's own (out of window, stale, injected:
+        // Linux's conntrack finds it outside the window and ignores it, with no sequence
+        // tracking here this is the sign left), and the connection goes on where it was.
+        if st.tcp == Close {
+            if let Some((before, mut heard)) = st.reset {
+                heard[dir as usize] = true;
+                if heard != [true; 2] {
+                    st.reset = Some((before, heard));
+                    return Some(Close);
+                }
+                st.tcp = before;
+                st.reset = None;
+            }
         }
         if fin {
             match dir {
@@ -1204,6 +1233,61 @@ mod tests {
         ct.track(&k, TCP_RST, 4);
         assert_eq!(state(&ct, &k), TcpState::Close);
         assert_eq!(info(&ct, &k).expires_at, 4 + Timeouts::default().tcp_close);
+    }
+
+    const PSH: u8 = 0x08;
+
+    fn passes(t: Option<(Dir, Tracked)>) -> bool {
+        matches!(t, Some((_, Tracked::Pass { .. })))
+    }
+
+    #[test]
+    fn a_rst_both_sides_talk_past_was_not_theirs_and_the_connection_goes_on() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let k = key([172, 211, 0, 18], 40010, [198, 51, 100, 100], 7010);
+        let r = k.reversed();
+        ct.insert(new_conn(k), 1, TCP_SYN, 0).unwrap();
+        ct.track(&r, TCP_SYN | TCP_ACK, 1);
+        ct.track(&k, TCP_ACK, 2);
+        // A RST in the server's name, out of the window (the client's stack ignores it).
+        assert!(passes(ct.track(&r, TCP_RST, 3)));
+        assert_eq!(state(&ct, &k), TcpState::Close);
+        // The client's challenge ACK passes, the state stays CLOSE...
+        assert!(passes(ct.track(&k, TCP_ACK, 4)), "challenge ACK");
+        assert_eq!(state(&ct, &k), TcpState::Close);
+        // ...until the server talks on: the connection is what it was.
+        assert!(passes(ct.track(&r, TCP_ACK | PSH, 5)), "server data");
+        assert_eq!(state(&ct, &k), TcpState::Established);
+        assert_eq!(
+            info(&ct, &k).expires_at,
+            5 + Timeouts::default().tcp_established
+        );
+        // And a real RST still closes it.
+        ct.track(&k, TCP_RST, 6);
+        assert_eq!(state(&ct, &k), TcpState::Close);
+    }
+
+    #[test]
+    fn after_a_real_rst_retransmissions_pass_and_the_connection_stays_closed() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let k = key([172, 211, 0, 18], 40011, [198, 51, 100, 100], 7010);
+        let r = k.reversed();
+        ct.insert(new_conn(k), 1, TCP_SYN, 0).unwrap();
+        ct.track(&r, TCP_SYN | TCP_ACK, 1);
+        ct.track(&k, TCP_ACK, 2);
+        ct.track(&r, TCP_RST, 3);
+        // The RST was lost further on: the client's retransmissions pass, and the server, with
+        // no connection left, answers each with a RST.
+        for now in [4, 6] {
+            assert!(passes(ct.track(&k, TCP_ACK | PSH, now)), "retransmission");
+            assert_eq!(state(&ct, &k), TcpState::Close);
+            ct.track(&r, TCP_RST, now + 1);
+        }
+        // Data the server's RST overtook passes too; the client, reset, answers it with a RST.
+        assert!(passes(ct.track(&r, TCP_ACK | PSH, 8)));
+        ct.track(&k, TCP_RST, 9);
+        assert_eq!(state(&ct, &k), TcpState::Close);
+        assert_eq!(info(&ct, &k).expires_at, 9 + Timeouts::default().tcp_close);
     }
 
     #[test]

@@ -1712,8 +1712,21 @@ impl Pipeline {
                 dst_port: inner.dst_port,
             }
         };
-        // The quoted packet travelled the other way: its reverse is a key of the connection.
-        if let Some((conn, dir)) = self.conntrack.get(&inner_key.reversed()) {
+        // The quoted packet travelled the other way: its reverse is a key of the connection. And
+        // it left by the port the error comes in by: an error from anywhere else (a pod quoting
+        // another namespace's connection, past the DFW that keeps it from that namespace) is
+        // about nothing of its sender's and is judged as any packet.
+        let related = self
+            .conntrack
+            .get(&inner_key.reversed())
+            .filter(|(conn, dir)| {
+                let quoted = match dir {
+                    Dir::Original => Dir::Reply,
+                    Dir::Reply => Dir::Original,
+                };
+                conn.actions[quoted as usize].out_port == port.id
+            });
+        if let Some((conn, dir)) = related {
             let action = conn.actions[dir as usize];
             let Some(out) = t.port(action.out_port) else {
                 return Verdict::Drop(DropReason::NoRoute);

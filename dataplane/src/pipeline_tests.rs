@@ -527,6 +527,50 @@ fn egress_snat_translates_both_ways_and_related_icmp_errors_follow() {
     );
 }
 
+/// An ICMP error is related to a connection only when it comes in by the port the quoted packet
+/// left by. A pod of another namespace that quotes a1's flow to the outside (its translated
+/// form, addressed to the egress IP) got its port unreachable delivered to a1, past the DFW
+/// that keeps ns-b from ns-a: a1's connected UDP socket failed with "connection refused".
+#[test]
+fn an_icmp_error_from_elsewhere_than_the_quoted_packet_went_is_not_related() {
+    let mut bed = Bed::new();
+    let question = udp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        OUTSIDE_HOST,
+        64,
+        41999,
+        5300,
+    );
+    assert_eq!(bed.send(A1, &question), Verdict::Forward);
+    let (port, frame) = bed.out();
+    assert_eq!(port, UPLINK);
+    let forged = |from_mac, from_ip| {
+        let mut b = buf();
+        let n =
+            build::build_icmp_error(&mut b, from_mac, ROUTER_MAC, from_ip, 3, 3, 0, &frame[14..])
+                .unwrap();
+        b.truncate(n);
+        b
+    };
+    let verdict = bed.send(B1, &forged(pod_mac(B1_IP), B1_IP));
+    assert_ne!(verdict, Verdict::Forward, "b1's error was passed on");
+    assert!(
+        bed.ctx.tx.iter().all(|tx| tx.port != A1),
+        "b1's error reached a1: {:?}",
+        bed.ctx.tx
+    );
+    // The same error from the outside, where the datagram went, is a1's.
+    assert_eq!(
+        bed.send(UPLINK, &forged(UPLINK_PEER_MAC, OUTSIDE_HOST)),
+        Verdict::Forward
+    );
+    let (port, frame) = bed.out();
+    assert_eq!(port, A1);
+    assert_eq!(check(&frame).dst, A1_IP);
+}
+
 /// A protocol without ports (GRE here; ESP, SCTP as Pacific tracks it) is translated by address
 /// alone, and so is an ICMP error about it: a frag-needed from the upstream router about a GRE
 /// packet reaches the pod that sent it (a GRE tunnel through SNAT learns its path MTU), as Linux's

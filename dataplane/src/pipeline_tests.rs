@@ -1156,6 +1156,63 @@ fn a_connection_outlives_a_rst_neither_end_sent() {
     }
 }
 
+/// TCP hole punching through the SNAT: the pod's SYN opens the binding (and is lost beyond,
+/// at the peer's own NAT), the peer's SYN to the binding crosses it. The peer's SYN reaches the
+/// pod and the simultaneous open completes, as through Linux's conntrack (SYN_SENT2); the
+/// peer's SYN was dropped as `conntrack-invalid`.
+#[test]
+fn a_simultaneous_open_through_the_snat_completes() {
+    let mut bed = Bed::new();
+    let from_pod = |flags| {
+        tcp(
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            A1_IP,
+            OUTSIDE_HOST,
+            40020,
+            40020,
+            flags,
+        )
+    };
+    assert_eq!(bed.send(A1, &from_pod(SYN)), Verdict::Forward);
+    let (_, frame) = bed.out();
+    let L4::Tcp {
+        src_port: nat_port, ..
+    } = check(&frame).l4
+    else {
+        panic!()
+    };
+    let from_peer = |flags| {
+        tcp(
+            UPLINK_PEER_MAC,
+            ROUTER_MAC,
+            OUTSIDE_HOST,
+            EGRESS_A,
+            40020,
+            nat_port,
+            flags,
+        )
+    };
+    assert_eq!(bed.send(UPLINK, &from_peer(SYN)), Verdict::Forward);
+    let (port, frame) = bed.out();
+    assert_eq!(port, A1, "the peer's SYN reaches the pod");
+    let ip = check(&frame);
+    assert_eq!((ip.src, ip.dst), (OUTSIDE_HOST, A1_IP));
+    assert!(matches!(
+        ip.l4,
+        L4::Tcp {
+            dst_port: 40020,
+            ..
+        }
+    ));
+    assert_eq!(bed.send(A1, &from_pod(SYN | ACK)), Verdict::Forward);
+    assert_eq!(bed.out().0, UPLINK);
+    assert_eq!(bed.send(UPLINK, &from_peer(SYN | ACK)), Verdict::Forward);
+    assert_eq!(bed.send(A1, &from_pod(ACK)), Verdict::Forward);
+    assert_eq!(bed.send(UPLINK, &from_peer(ACK)), Verdict::Forward);
+    assert_eq!(bed.out().0, A1);
+}
+
 #[test]
 fn a_syn_reusing_a_time_wait_tuple_replaces_the_old_connection() {
     let mut bed = Bed::new();

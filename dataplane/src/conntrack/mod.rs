@@ -1098,7 +1098,13 @@ fn tcp_transition(st: &mut SlowState, dir: Dir, flags: u8, fresh: bool) -> Optio
                 SynSent
             }
             (Dir::Original, s) => s,
-            // A SYN from the server side: simultaneous open is not supported.
+            // The peer's own SYN while ours is unanswered: a simultaneous open (RFC 9293
+            // section 3.5, TCP hole punching through the SNAT; Linux's SYN_SENT2). Each side
+            // then answers the other's SYN with a SYN-ACK.
+            (Dir::Reply, SynSent) => {
+                st.replied = true;
+                SynSent
+            }
             (Dir::Reply, _) => return None,
         }
     } else if syn && ack {
@@ -1108,6 +1114,9 @@ fn tcp_transition(st: &mut SlowState, dir: Dir, flags: u8, fresh: bool) -> Optio
                 SynRecv
             }
             (Dir::Reply, s) => s,
+            // Our side's answer to the peer's SYN of a simultaneous open.
+            (Dir::Original, SynSent) if st.replied => SynRecv,
+            (Dir::Original, SynRecv) if st.replied => SynRecv,
             (Dir::Original, _) => return None,
         }
     } else {
@@ -1299,9 +1308,32 @@ mod tests {
         let (_, t) = ct.track(&k, TCP_SYN | TCP_ACK, 1).unwrap();
         assert_eq!(t, Tracked::Invalid);
         assert_eq!(state(&ct, &k), TcpState::SynSent);
-        // A SYN from the server side too.
-        let (_, t) = ct.track(&k.reversed(), TCP_SYN, 1).unwrap();
+        // A SYN from the server side of an established connection too.
+        ct.track(&k.reversed(), TCP_SYN | TCP_ACK, 2);
+        ct.track(&k, TCP_ACK, 3);
+        let (_, t) = ct.track(&k.reversed(), TCP_SYN, 4).unwrap();
         assert_eq!(t, Tracked::Invalid);
+        assert_eq!(state(&ct, &k), TcpState::Established);
+    }
+
+    #[test]
+    fn a_simultaneous_open_is_followed_to_established() {
+        let ct = Conntrack::new(ConntrackConfig::default());
+        let k = key([172, 211, 0, 18], 40020, [198, 51, 100, 100], 40020);
+        let r = k.reversed();
+        ct.insert(new_conn(k), 1, TCP_SYN, 0).unwrap();
+        // The peer's SYN crosses ours; each answers the other's with a SYN-ACK, then ACKs.
+        assert!(passes(ct.track(&r, TCP_SYN, 1)), "the peer's SYN");
+        assert_eq!(state(&ct, &k), TcpState::SynSent);
+        assert!(passes(ct.track(&k, TCP_SYN | TCP_ACK, 2)), "our SYN-ACK");
+        assert!(
+            passes(ct.track(&r, TCP_SYN | TCP_ACK, 3)),
+            "the peer's SYN-ACK"
+        );
+        assert_eq!(state(&ct, &k), TcpState::SynRecv);
+        assert!(passes(ct.track(&r, TCP_ACK, 4)));
+        assert!(passes(ct.track(&k, TCP_ACK, 5)));
+        assert_eq!(state(&ct, &k), TcpState::Established);
     }
 
     #[test]

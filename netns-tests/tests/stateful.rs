@@ -1,6 +1,7 @@
 //! Stateful behaviour: the distributed load balancer's spread, session affinity and endpoint
 //! removal; an empty service refusing at once; the stateful firewall dropping unsolicited SYNs;
-//! ICMP errors finding their way back through SNAT; SpoofGuard.
+//! ICMP errors finding their way back through SNAT; SpoofGuard; a simultaneous open (TCP hole
+//! punching) through SNAT.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -475,4 +476,63 @@ fn spoofguard_drops_foreign_source_addresses() {
         let after = lab.port_drops("172.211.0.20", "spoofguard");
         assert!(after >= before + 3, "testbox's port should count the forged packets as spoofguard drops ({before} -> {after})");
     }
+}
+
+/// TCP hole punching through the SNAT: the pod and an outside host connect to each other from
+/// fixed ports at about the same time. The pod's SYN opens the binding and is dropped by the
+/// host's own firewall (as the NAT on the far side of a real hole punch drops it); the host's SYN
+/// to the binding crosses it, reaches the pod, and the simultaneous open (RFC 9293 3.5) connects
+/// both, as through a Linux router. The host's SYN was dropped as `conntrack-invalid`, and both
+/// connects timed out.
+#[test]
+fn a_simultaneous_open_through_snat_connects_both_ends() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("ssimo");
+    let internet = "ext/internet";
+    let fw = lab.exec(
+        internet,
+        &[
+            "iptables",
+            "-A",
+            "INPUT",
+            "-p",
+            "tcp",
+            "--dport",
+            "40020",
+            "--tcp-flags",
+            "SYN,ACK",
+            "SYN",
+            "-j",
+            "DROP",
+        ],
+    );
+    assert!(
+        fw.status.success(),
+        "iptables in ext/internet: {}",
+        describe(&fw)
+    );
+    let punch = |from: &str, to: &str| {
+        format!(
+            "echo hello-from-{from} | timeout 10 socat -t 2 - \
+             TCP:{to}:40020,bind=0.0.0.0:40020,reuseaddr,connect-timeout=6"
+        )
+    };
+    let pod = std::thread::scope(|s| {
+        let pod = s.spawn(|| lab.sh(WORDPRESS, &punch("pod", "198.51.100.100")));
+        std::thread::sleep(Duration::from_millis(500));
+        let outside = lab.sh(internet, &punch("outside", "172.60.96.2"));
+        assert!(
+            stdout(&outside).contains("hello-from-pod"),
+            "the outside host's connect to the binding got nothing from the pod: {}",
+            describe(&outside)
+        );
+        pod.join().expect("the pod's side")
+    });
+    assert!(
+        stdout(&pod).contains("hello-from-outside"),
+        "the pod's connect got nothing from the outside host: {}",
+        describe(&pod)
+    );
 }

@@ -1,7 +1,7 @@
 //! Stateful behaviour: the distributed load balancer's spread, session affinity and endpoint
 //! removal; an empty service refusing at once; the stateful firewall dropping unsolicited SYNs;
 //! ICMP errors finding their way back through SNAT; SpoofGuard; a simultaneous open (TCP hole
-//! punching) through SNAT.
+//! punching) and a blind RST through SNAT.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -534,5 +534,54 @@ fn a_simultaneous_open_through_snat_connects_both_ends() {
         stdout(&pod).contains("hello-from-outside"),
         "the pod's connect got nothing from the outside host: {}",
         describe(&pod)
+    );
+}
+
+/// A RST that neither end sent (a blind one, far outside the window, here with a checksum the
+/// pod's stack refuses) passes through the SNAT to the pod, which ignores it; the connection
+/// carries on, as through a Linux router, whose conntrack ignores a RST outside the window.
+/// Pacific took the RST as the end of the connection and dropped both ends' next segments as
+/// `conntrack-invalid`: the echo of the second line never came.
+#[test]
+fn a_connection_through_snat_outlives_a_blind_rst() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("sbrst");
+    let internet = "ext/internet";
+    let server = lab.sh(
+        internet,
+        "setsid timeout 20 socat TCP-LISTEN:7010,reuseaddr EXEC:cat >/dev/null 2>&1 &",
+    );
+    assert!(
+        server.status.success(),
+        "echo server: {}",
+        describe(&server)
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let echoed = std::thread::scope(|s| {
+        let client = s.spawn(|| {
+            lab.sh(
+                WORDPRESS,
+                "(echo one; sleep 2; echo two; sleep 1) | timeout 10 socat - \
+                 TCP:198.51.100.100:7010,bind=0.0.0.0:43212,reuseaddr",
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        // TCP header from 7010 to the binding (the pod's own port, which the SNAT keeps):
+        // seq 12345, RST, checksum left zero; the host's kernel puts the IP header on.
+        let rst = lab.sh(
+            internet,
+            "printf '\\033\\142\\250\\314\\000\\000\\060\\071\\000\\000\\000\\000\
+             \\120\\004\\000\\000\\000\\000\\000\\000' | socat -u - IP-SENDTO:172.60.96.2:6",
+        );
+        assert!(rst.status.success(), "the blind RST: {}", describe(&rst));
+        client.join().expect("the pod's side")
+    });
+    assert_eq!(
+        stdout(&echoed).lines().collect::<Vec<_>>(),
+        ["one", "two"],
+        "both lines come back: {}",
+        describe(&echoed)
     );
 }

@@ -1,7 +1,8 @@
 //! Stateful behaviour: the distributed load balancer's spread, session affinity and endpoint
 //! removal; an empty service refusing at once; the stateful firewall dropping unsolicited SYNs;
 //! ICMP errors finding their way back through SNAT; SpoofGuard; a simultaneous open (TCP hole
-//! punching) and a blind RST through SNAT.
+//! punching), a blind RST and a forged ICMP
+//! error through SNAT.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -582,6 +583,56 @@ fn a_connection_through_snat_outlives_a_blind_rst() {
         stdout(&echoed).lines().collect::<Vec<_>>(),
         ["one", "two"],
         "both lines come back: {}",
+        describe(&echoed)
+    );
+}
+
+/// An ICMP error from a pod of another namespace, quoting ns-dev's translated UDP flow to the
+/// outside (as the outside host would, to the egress IP), is not taken for an error about that
+/// flow: it does not come in where the flow's packets left. It was passed to wordpress past the
+/// DFW that keeps ns-prod from ns-dev, and its connected socket failed with connection refused.
+#[test]
+fn an_icmp_error_forged_by_another_namespace_does_not_reach_a_flow() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("sicmpf");
+    let internet = "ext/internet";
+    let echo = lab.sh(
+        internet,
+        "setsid timeout 20 socat UDP-RECVFROM:5300,fork EXEC:cat >/dev/null 2>&1 &",
+    );
+    assert!(echo.status.success(), "UDP echo: {}", describe(&echo));
+    std::thread::sleep(Duration::from_millis(500));
+    let echoed = std::thread::scope(|s| {
+        let client = s.spawn(|| {
+            lab.sh(
+                WORDPRESS,
+                "(echo one; sleep 2; echo two; sleep 1) | timeout 10 socat - \
+                 UDP:198.51.100.100:5300,bind=0.0.0.0:41999,reuseaddr",
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        // Port unreachable quoting 172.60.96.2:41999 -> 198.51.100.100:5300 (the SNAT keeps the
+        // pod's port), checksums computed; the kernel of ns-prod/testbox adds its own IP header.
+        let forged = lab.sh(
+            "ns-prod/testbox",
+            "printf '\\003\\003\\145\\134\\000\\000\\000\\000\\105\\000\\000\\040\\000\\001\
+             \\100\\000\\074\\021\\007\\366\\254\\074\\140\\002\\306\\063\\144\\144\\244\\017\
+             \\024\\264\\000\\014\\000\\000\\160\\151\\156\\147' \
+             | socat -u - IP-SENDTO:172.60.96.2:1",
+        );
+        assert!(
+            forged.status.success(),
+            "the forged error: {}",
+            describe(&forged)
+        );
+        client.join().expect("the pod's side")
+    });
+    assert_eq!(
+        stdout(&echoed).lines().collect::<Vec<_>>(),
+        ["one", "two"],
+        "both datagrams come back: {}",
         describe(&echoed)
     );
 }

@@ -1,8 +1,8 @@
 //! Stateful behaviour: the distributed load balancer's spread, session affinity and endpoint
 //! removal; an empty service refusing at once; the stateful firewall dropping unsolicited SYNs;
 //! ICMP errors finding their way back through SNAT; SpoofGuard; a simultaneous open (TCP hole
-//! punching), a blind RST and a forged ICMP
-//! error through SNAT.
+//! punching), a blind RST, a forged ICMP error
+//! and an ICMP error about GRE through SNAT.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -634,5 +634,40 @@ fn an_icmp_error_forged_by_another_namespace_does_not_reach_a_flow() {
         ["one", "two"],
         "both datagrams come back: {}",
         describe(&echoed)
+    );
+}
+
+/// A protocol without ports through the SNAT (GRE here) gets its ICMP errors back: the outside
+/// host's "protocol 47 unreachable", sent to the egress IP, reaches the pod with the quoted
+/// packet's source translated back, as a frag-needed for a GRE tunnel would. It was taken for an
+/// error about nothing tracked and never reached the pod.
+#[test]
+fn an_icmp_error_about_gre_through_snat_reaches_the_pod() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("sgre");
+    let seen = std::thread::scope(|s| {
+        let capture = s.spawn(|| {
+            lab.sh(
+                WORDPRESS,
+                "timeout 5 tcpdump -c 1 -lni eth0 -v 'icmp[icmptype] == icmp-unreach' 2>/dev/null",
+            )
+        });
+        std::thread::sleep(Duration::from_millis(1500));
+        // An empty GRE header (version 0, protocol 0): the host has no tunnel for it.
+        let gre = lab.sh(
+            WORDPRESS,
+            "printf '\\000\\000\\000\\000' | socat -u - IP-SENDTO:198.51.100.100:47",
+        );
+        assert!(gre.status.success(), "sending GRE: {}", describe(&gre));
+        capture.join().expect("the capture")
+    });
+    let text = stdout(&seen);
+    assert!(
+        text.contains("198.51.100.100 > 172.211.0.18: ICMP 198.51.100.100 protocol 47 unreachable")
+            && text.contains("172.211.0.18 > 198.51.100.100: GRE"),
+        "the pod should see the host's protocol unreachable, quoting its own address: {}",
+        describe(&seen)
     );
 }

@@ -16,8 +16,9 @@
 //!    in turn (TTL check, SLB at the T1 owning a VIP, route lookup, egress SNAT when a T1 hands a
 //!    packet for outside the pod pool to T0), the DFW at both ends, and finally a connection entry
 //!    carrying the actions of both directions.
-//! 6. ICMP errors that concern a tracked connection follow it back, inner header translated
-//!    (RFC 5508 section 4.2; RFC 3022 section 4.3).
+//! 6. ICMP errors that concern a tracked connection (by its ports, or by addresses alone for
+//!    protocols without ports) and come in by the port the quoted packet left by follow it back,
+//!    inner header translated (RFC 5508 section 4.2; RFC 3022 section 4.3).
 //!
 //! A gateway whose TTL check fails answers with ICMP time-exceeded from its own address facing
 //! the sender, quoting the packet with the addresses the sender wrote, so `traceroute` shows T1

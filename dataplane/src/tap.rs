@@ -11,11 +11,13 @@
 //! - `IFF_TAP | IFF_NO_PI`: Ethernet frames with no packet-information prefix.
 //! - `IFF_MULTI_QUEUE`: one queue per worker, so workers never share a read fd. Which queue a
 //!   frame of the namespace goes to is chosen by a steering program of ours
-//!   ([`steer_by_address_pair`]): by its pair of IPv4 addresses, the same both ways, so all that
-//!   passes between two hosts is read by one worker, in the order it was sent. The kernel's own
-//!   choice (a hash of each flow) spreads the probes of one `traceroute` over the workers, which
-//!   then reach the destination out of order; past its ICMP rate limit (6 at once) the host
-//!   leaves the last hop's answers out, and traceroute shows stars or a wrong hop count.
+//!   ([`steer_by_address_pair`]): by its pair of IPv4 addresses, plus the ports for TCP, the
+//!   same both ways ([`STEERING_PROGRAM`]). The kernel's own choice follows the queue a flow was
+//!   last written on, so a flow whose two directions two workers forwarded moved between queues
+//!   mid-stream and its segments overtook each other (spurious TCP retransmissions); and it
+//!   spreads the probes of one `traceroute` over the workers, which then reach the destination
+//!   out of order: past its ICMP rate limit (6 at once) the host leaves the last hop's answers
+//!   out, and traceroute shows stars or a wrong hop count.
 //! - `IFF_VNET_HDR` with a 10-byte header (`struct virtio_net_hdr`) and `TUNSETOFFLOAD`
 //!   (`TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6`, plus `TUN_F_USO4 | TUN_F_USO6` where the kernel
 //!   knows them): the kernel hands over 64 KiB TCP segments with a partial checksum instead of
@@ -279,20 +281,44 @@ const fn insn(code: u8, dst: u8, src: u8, imm: i32) -> BpfInsn {
     }
 }
 
-/// The steering program: the queue of a frame is `(src ^ dst) * K >> 16` over its IPv4 source
-/// and destination (bytes 26-29 and 30-33 of an Ethernet frame), modulo the queues (the kernel
-/// takes the result as a u16). XOR makes it the same both ways, so a connection's two directions
-/// meet on one worker where no NAT changes the pair; the multiplication spreads pairs that
-/// differ only in high bits. A frame too short for the loads ends the program with 0 (the
-/// legacy packet loads' rule): queue 0. Other frames than IPv4 hash whatever lies there, which
-/// for ARP and IPv6 is still the same for the same hosts.
-const STEERING_PROGRAM: [BpfInsn; 8] = [
+/// A conditional jump: `off` instructions forward when the test holds.
+const fn jump(code: u8, dst: u8, off: i16, imm: i32) -> BpfInsn {
+    BpfInsn {
+        code,
+        regs: dst,
+        off,
+        imm,
+    }
+}
+
+/// The steering program: the queue of a frame is a hash of its IPv4 source and destination
+/// (bytes 26-29 and 30-33 of an Ethernet frame) and, for TCP, of its two ports (34-37, with a
+/// 20-byte header), modulo the queues (the kernel takes the result as a u16). XOR makes it the
+/// same both ways, so a flow's two directions meet on one worker where no NAT changes it, and a
+/// flow never moves. TCP flows between two hosts spread over the workers (`iperf3 -P 4`); the
+/// rest between two hosts stays on one, in order: a traceroute's UDP or ICMP probes, each a flow
+/// of its own, and every fragment of a datagram (a fragment has no ports, so none are read from
+/// one). `* K >> 16` (Knuth's multiplicative hash) spreads what differs only in high bits. A
+/// frame too short for a load ends the program with 0 (the legacy packet loads' rule): queue 0.
+/// Other frames than IPv4 hash whatever lies there, the same again for the same hosts.
+const STEERING_PROGRAM: [BpfInsn; 19] = [
     insn(0xbf, 6, 1, 0),           // r6 = r1 (the skb, which the packet loads read)
-    insn(0x20, 0, 0, 26),          // r0 = ntohl(*(u32 *)(frame + 26)): source
+    insn(0xb7, 8, 0, 0),           // r8 = 0: the ports' share
+    insn(0x28, 0, 0, 20),          // r0 = ntohs(*(u16 *)(frame + 20)): flags, fragment offset
+    insn(0x54, 0, 0, 0x3fff),      // w0 &= 0x3fff (MF and the offset)
+    jump(0x55, 0, 6, 0),           // a fragment: to the addresses
+    insn(0x30, 0, 0, 23),          // r0 = frame[23]: protocol
+    jump(0x55, 0, 4, 6),           // not TCP: to the addresses
+    insn(0x28, 0, 0, 34),          // r0 = source port
+    insn(0xbf, 8, 0, 0),           // r8 = r0
+    insn(0x28, 0, 0, 36),          // r0 = destination port
+    insn(0xac, 8, 0, 0),           // w8 ^= w0
+    insn(0x20, 0, 0, 26),          // the addresses: r0 = ntohl(*(u32 *)(frame + 26)), source
     insn(0xbf, 7, 0, 0),           // r7 = r0
-    insn(0x20, 0, 0, 30),          // r0 = ntohl(*(u32 *)(frame + 30)): destination
+    insn(0x20, 0, 0, 30),          // r0 = destination
     insn(0xac, 0, 7, 0),           // w0 ^= w7
-    insn(0x24, 0, 0, -1640531535), // w0 *= 0x9e3779b1 (Knuth's multiplicative hash)
+    insn(0xac, 0, 8, 0),           // w0 ^= w8
+    insn(0x24, 0, 0, -1640531535), // w0 *= 0x9e3779b1
     insn(0x74, 0, 0, 16),          // w0 >>= 16
     insn(0x95, 0, 0, 0),           // exit
 ];
@@ -456,6 +482,11 @@ pub(crate) mod test_support {
 #[cfg(test)]
 mod tests {
     use super::test_support::{ip, netns_tests_enabled, Netns};
+    use std::time::Duration;
+
+    fn ip_in(ns: &str, args: &[&str]) -> std::process::Output {
+        ip(&[&["-n", ns][..], args].concat())
+    }
     use super::*;
 
     #[test]
@@ -554,24 +585,29 @@ mod tests {
         );
     }
 
-    /// The UDP datagrams a namespace sent on `queue`: destination address and port, in order.
-    fn udp_read(queue: &OwnedFd) -> Vec<([u8; 4], u16)> {
+    /// What a namespace sent to a host on one queue, in order: IPv4 frames as (destination,
+    /// protocol, IP ID, flags and fragment offset, destination port or 0 in a later fragment).
+    type Sent = Vec<([u8; 4], u8, u16, u16, u16)>;
+
+    fn ipv4_read(queue: &OwnedFd) -> Sent {
         let mut file = File::from(queue.try_clone().unwrap());
         let mut seen = Vec::new();
         let mut buf = [0u8; 2048];
         while let Ok(n) = io::Read::read(&mut file, &mut buf) {
             let f = &buf[VNET_HDR_LEN..n];
-            if f.len() >= 38 && f[12..14] == [8, 0] && f[23] == 17 {
-                let dst = [f[30], f[31], f[32], f[33]];
-                seen.push((dst, u16::from_be_bytes([f[36], f[37]])));
+            if f.len() >= 38 && f[12..14] == [8, 0] {
+                let be16 = |at: usize| u16::from_be_bytes([f[at], f[at + 1]]);
+                let frag = be16(20);
+                let port = if frag & 0x1fff == 0 { be16(36) } else { 0 };
+                seen.push(([f[30], f[31], f[32], f[33]], f[23], be16(18), frag, port));
             }
         }
         seen
     }
 
     #[test]
-    fn every_flow_between_two_hosts_goes_to_one_queue_in_the_order_sent() {
-        if !netns_tests_enabled("every_flow_between_two_hosts_goes_to_one_queue") {
+    fn a_flow_keeps_one_queue_and_between_two_hosts_only_tcp_spreads() {
+        if !netns_tests_enabled("a_flow_keeps_one_queue_and_between_two_hosts_only_tcp_spreads") {
             return;
         }
         let ns = Netns::new("tapsteer");
@@ -583,56 +619,78 @@ mod tests {
         };
         let tap = TapDevice::create_in_netns(&ns.path(), name, &opts).unwrap();
         let n = &ns.name;
+        let neighbour = |ip: &str, mac: &str| {
+            let out = ip_in(n, &["neigh", "add", ip, "lladdr", mac, "dev", name]);
+            assert!(out.status.success(), "{out:?}");
+        };
         for args in [
             &["link", "set", name, "up"][..],
             &["addr", "add", "198.18.0.1/24", "dev", name],
-            &[
-                "neigh",
-                "add",
-                "198.18.0.2",
-                "lladdr",
-                "02:00:00:00:00:02",
-                "dev",
-                name,
-            ],
-            &[
-                "neigh",
-                "add",
-                "198.18.0.3",
-                "lladdr",
-                "02:00:00:00:00:03",
-                "dev",
-                name,
-            ],
         ] {
-            let out = ip(&[&["-n", n][..], args].concat());
+            let out = ip_in(n, args);
             assert!(out.status.success(), "{args:?}: {out:?}");
         }
-        // 64 flows to each of two hosts (a traceroute's probes are such flows): the kernel's
-        // own per-flow hash would put about half of each on either queue.
+        neighbour("198.18.0.2", "02:00:00:00:00:02");
+        neighbour("198.18.0.3", "02:00:00:00:00:03");
+        let (near, far) = ([198, 18, 0, 2], [198, 18, 0, 3]);
         in_netns(&ns.path(), || {
+            // 64 UDP flows to each of two hosts, as a traceroute's probes are: the kernel's own
+            // per-flow hash would put about half of each on either queue.
             let socket = std::net::UdpSocket::bind("198.18.0.1:0").unwrap();
             for host in ["198.18.0.2", "198.18.0.3"] {
                 for port in 33434..33498u16 {
                     socket.send_to(b"probe", (host, port)).unwrap();
                 }
             }
+            // A datagram in three fragments.
+            socket.send_to(&[7u8; 4000], ("198.18.0.2", 4000)).unwrap();
+            // 32 TCP connections to one host (their SYNs; nobody answers).
+            for port in 5201..5233u16 {
+                let to = std::net::SocketAddr::from((near, port));
+                let _ = std::net::TcpStream::connect_timeout(&to, Duration::from_millis(1));
+            }
         })
         .unwrap();
-        let read: Vec<_> = tap.queues.iter().map(udp_read).collect();
-        for host in [[198, 18, 0, 2], [198, 18, 0, 3]] {
+        let read: Vec<Sent> = tap.queues.iter().map(ipv4_read).collect();
+        let probes: Vec<u16> = (33434..33498).collect();
+        for host in [near, far] {
             let per_queue: Vec<Vec<u16>> = read
                 .iter()
                 .map(|q| {
-                    q.iter()
-                        .filter(|(d, _)| *d == host)
-                        .map(|(_, p)| *p)
-                        .collect()
+                    let probe = |s: &&([u8; 4], u8, u16, u16, u16)| s.0 == host && s.1 == 17;
+                    let probes = q.iter().filter(probe).filter(|s| s.3 & 0x3fff == 0);
+                    probes.map(|s| s.4).collect()
                 })
                 .collect();
-            let all: Vec<u16> = (33434..33498).collect();
-            assert!(per_queue.contains(&all), "{host:?}: {per_queue:?}");
+            assert!(per_queue.contains(&probes), "{host:?}: {per_queue:?}");
         }
+        // Every fragment on the queue of the probes to the same host.
+        let probes_queue = read
+            .iter()
+            .position(|q| {
+                q.iter()
+                    .any(|s| s.0 == near && s.1 == 17 && s.3 & 0x3fff == 0)
+            })
+            .unwrap();
+        let fragments: Vec<usize> = (0..read.len())
+            .flat_map(|i| {
+                let frags = read[i]
+                    .iter()
+                    .filter(|s| s.0 == near && s.1 == 17 && s.3 & 0x3fff != 0);
+                frags.map(move |_| i)
+            })
+            .collect();
+        assert_eq!(fragments, vec![probes_queue; 3], "{read:?}");
+        // TCP: each connection's SYNs on one queue, and the connections on both.
+        let syns = |q: &Sent| -> Vec<u16> {
+            q.iter()
+                .filter(|s| s.0 == near && s.1 == 6)
+                .map(|s| s.4)
+                .collect()
+        };
+        let (a, b) = (syns(&read[0]), syns(&read[1]));
+        assert!(!a.is_empty() && !b.is_empty(), "{a:?} {b:?}");
+        assert!(a.iter().all(|p| !b.contains(p)), "{a:?} {b:?}");
     }
 
     #[test]

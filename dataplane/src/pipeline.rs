@@ -1732,8 +1732,13 @@ impl Pipeline {
             let Some(out) = t.port(action.out_port) else {
                 return Verdict::Drop(DropReason::NoRoute);
             };
+            if action.routed && ip.ttl <= action.ttl_dec {
+                // Its TTL runs out at a gateway on the way: dropped there, and not answered (no
+                // error about an error, RFC 1812 4.3.2.7).
+                return Verdict::Drop(DropReason::TtlExceeded);
+            }
             let frame = pkt.frame_mut();
-            if action.routed && ip.ttl > action.ttl_dec && action.ttl_dec > 0 {
+            if action.routed && action.ttl_dec > 0 {
                 rewrite::decrement_ttl(frame, ip, action.ttl_dec);
             }
             // The error's source is the remote end itself when it reports on its own behalf.

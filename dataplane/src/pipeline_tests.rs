@@ -525,6 +525,18 @@ fn egress_snat_translates_both_ways_and_related_icmp_errors_follow() {
         0xffff,
         "inner IP header checksum"
     );
+    // Forwarded, the error takes the TTL steps of the gateways it crosses, as the reply did.
+    assert_eq!(ip.ttl, build::DEFAULT_TTL - 2);
+    // One whose TTL runs out on the way is dropped there, neither forwarded as it came nor
+    // answered (no error about an error: RFC 1812 4.3.2.7).
+    let mut late = b[..n].to_vec();
+    late[14 + 8] = 2;
+    crate::packet::parse::tests::fix_ip_checksum(&mut late);
+    assert_eq!(
+        bed.send(UPLINK, &late),
+        Verdict::Drop(DropReason::TtlExceeded)
+    );
+    assert!(bed.ctx.tx.is_empty(), "{:?}", bed.ctx.tx);
 }
 
 /// An ICMP error is related to a connection only when it comes in by the port the quoted packet

@@ -872,9 +872,13 @@ fn print_summary(socket: &Path) -> Result<(), String> {
                 .map(|r| s(&r["via"]))
         })
         .unwrap_or_else(|| "?".to_string());
-    out!("Outside hosts (behind the upstream router, {peer}):");
-    for h in rows(&outside) {
-        out!("  ext/{:<12} {}", s(&h["name"]), s(&h["address"]));
+    if rows(&outside).next().is_some() {
+        out!("Outside hosts (behind the upstream router, {peer}):");
+        for h in rows(&outside) {
+            out!("  ext/{:<12} {}", s(&h["name"]), s(&h["address"]));
+        }
+    } else {
+        out!("No outside hosts (the upstream router is {peer}).");
     }
     out!();
     let tries = try_commands(&namespaces, &pods, &services, &outside);

@@ -255,6 +255,13 @@ fn get_of_a_missing_object_fails_in_every_format() {
         return;
     }
     let lab = Lab::up_with("cmiss", SMALL_LAB);
+    // A lab of no outside hosts says so in its summary, rather than an empty heading.
+    let summary = stdout(&lab.up_output);
+    assert!(
+        summary.contains("No outside hosts (the upstream router is ")
+            && !summary.contains("Outside hosts ("),
+        "{summary}"
+    );
     for format in [None, Some("wide"), Some("json"), Some("yaml")] {
         let mut args = vec!["get", "pods", "-n", "qa-a", "nosuch"];
         args.extend(format.iter().flat_map(|f| ["-o", f]));

@@ -147,6 +147,17 @@ const MAX_CLIENTS: usize = 256;
 /// A client that sends nothing, or reads none of its answers, for this long is disconnected, so
 /// idle or stuck clients cannot hold every slot.
 const CLIENT_IDLE: Duration = Duration::from_secs(120);
+/// How often the upstream router's uplink is looked at for a flap (its routes go with it).
+const UPSTREAM_LINK_CHECK: Duration = Duration::from_secs(1);
+
+/// Whether `ip -o link show` says the link is administratively up (`UP` among its flags).
+fn link_is_up(shown: &str) -> bool {
+    shown
+        .split_once('<')
+        .and_then(|(_, rest)| rest.split_once('>'))
+        .is_some_and(|(flags, _)| flags.split(',').any(|f| f == "UP"))
+}
+
 /// The longest request line accepted (a manifest travels in one line).
 const MAX_REQUEST: usize = 8 << 20;
 
@@ -339,6 +350,10 @@ impl Daemon {
             path.display(),
             self.config.workers
         ));
+        let keeper = Arc::clone(self);
+        let _ = std::thread::Builder::new()
+            .name("pacific-bgp".into())
+            .spawn(move || keeper.keep_upstream_session());
         while !self.shutdown.load(Ordering::Relaxed) {
             match listener.accept() {
                 Ok(_) if self.shutdown.load(Ordering::Relaxed) => break,
@@ -986,6 +1001,31 @@ impl Daemon {
         }
     }
 
+    /// The eBGP session's part that outlives a link flap: Linux removes a link's routes when
+    /// it goes down, so an `ip link set uplink down` and `up` on the upstream router left it
+    /// with no route to a VIP, an egress IP or a segment until the next change. A session
+    /// would come back with the link and advertise them again: when the router's uplink is
+    /// seen up after being down, its routes are synced again. Checked every
+    /// [`UPSTREAM_LINK_CHECK`] until shutdown.
+    fn keep_upstream_session(&self) {
+        let mut was_up = true;
+        while !self.shutdown.load(Ordering::Relaxed) {
+            std::thread::sleep(UPSTREAM_LINK_CHECK);
+            let shown = netns::ip_netns(
+                &self.upstream.netns,
+                &["-o", "link", "show", "dev", &self.upstream.uplink_ifname],
+            );
+            // An error (the namespace going away at shutdown) says nothing about the session.
+            let Ok(shown) = shown else { continue };
+            let up = link_is_up(&shown);
+            if up && !was_up && !self.shutdown.load(Ordering::Relaxed) {
+                log("the upstream router's uplink is up again: its routes are advertised again");
+                self.sync_upstream();
+            }
+            was_up = up;
+        }
+    }
+
     /// `pacific exec NS/POD` and `ext/HOST`: the namespace to enter. A deployment's name stands
     /// for its pod when it has exactly one.
     fn resolve(&self, target: &str) -> Result<String, RpcError> {
@@ -1373,6 +1413,18 @@ fn conntrack_timeouts(config: &ConntrackConfig) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_upstream_uplink_is_up_by_its_up_flag_only() {
+        let up = "3: uplink: <BROADCAST,MULTICAST,UP,LOWER_UP> mtu 1500 qdisc mq state UNKNOWN";
+        let down = "3: uplink: <BROADCAST,MULTICAST> mtu 1500 qdisc mq state DOWN";
+        let no_carrier = "3: uplink: <NO-CARRIER,BROADCAST,MULTICAST,UP> mtu 1500 state DOWN";
+        assert!(link_is_up(up));
+        assert!(!link_is_up(down));
+        assert!(link_is_up(no_carrier));
+        assert!(!link_is_up("3: uplink: <BROADCAST,LOWER_UP> mtu 1500"));
+        assert!(!link_is_up(""));
+    }
 
     /// A client that pipelines requests and never reads its answers fills the socket; the
     /// write of an answer then blocks. It is disconnected after the idle time, as a silent

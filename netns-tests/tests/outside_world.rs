@@ -8,6 +8,7 @@
 //! 203.0.113.77/27.
 
 use std::process::Output;
+use std::time::Duration;
 
 use pacific_netns_tests::*;
 
@@ -208,4 +209,47 @@ fn uplink_and_outside_hosts_follow_the_manifests() {
     );
     assert!(out.status.success(), "{}", describe(&out));
     assert!(!br().contains("198.51.100.201/29"), "{}", br());
+}
+
+/// The upstream router's uplink goes down and comes back (`ip link set uplink down`, `up`):
+/// Linux took every route through it away with the link, as a BGP session would withdraw them;
+/// the session comes back with the link and so do the routes: the pod reaches the outside
+/// again and the outside the VIP (they stayed unreachable until the next change).
+#[test]
+fn a_flap_of_the_routers_uplink_gives_its_routes_back() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("qa4flap", LAB);
+    let upstream = lab.upstream_netns();
+    assert_north_south(&lab, "before the flap");
+    let vip = lab.service_vip("api").expect("api has a VIP");
+    let link = |state: &str| {
+        let out = lab.ip_in(&upstream, &["link", "set", "dev", "uplink", state]);
+        assert!(out.status.success(), "{}", describe(&out));
+    };
+    link("down");
+    let bgp = || stdout(&lab.ip_in(&upstream, &["route", "show", "proto", "bgp"]));
+    assert!(
+        !bgp().contains(&vip),
+        "the link took its routes:\n{}",
+        bgp()
+    );
+    // Long enough for the daemon to see the link down.
+    std::thread::sleep(Duration::from_secs(3));
+    link("up");
+    let back = wait_until(Duration::from_secs(15), || {
+        stdout(&curl(
+            &lab,
+            "ext/far",
+            &format!("http://{vip}:443/hostname"),
+        ))
+        .starts_with("api-")
+    });
+    assert!(
+        back,
+        "the VIP {vip} stays unreachable after the flap; the router's routes:\n{}",
+        stdout(&lab.ip_in(&upstream, &["route"]))
+    );
+    assert_north_south(&lab, "after the flap");
 }

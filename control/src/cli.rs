@@ -287,7 +287,8 @@ struct ApplyArgs {
 
 #[derive(Args, Debug)]
 struct DeleteArgs {
-    /// KIND NAME...: the objects to delete, as `kubectl delete ns team` (instead of -f). KIND:
+    /// KIND NAME... or KIND/NAME...: the objects to delete, as `kubectl delete ns team` or
+    /// `kubectl delete svc/web deploy/web` (instead of -f). KIND:
     /// namespaces, pods, svc, deployments, endpoints, tkc, outside (short names and plurals too).
     #[arg(value_name = "KIND NAME", conflicts_with = "filename")]
     objects: Vec<String>,
@@ -306,9 +307,25 @@ struct DeleteArgs {
     ignore_not_found: bool,
 }
 
-/// `delete KIND NAME...` as a manifest of those objects (their names only, which is all
-/// delete reads).
+/// `delete KIND NAME...` (or `KIND/NAME...`, as `kubectl delete svc/web deploy/web`) as a
+/// manifest of those objects (their names only, which is all delete reads).
 fn manifest_of_names(objects: &[String]) -> Result<String, String> {
+    if objects.first().is_some_and(|o| o.contains('/')) {
+        let mut docs = Vec::with_capacity(objects.len());
+        for object in objects {
+            match object.split_once('/') {
+                Some((kind, name)) if !kind.is_empty() && !name.is_empty() => {
+                    docs.push(manifest_of_names(&[kind.to_string(), name.to_string()])?);
+                }
+                _ => {
+                    return Err(format!(
+                        "{object:?}: expected KIND/NAME, as the objects before it (or KIND NAME...)"
+                    ))
+                }
+            }
+        }
+        return Ok(docs.join("\n---\n"));
+    }
     let (kind, names) = objects
         .split_first()
         .ok_or("name a KIND and NAME, or give -f FILE")?;

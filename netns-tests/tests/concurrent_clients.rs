@@ -222,3 +222,27 @@ fn delete_by_kind_and_name_as_kubectl() {
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(stderr(&out).contains("bogus"), "{}", describe(&out));
 }
+
+/// `pacific delete svc/web deploy/web`, kubectl's TYPE/NAME form, was refused with "needs a
+/// NAME": it deletes those objects; a bare NAME among them is an error that deletes nothing.
+#[test]
+fn delete_by_kind_slash_name_as_kubectl() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("qa4delsl", LAB);
+    lab.apply_ok(&team(0), None, None);
+    let out = lab.pacific(&["delete", "svc/web", "web", "-n", "team0"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(stderr(&out).contains("KIND/NAME"), "{}", describe(&out));
+    assert_eq!(lab.items("svc", Some("team0")).len(), 1);
+    let out = lab.pacific(&["delete", "svc/web", "deploy/web", "-n", "team0"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "service/web deleted\ndeployment.apps/web deleted"
+    );
+    assert!(lab.items("svc", Some("team0")).is_empty());
+    assert!(lab.items("deployments", Some("team0")).is_empty());
+    assert!(lab.items("pods", Some("team0")).is_empty());
+}

@@ -51,7 +51,7 @@ use crate::packet::{icmp, ipv4};
 use crate::reassembly::{Added, Reassembly};
 use crate::tables::{
     Backend, DfwQuery, Direction, FrontendKey, GatewayKind, LbAlgorithm, NextHop, Port, PortId,
-    PortKind, RuleAction, Tables, PROTO_ICMP, PROTO_TCP,
+    PortKind, RuleAction, Tables, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
 /// Bytes reserved in front of every frame for the virtio-net header (`struct virtio_net_hdr`,
@@ -1377,8 +1377,15 @@ impl Pipeline {
         let icmp = key.protocol == PROTO_ICMP;
         // With SNAT we choose the port and try others; without, the client chose its tuple, and
         // a SYN reusing the tuple of a connection in TIME_WAIT or CLOSE takes its place (as
-        // Linux does), so one more try after clearing it.
-        let attempts: u32 = if path.snat_addr.is_some() { 64 } else { 2 };
+        // Linux does), so one more try after clearing it. A protocol with no ports we rewrite
+        // (GRE, ESP, ...) has one tuple per address pair: taken, it cannot be made unique (a
+        // "port" would not be on the wire), and the flow is refused as Linux's NAT refuses it.
+        let has_ports = matches!(key.protocol, PROTO_TCP | PROTO_UDP | PROTO_ICMP);
+        let attempts: u32 = match path.snat_addr {
+            Some(_) if has_ports => 64,
+            Some(_) => 1,
+            None => 2,
+        };
         let seed = self.conntrack.hash_key(key);
         for attempt in 0..attempts {
             let snat = path

@@ -583,6 +583,50 @@ fn an_icmp_error_from_elsewhere_than_the_quoted_packet_went_is_not_related() {
     assert_eq!(check(&frame).dst, A1_IP);
 }
 
+/// Two pods of one namespace sending GRE to the same host would share one tuple on the wire
+/// (egress IP, host, GRE): nothing in a reply could tell whose it is. The second is dropped as
+/// `nat-port-exhausted` while the first lasts, as Linux's NAT drops a tuple it cannot make
+/// unique; it went out under a "port" that is not on the wire, and the host's answers and
+/// errors about it reached the first pod.
+#[test]
+fn a_second_pod_s_portless_flow_to_the_same_host_is_refused_not_mistaken() {
+    const GRE: u8 = 47;
+    let mut bed = Bed::new();
+    let gre_from = |mac, ip| {
+        let mut gre = udp(mac, ROUTER_MAC, ip, OUTSIDE_HOST, 64, 0, 0x0800);
+        gre[23] = GRE;
+        fix_header_checksum(&mut gre);
+        gre
+    };
+    assert_eq!(
+        bed.send(A1, &gre_from(pod_mac(A1_IP), A1_IP)),
+        Verdict::Forward
+    );
+    assert_eq!(
+        bed.send(A2, &gre_from(pod_mac(A2_IP), A2_IP)),
+        Verdict::Drop(DropReason::NatExhausted)
+    );
+    assert!(bed.ctx.tx.is_empty(), "{:?}", bed.ctx.tx);
+    // The first pod's GRE still goes, and its host's answer comes back to it.
+    assert_eq!(
+        bed.send(A1, &gre_from(pod_mac(A1_IP), A1_IP)),
+        Verdict::Forward
+    );
+    let mut answer = udp(
+        UPLINK_PEER_MAC,
+        ROUTER_MAC,
+        OUTSIDE_HOST,
+        EGRESS_A,
+        60,
+        0,
+        0x0800,
+    );
+    answer[23] = GRE;
+    fix_header_checksum(&mut answer);
+    assert_eq!(bed.send(UPLINK, &answer), Verdict::Forward);
+    assert_eq!(bed.out().0, A1);
+}
+
 /// A protocol without ports (GRE here; ESP, SCTP as Pacific tracks it) is translated by address
 /// alone, and so is an ICMP error about it: a frag-needed from the upstream router about a GRE
 /// packet reaches the pod that sent it (a GRE tunnel through SNAT learns its path MTU), as Linux's

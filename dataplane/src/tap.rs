@@ -11,7 +11,7 @@
 //! - `IFF_TAP | IFF_NO_PI`: Ethernet frames with no packet-information prefix.
 //! - `IFF_MULTI_QUEUE`: one queue per worker, so workers never share a read fd. Which queue a
 //!   frame of the namespace goes to is chosen by a steering program of ours
-//!   ([`steer_by_address_pair`]): by its pair of IPv4 addresses, plus the ports for TCP, the
+//!   ([`steer_queues`]): by its pair of IPv4 addresses, plus the ports for TCP, the
 //!   same both ways ([`STEERING_PROGRAM`]). The kernel's own choice follows the queue a flow was
 //!   last written on, so a flow whose two directions two workers forwarded moved between queues
 //!   mid-stream and its segments overtook each other (spurious TCP retransmissions); and it
@@ -116,10 +116,10 @@ impl TapDevice {
                 device.name = created;
                 configure_device(file.as_raw_fd(), &device.name, opts)?;
                 if opts.queues > 1 {
-                    // Where the kernel lacks BPF (or a sandbox forbids it), its own per-flow
-                    // choice stays: every frame still arrives, only the order between flows
-                    // may differ.
-                    let _ = steer_by_address_pair(file.as_raw_fd());
+                    // Where the kernel lacks BPF (or a sandbox forbids it), the kernel's own
+                    // choice stays: every frame still arrives, in the order that choice gives
+                    // (see above).
+                    let _ = steer_queues(file.as_raw_fd());
                 }
             }
             device.queues.push(OwnedFd::from(file));
@@ -342,7 +342,7 @@ struct BpfProgLoad {
 /// Loads [`STEERING_PROGRAM`] and makes it choose the queue of every frame the namespace sends
 /// into the TAP whose queue `fd` is (`TUNSETSTEERINGEBPF`, Linux 4.16). The device keeps its own
 /// reference to the program; ours is closed on return.
-fn steer_by_address_pair(fd: RawFd) -> io::Result<()> {
+fn steer_queues(fd: RawFd) -> io::Result<()> {
     let license = b"GPL\0";
     let mut prog_name = [0u8; 16];
     prog_name[..13].copy_from_slice(b"pacific_steer");

@@ -803,7 +803,11 @@ impl Pipeline {
             self.conntrack.get(key).map(|(c, _)| c)
         };
         let action = match &conn {
-            None => Some(action),
+            None if generation == t.generation => Some(action),
+            // Decided under older tables, and ended since it was tracked (expired, or forgotten
+            // with its pod's port): its action is not re-checked, so it is not applied either
+            // (it may send a new pod's SYN to the backend of a deleted service).
+            None => None,
             Some(conn) => self
                 .revalidate(t, conn)
                 .map(|actions| actions[dir as usize]),

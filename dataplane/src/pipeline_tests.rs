@@ -2108,3 +2108,138 @@ fn services_without_affinity_remember_nothing() {
     assert_eq!(seen.len(), 2, "the connection hash spreads: {seen:?}");
     assert!(bed.pipeline.affinity.is_empty());
 }
+
+/// ns-a's ClusterIP served by b1 of ns-b, which admits ns-a then; a1 opens a connection to it
+/// from `sport` and, when `close`, closes it into TIME_WAIT. Then new tables: a1 is gone and a
+/// new pod (port 5) has its address, the ClusterIP belongs to a new service without endpoints,
+/// and ns-b is back to its default deny. The verdict of the new pod's first SYN from `sport`.
+fn first_syn_of_a_new_pod_over_an_old_entry(sport: u16, close: bool) -> (Verdict, Vec<u8>) {
+    const FIN: u8 = 0x01;
+    const NEW_A1: PortId = 5;
+    let mut bed = Bed::new();
+    let mut t = testbed::tables(2, Options::default());
+    let web = |backends| {
+        crate::tables::LbService::new(
+            "ns-a/web:80".into(),
+            PROTO_TCP,
+            crate::tables::Backend {
+                ip: CLUSTER_IP,
+                port: 80,
+            },
+            backends,
+            crate::tables::LbAlgorithm::ConnectionHash,
+        )
+    };
+    t.services[0] = web(vec![crate::tables::Backend {
+        ip: B1_IP,
+        port: 80,
+    }]);
+    let mut admit = t.dfw.rules_in[1][0].clone();
+    admit.name = "admit-ns-a".into();
+    admit.sources = vec!["172.211.0.16/28".parse().unwrap()];
+    admit.action = crate::tables::RuleAction::Allow;
+    t.dfw.rules_in[1].insert(0, admit);
+    bed.tables.store(Arc::new(t));
+    let (port, backend) = bed.open_to_cluster_ip(sport);
+    assert_eq!((port, backend), (B1, B1_IP));
+    let from_b1 = |flags| tcp(pod_mac(B1_IP), ROUTER_MAC, B1_IP, A1_IP, 80, sport, flags);
+    let from_a1 = |flags| {
+        tcp(
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            A1_IP,
+            CLUSTER_IP,
+            sport,
+            80,
+            flags,
+        )
+    };
+    assert_eq!(bed.send(B1, &from_b1(SYN | ACK)), Verdict::Forward);
+    assert_eq!(bed.send(A1, &from_a1(ACK)), Verdict::Forward);
+    if close {
+        assert_eq!(bed.send(A1, &from_a1(FIN | ACK)), Verdict::Forward);
+        assert_eq!(bed.send(B1, &from_b1(FIN | ACK)), Verdict::Forward);
+        assert_eq!(bed.send(A1, &from_a1(ACK)), Verdict::Forward);
+    }
+    let mut t = testbed::tables(3, Options::default());
+    let mut new_pod = t.ports[A1 as usize].take().unwrap();
+    new_pod.id = NEW_A1;
+    new_pod.name = "ns-a/a1-new".into();
+    t.ports.push(Some(new_pod));
+    t.segments[0].ports = vec![NEW_A1, A2, A3];
+    t.hosts.insert(A1_IP, NEW_A1);
+    t.services[0] = web(vec![]);
+    bed.tables.store(Arc::new(t));
+    let old = FlowKey {
+        protocol: PROTO_TCP,
+        src: A1_IP,
+        dst: CLUSTER_IP,
+        src_port: sport,
+        dst_port: 80,
+    };
+    assert!(
+        bed.pipeline.conntrack.get(&old).is_some(),
+        "the old entry is there"
+    );
+    let verdict = bed.send(NEW_A1, &from_a1(SYN));
+    let (out_port, frame) = bed.out();
+    assert_eq!(out_port, NEW_A1);
+    (verdict, frame)
+}
+
+#[test]
+fn a_new_pod_s_first_syn_over_an_old_pod_s_entry_is_refused_as_a_fresh_one() {
+    for close in [true, false] {
+        let (verdict, frame) = first_syn_of_a_new_pod_over_an_old_entry(43000, close);
+        assert_eq!(
+            verdict,
+            Verdict::Drop(DropReason::NoBackend),
+            "close {close}"
+        );
+        let ip = check(&frame);
+        assert_eq!((ip.src, ip.dst), (CLUSTER_IP, A1_IP));
+        let L4::Tcp { flags, .. } = ip.l4 else {
+            panic!()
+        };
+        assert_ne!(flags & 0x04, 0, "RST");
+    }
+}
+
+#[test]
+fn a_connection_that_ends_between_its_lookup_and_its_revalidation_is_not_applied_stale() {
+    // a1's connection through the ClusterIP, decided under generation 1; then new tables, in
+    // which the ClusterIP has no endpoints, and the connection ends (its pod's port forgotten
+    // by the control plane, or expired by another worker) right after the packet found it.
+    let mut bed = Bed::new();
+    let (port, backend) = bed.open_to_cluster_ip(43000);
+    let key = FlowKey {
+        protocol: PROTO_TCP,
+        src: A1_IP,
+        dst: CLUSTER_IP,
+        src_port: 43000,
+        dst_port: 80,
+    };
+    let (dir, tracked) = bed.pipeline.conntrack.track(&key, SYN, bed.now).unwrap();
+    let (conn, _) = bed.pipeline.conntrack.get(&key).unwrap();
+    assert_eq!(conn.actions[0].out_port, port);
+    assert!(bed.pipeline.conntrack.remove(conn.id));
+    let mut t = testbed::tables(2, Options::default());
+    t.services[0] = crate::tables::LbService::new(
+        "empty".into(),
+        PROTO_TCP,
+        crate::tables::Backend {
+            ip: CLUSTER_IP,
+            port: 80,
+        },
+        vec![],
+        crate::tables::LbAlgorithm::ConnectionHash,
+    );
+    bed.tables.store(Arc::new(t));
+    let t = bed.tables.load_full();
+    let hit = bed.pipeline.hit(&t, &key, 64, dir, tracked);
+    assert_eq!(
+        hit,
+        Hit::Miss,
+        "the SYN is walked afresh (and refused), not sent to the old backend {backend}"
+    );
+}

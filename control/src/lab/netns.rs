@@ -32,6 +32,21 @@ pub const TERM_GRACE: Duration = Duration::from_secs(2);
 /// router can emit in one batch.
 pub const LAB_TXQUEUELEN: &str = "10000";
 
+/// Gives `dev` in `ns` no queueing discipline (`tc qdisc replace ... root noqueue`), before its
+/// queue length is raised and it comes up. A multiqueue TAP has 256 transmit queues whatever
+/// number the daemon opens, and the default `mq` root hangs a pfifo_fast on each, whose three
+/// bands take a ring of `txqueuelen` slots: about 100 MB of unreclaimable kernel memory a port at
+/// [`LAB_TXQUEUELEN`], so a lab of 160 pods held 16 GB and the OOM killer took the daemon. A TAP
+/// drops when its own ring (that same length) is full rather than stopping the queue, so the
+/// qdisc held nothing anyway.
+pub fn no_queue_discipline(ns: &str, dev: &str) -> Result<(), LabError> {
+    run_checked(
+        "tc",
+        &["-n", ns, "qdisc", "replace", "dev", dev, "root", "noqueue"],
+    )
+    .map(drop)
+}
+
 /// Runs `program args...`; on success returns its stdout.
 pub fn run_checked<S: AsRef<OsStr>>(program: &str, args: &[S]) -> Result<String, LabError> {
     let out = run_output(program, args)?;
@@ -367,6 +382,7 @@ pub fn configure_pod_interface(ns: &str, intf: &PodInterface) -> Result<(), LabE
     disable_ipv6(ns)?;
     ip_netns(ns, &["link", "set", "dev", "lo", "up"])?;
     let (mac, mtu) = (intf.mac.to_string(), intf.mtu.to_string());
+    no_queue_discipline(ns, dev)?;
     ip_netns(
         ns,
         &[
@@ -525,6 +541,51 @@ mod tests {
             "{}",
             String::from_utf8_lossy(&ping.stdout)
         );
+    }
+
+    #[test]
+    fn pod_tap_gets_no_queue_per_transmit_queue() {
+        if !netns_available("pod_tap_gets_no_queue_per_transmit_queue") {
+            return;
+        }
+        let mut guard = NsGuard::default();
+        let pod = guard.add(&ns_name("podmq"));
+        add_netns(&pod).unwrap();
+        // A multiqueue TAP, as the daemon makes a port: 256 transmit queues.
+        ip_netns(
+            &pod,
+            &[
+                "tuntap",
+                "add",
+                "mode",
+                "tap",
+                "multi_queue",
+                "name",
+                "eth0",
+            ],
+        )
+        .unwrap();
+        let intf = PodInterface {
+            ifname: "eth0".into(),
+            mac: "02:50:00:00:00:13".parse().unwrap(),
+            addr: Ipv4Addr::new(172, 211, 0, 19),
+            prefix_len: 28,
+            gateway: Ipv4Addr::new(172, 211, 0, 17),
+            mtu: 1500,
+        };
+        configure_pod_interface(&pod, &intf).unwrap();
+        configure_pod_interface(&pod, &intf).unwrap();
+
+        let link = ip_netns(&pod, &["link", "show", "dev", "eth0"]).unwrap();
+        assert!(
+            link.contains("qlen 10000") && link.contains(",UP"),
+            "{link}"
+        );
+        // Under the default mq root each of the 256 queues got a pfifo_fast with rings of 10000
+        // slots (about 100 MB of kernel memory for this one port).
+        let qdiscs = run_checked("tc", &["-n", &pod, "qdisc", "show", "dev", "eth0"]).unwrap();
+        assert_eq!(qdiscs.lines().count(), 1, "{qdiscs}");
+        assert!(qdiscs.contains("qdisc noqueue"), "{qdiscs}");
     }
 
     #[test]

@@ -103,6 +103,7 @@ pub fn configure_uplink(r: &UpstreamRouter, pools: &[Ipv4Net]) -> Result<(), Lab
     let (ns, dev) = (r.netns.as_str(), r.uplink_ifname.as_str());
     let cidr = format!("{}/{}", r.uplink_addr, r.uplink_prefix_len);
     ip_netns(ns, &["addr", "replace", &cidr, "dev", dev])?;
+    netns::no_queue_discipline(ns, dev)?;
     ip_netns(
         ns,
         &[

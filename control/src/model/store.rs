@@ -30,7 +30,7 @@ use super::manifest::{
     ManifestError, Meta, NamespaceRequest, ObjectRef, OutsideHostRequest, PodRequest,
     ServiceRequest, TkgClusterRequest, ANN_CONTROL_PLANE_CLUSTER_IP, ANN_CONTROL_PLANE_IPS,
     ANN_CONTROL_PLANE_NODE_PORT, ANN_CONTROL_PLANE_VIP, ANN_POD_IP, ANN_SEGMENT_CIDR,
-    ANN_STATIC_SNAT_IP, ANN_SUPERVISOR,
+    ANN_SEGMENT_PREFIX_LEN, ANN_STATIC_SNAT_IP, ANN_SUPERVISOR, DEFAULT_SEGMENT_PREFIX_LEN,
 };
 use super::objects::{
     cluster_key, selects, split_key, ClusterWorkload, Container, ContainerPort, Deployment,
@@ -562,7 +562,10 @@ fn place_hosts(
                     (
                         i,
                         IpamError::Exhausted(format!(
-                            "segment {} {} has no free address left",
+                            "segment {} {} has no free address left (a namespace gets a larger \
+                             one with the annotation {ANN_SEGMENT_PREFIX_LEN}, e.g. 24, \
+                             or {ANN_SEGMENT_CIDR}; it is a /{DEFAULT_SEGMENT_PREFIX_LEN} without \
+                             them)",
                             segment.name, segment.subnet
                         )),
                     )
@@ -2749,7 +2752,9 @@ spec:
         );
         assert_eq!(
             e.message,
-            "segment seg-ns-prod 172.211.0.128/28 has no free address left"
+            "segment seg-ns-prod 172.211.0.128/28 has no free address left (a namespace \
+             gets a larger one with the annotation pacific.dev/segment-prefix-length, e.g. 24, \
+             or pacific.dev/segment-cidr; it is a /28 without them)"
         );
         assert_eq!(replicas(store.state(), "ns-prod", "big").len(), 11);
 

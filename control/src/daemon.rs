@@ -144,6 +144,44 @@ pub struct Daemon {
 
 /// At most this many control connections at once; more are answered with an error and closed.
 const MAX_CLIENTS: usize = 256;
+
+/// Open files the daemon wants: a port holds a TAP fd per worker (two on two cores), so the
+/// usual soft limit of 1024 ran out near 500 pods, and pods past it were listed Running with no
+/// port (their `ip` and TAP opens failed with "Too many open files").
+const OPEN_FILES_WANTED: u64 = 1 << 16;
+
+/// The (soft, hard) open-file limits to ask for, given the present ones: the soft limit up to
+/// [`OPEN_FILES_WANTED`], the hard one raised to it too if that is lower (root may), never
+/// either lowered.
+fn open_file_limits(soft: u64, hard: u64) -> (u64, u64) {
+    let hard = hard.max(OPEN_FILES_WANTED);
+    (soft.max(OPEN_FILES_WANTED).min(hard), hard)
+}
+
+/// Raises RLIMIT_NOFILE as [`open_file_limits`] says; where the hard limit may not be raised,
+/// the soft one goes up to it. Returns the soft limit in force.
+fn raise_open_file_limit() -> u64 {
+    let mut now = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct it is given.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut now) } != 0 {
+        return 0;
+    }
+    let (soft, hard) = open_file_limits(now.rlim_cur, now.rlim_max);
+    for (cur, max) in [(soft, hard), (soft.min(now.rlim_max), now.rlim_max)] {
+        let want = libc::rlimit {
+            rlim_cur: cur,
+            rlim_max: max,
+        };
+        // SAFETY: setrlimit reads the struct it is given.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &want) } == 0 {
+            return cur;
+        }
+    }
+    now.rlim_cur
+}
 /// A client that sends nothing, or reads none of its answers, for this long is disconnected, so
 /// idle or stuck clients cannot hold every slot.
 const CLIENT_IDLE: Duration = Duration::from_secs(120);
@@ -185,6 +223,14 @@ impl Daemon {
         // Before anything is touched: the lab record, the upstream router and its uplink belong
         // to the daemon that answers there.
         refuse_if_answered(&config.socket)?;
+        let open_files = raise_open_file_limit();
+        if open_files < OPEN_FILES_WANTED {
+            log(format!(
+                "open files limited to {open_files} (RLIMIT_NOFILE): a port takes one per \
+                 worker, so a lab of more than about {} pods will not get them all",
+                (open_files / 2).saturating_sub(64)
+            ));
+        }
         std::fs::create_dir_all(config.state_dir())
             .map_err(|e| format!("cannot create {}: {e}", config.state_dir().display()))?;
         match record::clear_stale(&config.record_path()) {
@@ -1413,6 +1459,17 @@ fn conntrack_timeouts(config: &ConntrackConfig) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn open_file_limits_rise_to_what_a_big_lab_needs_and_never_fall() {
+        // The usual shell default: 1024 soft, a hard limit above what is wanted.
+        assert_eq!(open_file_limits(1024, 524_288), (65_536, 524_288));
+        // `ulimit -n 1024` set both: root raises the hard limit too.
+        assert_eq!(open_file_limits(1024, 1024), (65_536, 65_536));
+        // Already more than wanted: left as it is.
+        assert_eq!(open_file_limits(1 << 20, 1 << 20), (1 << 20, 1 << 20));
+        assert_eq!(open_file_limits(100_000, 200_000), (100_000, 200_000));
+    }
 
     #[test]
     fn the_upstream_uplink_is_up_by_its_up_flag_only() {

@@ -5,7 +5,7 @@
 //! All namespace work goes through iproute2 (`ip`, `ip -n NS`, `ip netns exec`) rather than
 //! netlink sockets and `setns` of our own: the lab is not on the packet path, the commands are the
 //! ones a person would type to check the result, every failure arrives with the exact command line
-//! and the kernel's own message, and the crate keeps its `unsafe` in the dataplane's TAP module.
+//! and the kernel's own message, and the lab needs no `unsafe` (the dataplane's TAP module has it).
 //! Nothing here touches the root namespace's addresses or routes.
 //!
 //! - [`netns`]: wrappers over iproute2 (namespaces, links, processes inside namespaces).

@@ -1158,22 +1158,22 @@ fn a_backend_on_the_clients_segment_answers_from_the_cluster_ip() {
     assert_eq!((ip.src, ip.dst), (CLUSTER_IP, A1_IP));
 }
 
-/// A RST the ends did not send (out of their window: a stale or injected one) no longer ends a
-/// connection through SNAT: the pod's challenge ACK and the server's next data get through, as
-/// through Linux's conntrack, which ignores a RST outside the window. Both were dropped as
-/// `conntrack-invalid`, and the connection hung while both ends still had it.
-#[test]
-fn a_connection_outlives_a_rst_neither_end_sent() {
-    let mut bed = Bed::new();
-    const RST: u8 = 0x04;
-    let from_pod = |flags| {
+/// A TCP connection from a1's `sport` to the outside host's `dport`, through the SNAT: a1's SYN
+/// goes out, and the two ends' segments, by their flags, are built here: a1's, and the outside
+/// host's to the egress IP and the NAT port the SYN left with.
+fn syn_through_snat(
+    bed: &mut Bed,
+    sport: u16,
+    dport: u16,
+) -> (impl Fn(u8) -> Vec<u8>, impl Fn(u8) -> Vec<u8>) {
+    let from_pod = move |flags| {
         tcp(
             pod_mac(A1_IP),
             ROUTER_MAC,
             A1_IP,
             OUTSIDE_HOST,
-            43210,
-            7010,
+            sport,
+            dport,
             flags,
         )
     };
@@ -1183,19 +1183,31 @@ fn a_connection_outlives_a_rst_neither_end_sent() {
         src_port: nat_port, ..
     } = check(&frame).l4
     else {
-        panic!()
+        panic!("not TCP: {frame:02x?}")
     };
-    let from_server = |flags| {
+    let from_outside = move |flags| {
         tcp(
             UPLINK_PEER_MAC,
             ROUTER_MAC,
             OUTSIDE_HOST,
             EGRESS_A,
-            7010,
+            dport,
             nat_port,
             flags,
         )
     };
+    (from_pod, from_outside)
+}
+
+/// A RST the ends did not send (out of their window: a stale or injected one) no longer ends a
+/// connection through SNAT: the pod's challenge ACK and the server's next data get through, as
+/// through Linux's conntrack, which ignores a RST outside the window. Both were dropped as
+/// `conntrack-invalid`, and the connection hung while both ends still had it.
+#[test]
+fn a_connection_outlives_a_rst_neither_end_sent() {
+    let mut bed = Bed::new();
+    const RST: u8 = 0x04;
+    let (from_pod, from_server) = syn_through_snat(&mut bed, 43210, 7010);
     assert_eq!(bed.send(UPLINK, &from_server(SYN | ACK)), Verdict::Forward);
     assert_eq!(bed.send(A1, &from_pod(ACK)), Verdict::Forward);
     // A RST in the server's name reaches the pod, whose stack finds it out of its window...
@@ -1219,36 +1231,7 @@ fn a_connection_outlives_a_rst_neither_end_sent() {
 #[test]
 fn a_simultaneous_open_through_the_snat_completes() {
     let mut bed = Bed::new();
-    let from_pod = |flags| {
-        tcp(
-            pod_mac(A1_IP),
-            ROUTER_MAC,
-            A1_IP,
-            OUTSIDE_HOST,
-            40020,
-            40020,
-            flags,
-        )
-    };
-    assert_eq!(bed.send(A1, &from_pod(SYN)), Verdict::Forward);
-    let (_, frame) = bed.out();
-    let L4::Tcp {
-        src_port: nat_port, ..
-    } = check(&frame).l4
-    else {
-        panic!()
-    };
-    let from_peer = |flags| {
-        tcp(
-            UPLINK_PEER_MAC,
-            ROUTER_MAC,
-            OUTSIDE_HOST,
-            EGRESS_A,
-            40020,
-            nat_port,
-            flags,
-        )
-    };
+    let (from_pod, from_peer) = syn_through_snat(&mut bed, 40020, 40020);
     assert_eq!(bed.send(UPLINK, &from_peer(SYN)), Verdict::Forward);
     let (port, frame) = bed.out();
     assert_eq!(port, A1, "the peer's SYN reaches the pod");

@@ -995,10 +995,15 @@ fn a_cluster_ip_without_backends_refuses_at_once() {
     assert_eq!(bed.send(A1, &syn), Verdict::Drop(DropReason::NoBackend));
     let (port, frame) = bed.out();
     assert_eq!(port, A1);
-    let ip = check(&frame);
+    assert_reset_from_the_cluster_ip(&frame);
+}
+
+/// The frame is a TCP reset from the ClusterIP to a1.
+fn assert_reset_from_the_cluster_ip(frame: &[u8]) {
+    let ip = check(frame);
     assert_eq!((ip.src, ip.dst), (CLUSTER_IP, A1_IP));
     let L4::Tcp { flags, .. } = ip.l4 else {
-        panic!()
+        panic!("not TCP: {:?}", ip.l4)
     };
     assert_ne!(flags & 0x04, 0, "RST");
 }
@@ -2179,12 +2184,7 @@ fn a_new_pod_s_first_syn_over_an_old_pod_s_entry_is_refused_as_a_fresh_one() {
             Verdict::Drop(DropReason::NoBackend),
             "close {close}"
         );
-        let ip = check(&frame);
-        assert_eq!((ip.src, ip.dst), (CLUSTER_IP, A1_IP));
-        let L4::Tcp { flags, .. } = ip.l4 else {
-            panic!()
-        };
-        assert_ne!(flags & 0x04, 0, "RST");
+        assert_reset_from_the_cluster_ip(&frame);
     }
 }
 

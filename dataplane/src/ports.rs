@@ -1257,6 +1257,16 @@ mod tests {
             let ports = [ports.remove(0), ports.remove(0)];
             Lab { _dp: dp, ports, ns }
         }
+
+        /// `ping ARGS 198.18.0.2` from the first namespace to the second.
+        fn ping(&self, args: &[&str]) -> std::process::Output {
+            Command::new("ip")
+                .args(["netns", "exec", &self.ns[0].name, "ping"])
+                .args(args)
+                .arg("198.18.0.2")
+                .output()
+                .unwrap()
+        }
     }
 
     #[test]
@@ -1270,22 +1280,9 @@ mod tests {
             offloads: false,
         };
         let lab = Lab::new("ping", TestProcessor::bridge(), opts, 1500);
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.ns[0].name,
-                "ping",
-                "-c",
-                "3",
-                // Up to 10 s for the three replies: a loaded CI machine may lose the race of a
-                // 1 s per-packet timeout, not the frames.
-                "-w",
-                "10",
-                "198.18.0.2",
-            ])
-            .output()
-            .unwrap();
+        // Up to 10 s for the three replies: a loaded CI machine may lose the race of a 1 s
+        // per-packet timeout, not the frames.
+        let out = lab.ping(&["-c", "3", "-w", "10"]);
         assert!(
             out.status.success(),
             "ping: {}",
@@ -1324,20 +1321,7 @@ mod tests {
         ip_ok(&["-n", &lab.ns[1].name, "link", "set", "eth0", "down"]);
         let before = lab.ports[1].drops(DropReason::LinkDown);
         // Unanswered: each try is an ARP broadcast the bridge sends to the downed port.
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.ns[0].name,
-                "ping",
-                "-c",
-                "3",
-                "-i",
-                "0.2",
-            ])
-            .args(["-W", "1", "198.18.0.2"])
-            .output()
-            .unwrap();
+        let out = lab.ping(&["-c", "3", "-i", "0.2", "-W", "1"]);
         assert!(
             !out.status.success(),
             "a ping through a downed link was answered"
@@ -1351,20 +1335,7 @@ mod tests {
         assert_eq!(lab.ports[1].drops(DropReason::TxError), 0, "{s:?}");
         // Back up, the same ping is answered.
         ip_ok(&["-n", &lab.ns[1].name, "link", "set", "eth0", "up"]);
-        let out = Command::new("ip")
-            .args([
-                "netns",
-                "exec",
-                &lab.ns[0].name,
-                "ping",
-                "-c",
-                "1",
-                "-w",
-                "10",
-            ])
-            .arg("198.18.0.2")
-            .output()
-            .unwrap();
+        let out = lab.ping(&["-c", "1", "-w", "10"]);
         assert!(
             out.status.success(),
             "{}",

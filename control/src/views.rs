@@ -516,7 +516,16 @@ fn nat(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
         };
         let o = &conn.original;
         let r = &conn.reply;
-        rows.push(json!({
+        // Sorted by namespace, protocol and the original tuple, addresses as numbers.
+        let order = (
+            owner.clone(),
+            o.protocol,
+            o.src,
+            o.src_port,
+            o.dst,
+            o.dst_port,
+        );
+        rows.push((order, json!({
             "namespace": owner,
             "protocol": protocol_name(o.protocol),
             "original": endpoints(o.protocol, o.src, o.src_port, o.dst, o.dst_port),
@@ -525,9 +534,10 @@ fn nat(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
             "type": kind,
             "state": if o.protocol == 6 { st.tcp.name().to_string() } else if st.replied { "REPLIED".to_string() } else { "UNREPLIED".to_string() },
             "packets": st.packets[Dir::Original as usize] + st.packets[Dir::Reply as usize],
-        }));
+        })));
     }
-    Ok(items(rows))
+    rows.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(items(rows.into_iter().map(|(_, row)| row).collect()))
 }
 
 /// `a:p -> b:q`, or for ICMP echo `a -> b id N`.

@@ -3,6 +3,7 @@
 use std::time::Duration;
 
 use pacific_netns_tests::*;
+use serde_json::json;
 
 const LAB: &str = "\
 apiVersion: pacific.dev/v1
@@ -228,4 +229,54 @@ spec:
     lab.delete(web, Some("old"), Some("guest"));
     let out = lab.pacific(&["get", "svc", "-n", "old"]);
     assert!(stdout(&out).starts_with("NAME "), "{}", describe(&out));
+}
+
+/// `get nat` listed connections in the table's hash order, so a pod's flows were scattered and
+/// a re-run shuffled them. It lists them by namespace, then protocol and original tuple, with
+/// ports (and addresses) compared as numbers: source port 2000 before 10000.
+#[test]
+fn get_nat_lists_connections_in_order() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("qanatord");
+    let url = "http://198.51.100.100/clientip";
+    // Made in reverse order, so that the order listed is not the order made.
+    for (pod, port) in [
+        ("ns-dev/testbox", "10000"),
+        ("ns-dev/testbox", "2000"),
+        ("ns-dev/wordpress", "10000"),
+        ("ns-dev/wordpress", "2000"),
+    ] {
+        let out = lab.exec(pod, &["curl", "-s", "-m", "3", "--local-port", port, url]);
+        assert!(
+            out.status.success(),
+            "{pod} -> outside:\n{}",
+            describe(&out)
+        );
+    }
+    let rows: Vec<(String, String, u16)> = lab.rpc_ok("nat.list", &json!({}))["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|r| {
+            let original = r["original"].as_str()?;
+            let (src, _) = original.split_once(" -> ")?;
+            let (ip, port) = src.rsplit_once(':')?;
+            let ns = r["namespace"].as_str().unwrap_or("").to_string();
+            Some((ns, ip.to_string(), port.parse().ok()?))
+        })
+        .filter(|(_, _, port)| *port == 2000 || *port == 10000)
+        .collect();
+    assert_eq!(rows.len(), 4, "the four connections: {rows:?}");
+    let mut sorted = rows.clone();
+    sorted.sort_by_key(|(ns, ip, port)| (ns.clone(), ip.parse::<std::net::Ipv4Addr>().ok(), *port));
+    assert_eq!(rows, sorted, "get nat is not in order");
+    let text = stdout(&lab.pacific(&["get", "nat"]));
+    let first = |needle: &str| text.find(needle).unwrap_or(usize::MAX);
+    assert!(
+        first(":2000 ") < first(":10000 "),
+        "port 2000 is listed after 10000:\n{text}"
+    );
 }

@@ -704,10 +704,7 @@ fn lab_down(socket: &Path, given_prefix: Option<&str>) -> Result<ExitCode, Strin
         if ours {
             let pid = status.get("pid").and_then(Value::as_u64).unwrap_or(0) as u32;
             let _ = client::call(socket, "daemon.shutdown", json!({}));
-            let deadline = Instant::now() + Duration::from_secs(20);
-            while crate::lab::netns::pid_alive(pid) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
+            wait_for_shutdown(pid, &prefix);
             stopped = Some(pid);
         } else {
             let _ = client::call(socket, "lab.reset", json!({}));
@@ -739,6 +736,32 @@ fn lab_down(socket: &Path, given_prefix: Option<&str>) -> Result<ExitCode, Strin
 
 /// What `lab down` prints: what it stopped and removed, the leftovers line only when there were
 /// leftovers, and one plain line when there was no lab at all.
+/// Waits for the lab's daemon to exit while it is still removing namespaces: a large lab (some
+/// hundreds of pods) takes longer than any fixed wait. Gives up after 20 s without progress;
+/// the record then lets the caller clean up what the daemon left.
+fn wait_for_shutdown(pid: u32, prefix: &str) {
+    const STALL: Duration = Duration::from_secs(20);
+    let count = || {
+        crate::lab::netns::list_netns_with_prefix(&format!("{prefix}-"))
+            .map(|v| v.len())
+            .unwrap_or(0)
+    };
+    let mut left = count();
+    let mut progress_at = Instant::now();
+    let mut checked_at = Instant::now();
+    while crate::lab::netns::pid_alive(pid) && progress_at.elapsed() < STALL {
+        std::thread::sleep(Duration::from_millis(50));
+        if checked_at.elapsed() >= Duration::from_millis(500) {
+            checked_at = Instant::now();
+            let now = count();
+            if now < left {
+                left = now;
+                progress_at = Instant::now();
+            }
+        }
+    }
+}
+
 fn lab_down_report(
     socket: &Path,
     nothing_there: bool,

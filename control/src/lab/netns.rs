@@ -16,7 +16,8 @@ use std::io;
 use std::net::Ipv4Addr;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Mutex, OnceLock};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -265,7 +266,7 @@ pub fn spawn_in_netns<S: AsRef<OsStr>>(
         .open(log)
         .map_err(|e| io::Error::new(e.kind(), format!("cannot open log {}: {e}", log.display())))?;
     let err = out.try_clone()?;
-    let mut child = Command::new("ip")
+    let child = Command::new("ip")
         .args(netns_exec_args(ns, argv))
         .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
@@ -283,12 +284,44 @@ pub fn spawn_in_netns<S: AsRef<OsStr>>(
             )
         })?;
     let pid = child.id();
-    thread::Builder::new()
-        .name(format!("reap-{pid}"))
-        .spawn(move || {
-            let _ = child.wait();
-        })?;
+    reap_later(child)?;
     Ok(pid)
+}
+
+/// The children `spawn_in_netns` started and nobody waits for yet.
+static UNREAPED: Mutex<Vec<Child>> = Mutex::new(Vec::new());
+
+/// Hands `child` to the one reaper thread, which collects every exited child a few times a second,
+/// so that none lingers as a zombie of a long-lived daemon (a lab of 600 pods once had a thread
+/// each waiting for its process). Waiting on each `Child` rather than on any pid leaves alone the
+/// children that `Command::output` waits for itself.
+fn reap_later(child: Child) -> io::Result<()> {
+    static REAPER: OnceLock<io::Result<()>> = OnceLock::new();
+    lock_unreaped().push(child);
+    let started = REAPER.get_or_init(|| {
+        thread::Builder::new()
+            .name("reaper".into())
+            .spawn(|| loop {
+                thread::sleep(Duration::from_millis(250));
+                // An error from try_wait means there is nothing left to wait for.
+                lock_unreaped().retain_mut(|c| matches!(c.try_wait(), Ok(None)));
+            })
+            .map(drop)
+    });
+    match started {
+        Ok(()) => Ok(()),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot start the reaper thread: {e}"),
+        )),
+    }
+}
+
+fn lock_unreaped() -> std::sync::MutexGuard<'static, Vec<Child>> {
+    // A panic elsewhere while holding the lock leaves a list that is still sound.
+    UNREAPED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// True when process `pid` exists and is not a zombie.
@@ -628,6 +661,35 @@ mod tests {
         delete_netns(&ns).unwrap();
         assert!(!pid_alive(pid));
         assert!(!netns_exists(&ns));
+        let _ = std::fs::remove_file(&log);
+    }
+
+    /// A process that exits is collected (not left a zombie of the daemon), by the one reaper.
+    #[test]
+    fn exited_processes_are_reaped() {
+        if !netns_available("exited_processes_are_reaped") {
+            return;
+        }
+        let mut guard = NsGuard::default();
+        let ns = guard.add(&ns_name("reap"));
+        add_netns(&ns).unwrap();
+        let log = std::env::temp_dir().join(format!("{ns}.log"));
+        let pids: Vec<u32> = (0..3)
+            .map(|_| spawn_in_netns(&ns, &["true"], &[], &log).unwrap())
+            .collect();
+        let gone = |pid: &u32| !Path::new(&format!("/proc/{pid}")).exists();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !pids.iter().all(gone) && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(20));
+        }
+        assert!(pids.iter().all(gone), "zombies left: {pids:?}");
+        let threads = std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.trim() == "reaper")
+            .count();
+        assert_eq!(threads, 1, "one reaper for every process");
+        delete_netns(&ns).unwrap();
         let _ = std::fs::remove_file(&log);
     }
 }

@@ -477,6 +477,8 @@ impl Daemon {
                     "followed": self.pipeline.fragments.len(),
                     "reassembling": self.pipeline.reassembly.len(),
                     "reassembly_evicted": self.pipeline.reassembly.evicted(),
+                    "held_before_first": self.pipeline.fragments.early_len(),
+                    "held_dropped": self.pipeline.fragments.early_dropped(),
                 },
                 "session_affinity": {
                     "clients": self.pipeline.affinity.len(),

@@ -38,7 +38,7 @@ use crate::conntrack::{
     Conn, ConnInfo, Conntrack, ConntrackConfig, Dir, FlowAction, FlowHash, FlowKey, Hint,
     InsertError, Inserted, LbBinding, Tracked,
 };
-use crate::fragments::{DatagramId, Fragments};
+use crate::fragments::{DatagramId, Fate, Fragments};
 use crate::packet::build;
 use crate::packet::ethernet::{self, mac_at, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 use crate::packet::parse::{
@@ -128,6 +128,9 @@ pub enum TxSource {
     /// One of the fragments of an answer too big for one frame (an echo reply to a fragmented
     /// ping): `WorkerContext::fragments_out[i]`.
     Fragment(u8),
+    /// A later fragment that was held for its first, released by it:
+    /// `WorkerContext::released[i]`.
+    Released(u8),
 }
 
 /// One frame to transmit: on `port`, the bytes of `source`.
@@ -203,6 +206,8 @@ pub struct WorkerContext {
     icmp_errors: IcmpErrorBudget,
     /// Buffers of one frame each for [`TxSource::Fragment`], grown on first use.
     fragments_out: Vec<PacketBuf>,
+    /// The held fragments a first fragment released, for [`TxSource::Released`].
+    released: Vec<PacketBuf>,
 }
 
 impl WorkerContext {
@@ -213,6 +218,7 @@ impl WorkerContext {
             TxSource::Packet => pkt,
             TxSource::Scratch => &self.scratch,
             TxSource::Fragment(i) => self.fragments_out.get(usize::from(i)).unwrap_or(pkt),
+            TxSource::Released(i) => self.released.get(usize::from(i)).unwrap_or(pkt),
         }
     }
 }
@@ -271,6 +277,7 @@ impl Default for WorkerContext {
             tables: None,
             icmp_errors: IcmpErrorBudget::default(),
             fragments_out: Vec::new(),
+            released: Vec::new(),
         }
     }
 }
@@ -606,6 +613,29 @@ impl Pipeline {
         if ip.is_fragment && !ip.is_first_fragment {
             return self.later_fragment(t, ctx, now, port, ip, pkt);
         }
+        if !ip.is_fragment {
+            return self.ipv4_packet(t, ctx, now, port, parsed, ip, pkt);
+        }
+        // Read before the rewrite: the later fragments arrive with the addresses as they were.
+        let Some(id) = datagram_id(port.id, ip, pkt.frame()) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        let verdict = self.ipv4_packet(t, ctx, now, port, parsed, ip, pkt);
+        self.first_fragment_done(t, ctx, now, port, id, verdict)
+    }
+
+    /// A packet, or a datagram's first fragment, through the connection table and the walk.
+    #[allow(clippy::too_many_arguments)]
+    fn ipv4_packet(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        now: u64,
+        port: &Port,
+        parsed: &ParsedFrame,
+        ip: &Ipv4Info,
+        pkt: &mut PacketBuf,
+    ) -> Verdict {
         // L2: a frame not addressed to the router is switched inside its segment (still through
         // conntrack and the DFW: NSX applies the DFW at every vNIC) or dropped.
         let switched_to = if parsed.dst_mac == t.router_mac {
@@ -954,8 +984,75 @@ impl Pipeline {
         verdict
     }
 
-    /// A fragment past the first (RFC 791): it follows its first fragment, or is dropped when
-    /// that did not go through (see [`crate::fragments`]).
+    /// After a datagram's first fragment: a dropped one drops its later fragments (remembered,
+    /// so they are counted as they come); one that went through, or started a reassembly,
+    /// releases those that came before it and were held, each then done as it would have
+    /// been had it come after (see [`crate::fragments`]).
+    fn first_fragment_done(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        now: u64,
+        port: &Port,
+        id: DatagramId,
+        verdict: Verdict,
+    ) -> Verdict {
+        let went_on = matches!(verdict, Verdict::Forward | Verdict::Consumed);
+        if !went_on {
+            self.fragments.remember_dropped(id, now);
+        }
+        let mut held = self.fragments.take_early(&id, now);
+        if held.is_empty() {
+            return verdict;
+        }
+        if !went_on {
+            self.fragments.count_early_dropped(held.len());
+            return verdict;
+        }
+        // In the datagram's order: the last fragment ends what the others follow.
+        held.sort_by_key(|frame| match parse_frame(frame) {
+            Ok(ParsedFrame {
+                l3: L3::Ipv4(ip), ..
+            }) => fragment_offset(&ip, frame),
+            _ => 0,
+        });
+        let mut released = std::mem::take(&mut ctx.released);
+        released.clear();
+        let mut verdict = verdict;
+        for (index, frame) in (0..=u8::MAX).zip(held.iter()) {
+            let mut buf = vec![0u8; VNET_HDR_LEN + frame.len()].into_boxed_slice();
+            buf[VNET_HDR_LEN..].copy_from_slice(frame);
+            released.push(PacketBuf {
+                len: buf.len(),
+                buf,
+            });
+            let Some(pkt) = released.last_mut() else {
+                break;
+            };
+            let Ok(ParsedFrame {
+                l3: L3::Ipv4(ip), ..
+            }) = parse_frame(pkt.frame())
+            else {
+                continue;
+            };
+            let before = ctx.tx.len();
+            let done = self.later_fragment(t, ctx, now, port, &ip, pkt);
+            for tx in ctx.tx.iter_mut().skip(before) {
+                if tx.source == TxSource::Packet {
+                    tx.source = TxSource::Released(index);
+                }
+            }
+            // A ping to the router that the held fragments complete is answered now.
+            if verdict == Verdict::Consumed && matches!(done, Verdict::Reply | Verdict::Forward) {
+                verdict = done;
+            }
+        }
+        ctx.released = released;
+        verdict
+    }
+
+    /// A fragment past the first (RFC 791): it follows its first fragment, is dropped when
+    /// that was dropped, or is held until it comes (see [`crate::fragments`]).
     fn later_fragment(
         &self,
         t: &Tables,
@@ -971,13 +1068,14 @@ impl Pipeline {
         let last = !more_fragments(ip, pkt.frame());
         match self.fragments.follow(&id, last, now) {
             // Its first fragment had the TTL it has: only a changed TTL stops it here.
-            Some(action) if action.routed && ip.ttl <= action.ttl_dec => {
+            Fate::Follow(action) if action.routed && ip.ttl <= action.ttl_dec => {
                 Verdict::Drop(DropReason::TtlExceeded)
             }
             // The rewrite leaves the transport header of a later fragment alone: it has none.
-            Some(action) => self.transmit(t, ctx, ip, &action, pkt),
-            // Perhaps part of a datagram addressed to the router.
-            None => {
+            Fate::Follow(action) => self.transmit(t, ctx, ip, &action, pkt),
+            Fate::Dropped => Verdict::Drop(DropReason::Fragment),
+            // Perhaps part of a datagram addressed to the router, or one whose first is late.
+            Fate::Unknown => {
                 let frame = pkt.frame();
                 let offset = fragment_offset(ip, frame);
                 let Some(payload) = frame.get(ip.l4_offset()..ip.end()) else {
@@ -986,6 +1084,8 @@ impl Pipeline {
                 match self.reassembly.add(&id, offset, payload, last, now) {
                     Added::Held => Verdict::Consumed,
                     Added::Refused => Verdict::Drop(DropReason::Fragment),
+                    Added::NoDatagram if self.fragments.hold(id, frame, now) => Verdict::Consumed,
+                    Added::NoDatagram => Verdict::Drop(DropReason::Fragment),
                     Added::Complete {
                         datagram,
                         hops_back,

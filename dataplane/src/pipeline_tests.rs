@@ -1530,19 +1530,8 @@ fn a_fragmented_datagram_is_translated_whole_both_ways() {
 }
 
 #[test]
-fn later_fragments_without_a_first_that_went_through_are_dropped() {
+fn later_fragments_of_a_first_that_was_dropped_are_dropped() {
     let mut bed = Bed::new();
-    // Out of order: a middle fragment before its first has nothing to follow.
-    let datagram = big_udp(
-        pod_mac(A1_IP),
-        ROUTER_MAC,
-        (A1_IP, 5353),
-        (OUTSIDE_HOST, 53),
-        7,
-        3000,
-    );
-    let frags = fragments_of(&datagram, 1500);
-    assert_eq!(bed.send(A1, &frags[1]), Verdict::Drop(DropReason::Fragment));
     // The outside cannot reach a pod (the DFW drops the first fragment), nor can the rest.
     let inbound = big_udp(
         UPLINK_PEER_MAC,
@@ -1583,9 +1572,15 @@ fn later_fragments_without_a_first_that_went_through_are_dropped() {
     assert_eq!(bed.send(A1, &a1[0]), Verdict::Forward);
     assert_eq!(
         bed.send(A2, &fragments_of(&from_a2, 1500)[1]),
-        Verdict::Drop(DropReason::Fragment)
+        Verdict::Consumed,
+        "held for a first from a2"
     );
     assert_eq!(bed.send(A1, &a1[1]), Verdict::Forward);
+    assert_eq!(
+        bed.ctx.tx.len(),
+        1,
+        "a2's fragment did not follow a1's first"
+    );
     // The router puts together only pings: a fragmented datagram of another kind to the
     // gateway is dropped.
     let to_gateway = fragments_of(
@@ -1608,6 +1603,91 @@ fn later_fragments_without_a_first_that_went_through_are_dropped() {
         Verdict::Drop(DropReason::Fragment)
     );
     assert!(bed.pipeline.reassembly.is_empty());
+    // A fragment held for a first that comes and is dropped goes with it, counted.
+    let denied = fragments_of(
+        &big_udp(
+            UPLINK_PEER_MAC,
+            ROUTER_MAC,
+            (OUTSIDE_HOST, 53),
+            (A1_IP, 5353),
+            11,
+            3000,
+        ),
+        1500,
+    );
+    let dropped = bed.pipeline.fragments.early_dropped();
+    assert_eq!(bed.send(UPLINK, &denied[2]), Verdict::Consumed);
+    assert_eq!(
+        bed.send(UPLINK, &denied[0]),
+        Verdict::Drop(DropReason::DfwDeny)
+    );
+    assert!(bed.ctx.tx.is_empty(), "nothing reached the pod");
+    assert_eq!(bed.pipeline.fragments.early_dropped(), dropped + 1);
+    assert_eq!(
+        bed.send(UPLINK, &denied[1]),
+        Verdict::Drop(DropReason::Fragment)
+    );
+}
+
+/// The frames a verdict sent, in order.
+fn sent(bed: &Bed) -> Vec<(PortId, Vec<u8>)> {
+    bed.ctx
+        .tx
+        .iter()
+        .map(|tx| (tx.port, bed.ctx.buffer(tx, &bed.pkt).frame().to_vec()))
+        .collect()
+}
+
+#[test]
+fn fragments_before_their_first_wait_for_it_and_follow_it_through_the_snat() {
+    let mut bed = Bed::new();
+    // The last fragment first, then the middle, then the first (as some senders order them).
+    let datagram = big_udp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        (A1_IP, 5353),
+        (OUTSIDE_HOST, 53),
+        7,
+        4000,
+    );
+    let frags = fragments_of(&datagram, 1500);
+    assert_eq!(frags.len(), 3);
+    assert_eq!(bed.send(A1, &frags[2]), Verdict::Consumed);
+    assert_eq!(bed.send(A1, &frags[1]), Verdict::Consumed);
+    assert!(bed.ctx.tx.is_empty(), "held, not sent");
+    assert_eq!(bed.send(A1, &frags[0]), Verdict::Forward);
+    let out = sent(&bed);
+    assert_eq!(out.len(), 3, "the first, then the two held");
+    assert!(out.iter().all(|(port, _)| *port == UPLINK));
+    let mut frames: Vec<Vec<u8>> = out.into_iter().map(|(_, f)| f).collect();
+    frames.sort_by_key(|f| u16::from_be_bytes([f[20], f[21]]) & 0x1fff);
+    assert!(frames.iter().all(|f| f[22] == 62), "TTL down by T1 and T0");
+    let (src, dst, _, dport, payload) = reassembled_udp(&frames);
+    assert_eq!((src, dst, dport), (EGRESS_A, OUTSIDE_HOST, 53));
+    assert_eq!(payload, datagram[42..].to_vec());
+    assert_eq!(bed.pipeline.fragments.early_len(), 0);
+    assert!(bed.pipeline.fragments.is_empty(), "the last one ended it");
+}
+
+#[test]
+fn a_fragmented_ping_to_a_gateway_whose_last_fragment_comes_first_is_answered() {
+    let mut bed = Bed::new();
+    let frags = big_ping((pod_mac(A1_IP), A1_IP), GW_A, 64, 0x5555, 3000);
+    assert_eq!(frags.len(), 3);
+    assert_eq!(bed.send(A1, &frags[2]), Verdict::Consumed);
+    assert_eq!(bed.send(A1, &frags[0]), Verdict::Consumed);
+    assert_eq!(bed.send(A1, &frags[1]), Verdict::Reply);
+    let (ip, msg) = reassembled_icmp(&bed);
+    assert_eq!((ip.src, ip.dst, msg.len()), (GW_A, A1_IP, 3008));
+    // All but the first first: the first completes it.
+    let frags = big_ping((pod_mac(A1_IP), A1_IP), GW_A, 64, 0x6666, 3000);
+    assert_eq!(bed.send(A1, &frags[2]), Verdict::Consumed);
+    assert_eq!(bed.send(A1, &frags[1]), Verdict::Consumed);
+    assert_eq!(bed.send(A1, &frags[0]), Verdict::Reply);
+    let (ip, msg) = reassembled_icmp(&bed);
+    assert_eq!((ip.src, msg.len(), msg[0]), (GW_A, 3008, 0));
+    assert!(bed.pipeline.reassembly.is_empty());
+    assert_eq!(bed.pipeline.fragments.early_len(), 0);
 }
 
 /// A fragmented echo request of `len` bytes of payload, identification `ident`.

@@ -10,9 +10,9 @@
 //! the oldest queues past its memory threshold, and counted in [`Reassembly::evicted`]):
 //! refusing it instead would let eight stray first fragments, from anyone, stop every
 //! fragmented ping to the router for [`TIMEOUT_MS`], where a ping's fragments, which come
-//! back to back, complete long before eight newer datagrams push them out. As in [`crate::fragments`], a datagram's first
-//! fragment must come first (the paths here keep a datagram's fragments in order); it starts
-//! the reassembly once the walk says the datagram is the router's, and the later ones join it.
+//! back to back, complete long before eight newer datagrams push them out. A datagram's first fragment starts the
+//! reassembly once the walk says the datagram is the router's, and the later ones join it
+//! (those that came before it were held by [`crate::fragments`] and join it then).
 //! Overlapping fragments are taken as they come (the later bytes win); an overlap that changed
 //! the message then fails its ICMP checksum and is not answered. (Linux since 4.19 discards a
 //! datagram whose fragments partly overlap, and ignores one wholly inside what it has; the
@@ -109,9 +109,11 @@ pub enum Added {
     /// The datagram is complete: here it is, as one unfragmented IPv4 datagram, with the
     /// `hops_back` its first fragment started with.
     Complete { datagram: Vec<u8>, hops_back: u8 },
-    /// Not kept: no datagram to join, a datagram past 65,535 bytes or contradicting its own
-    /// length.
+    /// Not kept: a datagram past 65,535 bytes or contradicting its own length (and so
+    /// forgotten).
     Refused,
+    /// No datagram to join (its first fragment has not come, or was not for the router).
+    NoDatagram,
 }
 
 /// The datagrams being reassembled, shared by the workers behind one lock (only fragments
@@ -176,7 +178,7 @@ impl Reassembly {
             .iter()
             .position(|p| p.id == *id && p.expires_at > now)
         else {
-            return Added::Refused;
+            return Added::NoDatagram;
         };
         if pending[at].add(offset, payload, last).is_err() {
             pending.swap_remove(at);
@@ -272,13 +274,13 @@ mod tests {
         let r = Reassembly::default();
         assert_eq!(
             r.add(&id(1), 8, &[0; 8], true, 0),
-            Added::Refused,
+            Added::NoDatagram,
             "no first"
         );
         assert_eq!(r.start(id(1), &header(1), &[1; 16], 0, 0), Added::Held);
         // The last comes, but 16..24 is missing.
         assert_eq!(r.add(&id(1), 24, &[3; 8], true, 1), Added::Held);
-        assert_eq!(r.add(&id(2), 16, &[2; 8], false, 1), Added::Refused);
+        assert_eq!(r.add(&id(2), 16, &[2; 8], false, 1), Added::NoDatagram);
         let Added::Complete { datagram: d, .. } = r.add(&id(1), 16, &[2; 8], false, 2) else {
             panic!("not complete")
         };
@@ -308,7 +310,7 @@ mod tests {
         assert_eq!(&datagram[20..], &[[1u8; 8], [2; 8]].concat()[..]);
         assert_eq!(
             r.add(&id(0), 8, &[0; 8], true, 11),
-            Added::Refused,
+            Added::NoDatagram,
             "evicted"
         );
         assert!(
@@ -339,7 +341,7 @@ mod tests {
         );
         assert_eq!(
             r.add(&id(99), 8, &[0; 8], true, 2 * TIMEOUT_MS),
-            Added::Refused,
+            Added::NoDatagram,
             "late"
         );
     }

@@ -9,7 +9,7 @@
 //! checksum updated (the transport checksum, in the first fragment, already covers their bytes:
 //! NAT's incremental update there accounts for the whole datagram). This is what VPP calls
 //! shallow virtual reassembly: nothing is buffered or reassembled, and the fragments leave as
-//! they came (every port has the same MTU, so no fragment needs fragmenting again).
+//! they came (cut again only when bigger than the gateways' MTU: a pod that raised its own).
 //!
 //! A later fragment whose first was dropped is dropped and counted as `fragment`. One that
 //! comes before its first (a sender that sends the last fragment first, or a path that

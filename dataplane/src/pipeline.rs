@@ -40,12 +40,13 @@ use crate::conntrack::{
 };
 use crate::fragments::{DatagramId, Fate, Fragments};
 use crate::packet::build;
+use crate::packet::checksum;
 use crate::packet::ethernet::{self, mac_at, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 use crate::packet::parse::{
     self, parse_frame, ArpInfo, InnerPacket, Ipv4Info, ParsedFrame, L3, L4,
 };
 use crate::packet::rewrite::{self, PlainV4};
-use crate::packet::vnet::VIRTIO_NET_HDR_F_NEEDS_CSUM;
+use crate::packet::vnet::{self, VnetHeader, VIRTIO_NET_HDR_F_NEEDS_CSUM};
 use crate::packet::MacAddr;
 use crate::packet::{icmp, ipv4};
 use crate::reassembly::{Added, Reassembly};
@@ -65,7 +66,9 @@ pub const MAX_FRAME_LEN: usize = 65536 + 14 + 4;
 pub const BATCH: usize = 32;
 
 /// The IP MTU of every port: the TAPs are made with 1500, as NSX segments and uplinks are by
-/// default. The answers the router fragments itself are cut to it.
+/// default, and so of every gateway interface. The answers the router fragments itself are cut
+/// to it; a routed packet past it (from a pod that raised its own MTU) is refused with
+/// "fragmentation needed" when it says don't-fragment, and cut to it otherwise.
 pub const PORT_MTU: usize = 1500;
 
 /// One packet buffer: `buf[..VNET_HDR_LEN]` is the virtio-net header, `buf[VNET_HDR_LEN..len]`
@@ -189,6 +192,7 @@ drop_reasons! {
     ConntrackFull => "conntrack-full",
     ConntrackInvalid => "conntrack-invalid",
     Fragment => "fragment",
+    FragNeeded => "frag-needed",
     TxQueueFull => "tx-queue-full",
     LinkDown => "link-down",
     TxError => "tx-error",
@@ -769,9 +773,16 @@ impl Pipeline {
                     src_port: key.src_port,
                     dst_port: key.dst_port,
                 };
-                return self.transmit_with(t, ctx, &action, pkt, |frame, rewrite, partial| {
-                    rewrite::apply_action_v4(frame, &v4, rewrite, partial)
-                });
+                return self.transmit_with(
+                    t,
+                    ctx,
+                    port,
+                    &action,
+                    pkt,
+                    |frame, rewrite, partial| {
+                        rewrite::apply_action_v4(frame, &v4, rewrite, partial)
+                    },
+                );
             }
         }
         // The connection was tracked: whatever follows must not send the frame down the
@@ -789,7 +800,7 @@ impl Pipeline {
         };
         if let Some((dir, tracked)) = tracked {
             match self.hit(t, &key, ip.ttl, dir, tracked) {
-                Hit::Transmit(action) => return self.transmit(t, ctx, &ip, &action, pkt),
+                Hit::Transmit(action) => return self.transmit(t, ctx, port, &ip, &action, pkt),
                 Hit::Done(verdict) => return verdict,
                 Hit::TtlWalk => {
                     let walk = self.walk(t, port.id, &key, ip.ttl, Pin::default(), None);
@@ -950,11 +961,12 @@ impl Pipeline {
         &self,
         t: &Tables,
         ctx: &mut WorkerContext,
+        port: &Port,
         ip: &Ipv4Info,
         action: &FlowAction,
         pkt: &mut PacketBuf,
     ) -> Verdict {
-        self.transmit_with(t, ctx, action, pkt, |frame, rewrite, partial| {
+        self.transmit_with(t, ctx, port, action, pkt, |frame, rewrite, partial| {
             rewrite::apply_action(frame, ip, rewrite, partial)
         })
     }
@@ -977,7 +989,7 @@ impl Pipeline {
             .is_fragment
             .then(|| datagram_id(port.id, ip, pkt.frame()))
             .flatten();
-        let verdict = self.transmit(t, ctx, ip, action, pkt);
+        let verdict = self.transmit(t, ctx, port, ip, action, pkt);
         if let (Some(id), Verdict::Forward) = (datagram, verdict) {
             self.fragments.remember(id, *action, now);
         }
@@ -1072,7 +1084,7 @@ impl Pipeline {
                 Verdict::Drop(DropReason::TtlExceeded)
             }
             // The rewrite leaves the transport header of a later fragment alone: it has none.
-            Fate::Follow(action) => self.transmit(t, ctx, ip, &action, pkt),
+            Fate::Follow(action) => self.transmit(t, ctx, port, ip, &action, pkt),
             Fate::Dropped => Verdict::Drop(DropReason::Fragment),
             // Perhaps part of a datagram addressed to the router, or one whose first is late.
             Fate::Unknown => {
@@ -1155,16 +1167,31 @@ impl Pipeline {
     }
 
     /// [`Pipeline::transmit`] with the rewrite done by `apply` (the frame, the rewrite, whether
-    /// the frame's transport checksum is partial).
+    /// the frame's transport checksum is partial). `port` is the one the packet came in by.
+    ///
+    /// A routed packet bigger than the MTU of the gateways' interfaces ([`PORT_MTU`]: a pod
+    /// that raised its own, `ip link set eth0 mtu 9000`) is what a Linux router refuses or
+    /// cuts up (RFC 1812 section 5.2.6): see [`Pipeline::too_big`]. A GSO frame is the
+    /// kernel's batch of segments, each within its sender's MTU, and is not judged by its size.
     #[inline]
     fn transmit_with(
         &self,
         t: &Tables,
         ctx: &mut WorkerContext,
+        port: &Port,
         action: &FlowAction,
         pkt: &mut PacketBuf,
         apply: impl FnOnce(&mut [u8], &rewrite::Action, bool),
     ) -> Verdict {
+        if action.routed
+            && pkt.len > VNET_HDR_LEN + ethernet::HEADER_LEN + PORT_MTU
+            && pkt
+                .buf
+                .get(vnet::field::GSO_TYPE)
+                .is_some_and(|&g| g & !vnet::GSO_ECN == vnet::GSO_NONE)
+        {
+            return self.too_big(t, ctx, port, action, pkt, apply);
+        }
         // The flags byte of the virtio-net header (its first byte) is all this needs.
         let partial = pkt
             .buf
@@ -1185,6 +1212,130 @@ impl Pipeline {
             source: TxSource::Packet,
         });
         Verdict::Forward
+    }
+
+    /// A routed packet bigger than [`PORT_MTU`]. With don't-fragment set, the gateway the
+    /// sender faces answers "fragmentation needed" with the next hop's MTU (RFC 1191; not rate
+    /// limited, as Linux does not limit it) and drops it, counted as `frag-needed`: so path
+    /// MTU discovery learns 1500 from the first router, as behind a Linux router. Without, the
+    /// packet is translated whole, then cut into fragments of at most [`PORT_MTU`] (its
+    /// transport checksum completed first when the kernel left it partial: the fragments go
+    /// out with no offloads).
+    #[cold]
+    fn too_big(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        port: &Port,
+        action: &FlowAction,
+        pkt: &mut PacketBuf,
+        apply: impl FnOnce(&mut [u8], &rewrite::Action, bool),
+    ) -> Verdict {
+        let frame = pkt.frame();
+        let Some(&[flags, _]) = frame.get(ethernet::HEADER_LEN + 6..ethernet::HEADER_LEN + 8)
+        else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        if u16::from(flags) << 8 & ipv4::FLAG_DF != 0 {
+            let from = match port.kind {
+                PortKind::Pod { segment, .. } => t.segment(segment).map(|s| s.gateway_ip),
+                PortKind::Uplink { addr, .. } => Some(addr),
+            };
+            let original = &frame[ethernet::HEADER_LEN..];
+            let is_error = matches!(
+                parse_frame(frame),
+                Ok(ParsedFrame {
+                    l3: L3::Ipv4(Ipv4Info {
+                        l4: L4::IcmpError { .. },
+                        ..
+                    }),
+                    ..
+                })
+            );
+            let scratch = &mut ctx.scratch;
+            let built = from.filter(|_| !is_error).and_then(|from| {
+                build::build_icmp_error(
+                    &mut scratch.buf[VNET_HDR_LEN..],
+                    t.router_mac,
+                    mac_at(frame, 6),
+                    from,
+                    icmp::DEST_UNREACHABLE,
+                    icmp::FRAG_NEEDED,
+                    PORT_MTU as u16,
+                    original,
+                )
+            });
+            if let Some(n) = built {
+                scratch.buf[..VNET_HDR_LEN].fill(0);
+                scratch.len = VNET_HDR_LEN + n;
+                ctx.tx.push(Tx {
+                    port: port.id,
+                    source: TxSource::Scratch,
+                });
+            }
+            return Verdict::Drop(DropReason::FragNeeded);
+        }
+        let Some(out) = t.port(action.out_port) else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        let vnet = VnetHeader::parse(&pkt.buf).unwrap_or_default();
+        let rewrite = rewrite::Action {
+            ttl_dec: action.ttl_dec,
+            snat: action.snat,
+            dnat: action.dnat,
+            macs: Some((t.router_mac, out.peer_mac)),
+        };
+        apply(pkt.frame_mut(), &rewrite, vnet.needs_csum());
+        if vnet.needs_csum() {
+            let frame = pkt.frame_mut();
+            let start = usize::from(vnet.csum_start);
+            let at = start + usize::from(vnet.csum_offset);
+            if at + 2 > frame.len() {
+                return Verdict::Drop(DropReason::Malformed);
+            }
+            let mut sum = checksum::finish(checksum::sum(&frame[start..], 0));
+            let is_udp = frame.get(ethernet::HEADER_LEN + 9) == Some(&PROTO_UDP);
+            if sum == 0 && is_udp {
+                sum = 0xffff;
+            }
+            frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
+        }
+        // After any fragments this frame's processing already queued (held ones released).
+        let first = ctx
+            .tx
+            .iter()
+            .filter_map(|tx| match tx.source {
+                TxSource::Fragment(i) => Some(usize::from(i) + 1),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        for (index, next) in (first..).enumerate() {
+            let Ok(slot) = u8::try_from(next) else { break };
+            while ctx.fragments_out.len() <= next {
+                ctx.fragments_out.push(PacketBuf {
+                    buf: vec![0u8; VNET_HDR_LEN + PORT_MTU + ethernet::HEADER_LEN]
+                        .into_boxed_slice(),
+                    len: 0,
+                });
+            }
+            let buf = &mut ctx.fragments_out[next];
+            buf.buf[..VNET_HDR_LEN].fill(0);
+            let built = build::fragment(&mut buf.buf[VNET_HDR_LEN..], pkt.frame(), PORT_MTU, index);
+            let Some((n, last)) = built else { break };
+            buf.len = VNET_HDR_LEN + n;
+            ctx.tx.push(Tx {
+                port: action.out_port,
+                source: TxSource::Fragment(slot),
+            });
+            if last {
+                return Verdict::Forward;
+            }
+        }
+        // Not cut (a header that lies): nothing of it goes.
+        ctx.tx
+            .retain(|tx| !matches!(tx.source, TxSource::Fragment(i) if usize::from(i) >= first));
+        Verdict::Drop(DropReason::Malformed)
     }
 
     /// Walks a new flow through the gateways. Pure: reads the tables, changes nothing (the
@@ -1898,7 +2049,7 @@ impl Pipeline {
         if ip.ttl <= action.ttl_dec {
             return Verdict::Drop(DropReason::TtlExceeded);
         }
-        self.transmit(t, ctx, ip, &action, pkt)
+        self.transmit(t, ctx, port, ip, &action, pkt)
     }
 
     /// Least-connections bookkeeping: a connection of a load-balanced service that closes (FIN,

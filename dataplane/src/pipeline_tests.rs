@@ -2306,3 +2306,179 @@ fn a_connection_that_ends_between_its_lookup_and_its_revalidation_is_not_applied
         "the SYN is walked afresh (and refused), not sent to the old backend {backend}"
     );
 }
+
+/// `frame` with its don't-fragment flag set or cleared (header checksum fixed).
+fn with_df(mut frame: Vec<u8>, df: bool) -> Vec<u8> {
+    if df {
+        frame[20] |= 0x40;
+    } else {
+        frame[20] &= !0x40;
+    }
+    fix_header_checksum(&mut frame);
+    frame
+}
+
+#[test]
+fn a_routed_packet_past_the_mtu_with_df_gets_fragmentation_needed_from_the_first_gateway() {
+    let mut bed = Bed::new();
+    // a1 raised its MTU to 9000 (ip link set eth0 mtu 9000) and sends 8000 bytes, DF set
+    // (ping -M do -s 8000, or UDP under Linux's path MTU discovery). The flow is open already,
+    // so the packet takes the fast path.
+    let small = big_udp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        (A1_IP, 5353),
+        (OUTSIDE_HOST, 53),
+        1,
+        100,
+    );
+    assert_eq!(bed.send(A1, &with_df(small, true)), Verdict::Forward);
+    for ident in [2, 3] {
+        let jumbo = big_udp(
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            (A1_IP, 5353),
+            (OUTSIDE_HOST, 53),
+            ident,
+            8000,
+        );
+        assert_eq!(
+            bed.send(A1, &with_df(jumbo, true)),
+            Verdict::Drop(DropReason::FragNeeded)
+        );
+        let (port, error) = bed.out();
+        assert_eq!(port, A1, "answered to the sender, nothing forwarded");
+        let ip = check(&error);
+        assert_eq!(
+            (ip.src, ip.dst),
+            (GW_A, A1_IP),
+            "from the T1, the first router"
+        );
+        let icmp = &error[34..];
+        assert_eq!(
+            (icmp[0], icmp[1]),
+            (3, 4),
+            "fragmentation needed and DF set"
+        );
+        assert_eq!(
+            u16::from_be_bytes([icmp[6], icmp[7]]),
+            1500,
+            "the next-hop MTU"
+        );
+        assert_eq!(checksum::fold(checksum::sum(icmp, 0)), 0xffff);
+        // The quote is the packet as a1 sent it (its own address, not the egress IP).
+        assert_eq!(&icmp[8 + 12..8 + 16], &A1_IP.octets());
+        assert_eq!(u16::from_be_bytes([icmp[8 + 4], icmp[8 + 5]]), ident);
+    }
+    // At the MTU exactly it goes.
+    let fits = big_udp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        (A1_IP, 5353),
+        (OUTSIDE_HOST, 53),
+        4,
+        1500 - 28,
+    );
+    assert_eq!(bed.send(A1, &with_df(fits, true)), Verdict::Forward);
+    assert_eq!(bed.out().0, UPLINK);
+}
+
+#[test]
+fn a_routed_packet_past_the_mtu_without_df_is_cut_into_fragments() {
+    let mut bed = Bed::new();
+    let jumbo = with_df(
+        big_udp(
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            (A1_IP, 5353),
+            (OUTSIDE_HOST, 53),
+            0x4321,
+            8000,
+        ),
+        false,
+    );
+    // As a TAP with offloads hands it over: the UDP checksum left partial.
+    let mut partial = jumbo.clone();
+    let len = (partial.len() - 34) as u16;
+    let pseudo = checksum::fold(checksum::pseudo_header_sum(
+        A1_IP,
+        OUTSIDE_HOST,
+        PROTO_UDP,
+        len,
+    ));
+    partial[40..42].copy_from_slice(&pseudo.to_be_bytes());
+    for (frame, needs_csum) in [(jumbo.clone(), false), (partial, true)] {
+        bed.pkt.set_frame(&frame);
+        if needs_csum {
+            crate::packet::vnet::VnetHeader {
+                flags: 1,
+                gso_type: 0,
+                hdr_len: 0,
+                gso_size: 0,
+                csum_start: 34,
+                csum_offset: 6,
+            }
+            .write(&mut bed.pkt.buf[..VNET_HDR_LEN]);
+        }
+        bed.now += 1;
+        let verdict = bed
+            .pipeline
+            .process(&mut bed.ctx, bed.now, A1, &mut bed.pkt);
+        assert_eq!(verdict, Verdict::Forward);
+        let out = sent(&bed);
+        assert_eq!(out.len(), 6, "8028 bytes of IP in 1500-byte fragments");
+        assert!(out
+            .iter()
+            .all(|(port, f)| *port == UPLINK && f.len() <= 1514));
+        for (_, f) in &out {
+            assert_eq!(
+                u16::from_be_bytes([f[18], f[19]]),
+                0x4321,
+                "one identification"
+            );
+            assert_eq!(f[22], 62, "TTL down by T1 and T0");
+            assert_eq!(
+                bed.ctx.buffer(&bed.ctx.tx[0], &bed.pkt).buf[0],
+                0,
+                "no offloads"
+            );
+        }
+        let frames: Vec<Vec<u8>> = out.into_iter().map(|(_, f)| f).collect();
+        let (src, dst, _, dport, payload) = reassembled_udp(&frames);
+        assert_eq!((src, dst, dport), (EGRESS_A, OUTSIDE_HOST, 53));
+        assert_eq!(payload, jumbo[42..].to_vec());
+    }
+    // A GSO frame is the kernel's batch of segments (UDP_SEGMENT here), each within the
+    // MTU: it goes whole, offloads kept.
+    let mut bed = Bed::new();
+    let batch = with_df(
+        big_udp(
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            (A1_IP, 5353),
+            (OUTSIDE_HOST, 53),
+            5,
+            8 * 1472,
+        ),
+        true,
+    );
+    bed.pkt.set_frame(&batch);
+    crate::packet::vnet::VnetHeader {
+        flags: 0,
+        gso_type: crate::packet::vnet::GSO_UDP_L4,
+        hdr_len: 42,
+        gso_size: 1472,
+        csum_start: 0,
+        csum_offset: 0,
+    }
+    .write(&mut bed.pkt.buf[..VNET_HDR_LEN]);
+    bed.now += 1;
+    assert_eq!(
+        bed.pipeline
+            .process(&mut bed.ctx, bed.now, A1, &mut bed.pkt),
+        Verdict::Forward
+    );
+    let (port, frame) = bed.out();
+    assert_eq!((port, frame.len()), (UPLINK, batch.len()));
+    assert_eq!(bed.pkt.buf[1], crate::packet::vnet::GSO_UDP_L4);
+}

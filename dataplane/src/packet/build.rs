@@ -259,6 +259,91 @@ pub fn echo_reply_fragment(
     Some((len, last))
 }
 
+/// Fragment `index` (from 0) of `frame`, an Ethernet frame holding an IPv4 packet (whole, or
+/// itself a fragment), cut into fragments of at most `mtu` bytes of IP as a router cuts a
+/// packet bigger than the next hop's MTU (RFC 791 section 3.2; RFC 1812 section 5.2.6): each
+/// payload a multiple of 8 bytes but the last, the offsets counted from the packet's own, the
+/// more-fragments flag on all but the last (which keeps the packet's own); the first fragment
+/// keeps every option, the others those whose copied flag is set. The Ethernet header, the
+/// identification, TTL and TOS are the packet's; the header checksum is computed. The
+/// fragment's length and whether it is the last; `None` past the last, for a frame that does
+/// not hold the IPv4 packet its header claims, or when `out` is too small.
+pub fn fragment(out: &mut [u8], frame: &[u8], mtu: usize, index: usize) -> Option<(usize, bool)> {
+    let packet = frame.get(ETH_LEN..)?;
+    let header_len = usize::from(packet.first()? & 0x0f) * 4;
+    let total = usize::from(u16::from_be_bytes([*packet.get(2)?, *packet.get(3)?]));
+    let header = packet.get(..header_len)?;
+    let payload = packet.get(header_len..total)?;
+    if header_len < IP_LEN || mtu < header_len + 8 {
+        return None;
+    }
+    let flags = u16::from_be_bytes([header[6], header[7]]);
+    let base = usize::from(flags & 0x1fff) * 8;
+    let more_after = flags & ipv4::FLAG_MF != 0;
+
+    // The header of the fragments past the first: the options to copy, padded to 32 bits.
+    let mut later = [0u8; 60];
+    later[..IP_LEN].copy_from_slice(&header[..IP_LEN]);
+    let mut later_len = IP_LEN;
+    let mut at = IP_LEN;
+    while at < header_len {
+        let kind = header[at];
+        let len = match kind {
+            0 => break,
+            1 => 1,
+            _ => usize::from(*header.get(at + 1)?).max(2),
+        };
+        let option = header.get(at..at + len)?;
+        if kind & 0x80 != 0 {
+            later[later_len..later_len + len].copy_from_slice(option);
+            later_len += len;
+        }
+        at += len;
+    }
+    let later_len = later_len.div_ceil(4) * 4;
+    later[0] = 0x40 | (later_len / 4) as u8;
+
+    // Fragment i starts where the ones before it ended: the first carries less when its header
+    // is longer.
+    let first_step = (mtu - header_len) / 8 * 8;
+    let step = (mtu - later_len) / 8 * 8;
+    let (start, head) = if index == 0 {
+        (0, header)
+    } else {
+        (
+            first_step + (index - 1).checked_mul(step)?,
+            &later[..later_len],
+        )
+    };
+    if start >= payload.len() && !(index == 0 && payload.is_empty()) {
+        return None;
+    }
+    let end = payload
+        .len()
+        .min(start + if index == 0 { first_step } else { step });
+    let last = end == payload.len();
+    let ip_len = head.len() + end - start;
+    let len = ETH_LEN + ip_len;
+    let out = out.get_mut(..len)?;
+    out[..ETH_LEN].copy_from_slice(frame.get(..ETH_LEN)?);
+    let ip = &mut out[ETH_LEN..];
+    ip[..head.len()].copy_from_slice(head);
+    ip[2..4].copy_from_slice(&u16::try_from(ip_len).ok()?.to_be_bytes());
+    let more = if last && !more_after {
+        0
+    } else {
+        ipv4::FLAG_MF
+    };
+    let offset = u16::try_from((base + start) / 8).ok()?;
+    let keep = flags & !(ipv4::FLAG_MF | 0x1fff);
+    ip[6..8].copy_from_slice(&(keep | more | offset).to_be_bytes());
+    ip[10..12].fill(0);
+    let sum = super::checksum::ipv4_header_checksum(&ip[..head.len()]);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    ip[head.len()..].copy_from_slice(&payload[start..end]);
+    Some((len, last))
+}
+
 /// Ages an answer the router built at a gateway `hops` routers in from the port it leaves by:
 /// on its way back each of them forwards it and takes one off its TTL (RFC 791), as each took
 /// one off the packet it answers on the way in. So `ping` shows ttl=63 from a gateway one
@@ -848,5 +933,69 @@ mod tests {
             None
         );
         assert!(build_udp(&mut huge, MAC_A, MAC_B, A, B, 64, 1, 2, &payload[1..]).is_some());
+    }
+
+    #[test]
+    fn fragment_cuts_a_packet_keeping_copied_options_and_its_own_offset() {
+        // A 3000-byte payload behind a header with two options: record route (not copied,
+        // 7 bytes) and a copied one (type 0x82, 4 bytes), padded with an end-of-list to 32.
+        let mut frame = vec![0u8; 14];
+        frame[12..14].copy_from_slice(&[0x08, 0x00]);
+        let mut ip = vec![
+            0x48, 0, 0, 0, 0x12, 0x34, 0, 0, 64, 17, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
+        ];
+        ip.extend_from_slice(&[7, 7, 4, 0, 0, 0, 0, 0x82, 4, 9, 9, 0]);
+        let payload: Vec<u8> = (0..3000u32).map(|i| (i % 251) as u8).collect();
+        let total = (ip.len() + payload.len()) as u16;
+        ip[2..4].copy_from_slice(&total.to_be_bytes());
+        frame.extend_from_slice(&ip);
+        frame.extend_from_slice(&payload);
+        let mut got = Vec::new();
+        let mut out = vec![0u8; 1514];
+        for index in 0.. {
+            let Some((n, last)) = fragment(&mut out, &frame, 1500, index) else {
+                panic!("fragment {index} missing")
+            };
+            let f = &out[..n];
+            let hl = usize::from(f[14] & 0x0f) * 4;
+            assert!(n - 14 <= 1500);
+            let sum = super::super::checksum::sum(&f[14..14 + hl], 0);
+            assert_eq!(super::super::checksum::fold(sum), 0xffff);
+            let flags = u16::from_be_bytes([f[20], f[21]]);
+            assert_eq!(
+                usize::from(flags & 0x1fff) * 8,
+                got.len(),
+                "offset of {index}"
+            );
+            assert_eq!(flags & ipv4::FLAG_MF != 0, !last);
+            if index == 0 {
+                assert_eq!(hl, 32, "every option");
+            } else {
+                assert_eq!(hl, 24, "the copied option only");
+                assert_eq!(&f[34..38], &[0x82, 4, 9, 9]);
+            }
+            got.extend_from_slice(&f[14 + hl..]);
+            if last {
+                assert!(fragment(&mut out, &frame, 1500, index + 1).is_none());
+                break;
+            }
+        }
+        assert_eq!(got, payload);
+
+        // A fragment cut again: offsets from its own, its more-fragments flag on the last.
+        let mut frag = frame[..14].to_vec();
+        let mut head = ip[..20].to_vec();
+        head[0] = 0x45;
+        head[2..4].copy_from_slice(&(20u16 + 2000).to_be_bytes());
+        head[6..8].copy_from_slice(&(ipv4::FLAG_MF | 185).to_be_bytes());
+        frag.extend_from_slice(&head);
+        frag.extend_from_slice(&payload[..2000]);
+        let (n, last) = fragment(&mut out, &frag, 1500, 1).unwrap();
+        assert!(last);
+        assert_eq!(
+            u16::from_be_bytes([out[20], out[21]]),
+            ipv4::FLAG_MF | (185 + 1480 / 8)
+        );
+        assert_eq!(n, 14 + 20 + 520);
     }
 }

@@ -1103,25 +1103,75 @@ impl Pipeline {
                         hops_back,
                     } => {
                         let peer = mac_at(frame, 6);
-                        self.answer_reassembled(t, ctx, port, peer, &datagram, hops_back)
+                        self.answer_reassembled(t, ctx, now, port, peer, &datagram, hops_back)
                     }
                 }
             }
         }
     }
 
-    /// Answers a datagram addressed to the router that came in fragments, now whole: an echo
-    /// request gets its reply, in fragments as the request came. Anything else the router
-    /// would refuse is dropped (it answers only pings in pieces).
+    /// Answers a datagram addressed to the router that came in fragments, now whole, as the
+    /// router answers it unfragmented (Linux answers what it reassembled): an echo request to
+    /// a gateway's address gets its reply, in fragments as the request came; a TCP segment or
+    /// UDP datagram to a port nothing listens on a reset or port unreachable, the error quoting
+    /// the datagram whole; other ICMP is taken.
+    #[allow(clippy::too_many_arguments)]
     fn answer_reassembled(
         &self,
         t: &Tables,
         ctx: &mut WorkerContext,
+        now: u64,
         port: &Port,
         peer: MacAddr,
         datagram: &[u8],
         hops_back: u8,
     ) -> Verdict {
+        let mut whole = PacketBuf {
+            buf: vec![0u8; VNET_HDR_LEN + ethernet::HEADER_LEN + datagram.len()].into_boxed_slice(),
+            len: VNET_HDR_LEN + ethernet::HEADER_LEN + datagram.len(),
+        };
+        {
+            let frame = whole.frame_mut();
+            frame[..6].copy_from_slice(&t.router_mac.0);
+            frame[6..12].copy_from_slice(&peer.0);
+            frame[12..14].copy_from_slice(&ETHERTYPE_IPV4.to_be_bytes());
+            frame[ethernet::HEADER_LEN..].copy_from_slice(datagram);
+        }
+        let Ok(parsed) = parse_frame(whole.frame()) else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        let L3::Ipv4(ip) = parsed.l3 else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        let is_echo = matches!(
+            ip.l4,
+            L4::IcmpEcho {
+                icmp_type: icmp::ECHO_REQUEST,
+                ..
+            }
+        );
+        if !is_echo {
+            let FlowOf::Key(key, _) = flow_key(&ip) else {
+                return Verdict::Consumed; // an ICMP error: never answered
+            };
+            // The walk the first fragment took (the tables may have changed since: then what
+            // they say now).
+            let Walk::Local { addr, back, .. } =
+                self.walk(t, port.id, &key, ip.ttl, Pin::default(), None)
+            else {
+                return Verdict::Consumed;
+            };
+            if ip.protocol == PROTO_ICMP {
+                return Verdict::Consumed;
+            }
+            ctx.icmp_errors.now = now;
+            self.refuse(t, ctx, port, &parsed, &ip, &whole, addr, back);
+            return if ctx.tx.is_empty() {
+                Verdict::Consumed
+            } else {
+                Verdict::Reply
+            };
+        }
         // Checked once, whole (each fragment of the reply updates the request's checksum, in
         // the first): a request that fails it, or whose overlapping fragments rewrote its
         // bytes, is dropped as Linux drops it.
@@ -1791,17 +1841,15 @@ impl Pipeline {
                 self.refuse(t, ctx, port, parsed, ip, pkt, frontend, back);
                 Verdict::Drop(DropReason::NoBackend)
             }
-            // A fragmented ping to the router: put together, then answered (`reassembly`).
-            Walk::Local {
-                owned: true, back, ..
-            } if ip.is_fragment
-                && matches!(
-                    ip.l4,
-                    L4::IcmpEcho {
-                        icmp_type: icmp::ECHO_REQUEST,
-                        ..
-                    }
-                ) =>
+            // A fragmented datagram to the router: put together, then answered (`reassembly`):
+            // a ping to a gateway's address, or one to a port nothing listens on.
+            Walk::Local { owned, back, .. }
+                if ip.is_fragment
+                    && (owned
+                        || !matches!(
+                            ip.l4,
+                            L4::IcmpEcho { .. } | L4::IcmpOther { .. } | L4::IcmpError { .. }
+                        )) =>
             {
                 let frame = pkt.frame();
                 let (Some(id), Some(header), Some(payload)) = (
@@ -1816,8 +1864,8 @@ impl Pipeline {
                     _ => Verdict::Consumed,
                 }
             }
-            // Other fragments for the router are not put together: it answers whole pings only.
-            Walk::Local { .. } if ip.is_fragment => Verdict::Drop(DropReason::Fragment),
+            // Other ICMP in fragments to a pool address is taken, as it is whole.
+            Walk::Local { .. } if ip.is_fragment => Verdict::Consumed,
             Walk::Local { addr, owned, back } => {
                 if owned {
                     if let L4::IcmpEcho {

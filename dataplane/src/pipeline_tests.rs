@@ -1581,28 +1581,6 @@ fn later_fragments_of_a_first_that_was_dropped_are_dropped() {
         1,
         "a2's fragment did not follow a1's first"
     );
-    // The router puts together only pings: a fragmented datagram of another kind to the
-    // gateway is dropped.
-    let to_gateway = fragments_of(
-        &big_udp(
-            pod_mac(A1_IP),
-            ROUTER_MAC,
-            (A1_IP, 5354),
-            (GW_A, 53),
-            10,
-            3000,
-        ),
-        1500,
-    );
-    assert_eq!(
-        bed.send(A1, &to_gateway[0]),
-        Verdict::Drop(DropReason::Fragment)
-    );
-    assert_eq!(
-        bed.send(A1, &to_gateway[1]),
-        Verdict::Drop(DropReason::Fragment)
-    );
-    assert!(bed.pipeline.reassembly.is_empty());
     // A fragment held for a first that comes and is dropped goes with it, counted.
     let denied = fragments_of(
         &big_udp(
@@ -1627,6 +1605,48 @@ fn later_fragments_of_a_first_that_was_dropped_are_dropped() {
         bed.send(UPLINK, &denied[1]),
         Verdict::Drop(DropReason::Fragment)
     );
+}
+
+#[test]
+fn a_fragmented_datagram_to_a_closed_port_of_a_gateway_is_refused_whole() {
+    let mut bed = Bed::new();
+    // A 3000-byte UDP datagram to the T1's address, where nothing listens: port unreachable
+    // once it is whole (as from Linux, which reassembles first), quoting it unfragmented.
+    for (ident, order) in [(10u16, [0, 1, 2]), (11, [2, 1, 0])] {
+        let to_gateway = fragments_of(
+            &big_udp(
+                pod_mac(A1_IP),
+                ROUTER_MAC,
+                (A1_IP, 5354),
+                (GW_A, 53),
+                ident,
+                3000,
+            ),
+            1500,
+        );
+        assert_eq!(bed.send(A1, &to_gateway[order[0]]), Verdict::Consumed);
+        assert_eq!(bed.send(A1, &to_gateway[order[1]]), Verdict::Consumed);
+        assert_eq!(bed.send(A1, &to_gateway[order[2]]), Verdict::Reply);
+        let (port, error) = bed.out();
+        assert_eq!(port, A1);
+        let ip = check(&error);
+        assert_eq!((ip.src, ip.dst), (GW_A, A1_IP));
+        let icmp = &error[34..];
+        assert_eq!((icmp[0], icmp[1]), (3, 3), "port unreachable");
+        let quote = &icmp[8..];
+        assert_eq!(
+            u16::from_be_bytes([quote[2], quote[3]]),
+            3028,
+            "the whole datagram"
+        );
+        assert_eq!(
+            u16::from_be_bytes([quote[6], quote[7]]),
+            0,
+            "not a fragment"
+        );
+        assert_eq!(u16::from_be_bytes([quote[22], quote[23]]), 53, "its port");
+        assert!(bed.pipeline.reassembly.is_empty());
+    }
 }
 
 /// The frames a verdict sent, in order.

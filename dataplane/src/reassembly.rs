@@ -1,6 +1,7 @@
 //! Reassembly of the few fragmented datagrams addressed to the router itself (RFC 791 section
 //! 3.2), so that `ping -s 3000` to a T1, T0, VIP or egress address is answered as a Linux
-//! router answers it.
+//! router answers it (and a big UDP datagram to a port nothing listens on is refused, as it is
+//! whole).
 //!
 //! Traffic through the router is not reassembled ([`crate::fragments`] follows it). What is
 //! addressed to the router is: an echo request's reply must carry its whole payload back. This

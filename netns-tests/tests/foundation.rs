@@ -152,6 +152,59 @@ fn large_pings_cross_in_fragments() {
     assert!(fragment_drops >= 4, "fragment drops counted: {ports}");
 }
 
+/// A pod that raised its MTU to 9000 meets the gateways' 1500 at its T1, as behind a Linux
+/// router: a don't-fragment packet past it gets "fragmentation needed" with the MTU, its
+/// kernel learns the path MTU, and without don't-fragment the T1 cuts the packet up.
+#[test]
+fn a_pod_with_a_bigger_mtu_learns_the_path_mtu_from_its_t1() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("fmtu");
+    assert!(
+        ping_until(&lab, WORDPRESS, "198.51.100.100", Duration::from_secs(10)),
+        "wordpress never reached ext/internet"
+    );
+    let out = lab.exec(WORDPRESS, &["ip", "link", "set", "eth0", "mtu", "9000"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = lab.exec(
+        WORDPRESS,
+        &[
+            "ping",
+            "-n",
+            "-c",
+            "1",
+            "-W",
+            "1",
+            "-M",
+            "do",
+            "-s",
+            "8000",
+            "198.51.100.100",
+        ],
+    );
+    assert!(
+        stdout(&out).contains("From 172.211.0.17 icmp_seq=1 Frag needed and DF set (mtu = 1500)"),
+        "{}",
+        describe(&out)
+    );
+    let out = lab.exec(WORDPRESS, &["ip", "route", "get", "198.51.100.100"]);
+    assert!(
+        stdout(&out).contains("mtu 1500"),
+        "path MTU learnt: {}",
+        describe(&out)
+    );
+    assert_eq!(lab.port_drops("172.211.0.18", "frag-needed"), 1);
+    // Without don't-fragment: through in fragments, to the outside and to another segment.
+    for dst in ["198.51.100.100", "172.211.0.67"] {
+        let r = ping(&lab, WORDPRESS, dst, 2, &["-M", "dont", "-s", "8000"]);
+        assert_eq!(
+            r.received, 2,
+            "wordpress -> {dst}, 8000 bytes, DF clear: {r:?}"
+        );
+    }
+}
+
 #[test]
 fn traceroute_lists_t1_t0_upstream_and_destination() {
     if !require_netns() {

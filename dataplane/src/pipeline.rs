@@ -1535,6 +1535,15 @@ impl Pipeline {
                             dnat,
                             lb,
                         }),
+                        // A directed broadcast is not forwarded (RFC 2644, Linux's
+                        // `bc_forwarding` 0) nor answered with an error (RFC 1812 section
+                        // 4.3.2.7): dropped silently, as a Linux router drops it.
+                        None if t
+                            .segment(segment)
+                            .is_some_and(|s| s.subnet.broadcast() == dst) =>
+                        {
+                            Walk::Drop(DropReason::NoRoute)
+                        }
                         None => Walk::Unreachable {
                             from: facing,
                             code: icmp::HOST_UNREACHABLE,

@@ -2502,3 +2502,33 @@ fn a_routed_packet_past_the_mtu_without_df_is_cut_into_fragments() {
     assert_eq!((port, frame.len()), (UPLINK, batch.len()));
     assert_eq!(bed.pkt.buf[1], crate::packet::vnet::GSO_UDP_L4);
 }
+
+#[test]
+fn a_directed_broadcast_is_dropped_silently_where_an_absent_host_is_unreachable() {
+    let mut bed = Bed::new();
+    // ping -b 172.211.0.143 (seg-b's broadcast) from a1, and the same from the outside: no
+    // ICMP error about a broadcast (RFC 1812 section 4.3.2.7), nothing forwarded.
+    let bcast = Ipv4Addr::new(172, 211, 0, 143);
+    let from_a1 = ping(pod_mac(A1_IP), ROUTER_MAC, A1_IP, bcast, 64, 1);
+    assert_eq!(bed.send(A1, &from_a1), Verdict::Drop(DropReason::NoRoute));
+    assert!(bed.ctx.tx.is_empty(), "answered: {:?}", bed.ctx.tx);
+    let from_outside = ping(UPLINK_PEER_MAC, ROUTER_MAC, OUTSIDE_HOST, bcast, 64, 2);
+    assert_eq!(
+        bed.send(UPLINK, &from_outside),
+        Verdict::Drop(DropReason::NoRoute)
+    );
+    assert!(bed.ctx.tx.is_empty(), "answered: {:?}", bed.ctx.tx);
+    // An address of the segment no pod has is unreachable, as ARP's silence tells a router.
+    let absent = ping(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        Ipv4Addr::new(172, 211, 0, 140),
+        64,
+        3,
+    );
+    assert_eq!(bed.send(A1, &absent), Verdict::Drop(DropReason::NoRoute));
+    let (port, error) = bed.out();
+    assert_eq!(port, A1);
+    assert_eq!((error[34], error[35]), (3, 1), "host unreachable");
+}

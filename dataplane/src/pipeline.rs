@@ -1281,49 +1281,11 @@ impl Pipeline {
         pkt: &mut PacketBuf,
         apply: impl FnOnce(&mut [u8], &rewrite::Action, bool),
     ) -> Verdict {
-        let frame = pkt.frame();
-        let Some(&[flags, _]) = frame.get(ethernet::HEADER_LEN + 6..ethernet::HEADER_LEN + 8)
-        else {
+        let Some(df) = dont_fragment(pkt.frame()) else {
             return Verdict::Drop(DropReason::Malformed);
         };
-        if u16::from(flags) << 8 & ipv4::FLAG_DF != 0 {
-            let from = match port.kind {
-                PortKind::Pod { segment, .. } => t.segment(segment).map(|s| s.gateway_ip),
-                PortKind::Uplink { addr, .. } => Some(addr),
-            };
-            let original = &frame[ethernet::HEADER_LEN..];
-            let is_error = matches!(
-                parse_frame(frame),
-                Ok(ParsedFrame {
-                    l3: L3::Ipv4(Ipv4Info {
-                        l4: L4::IcmpError { .. },
-                        ..
-                    }),
-                    ..
-                })
-            );
-            let scratch = &mut ctx.scratch;
-            let built = from.filter(|_| !is_error).and_then(|from| {
-                build::build_icmp_error(
-                    &mut scratch.buf[VNET_HDR_LEN..],
-                    t.router_mac,
-                    mac_at(frame, 6),
-                    from,
-                    icmp::DEST_UNREACHABLE,
-                    icmp::FRAG_NEEDED,
-                    PORT_MTU as u16,
-                    original,
-                )
-            });
-            if let Some(n) = built {
-                scratch.buf[..VNET_HDR_LEN].fill(0);
-                scratch.len = VNET_HDR_LEN + n;
-                ctx.tx.push(Tx {
-                    port: port.id,
-                    source: TxSource::Scratch,
-                });
-            }
-            return Verdict::Drop(DropReason::FragNeeded);
+        if df {
+            return self.frag_needed(t, ctx, port, pkt);
         }
         let Some(out) = t.port(action.out_port) else {
             return Verdict::Drop(DropReason::NoRoute);
@@ -1386,6 +1348,58 @@ impl Pipeline {
         ctx.tx
             .retain(|tx| !matches!(tx.source, TxSource::Fragment(i) if usize::from(i) >= first));
         Verdict::Drop(DropReason::Malformed)
+    }
+
+    /// "Fragmentation needed" (with the gateways' MTU) from the gateway the sender faces,
+    /// about the packet as received; the packet is dropped, counted as `frag-needed`. Never
+    /// about an ICMP error, and not rate limited (Linux does not limit it either: path MTU
+    /// discovery depends on it).
+    #[cold]
+    fn frag_needed(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        port: &Port,
+        pkt: &PacketBuf,
+    ) -> Verdict {
+        let frame = pkt.frame();
+        let from = match port.kind {
+            PortKind::Pod { segment, .. } => t.segment(segment).map(|s| s.gateway_ip),
+            PortKind::Uplink { addr, .. } => Some(addr),
+        };
+        let original = frame.get(ethernet::HEADER_LEN..).unwrap_or_default();
+        let is_error = matches!(
+            parse_frame(frame),
+            Ok(ParsedFrame {
+                l3: L3::Ipv4(Ipv4Info {
+                    l4: L4::IcmpError { .. },
+                    ..
+                }),
+                ..
+            })
+        );
+        let scratch = &mut ctx.scratch;
+        let built = from.filter(|_| !is_error).and_then(|from| {
+            build::build_icmp_error(
+                &mut scratch.buf[VNET_HDR_LEN..],
+                t.router_mac,
+                mac_at(frame, 6),
+                from,
+                icmp::DEST_UNREACHABLE,
+                icmp::FRAG_NEEDED,
+                PORT_MTU as u16,
+                original,
+            )
+        });
+        if let Some(n) = built {
+            scratch.buf[..VNET_HDR_LEN].fill(0);
+            scratch.len = VNET_HDR_LEN + n;
+            ctx.tx.push(Tx {
+                port: port.id,
+                source: TxSource::Scratch,
+            });
+        }
+        Verdict::Drop(DropReason::FragNeeded)
     }
 
     /// Walks a new flow through the gateways. Pure: reads the tables, changes nothing (the
@@ -1834,6 +1848,12 @@ impl Pipeline {
         match walk {
             Walk::Deliver(_) => Verdict::Drop(DropReason::NoRoute),
             Walk::Drop(reason) => Verdict::Drop(reason),
+            // Past the first gateway, a packet too big for the link after it stopped there: a
+            // Linux router checks the TTL, then the MTU, hop by hop, so tracepath learns the
+            // path MTU at the hop where it shrinks.
+            Walk::TtlExceeded { back, .. } if back > 0 && too_big_to_route(pkt) => {
+                self.frag_needed(t, ctx, port, pkt)
+            }
             Walk::TtlExceeded { from, back } => {
                 let error = (icmp::TIME_EXCEEDED, 0);
                 self.icmp_error(t, ctx, port, parsed, ip, pkt, from, error, back);
@@ -2197,6 +2217,23 @@ fn fragment_offset(ip: &Ipv4Info, frame: &[u8]) -> usize {
         .get(ip.offset..ip.end())
         .and_then(|packet| ipv4::Ipv4Packet::new_checked(packet).ok())
         .map_or(0, |packet| packet.frag_offset())
+}
+
+/// Whether the don't-fragment flag of the IPv4 packet in `frame` is set (`None`: too short).
+fn dont_fragment(frame: &[u8]) -> Option<bool> {
+    let high = *frame.get(ethernet::HEADER_LEN + ipv4::field::FLG_OFF.start)?;
+    Some(u16::from(high) << 8 & ipv4::FLAG_DF != 0)
+}
+
+/// Whether a routed packet is bigger than the gateways' MTU and says don't-fragment (a GSO
+/// frame is judged by its segments, each within its sender's MTU: never).
+fn too_big_to_route(pkt: &PacketBuf) -> bool {
+    pkt.len > VNET_HDR_LEN + ethernet::HEADER_LEN + PORT_MTU
+        && pkt
+            .buf
+            .get(vnet::field::GSO_TYPE)
+            .is_some_and(|&g| g & !vnet::GSO_ECN == vnet::GSO_NONE)
+        && dont_fragment(pkt.frame()) == Some(true)
 }
 
 /// Whether the more-fragments flag of the packet is set (a frame too short says no).

@@ -2532,3 +2532,33 @@ fn a_directed_broadcast_is_dropped_silently_where_an_absent_host_is_unreachable(
     assert_eq!(port, A1);
     assert_eq!((error[34], error[35]), (3, 1), "host unreachable");
 }
+
+#[test]
+fn tracepath_learns_the_mtu_at_the_first_gateway_whatever_the_ttl() {
+    let mut bed = Bed::new();
+    // tracepath from a1 with MTU 9000: its probes are big, DF set, TTL 1, 2, ...
+    for (ttl, expect) in [(1u8, (11u8, 0u8)), (2, (3, 4)), (3, (3, 4))] {
+        let mut probe = with_df(
+            big_udp(
+                pod_mac(A1_IP),
+                ROUTER_MAC,
+                (A1_IP, 44444),
+                (OUTSIDE_HOST, 33434 + u16::from(ttl)),
+                u16::from(ttl),
+                8000,
+            ),
+            true,
+        );
+        probe[22] = ttl;
+        fix_header_checksum(&mut probe);
+        bed.send(A1, &probe);
+        let (port, error) = bed.out();
+        assert_eq!(port, A1);
+        let ip = check(&error);
+        assert_eq!(
+            (ip.src, error[34], error[35]),
+            (GW_A, expect.0, expect.1),
+            "TTL {ttl}: the T1 answers, time exceeded at 1, fragmentation needed past it"
+        );
+    }
+}

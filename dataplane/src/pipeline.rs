@@ -19,6 +19,8 @@
 //! 6. ICMP errors that concern a tracked connection (by its ports, or by addresses alone for
 //!    protocols without ports) and come in by the port the quoted packet left by follow it back,
 //!    inner header translated (RFC 5508 section 4.2; RFC 3022 section 4.3).
+//! 7. Out: a routed packet bigger than the gateways' MTU ([`PORT_MTU`]) gets "fragmentation
+//!    needed" when it says don't-fragment, and is cut into fragments when not.
 //!
 //! A gateway whose TTL check fails answers with ICMP time-exceeded from its own address facing
 //! the sender, quoting the packet with the addresses the sender wrote, so `traceroute` shows T1

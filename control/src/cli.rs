@@ -15,6 +15,7 @@ use pacific_dataplane::conntrack::ConntrackConfig;
 use crate::client::{self, CallError};
 use crate::daemon::{record_path_for, Daemon, DaemonConfig};
 use crate::lab::record::{teardown, LabRecord};
+use crate::model::manifest::Kind;
 use crate::netexec::{self, NetexecConfig};
 
 /// `println!` that stops quietly when stdout is closed (`pacific get nat | head`) instead of
@@ -274,9 +275,10 @@ struct GetArgs {
 
 #[derive(Args, Debug)]
 struct ApplyArgs {
-    /// The manifest file, or - for standard input.
-    #[arg(short = 'f', long)]
-    filename: PathBuf,
+    /// A manifest file, a directory (its .yaml, .yml and .json files, in name order), or - for
+    /// standard input; repeatable, applied together (all or nothing).
+    #[arg(short = 'f', long, required = true)]
+    filename: Vec<PathBuf>,
     /// The namespace of objects that name none (one that names another is refused).
     #[arg(short = 'n', long)]
     namespace: Option<String>,
@@ -292,9 +294,10 @@ struct DeleteArgs {
     /// namespaces, pods, svc, deployments, endpoints, tkc, outside (short names and plurals too).
     #[arg(value_name = "KIND NAME", conflicts_with = "filename")]
     objects: Vec<String>,
-    /// The manifest file, or - for standard input.
+    /// A manifest file, a directory (its .yaml, .yml and .json files), or - for standard input;
+    /// repeatable.
     #[arg(short = 'f', long, required_unless_present = "objects")]
-    filename: Option<PathBuf>,
+    filename: Vec<PathBuf>,
     /// The namespace of objects that name none (one that names another is refused).
     #[arg(short = 'n', long)]
     namespace: Option<String>,
@@ -361,6 +364,11 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,
+        // kubectl's `Error from server (NotFound): ...` stands as it is.
+        Err(message) if message.starts_with("Error from server") => {
+            eprintln!("{message}");
+            ExitCode::from(1)
+        }
         Err(message) => {
             eprintln!("error: {message}");
             ExitCode::from(1)
@@ -414,20 +422,21 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Cmd::Get(args) => get(&socket, &args),
         Cmd::Apply(args) => {
-            let manifest = read_manifest(&args.filename)?;
+            let manifest = read_manifests(&args.filename)?;
             let (ns, cluster) = (args.namespace.as_deref(), args.cluster.as_deref());
-            apply(&socket, "apply", manifest, ns, cluster, false)
+            apply(&socket, "apply", &manifest, ns, cluster, false)
         }
         Cmd::Delete(args) => {
-            let manifest = match &args.filename {
-                Some(path) => read_manifest(path)?,
-                None => manifest_of_names(&args.objects)?,
+            let manifest = if args.filename.is_empty() {
+                ManifestText::of_names(manifest_of_names(&args.objects)?)
+            } else {
+                read_manifests(&args.filename)?
             };
             let (ns, cluster) = (args.namespace.as_deref(), args.cluster.as_deref());
             apply(
                 &socket,
                 "delete",
-                manifest,
+                &manifest,
                 ns,
                 cluster,
                 args.ignore_not_found,
@@ -801,15 +810,188 @@ fn read_manifest(path: &Path) -> Result<String, String> {
     }
 }
 
+/// What `-f` gave (or `delete KIND NAME...` made): the manifest sent, and where each of its
+/// documents came from, so that an error names the file and the document in it.
+#[derive(Debug)]
+struct ManifestText {
+    text: String,
+    /// Each file's name and how many documents of `text` are its, in order.
+    sources: Vec<(String, usize)>,
+    /// Whether errors name the file: several files, or files found in a directory (one file
+    /// named on the command line is the file the user means).
+    name_files: bool,
+    /// Made from `delete KIND NAME...`: no file and no document to speak of.
+    from_names: bool,
+}
+
+impl ManifestText {
+    fn of_names(text: String) -> ManifestText {
+        ManifestText {
+            text,
+            sources: Vec::new(),
+            name_files: false,
+            from_names: true,
+        }
+    }
+
+    /// The file (and the document in it) of `document`, 1-based in the whole text.
+    fn locate(&self, document: u64) -> Option<(&str, u64)> {
+        let mut first = 1u64;
+        for (name, count) in &self.sources {
+            let count = *count as u64;
+            if document < first.saturating_add(count) {
+                return Some((name, document - first + 1));
+            }
+            first = first.saturating_add(count);
+        }
+        None
+    }
+
+    /// The daemon's error, with the file and its document for `document N`, and kubectl's
+    /// `Error from server (NotFound): services "web" not found` for an object not there.
+    fn error(&self, verb: &str, e: CallError) -> String {
+        let CallError::Rpc {
+            code,
+            message,
+            data: Some(data),
+        } = e
+        else {
+            return e.to_string();
+        };
+        let document = data.get("document").and_then(Value::as_u64);
+        let at = document.and_then(|d| self.locate(d));
+        let kind = data["kind"].as_str().and_then(Kind::from_kind);
+        let name = data["name"].as_str();
+        if let (crate::rpc::code::NOT_FOUND, Some("metadata.name"), Some(kind), Some(name)) =
+            (code, data["field"].as_str(), kind, name)
+        {
+            let object = format!("{} {name:?} not found", kind.plural());
+            return match at {
+                Some((file, _)) if !self.from_names => {
+                    format!("Error from server (NotFound): error when {verb}ing {file:?}: {object}")
+                }
+                _ => format!("Error from server (NotFound): {object}"),
+            };
+        }
+        let Some(d) = document else {
+            return message;
+        };
+        let lead = format!("document {d}");
+        // The message's own `document N` (not the start of `document N0`).
+        let rest = message
+            .strip_prefix(&lead)
+            .filter(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()));
+        match (at.filter(|_| self.name_files), rest) {
+            (Some((file, k)), Some(rest)) => format!("{file}: document {k}{rest}"),
+            (Some((file, k)), None) => format!("{file}: document {k}: {message}"),
+            (None, Some(_)) => message,
+            (None, None) if self.from_names => message,
+            (None, None) => format!("{lead}: {message}"),
+        }
+    }
+}
+
+/// The manifests of `-f` arguments, as kubectl reads them: files in the order given, a
+/// directory's `.yaml`, `.yml` and `.json` files in name order (not its subdirectories), `-`
+/// standard input. One file is sent as it is; several are joined, each after a `---` of its
+/// own, so that each document keeps its place and an error can name its file.
+fn read_manifests(paths: &[PathBuf]) -> Result<ManifestText, String> {
+    let mut files: Vec<(String, String)> = Vec::new();
+    let mut from_directory = false;
+    for path in paths {
+        if path == Path::new("-") {
+            files.push(("-".to_string(), read_manifest(path)?));
+            continue;
+        }
+        let meta =
+            std::fs::metadata(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if !meta.is_dir() {
+            files.push((path.display().to_string(), read_manifest(path)?));
+            continue;
+        }
+        from_directory = true;
+        let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?
+            .filter_map(|entry| entry.ok().map(|e| e.path()))
+            .filter(|p| {
+                p.is_file()
+                    && matches!(
+                        p.extension().and_then(|e| e.to_str()),
+                        Some("yaml" | "yml" | "json")
+                    )
+            })
+            .collect();
+        entries.sort();
+        if entries.is_empty() {
+            return Err(format!(
+                "{}: the directory holds no .yaml, .yml or .json file",
+                path.display()
+            ));
+        }
+        for entry in entries {
+            files.push((entry.display().to_string(), read_manifest(&entry)?));
+        }
+    }
+    if let [(name, text)] = &files[..] {
+        return Ok(ManifestText {
+            sources: vec![(name.clone(), usize::MAX)],
+            text: text.clone(),
+            name_files: from_directory,
+            from_names: false,
+        });
+    }
+    let mut text = String::new();
+    let mut sources = Vec::with_capacity(files.len());
+    for (name, file) in files {
+        let (part, documents) = manifest_part(&file);
+        text.push_str(&part);
+        sources.push((name, documents));
+    }
+    Ok(ManifestText {
+        text,
+        sources,
+        name_files: true,
+        from_names: false,
+    })
+}
+
+/// One file's text as a part of a joined manifest, and how many documents the daemon will count
+/// in it: the file after a `---` of its own (which makes a file that begins with `---` count an
+/// empty document first, on both sides), or for a file of several JSON objects one after the
+/// other (not YAML), each of them so.
+fn manifest_part(file: &str) -> (String, usize) {
+    use serde::Deserialize as _;
+    let file = file.strip_prefix('\u{feff}').unwrap_or(file);
+    if file.trim_start().starts_with('{') {
+        let objects: Result<Vec<Value>, _> = serde_json::Deserializer::from_str(file)
+            .into_iter()
+            .collect();
+        if let Some(objects) = objects.ok().filter(|o| o.len() > 1) {
+            let part = objects.iter().map(|o| format!("---\n{o}\n")).collect();
+            return (part, objects.len());
+        }
+    }
+    let part = format!("---\n{file}\n");
+    let mut documents = 0;
+    for doc in serde_yaml_ng::Deserializer::from_str(&part) {
+        documents += 1;
+        // The daemon stops at the first error too: later documents are not counted.
+        if serde_yaml_ng::Value::deserialize(doc).is_err() {
+            break;
+        }
+    }
+    (part, documents)
+}
+
 fn apply(
     socket: &Path,
     method: &str,
-    manifest: String,
+    manifest: &ManifestText,
     namespace: Option<&str>,
     cluster: Option<&str>,
     ignore_not_found: bool,
 ) -> Result<ExitCode, String> {
-    let mut params = json!({ "manifest": manifest });
+    let mut params = json!({ "manifest": manifest.text });
     if ignore_not_found {
         params["ignore_not_found"] = json!(true);
     }
@@ -819,7 +1001,8 @@ fn apply(
     if let Some(c) = cluster {
         params["cluster"] = json!(c);
     }
-    let result = call(socket, method, params)?;
+    let verb = if method == "delete" { "delet" } else { "apply" };
+    let result = client::call(socket, method, params).map_err(|e| manifest.error(verb, e))?;
     print_apply(&result);
     Ok(ExitCode::SUCCESS)
 }
@@ -1118,7 +1301,21 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
             params["name"] = json!(name);
         }
     }
-    let mut result = call(socket, method, params)?;
+    let mut result = client::call(socket, method, params).map_err(|e| match e {
+        // As kubectl names a namespace that is not there.
+        CallError::Rpc { code, data, .. }
+            if code == crate::rpc::code::NOT_FOUND
+                && data
+                    .as_ref()
+                    .is_some_and(|d| d["field"] == "params.namespace") =>
+        {
+            format!(
+                "Error from server (NotFound): namespaces {:?} not found",
+                namespace.map_or("", String::as_str)
+            )
+        }
+        other => other.to_string(),
+    })?;
     if let (Some(name), Some(items)) = (pick, result["items"].as_array_mut()) {
         items.retain(|item| item["name"].as_str() == Some(name));
     }
@@ -1126,7 +1323,10 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
     // A named object that is not there is an error, as kubectl has it, in every output format.
     if let Some(name) = args.name.as_ref().filter(|_| items.is_empty()) {
         if method != "routes.list" {
-            return Err(format!("{kind} {name:?} not found"));
+            return Err(format!(
+                "Error from server (NotFound): {} {name:?} not found",
+                resource_of(method)
+            ));
         }
     }
     if args.output == Some(Output::Json) {
@@ -1169,6 +1369,21 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
     };
     out_raw!("{out}");
     Ok(ExitCode::SUCCESS)
+}
+
+/// The resource a `*.list` method lists, in kubectl's plural (`services "web" not found`),
+/// whatever short name or case the kind was typed in.
+fn resource_of(method: &str) -> &'static str {
+    match method {
+        "namespaces.list" => "namespaces",
+        "pods.list" => "pods",
+        "segments.list" => "segments.pacific.dev",
+        "services.list" => "services",
+        "deployments.list" => "deployments.apps",
+        "tkc.list" => "tanzukubernetesclusters.run.tanzu.vmware.com",
+        "outside.list" => "outsidehosts.pacific.dev",
+        _ => "objects",
+    }
 }
 
 /// A column of a `pacific get` table: its header and how a row's cell is made.
@@ -1378,6 +1593,116 @@ fn routes_text(result: &Value, now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Files joined for one request keep their documents' places: an error in the daemon's
+    /// count of the whole is found again in its file, whatever the files begin or end with.
+    #[test]
+    fn joined_files_name_the_file_and_document_at_fault() {
+        let dir = std::env::temp_dir().join(format!("pacific-cli-join-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        let ns = |n: &str| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {n}}}\n");
+        let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+        write(
+            "10-a.yaml",
+            &format!("---\n# first\n{}---\n{}---\n", ns("a"), ns("b")),
+        );
+        write(
+            "20-c.json",
+            r#"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"c"}}{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"d"}}"#,
+        );
+        write("30-empty.yml", "# nothing yet\n");
+        write("40-bad.yaml", &format!("\u{feff}{}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: e, labls: {{}}}}\n", ns("x")));
+        write("notes.txt", "not a manifest");
+        write("sub/50-z.yaml", &ns("z"));
+        let joined = read_manifests(std::slice::from_ref(&dir)).unwrap();
+        let names: Vec<String> = joined.sources.iter().map(|(n, _)| n.clone()).collect();
+        let file = |n: &str| dir.join(n).display().to_string();
+        assert_eq!(
+            names,
+            [
+                file("10-a.yaml"),
+                file("20-c.json"),
+                file("30-empty.yml"),
+                file("40-bad.yaml")
+            ]
+        );
+        let e = crate::model::parse_manifests(&joined.text, None, None).unwrap_err();
+        assert_eq!(
+            joined.locate(e.document as u64),
+            Some((file("40-bad.yaml").as_str(), 2))
+        );
+        assert!(e.field.contains("labls"), "{e}");
+        // The good files alone: every namespace, in order.
+        let good = read_manifests(&[
+            dir.join("10-a.yaml"),
+            dir.join("20-c.json"),
+            dir.join("30-empty.yml"),
+        ])
+        .unwrap();
+        let parsed = crate::model::parse_manifests(&good.text, None, None).unwrap();
+        let parsed: Vec<&str> = parsed.iter().map(|m| m.name()).collect();
+        assert_eq!(parsed, ["a", "b", "c", "d"]);
+        // The message names the file and its document, not the joined text's.
+        let error = CallError::Rpc {
+            code: crate::rpc::code::INVALID,
+            message: format!(
+                "document {} (Namespace e): metadata.labls: unknown field",
+                e.document
+            ),
+            data: Some(
+                json!({"document": e.document, "kind": "Namespace", "name": "e", "field": "metadata.labls"}),
+            ),
+        };
+        assert_eq!(
+            joined.error("apply", error),
+            format!(
+                "{}: document 2 (Namespace e): metadata.labls: unknown field",
+                file("40-bad.yaml")
+            )
+        );
+        let e = read_manifests(&[dir.join("sub").join("none")]).unwrap_err();
+        assert!(e.contains("cannot read"), "{e}");
+        std::fs::remove_file(dir.join("sub/50-z.yaml")).unwrap();
+        let e = read_manifests(&[dir.join("sub")]).unwrap_err();
+        assert!(e.contains("no .yaml, .yml or .json file"), "{e}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// `delete svc web nosuch` said `document 2 (Service nosuch): metadata.name: service
+    /// default/nosuch not found`, and `get SVC nosuch` `svc "nosuch" not found`: kubectl's words.
+    #[test]
+    fn objects_not_found_are_named_as_kubectl_names_them() {
+        let not_found = |kind: &str, name: &str| CallError::Rpc {
+            code: crate::rpc::code::NOT_FOUND,
+            message: format!("document 2 ({kind} {name}): metadata.name: not found"),
+            data: Some(
+                json!({"document": 2, "kind": kind, "name": name, "field": "metadata.name"}),
+            ),
+        };
+        let names = ManifestText::of_names(
+            manifest_of_names(&["svc".into(), "web".into(), "nosuch".into()]).unwrap(),
+        );
+        assert_eq!(
+            names.error("delet", not_found("Service", "nosuch")),
+            r#"Error from server (NotFound): services "nosuch" not found"#
+        );
+        assert_eq!(
+            names.error("delet", not_found("Deployment", "web")),
+            r#"Error from server (NotFound): deployments.apps "web" not found"#
+        );
+        let file = ManifestText {
+            text: String::new(),
+            sources: vec![("app.yaml".into(), usize::MAX)],
+            name_files: false,
+            from_names: false,
+        };
+        assert_eq!(
+            file.error("delet", not_found("Pod", "tool")),
+            r#"Error from server (NotFound): error when deleting "app.yaml": pods "tool" not found"#
+        );
+        assert_eq!(resource_of("services.list"), "services");
+    }
 
     /// `lab up` suggested curling the first VIP by name, even one whose service selects no pod
     /// (refused) or whose first port is UDP: the hint names a VIP that answers, on a TCP port.

@@ -121,6 +121,22 @@ impl Kind {
         }
     }
 
+    /// The resource's plural, as kubectl's errors name it (`services "web" not found`,
+    /// `deployments.apps "web" not found`).
+    pub fn plural(&self) -> String {
+        let resource = self.resource();
+        let (word, group) = resource.split_once('.').unwrap_or((resource, ""));
+        let plural = match word {
+            "endpoints" | "pools" => word.to_string(),
+            _ => format!("{word}s"),
+        };
+        if group.is_empty() {
+            plural
+        } else {
+            format!("{plural}.{group}")
+        }
+    }
+
     /// The apiVersions that serve this kind.
     pub fn api_versions(&self) -> &'static [&'static str] {
         match self {

@@ -1,0 +1,145 @@
+//! The CLI as a kubectl user meets it with manifests of their own: `-f DIR` and repeated `-f`,
+//! and errors that name the object as kubectl does. Each test failed before its fix (found by
+//! exploratory QA).
+//!
+//! Address plan: pods 198.18.0.0/16, services 198.19.0.0/24, ingress 198.19.1.0/24, egress
+//! 198.19.2.0/24 (RFC 2544); the T0 uplink 203.0.113.0/24.
+
+use pacific_netns_tests::*;
+
+const LAB: &str = "\
+apiVersion: pacific.dev/v1
+kind: Pools
+metadata: {name: default}
+spec: {pods: 198.18.0.0/16, services: 198.19.0.0/24, ingress: 198.19.1.0/24, egress: 198.19.2.0/24}
+---
+apiVersion: pacific.dev/v1
+kind: Uplink
+metadata: {name: default}
+spec: {t0Address: 203.0.113.2, peerAddress: 203.0.113.1, prefixLength: 24}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: payments}
+";
+
+fn pod(name: &str, ns: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: {ns}, labels: {{app: {name}}}}}\nspec: {{containers: [{{name: c, image: busybox}}]}}\n"
+    )
+}
+
+fn pod_names(lab: &Lab, ns: &str) -> Vec<String> {
+    lab.items("pods", Some(ns))
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// `apply -f DIR` was refused (`cannot read DIR: Is a directory`) and a second `-f` was a usage
+/// error: a directory applies its .yaml, .yml and .json files in name order (nothing else in
+/// it), several `-f` apply together, an error names the file and its document, and `delete -f`
+/// takes the same.
+#[test]
+fn apply_and_delete_take_directories_and_several_files() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("khdir", LAB);
+    let dir = lab.dir.join("app");
+    std::fs::create_dir_all(dir.join("later")).unwrap();
+    let write = |name: &str, text: &str| std::fs::write(dir.join(name), text).unwrap();
+    write(
+        "10-namespace.yml",
+        "# the team's namespace\napiVersion: v1\nkind: Namespace\nmetadata: {name: ledger}\n---\n",
+    );
+    write(
+        "20-pods.yaml",
+        &format!("---\n{}---\n# trailing\n", pod("tool", "ledger")),
+    );
+    write(
+        "30-service.json",
+        r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "tool", "namespace": "ledger"},
+           "spec": {"selector": {"app": "tool"}, "ports": [{"port": 80}]}}"#,
+    );
+    write("README.md", "not a manifest: kind: nothing\n");
+    write("later/40-more.yaml", &pod("more", "ledger"));
+    let d = dir.display().to_string();
+    let out = lab.pacific(&["apply", "-f", &d]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(
+        stdout(&out).lines().collect::<Vec<_>>(),
+        [
+            "namespace/ledger created",
+            "pod/tool created",
+            "service/tool created"
+        ],
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(pod_names(&lab, "ledger"), ["tool"]);
+
+    // Two files at once, the second with a mistake in its second document: nothing of either is
+    // applied, and the error points into the second file.
+    let one = lab.dir.join("one.yaml");
+    let two = lab.dir.join("two.yaml");
+    std::fs::write(&one, pod("one", "payments")).unwrap();
+    std::fs::write(
+        &two,
+        format!(
+            "{}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: three, namespace: payments, labls: {{}}}}\nspec: {{containers: [{{name: c, image: x}}]}}\n",
+            pod("two", "payments")
+        ),
+    )
+    .unwrap();
+    let (one, two) = (one.display().to_string(), two.display().to_string());
+    let out = lab.pacific(&["apply", "-f", &one, "-f", &two]);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains(&format!("{two}: document 2 (Pod): metadata.labls")),
+        "{}",
+        describe(&out)
+    );
+    assert!(pod_names(&lab, "payments").is_empty());
+    std::fs::write(&two, pod("two", "payments")).unwrap();
+    let out = lab.pacific(&["apply", "-f", &one, "-f", &two]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(pod_names(&lab, "payments"), ["one", "two"]);
+
+    let out = lab.pacific(&["delete", "-f", &d, "-f", &one]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("namespace/ledger deleted")
+            && stdout(&out).contains("pod/one deleted"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(pod_names(&lab, "payments"), ["two"]);
+    let out = lab.pacific(&["get", "ns", "ledger"]);
+    assert!(!out.status.success(), "{}", describe(&out));
+
+    // kubectl's words for what is not there, with the kind as kubectl names it, not as typed.
+    let out = lab.pacific(&["delete", "svc", "nosuch", "-n", "payments"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        r#"Error from server (NotFound): services "nosuch" not found"#
+    );
+    let out = lab.pacific(&["get", "SVC", "nosuch", "-n", "payments"]);
+    assert_eq!(
+        stderr(&out).trim(),
+        r#"Error from server (NotFound): services "nosuch" not found"#
+    );
+    let out = lab.pacific(&["get", "deploy", "nosuch", "-n", "payments"]);
+    assert_eq!(
+        stderr(&out).trim(),
+        r#"Error from server (NotFound): deployments.apps "nosuch" not found"#
+    );
+    let out = lab.pacific(&["delete", "-f", &one]);
+    assert_eq!(
+        stderr(&out).trim(),
+        format!(
+            r#"Error from server (NotFound): error when deleting "{one}": pods "one" not found"#
+        )
+    );
+}

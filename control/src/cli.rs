@@ -604,9 +604,17 @@ fn lab_up(
         Err(_) => start_daemon(socket, prefix.unwrap_or(DEFAULT_PREFIX), daemon)?,
     }
     let result = call(socket, "apply", json!({ "manifest": manifest }))?;
-    print_apply(&result);
+    let code = print_apply(&result);
     print_summary(socket)?;
-    Ok(ExitCode::SUCCESS)
+    let problems = apply_problems(&result);
+    if !problems.is_empty() {
+        // Said again after the summary, where it would scroll out of sight.
+        eprintln!(
+            "error: the lab is up, but {} thing(s) of it could not be built (above)",
+            problems.len()
+        );
+    }
+    Ok(code)
 }
 
 /// Starts `pacific daemon` in the background, detached, logging beside the socket, and waits
@@ -1003,11 +1011,13 @@ fn apply(
     }
     let verb = if method == "delete" { "delet" } else { "apply" };
     let result = client::call(socket, method, params).map_err(|e| manifest.error(verb, e))?;
-    print_apply(&result);
-    Ok(ExitCode::SUCCESS)
+    Ok(print_apply(&result))
 }
 
-fn print_apply(result: &Value) {
+/// Prints what the daemon did with each object, then what it could not build (a pod without
+/// its TAP, an outside host's test server): the request is applied, but those objects do not
+/// work, so the exit code is 1, as kubectl's when some object of a file failed.
+fn print_apply(result: &Value) -> ExitCode {
     for line in result
         .get("results")
         .and_then(Value::as_array)
@@ -1016,14 +1026,26 @@ fn print_apply(result: &Value) {
     {
         out!("{}", line.as_str().unwrap_or_default());
     }
-    for w in result
+    let problems = apply_problems(result);
+    for p in &problems {
+        eprintln!("error: {p}");
+    }
+    if problems.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
+}
+
+/// The daemon's `warnings`: what it could not build of an applied request.
+fn apply_problems(result: &Value) -> Vec<String> {
+    result
         .get("warnings")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-    {
-        eprintln!("warning: {}", w.as_str().unwrap_or_default());
-    }
+        .map(|w| w.as_str().map_or_else(|| w.to_string(), str::to_string))
+        .collect()
 }
 
 fn exec(socket: &Path, target: &str, command: &[String]) -> Result<ExitCode, String> {

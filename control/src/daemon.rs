@@ -122,6 +122,9 @@ struct Control {
     gone_ports: Vec<PortId>,
     /// When each route of the published tables appeared (their uptime in `get routes`).
     route_since: views::RouteSince,
+    /// Why each pod of the state without a port has none: what building it last failed with
+    /// (`get pods` shows it, and each apply tries again).
+    pod_errors: BTreeMap<(String, String), String>,
 }
 
 pub struct Daemon {
@@ -291,6 +294,7 @@ impl Daemon {
                 routed_uplink: uplink.clone(),
                 gone_ports: Vec::new(),
                 route_since: views::RouteSince::new(),
+                pod_errors: BTreeMap::new(),
                 record,
             }),
             tables,
@@ -521,6 +525,7 @@ impl Daemon {
                     now: unix_now(),
                     upstream_netns: &self.upstream.netns,
                     route_since: &control.route_since,
+                    pod_errors: &control.pod_errors,
                 };
                 views::dispatch(&ctx, method, params)
             }
@@ -642,10 +647,17 @@ impl Daemon {
                         .ports
                         .insert(PortOwner::Pod(key.0.clone(), key.1.clone()), r.port);
                     control.pods.insert(key.clone(), r);
+                    control.pod_errors.remove(key);
                 }
-                Err(e) => problems.push(format!("pod {}/{}: {e}", pod.namespace, pod.name)),
+                Err(e) => {
+                    problems.push(format!("pod {}/{}: {e}", pod.namespace, pod.name));
+                    control.pod_errors.insert(key.clone(), e);
+                }
             }
         }
+        control
+            .pod_errors
+            .retain(|key, _| state.pods.contains_key(key));
         // Test servers follow the pods' ports and MESSAGE.
         for (key, pod) in &state.pods {
             let args = server_args(&state, pod);
@@ -679,6 +691,9 @@ impl Daemon {
         }
         self.realize_workloads(control, &state, &mut problems);
         self.realize_outside(control, &state, &mut problems);
+        for p in &problems {
+            log(p);
+        }
         problems
     }
 
@@ -716,15 +731,41 @@ impl Daemon {
         if let Err(e) = control.record.save(&self.config.record_path()) {
             log(format!("cannot write the lab record: {e}"));
         }
-        netns::add_netns(&netns_name).map_err(|e| e.to_string())?;
-        let tap = TapDevice::create_in_netns(
-            &netns::netns_path(&netns_name),
-            "eth0",
-            &self.tap_options(),
-        )
-        .map_err(|e| e.to_string())?;
+        let created = !netns::netns_exists(&netns_name);
+        let built = self.build_pod_port(control, pod, &segment, &netns_name);
+        if built.is_err() && created {
+            // A namespace this attempt made goes with it: the next apply tries afresh, and a
+            // pod that is deleted before it ever got its port leaves none behind.
+            if netns::delete_netns(&netns_name).is_ok() {
+                control.record.namespaces.retain(|n| *n != netns_name);
+            }
+        }
+        let port = built?;
+        Ok(RealizedPod {
+            port,
+            netns: netns_name,
+            ip: pod.ip,
+            mac: pod.mac,
+            server: None,
+            server_args: Vec::new(),
+            server_message: None,
+        })
+    }
+
+    /// The pod's namespace, its TAP and interface, and its port in the dataplane.
+    fn build_pod_port(
+        &self,
+        control: &mut Control,
+        pod: &crate::model::objects::Pod,
+        segment: &crate::model::objects::Segment,
+        netns_name: &str,
+    ) -> Result<PortId, String> {
+        netns::add_netns(netns_name).map_err(|e| e.to_string())?;
+        let tap =
+            TapDevice::create_in_netns(&netns::netns_path(netns_name), "eth0", &self.tap_options())
+                .map_err(|e| e.to_string())?;
         netns::configure_pod_interface(
-            &netns_name,
+            netns_name,
             &PodInterface {
                 ifname: "eth0".to_string(),
                 mac: pod.mac,
@@ -741,15 +782,7 @@ impl Daemon {
             .lock()
             .add_port(port, tap)
             .map_err(|e| e.to_string())?;
-        Ok(RealizedPod {
-            port,
-            netns: netns_name,
-            ip: pod.ip,
-            mac: pod.mac,
-            server: None,
-            server_args: Vec::new(),
-            server_message: None,
-        })
+        Ok(port)
     }
 
     fn spawn_server(

@@ -31,6 +31,8 @@ pub struct ViewContext<'a> {
     pub upstream_netns: &'a str,
     /// When each route of the published tables first appeared (`route_times`).
     pub route_since: &'a RouteSince,
+    /// Why a pod has no port: what building it failed with.
+    pub pod_errors: &'a BTreeMap<(String, String), String>,
 }
 
 /// When each route (by `route_key`) entered the tables, for its uptime in `pacific get routes`.
@@ -172,11 +174,16 @@ fn pods(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
                 .ports
                 .get(&PortOwner::Pod(p.namespace.clone(), p.name.clone()));
             let netns = (ctx.netns_of)(&p.namespace, &p.name);
+            let error = ctx
+                .pod_errors
+                .get(&(p.namespace.clone(), p.name.clone()))
+                .filter(|_| port.is_none());
             json!({
                 "namespace": p.namespace,
                 "name": p.name,
                 "ready": if port.is_some() { "1/1" } else { "0/1" },
-                "status": if port.is_some() { "Running" } else { "Pending" },
+                "status": pod_status(port.is_some(), error.is_some()),
+                "message": error,
                 "restarts": 0,
                 "created": p.created,
                 "ip": p.ip,
@@ -193,6 +200,17 @@ fn pods(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
         })
         .collect();
     Ok(items(rows))
+}
+
+/// A pod's STATUS: Running with its port, Pending until it has one, and after building it
+/// failed (a TAP that could not be made) kubectl's word for a container that could not be
+/// created, so that no one takes it for one on its way up; `message` says why.
+fn pod_status(port: bool, failed: bool) -> &'static str {
+    match (port, failed) {
+        (true, _) => "Running",
+        (false, true) => "CreateContainerError",
+        (false, false) => "Pending",
+    }
 }
 
 fn segments(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {

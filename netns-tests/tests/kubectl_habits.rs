@@ -1,6 +1,6 @@
 //! The CLI as a kubectl user meets it with manifests of their own: `-f DIR` and repeated `-f`,
-//! and errors that name the object as kubectl does. Each test failed before its fix (found by
-//! exploratory QA).
+//! errors that name the object as kubectl does, and a pod that could not be built reported as
+//! such. Each test failed before its fix (found by exploratory QA).
 //!
 //! Address plan: pods 198.18.0.0/16, services 198.19.0.0/24, ingress 198.19.1.0/24, egress
 //! 198.19.2.0/24 (RFC 2544); the T0 uplink 203.0.113.0/24.
@@ -142,4 +142,66 @@ fn apply_and_delete_take_directories_and_several_files() {
             r#"Error from server (NotFound): error when deleting "{one}": pods "one" not found"#
         )
     );
+}
+
+/// A pod whose TAP could not be made (here: its namespace already holds an `eth0`) was applied
+/// with exit 0 and a `warning:` line; it is an error now, naming the pod and the reason, `get
+/// pods` says CreateContainerError with the reason, and the next apply builds it once it can.
+#[test]
+fn a_pod_that_cannot_be_built_is_an_error() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("khfail", LAB);
+    // The namespace the daemon will give pod `clash` of `payments`, with an eth0 in it already.
+    let netns = format!("{}-payments-clash", lab.prefix);
+    let ip = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(args);
+        let out = run_bounded(cmd, None, std::time::Duration::from_secs(20));
+        assert!(out.status.success(), "ip {args:?}: {}", describe(&out));
+    };
+    ip(&["netns", "add", &netns]);
+    ip(&[
+        "-n", &netns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
+    let out = lab.apply(&pod("clash", "payments"), None, None);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stdout(&out).contains("pod/clash created"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        stderr(&out).contains("error: pod payments/clash: TUNSETIFF eth0"),
+        "{}",
+        describe(&out)
+    );
+    let pods = lab.items("pods", Some("payments"));
+    assert_eq!(pods.len(), 1);
+    assert_eq!(pods[0]["status"], "CreateContainerError", "{}", pods[0]);
+    assert_eq!(pods[0]["ready"], "0/1");
+    assert!(
+        pods[0]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("TUNSETIFF"),
+        "{}",
+        pods[0]
+    );
+    let table = lab.pacific(&["get", "pods", "-n", "payments"]);
+    assert!(
+        stdout(&table).contains("CreateContainerError"),
+        "{}",
+        describe(&table)
+    );
+
+    // What stood in the way gone, the next apply builds the pod and says nothing more.
+    ip(&["-n", &netns, "link", "del", "eth0"]);
+    let out = lab.apply(&pod("clash", "payments"), None, None);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(stderr(&out), "", "{}", describe(&out));
+    let pods = lab.items("pods", Some("payments"));
+    assert_eq!(pods[0]["status"], "Running", "{}", pods[0]);
+    assert!(pods[0]["message"].is_null(), "{}", pods[0]);
 }

@@ -253,12 +253,14 @@ enum Output {
     Wide,
     Json,
     Yaml,
+    Name,
 }
 
 #[derive(Args, Debug)]
 struct GetArgs {
     /// namespaces, pods, segments, routes, ports, svc, dfw, nat, outside, deployments or tkc
-    /// (kubectl's short names and plurals too).
+    /// (kubectl's short names and plurals too); several as `pods,svc`; `all` for pods,
+    /// services, deployments and TKG clusters.
     kind: String,
     /// One object of that kind.
     name: Option<String>,
@@ -268,9 +270,16 @@ struct GetArgs {
     /// All namespaces (the default when -n is not given; with -n too, as kubectl has it).
     #[arg(short = 'A', long)]
     all_namespaces: bool,
-    /// wide (more columns), json or yaml (the control socket's answer).
+    /// wide (more columns), json or yaml (the control socket's answer), name (`pod/web`).
     #[arg(short = 'o', long)]
     output: Option<Output>,
+    /// Only objects with these labels: `app=web`, `tier!=db`, `canary`, `!legacy`, comma
+    /// separated (kubectl's equality-based selectors).
+    #[arg(short = 'l', long)]
+    selector: Option<String>,
+    /// A LABELS column.
+    #[arg(long)]
+    show_labels: bool,
 }
 
 #[derive(Args, Debug)]
@@ -1279,9 +1288,9 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
-    let kind = args.kind.to_ascii_lowercase();
-    let method = match kind.as_str() {
+/// The `*.list` method of a kind as typed (kubectl's short names and plurals, any case).
+fn list_method(kind: &str) -> Result<&'static str, String> {
+    Ok(match kind.to_ascii_lowercase().as_str() {
         "namespaces" | "namespace" | "ns" => "namespaces.list",
         "pods" | "pod" | "po" => "pods.list",
         "segments" | "segment" | "seg" => "segments.list",
@@ -1295,10 +1304,160 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
         "tkc" | "tanzukubernetesclusters" | "tanzukubernetescluster" => "tkc.list",
         other => {
             return Err(format!(
-                "unknown kind {other:?}: expected namespaces, pods, segments, routes, ports, svc, dfw, nat, outside, deployments or tkc"
+                "unknown kind {other:?}: expected namespaces, pods, segments, routes, ports, svc, dfw, nat, outside, deployments, tkc or all"
             ))
         }
+    })
+}
+
+/// `get pods,svc` and `get all` (pods, services, deployments, TKG clusters, as kubectl's
+/// `all` holds the workloads and services): one listing after the other, each name as
+/// `pod/web`, kinds with nothing left out.
+fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
+    let methods: Vec<&str> = if args.kind.eq_ignore_ascii_case("all") {
+        vec!["pods.list", "services.list", "deployments.list", "tkc.list"]
+    } else {
+        let mut methods = Vec::new();
+        for kind in args.kind.split(',') {
+            let method = list_method(kind)?;
+            if !methods.contains(&method) {
+                methods.push(method);
+            }
+        }
+        methods
     };
+    let several = methods.len() > 1;
+    if several {
+        if args.name.is_some() {
+            return Err(format!(
+                "`pacific get {}` takes no NAME: name one kind (`pacific get svc web`)",
+                args.kind
+            ));
+        }
+        if let Some(m) = methods
+            .iter()
+            .find(|m| matches!(**m, "routes.list" | "nat.list"))
+        {
+            return Err(format!(
+                "`{}` lists alone: it is no table of named objects",
+                m.trim_end_matches(".list")
+            ));
+        }
+    }
+    let selector = args.selector.as_deref().map(parse_selector).transpose()?;
+    let namespace = args.namespace.as_ref().filter(|_| !args.all_namespaces);
+    let mut results = Vec::new();
+    for method in &methods {
+        let mut result = fetch(socket, args, method, namespace)?;
+        if let (Some(selector), Some(items)) = (&selector, result["items"].as_array_mut()) {
+            if *method == "routes.list" {
+                return Err("`get routes` takes no -l: routes have no labels".to_string());
+            }
+            items.retain(|item| selector.iter().all(|r| r.matches(&item["labels"])));
+        }
+        results.push((*method, result));
+    }
+    match args.output {
+        Some(Output::Json | Output::Yaml) => {
+            // Several kinds: one list, each item saying its kind (as kubectl's `List`).
+            let answer = if several {
+                let items: Vec<Value> = results
+                    .iter()
+                    .flat_map(|(method, result)| {
+                        rows(result).map(move |item| {
+                            let mut item = item.clone();
+                            item["kind"] = json!(kind_of(method));
+                            item
+                        })
+                    })
+                    .collect();
+                json!({ "items": items })
+            } else {
+                results.pop().map(|(_, r)| r).unwrap_or_default()
+            };
+            if args.output == Some(Output::Json) {
+                out!(
+                    "{}",
+                    serde_json::to_string_pretty(&answer).unwrap_or_default()
+                );
+            } else {
+                let text = serde_yaml_ng::to_string(&answer)
+                    .map_err(|e| format!("cannot print the answer as YAML: {e}"))?;
+                out_raw!("{text}");
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        Some(Output::Name) => {
+            for (method, result) in &results {
+                let resource = name_resource(method)?;
+                for item in rows(result) {
+                    out!("{resource}/{}", s(&item["name"]));
+                }
+            }
+            if results.iter().all(|(_, r)| rows(r).next().is_none()) {
+                no_resources(namespace);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let wide = args.output == Some(Output::Wide);
+    let now = now();
+    let mut tables = Vec::new();
+    for (method, result) in &results {
+        let items: Vec<&Value> = rows(result).collect();
+        if *method == "routes.list" {
+            tables.push(routes_text(result, now));
+            continue;
+        }
+        if items.is_empty() {
+            continue;
+        }
+        // A supervisor namespace's listing holds its TKG clusters' objects too (`NS/CLUSTER`):
+        // it spans namespaces then, and NAMESPACE tells a guest's `web` from the namespace's.
+        let spans = items
+            .iter()
+            .any(|v| v["namespace"].as_str().is_some_and(|n| n.contains('/')));
+        let mut columns = columns(method, namespace.is_none() || spans, wide, now);
+        if several {
+            let resource = name_resource(method)?;
+            for c in columns.iter_mut().filter(|c| c.0 == "NAME") {
+                c.1 = Box::new(move |v: &Value| format!("{resource}/{}", s(&v["name"])));
+            }
+        }
+        if args.show_labels {
+            columns.push(pairs("LABELS", "labels", "="));
+        }
+        let headers: Vec<&str> = columns.iter().map(|c| c.0).collect();
+        let cells: Vec<Vec<String>> = items
+            .iter()
+            .map(|v| columns.iter().map(|c| (c.1)(v)).collect())
+            .collect();
+        tables.push(table(&headers, &cells));
+    }
+    if tables.is_empty() {
+        no_resources(namespace);
+        return Ok(ExitCode::SUCCESS);
+    }
+    out_raw!("{}", tables.join("\n"));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// kubectl's words for an empty listing (on stderr, exit 0).
+fn no_resources(namespace: Option<&String>) {
+    match namespace {
+        Some(ns) => eprintln!("No resources found in {ns} namespace."),
+        None => eprintln!("No resources found"),
+    }
+}
+
+/// One kind's listing, as the daemon answers it: NAME picked out, a NAME not there an error.
+fn fetch(
+    socket: &Path,
+    args: &GetArgs,
+    method: &str,
+    namespace: Option<&String>,
+) -> Result<Value, String> {
     let mut params = json!({});
     let takes_name = !matches!(
         method,
@@ -1309,7 +1468,6 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
         .then_some(args.name.as_deref())
         .flatten();
     // As kubectl: `-A` lists every namespace even when `-n` names one.
-    let namespace = args.namespace.as_ref().filter(|_| !args.all_namespaces);
     if let Some(ns) = namespace {
         if method != "outside.list" {
             params["namespace"] = json!(ns);
@@ -1317,7 +1475,7 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
     }
     if let Some(name) = &args.name {
         if !takes_name && pick.is_none() {
-            return Err(format!("`pacific get {kind}` takes no NAME"));
+            return Err(format!("`pacific get {}` takes no NAME", args.kind));
         }
         if takes_name {
             params["name"] = json!(name);
@@ -1341,9 +1499,12 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
     if let (Some(name), Some(items)) = (pick, result["items"].as_array_mut()) {
         items.retain(|item| item["name"].as_str() == Some(name));
     }
-    let items: Vec<&Value> = rows(&result).collect();
     // A named object that is not there is an error, as kubectl has it, in every output format.
-    if let Some(name) = args.name.as_ref().filter(|_| items.is_empty()) {
+    if let Some(name) = args
+        .name
+        .as_ref()
+        .filter(|_| rows(&result).next().is_none())
+    {
         if method != "routes.list" {
             return Err(format!(
                 "Error from server (NotFound): {} {name:?} not found",
@@ -1351,46 +1512,106 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
             ));
         }
     }
-    if args.output == Some(Output::Json) {
-        out!(
-            "{}",
-            serde_json::to_string_pretty(&result).unwrap_or_default()
-        );
-        return Ok(ExitCode::SUCCESS);
+    Ok(result)
+}
+
+/// The manifest kind of a listing's rows (`kind` of each item when kinds are listed together).
+fn kind_of(method: &str) -> &'static str {
+    match method {
+        "namespaces.list" => "Namespace",
+        "pods.list" => "Pod",
+        "segments.list" => "Segment",
+        "ports.list" => "Port",
+        "services.list" => "Service",
+        "dfw.list" => "Rule",
+        "outside.list" => "OutsideHost",
+        "deployments.list" => "Deployment",
+        "tkc.list" => "TanzuKubernetesCluster",
+        _ => "",
     }
-    if args.output == Some(Output::Yaml) {
-        let text = serde_yaml_ng::to_string(&result)
-            .map_err(|e| format!("cannot print the answer as YAML: {e}"))?;
-        out_raw!("{text}");
-        return Ok(ExitCode::SUCCESS);
-    }
-    let wide = args.output == Some(Output::Wide);
-    let now = now();
-    if items.is_empty() && method != "routes.list" {
-        match namespace {
-            Some(ns) => eprintln!("No resources found in {ns} namespace."),
-            None => eprintln!("No resources found"),
+}
+
+/// What `-o name` and a listing of several kinds put before a name: kubectl's `pod/web`,
+/// `deployment.apps/web`.
+fn name_resource(method: &str) -> Result<&'static str, String> {
+    Ok(match method {
+        "namespaces.list" => "namespace",
+        "pods.list" => "pod",
+        "segments.list" => "segment",
+        "ports.list" => "port",
+        "services.list" => "service",
+        "dfw.list" => "rule",
+        "outside.list" => "outsidehost.pacific.dev",
+        "deployments.list" => "deployment.apps",
+        "tkc.list" => "tanzukubernetescluster.run.tanzu.vmware.com",
+        other => {
+            return Err(format!(
+                "`get {}` has no names to print",
+                other.trim_end_matches(".list")
+            ))
         }
-        return Ok(ExitCode::SUCCESS);
+    })
+}
+
+/// One requirement of a label selector (`-l app=web,tier!=db,canary,!legacy`).
+#[derive(Debug, PartialEq)]
+enum LabelRequirement {
+    Equals(String, String),
+    NotEquals(String, String),
+    Exists(String),
+    Absent(String),
+}
+
+impl LabelRequirement {
+    fn matches(&self, labels: &Value) -> bool {
+        let get = |k: &str| labels.get(k).and_then(Value::as_str);
+        match self {
+            LabelRequirement::Equals(k, v) => get(k) == Some(v.as_str()),
+            LabelRequirement::NotEquals(k, v) => get(k) != Some(v.as_str()),
+            LabelRequirement::Exists(k) => get(k).is_some(),
+            LabelRequirement::Absent(k) => get(k).is_none(),
+        }
     }
-    let out = if method == "routes.list" {
-        routes_text(&result, now)
-    } else {
-        // A supervisor namespace's listing holds its TKG clusters' objects too (`NS/CLUSTER`):
-        // it spans namespaces then, and NAMESPACE tells a guest's `web` from the namespace's.
-        let spans = items
-            .iter()
-            .any(|v| v["namespace"].as_str().is_some_and(|n| n.contains('/')));
-        let columns = columns(method, namespace.is_none() || spans, wide, now);
-        let headers: Vec<&str> = columns.iter().map(|c| c.0).collect();
-        let cells: Vec<Vec<String>> = items
-            .iter()
-            .map(|v| columns.iter().map(|c| (c.1)(v)).collect())
-            .collect();
-        table(&headers, &cells)
+}
+
+/// kubectl's equality-based selectors: `k=v`, `k==v`, `k!=v`, `k`, `!k`, comma-separated, all
+/// of them to hold. Set-based ones (`k in (a,b)`) are refused, by name.
+fn parse_selector(text: &str) -> Result<Vec<LabelRequirement>, String> {
+    let bad = |why: &str| format!("-l {text:?}: {why}");
+    // As kubectl: an empty selector selects everything.
+    if text.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    if text.contains('(') || text.contains(" in ") || text.contains(" notin ") {
+        return Err(bad(
+            "set-based selectors (in, notin) are not supported: use k=v, k!=v, k or !k",
+        ));
+    }
+    let key = |k: &str| -> Result<String, String> {
+        let k = k.trim();
+        let ok = !k.is_empty()
+            && k.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+        if ok {
+            Ok(k.to_string())
+        } else {
+            Err(bad(&format!("{k:?} is not a label key")))
+        }
     };
-    out_raw!("{out}");
-    Ok(ExitCode::SUCCESS)
+    text.split(',')
+        .map(|part| {
+            let part = part.trim();
+            if let Some((k, v)) = part.split_once("!=") {
+                Ok(LabelRequirement::NotEquals(key(k)?, v.trim().to_string()))
+            } else if let Some((k, v)) = part.split_once("==").or_else(|| part.split_once('=')) {
+                Ok(LabelRequirement::Equals(key(k)?, v.trim().to_string()))
+            } else if let Some(k) = part.strip_prefix('!') {
+                Ok(LabelRequirement::Absent(key(k)?))
+            } else {
+                Ok(LabelRequirement::Exists(key(part)?))
+            }
+        })
+        .collect()
 }
 
 /// The resource a `*.list` method lists, in kubectl's plural (`services "web" not found`),
@@ -1724,6 +1945,51 @@ mod tests {
             r#"Error from server (NotFound): error when deleting "app.yaml": pods "tool" not found"#
         );
         assert_eq!(resource_of("services.list"), "services");
+    }
+
+    /// `get -l` was refused as an unexpected argument: kubectl's equality-based selectors.
+    #[test]
+    fn label_selectors_read_as_kubectl_reads_them() {
+        use LabelRequirement::*;
+        assert_eq!(
+            parse_selector("app=web, tier!=db,canary,!legacy,env==prod").unwrap(),
+            [
+                Equals("app".into(), "web".into()),
+                NotEquals("tier".into(), "db".into()),
+                Exists("canary".into()),
+                Absent("legacy".into()),
+                Equals("env".into(), "prod".into()),
+            ]
+        );
+        let keeps = |sel: &str, labels: Value| {
+            parse_selector(sel)
+                .unwrap()
+                .iter()
+                .all(|r| r.matches(&labels))
+        };
+        assert!(keeps("app=web", json!({"app": "web", "x": "y"})));
+        assert!(!keeps("app=web", json!({"app": "db"})));
+        assert!(!keeps("app=web", json!({})));
+        assert!(keeps("app!=web", json!({})));
+        assert!(keeps("!legacy,app", json!({"app": "web"})));
+        assert!(!keeps("!legacy", json!({"legacy": "1"})));
+        // A row without labels has none.
+        assert!(!keeps("app", Value::Null));
+        assert!(keeps("", json!({})));
+        for bad in ["app in (web)", "=web", "a b=c", "app=web,"] {
+            assert!(parse_selector(bad).is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from([
+            "pacific",
+            "get",
+            "pods,svc",
+            "-l",
+            "app=web",
+            "--show-labels",
+            "-o",
+            "name"
+        ])
+        .is_ok());
     }
 
     /// `lab up` suggested curling the first VIP by name, even one whose service selects no pod

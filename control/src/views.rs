@@ -414,6 +414,7 @@ fn services(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
                 "external_ip": s.load_balancer_ip,
                 "ports": ports.join(","),
                 "created": s.created,
+                "labels": s.labels,
                 "selector": s.selector,
                 "endpoints": endpoints,
                 // The SLB's algorithm is the service's; the DLB always hashes (Maglev). Under
@@ -589,7 +590,7 @@ fn deployments(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
         .map(|((key_ns, _), d)| {
             let ready = ctx.state.pods.values().filter(|p| p.namespace == *key_ns && p.owner.as_deref() == Some(d.name.as_str())).count()
                 + ctx.state.cluster_workloads.values().filter(|w| format!("{}/{}", w.namespace, w.cluster) == *key_ns && w.owner.as_deref() == Some(d.name.as_str())).count();
-            json!({"namespace": key_ns, "name": d.name, "ready": format!("{ready}/{}", d.replicas), "up_to_date": d.replicas, "available": ready, "created": d.created})
+            json!({"namespace": key_ns, "name": d.name, "ready": format!("{ready}/{}", d.replicas), "up_to_date": d.replicas, "available": ready, "created": d.created, "labels": d.labels})
         })
         .collect();
     Ok(items(rows))
@@ -603,7 +604,7 @@ fn tkc(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
         .tkg_clusters
         .values()
         .filter(|c| f.keeps(&c.namespace, &c.name))
-        .map(|c| json!({"namespace": c.namespace, "name": c.name, "control_plane": c.control_plane_count, "workers": c.worker_count, "segment": c.segment.name, "subnet": c.segment.subnet.to_string(), "created": c.created}))
+        .map(|c| json!({"namespace": c.namespace, "name": c.name, "control_plane": c.control_plane_count, "workers": c.worker_count, "segment": c.segment.name, "subnet": c.segment.subnet.to_string(), "created": c.created, "labels": c.labels}))
         .collect();
     Ok(items(rows))
 }

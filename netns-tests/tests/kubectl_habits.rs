@@ -205,3 +205,86 @@ fn a_pod_that_cannot_be_built_is_an_error() {
     assert_eq!(pods[0]["status"], "Running", "{}", pods[0]);
     assert!(pods[0]["message"].is_null(), "{}", pods[0]);
 }
+
+/// kubectl habits `get` refused (`unknown kind "pods,svc"`, `invalid value 'name'`, `unexpected
+/// argument '-l'`, `'--show-labels'`, `unknown kind "all"`): several kinds at once, `all`,
+/// `-o name`, label selectors and a LABELS column.
+#[test]
+fn get_takes_several_kinds_names_and_selectors() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("khget", LAB);
+    let app = "\
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: api, namespace: payments, labels: {tier: backend}}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: api}}
+  template:
+    metadata: {labels: {app: api}}
+    spec:
+      containers: [{name: api, image: nginx, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: api, namespace: payments, labels: {tier: backend}}
+spec:
+  selector: {app: api}
+  ports: [{port: 80, targetPort: 8080}]
+";
+    lab.apply_ok(app, None, None);
+    lab.apply_ok(&pod("tool", "payments"), None, None);
+    let get = |args: &[&str]| {
+        let mut argv = vec!["get"];
+        argv.extend_from_slice(args);
+        let out = lab.pacific(&argv);
+        assert!(out.status.success(), "get {args:?}: {}", describe(&out));
+        stdout(&out)
+    };
+    let names = get(&["pods", "-n", "payments", "-o", "name"]);
+    let names: Vec<&str> = names.lines().collect();
+    assert_eq!(names.len(), 3, "{names:?}");
+    assert!(names.iter().all(|n| n.starts_with("pod/")), "{names:?}");
+    assert!(names.contains(&"pod/tool"), "{names:?}");
+
+    let all = get(&["all", "-n", "payments", "-o", "name"]);
+    assert!(
+        all.contains("pod/tool\n")
+            && all.contains("service/api\n")
+            && all.contains("deployment.apps/api\n"),
+        "{all}"
+    );
+    let tables = get(&["pods,svc", "-n", "payments"]);
+    let blocks: Vec<&str> = tables.split("\n\n").collect();
+    assert_eq!(blocks.len(), 2, "{tables}");
+    assert!(
+        blocks[0].starts_with("NAME ") && blocks[0].contains("\npod/tool "),
+        "{tables}"
+    );
+    assert!(
+        blocks[1].contains("TYPE") && blocks[1].contains("\nservice/api "),
+        "{tables}"
+    );
+
+    let selected = get(&["pods", "-n", "payments", "-l", "app=api", "-o", "name"]);
+    assert_eq!(selected.lines().count(), 2, "{selected}");
+    assert!(!selected.contains("tool"), "{selected}");
+    let selected = get(&["pods", "-n", "payments", "-l", "app,app!=api", "-o", "name"]);
+    assert_eq!(selected.trim(), "pod/tool");
+    let selected = get(&["svc,deploy", "-A", "-l", "tier=backend", "-o", "name"]);
+    assert_eq!(selected, "service/api\ndeployment.apps/api\n");
+    let out = lab.pacific(&["get", "pods", "-n", "payments", "-l", "app=nothing"]);
+    assert!(
+        out.status.success() && stdout(&out).is_empty(),
+        "{}",
+        describe(&out)
+    );
+    assert!(stderr(&out).contains("No resources found in payments namespace."));
+
+    let labels = get(&["pods", "tool", "-n", "payments", "--show-labels"]);
+    let lines: Vec<&str> = labels.lines().collect();
+    assert!(lines[0].ends_with("   LABELS"), "{labels}");
+    assert!(lines[1].ends_with("   app=tool"), "{labels}");
+}

@@ -639,7 +639,7 @@ impl<'a> Field<'a> {
     /// Refuses a key that this mapping's type does not have, as kubectl's strict field
     /// validation does: a typo such as `sessionAfinity` would otherwise change what the object
     /// does, silently. The message suggests the known key it is closest to. (Only for types
-    /// whose every field is listed here: a Pod's or a container's fields are not.)
+    /// whose every field is listed here.)
     fn known_keys(&self, known: &[&str]) -> Res<()> {
         let Some(map) = self.value.as_mapping() else {
             return Ok(()); // not a mapping: the caller's own checks say so
@@ -838,6 +838,90 @@ const DEPLOYMENT_SPEC: &[&str] = &[
 ];
 /// A PodTemplateSpec: its metadata is an ObjectMeta, checked as strictly as an object's.
 const POD_TEMPLATE: &[&str] = &["metadata", "spec"];
+/// The top level of an object of most kinds (Endpoints and EndpointSlice have their own).
+const OBJECT_TOP: &[&str] = &["apiVersion", "kind", "metadata", "spec", "status"];
+const ENDPOINTS_TOP: &[&str] = &["apiVersion", "kind", "metadata", "subsets"];
+const ENDPOINT_SLICE_TOP: &[&str] = &[
+    "apiVersion",
+    "kind",
+    "metadata",
+    "addressType",
+    "endpoints",
+    "ports",
+];
+/// Kubernetes v1 PodSpec: every field, so that a typo (`contaners`, `nodeSelecter`) is refused
+/// rather than ignored; Pacific reads `containers` and `nodeName` of them.
+const POD_SPEC: &[&str] = &[
+    "activeDeadlineSeconds",
+    "affinity",
+    "automountServiceAccountToken",
+    "containers",
+    "dnsConfig",
+    "dnsPolicy",
+    "enableServiceLinks",
+    "ephemeralContainers",
+    "hostAliases",
+    "hostIPC",
+    "hostNetwork",
+    "hostPID",
+    "hostUsers",
+    "hostname",
+    "imagePullSecrets",
+    "initContainers",
+    "nodeName",
+    "nodeSelector",
+    "os",
+    "overhead",
+    "preemptionPolicy",
+    "priority",
+    "priorityClassName",
+    "readinessGates",
+    "resourceClaims",
+    "resources",
+    "restartPolicy",
+    "runtimeClassName",
+    "schedulerName",
+    "schedulingGates",
+    "securityContext",
+    "serviceAccount",
+    "serviceAccountName",
+    "setHostnameAsFQDN",
+    "shareProcessNamespace",
+    "subdomain",
+    "terminationGracePeriodSeconds",
+    "tolerations",
+    "topologySpreadConstraints",
+    "volumes",
+];
+/// Kubernetes v1 Container: every field (Pacific reads name, image, ports and env).
+const CONTAINER: &[&str] = &[
+    "args",
+    "command",
+    "env",
+    "envFrom",
+    "image",
+    "imagePullPolicy",
+    "lifecycle",
+    "livenessProbe",
+    "name",
+    "ports",
+    "readinessProbe",
+    "resizePolicy",
+    "resources",
+    "restartPolicy",
+    "securityContext",
+    "startupProbe",
+    "stdin",
+    "stdinOnce",
+    "terminationMessagePath",
+    "terminationMessagePolicy",
+    "tty",
+    "volumeDevices",
+    "volumeMounts",
+    "workingDir",
+];
+const CONTAINER_PORT: &[&str] = &["containerPort", "hostIP", "hostPort", "name", "protocol"];
+const ENV_VAR: &[&str] = &["name", "value", "valueFrom"];
 const LABEL_SELECTOR: &[&str] = &["matchExpressions", "matchLabels"];
 const POOLS_SPEC: &[&str] = &[
     "pods",
@@ -1105,6 +1189,11 @@ fn parse_object(
             kind.api_versions().join(" or ")
         )));
     }
+    root.known_keys(match kind {
+        Kind::Endpoints => ENDPOINTS_TOP,
+        Kind::EndpointSlice => ENDPOINT_SLICE_TOP,
+        _ => OBJECT_TOP,
+    })?;
     let metadata = root.req("metadata")?;
     metadata.mapping()?;
     metadata.known_keys(OBJECT_META)?;
@@ -1327,6 +1416,7 @@ fn parse_namespace(meta: Meta, ann: &Annotations<'_, '_>) -> Res<NamespaceReques
 }
 
 fn parse_containers(pod_spec: &Field<'_>) -> Res<Vec<Container>> {
+    pod_spec.known_keys(POD_SPEC)?;
     let list = pod_spec.req("containers")?;
     let items = list.seq()?;
     if items.is_empty() {
@@ -1334,6 +1424,7 @@ fn parse_containers(pod_spec: &Field<'_>) -> Res<Vec<Container>> {
     }
     let mut containers: Vec<Container> = Vec::new();
     for c in items {
+        c.known_keys(CONTAINER)?;
         let name_field = c.req("name")?;
         let name = name_field.str()?.to_string();
         check_dns_label(&name).map_err(|m| name_field.err(m))?;
@@ -1344,6 +1435,7 @@ fn parse_containers(pod_spec: &Field<'_>) -> Res<Vec<Container>> {
         let mut ports: Vec<ContainerPort> = Vec::new();
         if let Some(list) = c.get("ports") {
             for p in list.seq()? {
+                p.known_keys(CONTAINER_PORT)?;
                 let container_port = p.req("containerPort")?.port()?;
                 let protocol = protocol_of(&p)?;
                 let name = match p.get("name") {
@@ -1364,6 +1456,7 @@ fn parse_containers(pod_spec: &Field<'_>) -> Res<Vec<Container>> {
         let mut env = BTreeMap::new();
         if let Some(list) = c.get("env") {
             for e in list.seq()? {
+                e.known_keys(ENV_VAR)?;
                 let name_field = e.req("name")?;
                 let var = name_field.str()?;
                 if var.is_empty() || var.contains('=') {
@@ -2161,6 +2254,56 @@ mod tests {
         // As `kubectl get svc web -o yaml` prints it.
         let printed = "apiVersion: v1\nkind: Service\nmetadata:\n  name: web\n  namespace: ns-dev\n  uid: 5b1c\n  resourceVersion: \"812\"\n  creationTimestamp: \"2026-12-01T09:00:00Z\"\n  labels: {app: web}\nspec:\n  type: LoadBalancer\n  selector: {app: web}\n  ports:\n  - {name: http, protocol: TCP, port: 80, targetPort: 8080, appProtocol: http}\n  sessionAffinity: None\n  externalTrafficPolicy: Cluster\n  internalTrafficPolicy: Cluster\n  ipFamilies: [IPv4]\n  ipFamilyPolicy: SingleStack\n  allocateLoadBalancerNodePorts: true\nstatus: {loadBalancer: {}}\n";
         assert_eq!(parse(printed).len(), 1);
+    }
+
+    /// A pod's and a container's typos were ignored: `prots` left the test server listening on
+    /// nothing, `contaners` beside `containers` went unseen, and `spex` said only that `spec`
+    /// was missing. They are refused by name, as kubectl's strict validation does.
+    #[test]
+    fn pod_and_container_typos_are_named() {
+        let pod = |spec: &str| {
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: p, namespace: n}}\n{spec}")
+        };
+        for (text, field, says) in [
+            (
+                pod("spec:\n  containers: [{name: c, image: x, prots: [{containerPort: 80}]}]\n"),
+                "spec.containers[0].prots",
+                "ports",
+            ),
+            (
+                pod("spec:\n  containers: [{name: c, image: x}]\n  contaners: []\n"),
+                "spec.contaners",
+                "containers",
+            ),
+            (
+                pod("spec:\n  containers: [{name: c, image: x, ports: [{containerPort: 80, protcol: UDP}]}]\n"),
+                "spec.containers[0].ports[0].protcol",
+                "protocol",
+            ),
+            (
+                pod("spec:\n  containers: [{name: c, image: x, env: [{name: A, vaule: b}]}]\n"),
+                "spec.containers[0].env[0].vaule",
+                "value",
+            ),
+            (pod("spex: {}\n"), "spex", "spec"),
+            (
+                "apiVersion: v1\nkind: Namespace\nmetdata: {name: n}\n".to_string(),
+                "metdata",
+                "metadata",
+            ),
+            (
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d, namespace: n}\nspec:\n  selector: {matchLabels: {app: d}}\n  template:\n    metadata: {labels: {app: d}}\n    spec: {containers: [{name: c, image: x}], nodeSelecter: {a: b}}\n".to_string(),
+                "spec.template.spec.nodeSelecter",
+                "nodeSelector",
+            ),
+        ] {
+            let e = parse_err(&text);
+            assert_eq!(e.field, field, "{e}");
+            assert!(e.message.contains(&format!("did you mean {says:?}")), "{e}");
+        }
+        // What a real pod carries parses: every PodSpec and Container field, and status.
+        let full = pod("spec:\n  restartPolicy: Always\n  nodeSelector: {a: b}\n  tolerations: []\n  volumes: []\n  securityContext: {}\n  containers:\n  - name: c\n    image: x\n    imagePullPolicy: IfNotPresent\n    command: [sh]\n    args: [-c, true]\n    resources: {limits: {cpu: 1}}\n    readinessProbe: {tcpSocket: {port: 80}}\n    volumeMounts: []\n    ports: [{containerPort: 80, name: http, protocol: TCP, hostPort: 0}]\n    env: [{name: A, value: b}, {name: B, valueFrom: {fieldRef: {fieldPath: status.podIP}}}]\nstatus: {phase: Running}\n");
+        assert_eq!(parse(&full).len(), 1);
     }
 
     #[test]

@@ -262,8 +262,9 @@ struct GetArgs {
     /// (kubectl's short names and plurals too); several as `pods,svc`; `all` for pods,
     /// services, deployments and TKG clusters.
     kind: String,
-    /// One object of that kind.
-    name: Option<String>,
+    /// Objects of that kind, by name (or, as `pod/web svc/web`, KIND/NAME each).
+    #[arg(value_name = "NAME")]
+    names: Vec<String>,
     /// Only this namespace (for routes: its T1's table instead of T0's).
     #[arg(short = 'n', long)]
     namespace: Option<String>,
@@ -1314,29 +1315,49 @@ fn list_method(kind: &str) -> Result<&'static str, String> {
 /// `all` holds the workloads and services): one listing after the other, each name as
 /// `pod/web`, kinds with nothing left out.
 fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
-    let methods: Vec<&str> = if args.kind.eq_ignore_ascii_case("all") {
-        vec!["pods.list", "services.list", "deployments.list", "tkc.list"]
-    } else {
-        let mut methods = Vec::new();
-        for kind in args.kind.split(',') {
+    // Each kind's method and the names asked of it, in the order given.
+    let mut wanted: Vec<(&str, Vec<String>)> = Vec::new();
+    if args.kind.contains('/') {
+        // `get pod/web svc/web`, as kubectl takes it.
+        for target in std::iter::once(&args.kind).chain(&args.names) {
+            let Some((kind, name)) = target
+                .split_once('/')
+                .filter(|(k, n)| !k.is_empty() && !n.is_empty())
+            else {
+                return Err(format!(
+                    "{target:?}: expected KIND/NAME, as the objects before it (or KIND NAME...)"
+                ));
+            };
             let method = list_method(kind)?;
-            if !methods.contains(&method) {
-                methods.push(method);
+            match wanted.iter_mut().find(|(m, _)| *m == method) {
+                Some((_, names)) => names.push(name.to_string()),
+                None => wanted.push((method, vec![name.to_string()])),
             }
         }
-        methods
-    };
-    let several = methods.len() > 1;
+    } else if args.kind.eq_ignore_ascii_case("all") {
+        for method in ["pods.list", "services.list", "deployments.list", "tkc.list"] {
+            wanted.push((method, Vec::new()));
+        }
+    } else {
+        for kind in args.kind.split(',') {
+            let method = list_method(kind)?;
+            if !wanted.iter().any(|(m, _)| *m == method) {
+                wanted.push((method, args.names.clone()));
+            }
+        }
+    }
+    let several = wanted.len() > 1;
     if several {
-        if args.name.is_some() {
+        if !args.names.is_empty() && !args.kind.contains('/') {
             return Err(format!(
-                "`pacific get {}` takes no NAME: name one kind (`pacific get svc web`)",
+                "`pacific get {}` takes no NAME: name one kind (`pacific get svc web`) or \
+                 KIND/NAME each (`pacific get pod/web svc/web`)",
                 args.kind
             ));
         }
-        if let Some(m) = methods
+        if let Some((m, _)) = wanted
             .iter()
-            .find(|m| matches!(**m, "routes.list" | "nat.list"))
+            .find(|(m, _)| matches!(*m, "routes.list" | "nat.list"))
         {
             return Err(format!(
                 "`{}` lists alone: it is no table of named objects",
@@ -1347,8 +1368,28 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
     let selector = args.selector.as_deref().map(parse_selector).transpose()?;
     let namespace = args.namespace.as_ref().filter(|_| !args.all_namespaces);
     let mut results = Vec::new();
-    for method in &methods {
-        let mut result = fetch(socket, args, method, namespace)?;
+    // As kubectl: the objects found are shown, and each one not found is an error after them.
+    let mut missing = Vec::new();
+    for (method, names) in &wanted {
+        let mut result = if names.is_empty() {
+            fetch(socket, args, method, None, namespace)?
+        } else {
+            let mut merged: Option<Value> = None;
+            for name in names {
+                match fetch(socket, args, method, Some(name), namespace) {
+                    Ok(r) => match merged.as_mut().and_then(|m| m["items"].as_array_mut()) {
+                        Some(items) => items.extend(rows(&r).cloned()),
+                        None => merged = Some(r),
+                    },
+                    Err(e) if e.starts_with("Error from server (NotFound)") => missing.push(e),
+                    Err(e) => return Err(e),
+                }
+            }
+            match merged {
+                Some(r) => r,
+                None => continue,
+            }
+        };
         if let (Some(selector), Some(items)) = (&selector, result["items"].as_array_mut()) {
             if *method == "routes.list" {
                 return Err("`get routes` takes no -l: routes have no labels".to_string());
@@ -1357,6 +1398,30 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
         }
         results.push((*method, result));
     }
+    if missing.is_empty() {
+        return show(args, several, namespace, &results);
+    }
+    if results.is_empty() {
+        // Nothing to show: no empty listing, no `null` for a script to take as an answer.
+        if missing.len() == 1 {
+            return Err(missing.remove(0));
+        }
+    } else {
+        show(args, several, namespace, &results)?;
+    }
+    for m in missing {
+        eprintln!("{m}");
+    }
+    Ok(ExitCode::from(1))
+}
+
+/// Prints the listings `get` fetched, in the output asked for.
+fn show(
+    args: &GetArgs,
+    several: bool,
+    namespace: Option<&String>,
+    results: &[(&str, Value)],
+) -> Result<ExitCode, String> {
     match args.output {
         Some(Output::Json | Output::Yaml) => {
             // Several kinds: one list, each item saying its kind (as kubectl's `List`).
@@ -1373,7 +1438,7 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
                     .collect();
                 json!({ "items": items })
             } else {
-                results.pop().map(|(_, r)| r).unwrap_or_default()
+                results.last().map(|(_, r)| r.clone()).unwrap_or_default()
             };
             if args.output == Some(Output::Json) {
                 out!(
@@ -1388,7 +1453,7 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
             return Ok(ExitCode::SUCCESS);
         }
         Some(Output::Name) => {
-            for (method, result) in &results {
+            for (method, result) in results {
                 let resource = name_resource(method)?;
                 for item in rows(result) {
                     out!("{resource}/{}", s(&item["name"]));
@@ -1404,7 +1469,7 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
     let wide = args.output == Some(Output::Wide);
     let now = now();
     let mut tables = Vec::new();
-    for (method, result) in &results {
+    for (method, result) in results {
         let items: Vec<&Value> = rows(result).collect();
         if *method == "routes.list" {
             tables.push(routes_text(result, now));
@@ -1456,6 +1521,7 @@ fn fetch(
     socket: &Path,
     args: &GetArgs,
     method: &str,
+    name: Option<&String>,
     namespace: Option<&String>,
 ) -> Result<Value, String> {
     let mut params = json!({});
@@ -1465,7 +1531,7 @@ fn fetch(
     );
     // Outside hosts are named objects too, though their list takes no name: picked out here.
     let pick = (method == "outside.list")
-        .then_some(args.name.as_deref())
+        .then_some(name.map(String::as_str))
         .flatten();
     // As kubectl: `-A` lists every namespace even when `-n` names one.
     if let Some(ns) = namespace {
@@ -1473,7 +1539,7 @@ fn fetch(
             params["namespace"] = json!(ns);
         }
     }
-    if let Some(name) = &args.name {
+    if let Some(name) = name {
         if !takes_name && pick.is_none() {
             return Err(format!("`pacific get {}` takes no NAME", args.kind));
         }
@@ -1500,11 +1566,7 @@ fn fetch(
         items.retain(|item| item["name"].as_str() == Some(name));
     }
     // A named object that is not there is an error, as kubectl has it, in every output format.
-    if let Some(name) = args
-        .name
-        .as_ref()
-        .filter(|_| rows(&result).next().is_none())
-    {
+    if let Some(name) = name.filter(|_| rows(&result).next().is_none()) {
         if method != "routes.list" {
             return Err(format!(
                 "Error from server (NotFound): {} {name:?} not found",

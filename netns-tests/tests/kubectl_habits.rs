@@ -207,8 +207,9 @@ fn a_pod_that_cannot_be_built_is_an_error() {
 }
 
 /// kubectl habits `get` refused (`unknown kind "pods,svc"`, `invalid value 'name'`, `unexpected
-/// argument '-l'`, `'--show-labels'`, `unknown kind "all"`): several kinds at once, `all`,
-/// `-o name`, label selectors and a LABELS column.
+/// argument '-l'`, `'--show-labels'`, `unknown kind "all"`, `unknown kind "pod/tool"`,
+/// `unexpected argument 'nosuch'`): several kinds at once, `all`, `-o name`, label selectors, a
+/// LABELS column, KIND/NAME and several names.
 #[test]
 fn get_takes_several_kinds_names_and_selectors() {
     if !require_netns() {
@@ -282,6 +283,25 @@ spec:
         describe(&out)
     );
     assert!(stderr(&out).contains("No resources found in payments namespace."));
+
+    // KIND/NAME, and several names: those found are listed, each one missing is an error.
+    let named = get(&[
+        "pod/tool",
+        "svc/api",
+        "deploy/api",
+        "-n",
+        "payments",
+        "-o",
+        "name",
+    ]);
+    assert_eq!(named, "pod/tool\nservice/api\ndeployment.apps/api\n");
+    let out = lab.pacific(&["get", "pods", "tool", "nosuch", "-n", "payments"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(stdout(&out).contains("\ntool "), "{}", describe(&out));
+    assert_eq!(
+        stderr(&out).trim(),
+        r#"Error from server (NotFound): pods "nosuch" not found"#
+    );
 
     let labels = get(&["pods", "tool", "-n", "payments", "--show-labels"]);
     let lines: Vec<&str> = labels.lines().collect();

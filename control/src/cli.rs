@@ -865,6 +865,31 @@ impl ManifestText {
         None
     }
 
+    /// `text` with each `document N` of the joined manifest (`also in document 3`) as the
+    /// file's and its document.
+    fn relocate(&self, text: &str) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("document ") {
+            let (before, after) = rest.split_at(at + "document ".len());
+            let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+            let found = after[..digits].parse().ok().and_then(|d| self.locate(d));
+            match found {
+                Some((file, k)) => {
+                    out.push_str(&before[..at]);
+                    out.push_str(&format!("{file}: document {k}"));
+                }
+                None => {
+                    out.push_str(before);
+                    out.push_str(&after[..digits]);
+                }
+            }
+            rest = &after[digits..];
+        }
+        out.push_str(rest);
+        out
+    }
+
     /// The daemon's error, with the file and its document for `document N`, and kubectl's
     /// `Error from server (NotFound): services "web" not found` for an object not there.
     fn error(&self, verb: &str, e: CallError) -> String {
@@ -900,8 +925,12 @@ impl ManifestText {
             .strip_prefix(&lead)
             .filter(|rest| !rest.starts_with(|c: char| c.is_ascii_digit()));
         match (at.filter(|_| self.name_files), rest) {
-            (Some((file, k)), Some(rest)) => format!("{file}: document {k}{rest}"),
-            (Some((file, k)), None) => format!("{file}: document {k}: {message}"),
+            (Some((file, k)), Some(rest)) => {
+                format!("{file}: document {k}{}", self.relocate(rest))
+            }
+            (Some((file, k)), None) => {
+                format!("{file}: document {k}: {}", self.relocate(&message))
+            }
             (None, Some(_)) => message,
             (None, None) if self.from_names => message,
             (None, None) => format!("{lead}: {message}"),
@@ -974,9 +1003,8 @@ fn read_manifests(paths: &[PathBuf]) -> Result<ManifestText, String> {
 }
 
 /// One file's text as a part of a joined manifest, and how many documents the daemon will count
-/// in it: the file after a `---` of its own (which makes a file that begins with `---` count an
-/// empty document first, on both sides), or for a file of several JSON objects one after the
-/// other (not YAML), each of them so.
+/// in it (numbered as in the file alone): the file, after a `---` unless it begins with one, or
+/// for a file of several JSON objects one after the other (not YAML), each of them so.
 fn manifest_part(file: &str) -> (String, usize) {
     use serde::Deserialize as _;
     let file = file.strip_prefix('\u{feff}').unwrap_or(file);
@@ -989,7 +1017,17 @@ fn manifest_part(file: &str) -> (String, usize) {
             return (part, objects.len());
         }
     }
-    let part = format!("---\n{file}\n");
+    // A file that begins with its own `---` (after comments) keeps it as its first document's
+    // start; any other gets one, so that its first document is not the previous file's last.
+    let explicit = file
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.trim_start().starts_with('#'))
+        .is_some_and(|l| l.starts_with("---"));
+    let part = if explicit {
+        format!("{file}\n")
+    } else {
+        format!("---\n{file}\n")
+    };
     let mut documents = 0;
     for doc in serde_yaml_ng::Deserializer::from_str(&part) {
         documents += 1;
@@ -1965,6 +2003,34 @@ mod tests {
                 "{}: document 2 (Namespace e): metadata.labls: unknown field",
                 file("40-bad.yaml")
             )
+        );
+        // A file numbers its documents as it does alone, whether or not it begins with `---`.
+        for text in ["# c\n---\n", "---\n", "", "# c\n"] {
+            let bad = format!("{text}{}---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: f, labls: {{}}}}\n", ns("y"));
+            write("sub/late.yaml", &bad);
+            let alone = crate::model::parse_manifests(&bad, None, None).unwrap_err();
+            let joined =
+                read_manifests(&[dir.join("10-a.yaml"), dir.join("sub/late.yaml")]).unwrap();
+            let e = crate::model::parse_manifests(&joined.text, None, None).unwrap_err();
+            assert_eq!(
+                joined.locate(e.document as u64),
+                Some((file("sub/late.yaml").as_str(), alone.document as u64)),
+                "{text:?}"
+            );
+        }
+        std::fs::remove_file(dir.join("sub/late.yaml")).unwrap();
+        // A duplicate names both places in their files.
+        let twice = read_manifests(&[dir.join("10-a.yaml"), dir.join("10-a.yaml")]).unwrap();
+        let e = crate::model::parse_manifests(&twice.text, None, None).unwrap_err();
+        let error = CallError::Rpc {
+            code: crate::rpc::code::INVALID,
+            message: e.to_string(),
+            data: Some(json!({"document": e.document, "kind": "Namespace", "field": e.field})),
+        };
+        let a = file("10-a.yaml");
+        assert_eq!(
+            twice.error("apply", error),
+            format!("{a}: document 1 (Namespace a): metadata.name: duplicate Namespace a (also in {a}: document 1)")
         );
         let e = read_manifests(&[dir.join("sub").join("none")]).unwrap_err();
         assert!(e.contains("cannot read"), "{e}");

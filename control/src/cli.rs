@@ -217,7 +217,8 @@ fn default_workers() -> usize {
 enum LabCmd {
     /// Start a daemon if none answers, apply the lab (the embedded seed lab without FILE), print a summary.
     Up {
-        /// The lab's manifest (without: the embedded seed lab, `pacific lab show`).
+        /// The lab's manifest, or a directory of them (without: the embedded seed lab, `pacific
+        /// lab show`).
         file: Option<PathBuf>,
         /// Workers of the daemon this starts (default: a worker per core, at most 4).
         #[arg(long)]
@@ -596,9 +597,15 @@ fn lab_up(
         daemon.conntrack_max.unwrap_or(DEFAULT_CONNTRACK_MAX),
         &daemon.conntrack_timeouts,
     )?;
+    // A directory too, as `apply -f DIR` reads it.
     let manifest = match file {
-        Some(f) => read_manifest(f)?,
-        None => SEED_LAB.to_string(),
+        Some(f) => read_manifests(&[f.to_path_buf()])?,
+        None => ManifestText {
+            text: SEED_LAB.to_string(),
+            sources: Vec::new(),
+            name_files: false,
+            from_names: false,
+        },
     };
     match client::call(socket, "daemon.status", json!({})) {
         Ok(status) => {
@@ -613,7 +620,8 @@ fn lab_up(
         }
         Err(_) => start_daemon(socket, prefix.unwrap_or(DEFAULT_PREFIX), daemon)?,
     }
-    let result = call(socket, "apply", json!({ "manifest": manifest }))?;
+    let result = client::call(socket, "apply", json!({ "manifest": manifest.text }))
+        .map_err(|e| manifest.error("apply", e))?;
     let code = print_apply(&result);
     print_summary(socket)?;
     let problems = apply_problems(&result);

@@ -77,7 +77,17 @@ enum Cmd {
     Delete(DeleteArgs),
     /// Run a command inside a pod's namespace (NS/POD) or an outside host's (ext/HOST).
     Exec {
+        /// NS/POD, NS/DEPLOYMENT, ext/HOST; with -n, POD or kubectl's pod/POD, deploy/NAME.
         target: String,
+        /// The namespace of a target that names none (`pacific exec -n team web -- ...`).
+        #[arg(short = 'n', long)]
+        namespace: Option<String>,
+        /// kubectl's -i (--stdin): accepted; the command always has the caller's standard input.
+        #[arg(short = 'i', long = "stdin")]
+        _stdin: bool,
+        /// kubectl's -t (--tty): accepted; the command always has the caller's terminal.
+        #[arg(short = 't', long = "tty")]
+        _tty: bool,
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
@@ -453,7 +463,16 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
                 args.ignore_not_found,
             )
         }
-        Cmd::Exec { target, command } => exec(&socket, &target, &command),
+        Cmd::Exec {
+            target,
+            namespace,
+            command,
+            ..
+        } => exec(
+            &socket,
+            &exec_target(&target, namespace.as_deref())?,
+            &command,
+        ),
         Cmd::Netexec {
             http,
             udp,
@@ -1102,6 +1121,24 @@ fn apply_problems(result: &Value) -> Vec<String> {
         .flatten()
         .map(|w| w.as_str().map_or_else(|| w.to_string(), str::to_string))
         .collect()
+}
+
+/// `exec`'s target as the daemon resolves it (NS/NAME): with `-n NS`, kubectl's `POD`,
+/// `pod/POD` or `deploy/NAME` in NS.
+fn exec_target(target: &str, namespace: Option<&str>) -> Result<String, String> {
+    let Some(ns) = namespace else {
+        return Ok(target.to_string());
+    };
+    let name = match target.split_once('/') {
+        None => target,
+        Some((kind, name)) => match Kind::parse(kind) {
+            Some(Kind::Pod | Kind::Deployment) if !name.is_empty() => name,
+            _ => return Err(format!(
+                "{target:?} with -n {ns}: give POD, pod/POD or deploy/NAME (or NS/POD without -n)"
+            )),
+        },
+    };
+    Ok(format!("{ns}/{name}"))
 }
 
 fn exec(socket: &Path, target: &str, command: &[String]) -> Result<ExitCode, String> {
@@ -2081,6 +2118,20 @@ mod tests {
             r#"Error from server (NotFound): error when deleting "app.yaml": pods "tool" not found"#
         );
         assert_eq!(resource_of("services.list"), "services");
+    }
+
+    /// `exec -it` and `exec -n NS POD` were usage errors: kubectl's habits.
+    #[test]
+    fn exec_takes_kubectl_targets() {
+        assert_eq!(exec_target("team/web", None).unwrap(), "team/web");
+        assert_eq!(exec_target("web", Some("team")).unwrap(), "team/web");
+        assert_eq!(exec_target("pod/web", Some("team")).unwrap(), "team/web");
+        assert_eq!(exec_target("deploy/web", Some("team")).unwrap(), "team/web");
+        assert!(exec_target("svc/web", Some("team")).is_err());
+        assert!(exec_target("pod/", Some("team")).is_err());
+        let parsed =
+            Cli::try_parse_from(["pacific", "exec", "-it", "-n", "team", "web", "--", "sh"]);
+        assert!(parsed.is_ok(), "{parsed:?}");
     }
 
     /// `get -l` was refused as an unexpected argument: kubectl's equality-based selectors.

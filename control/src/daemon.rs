@@ -1142,6 +1142,24 @@ impl Daemon {
                 ),
             ));
         }
+        // A pod of the state without its port (yet) is named as such, not as missing.
+        if control
+            .store
+            .state()
+            .pods
+            .contains_key(&(ns.to_string(), name.to_string()))
+        {
+            let why = control
+                .pod_errors
+                .get(&(ns.to_string(), name.to_string()))
+                .map_or("its port is not built yet".to_string(), |e| {
+                    format!("building its port failed: {e}")
+                });
+            return Err(RpcError::new(
+                rpc::code::CONFLICT,
+                format!("pod {ns}/{name} is not running: {why}"),
+            ));
+        }
         // A deployment's name stands for its pods.
         let matches: Vec<&RealizedPod> = control
             .store

@@ -189,6 +189,15 @@ fn a_pod_that_cannot_be_built_is_an_error() {
         "{}",
         pods[0]
     );
+    // exec says why, not that there is no such pod.
+    let out = lab.exec("payments/clash", &["true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out)
+            .contains("pod payments/clash is not running: building its port failed: TUNSETIFF"),
+        "{}",
+        describe(&out)
+    );
     let table = lab.pacific(&["get", "pods", "-n", "payments"]);
     assert!(
         stdout(&table).contains("CreateContainerError"),
@@ -301,6 +310,47 @@ spec:
     assert_eq!(
         stderr(&out).trim(),
         r#"Error from server (NotFound): pods "nosuch" not found"#
+    );
+
+    // kubectl's exec habits: -it, and -n with POD or pod/POD.
+    for argv in [
+        &[
+            "exec",
+            "-it",
+            "-n",
+            "payments",
+            "tool",
+            "--",
+            "cat",
+            "/proc/sys/kernel/hostname",
+        ][..],
+        &[
+            "exec",
+            "-n",
+            "payments",
+            "pod/tool",
+            "--",
+            "cat",
+            "/proc/sys/kernel/hostname",
+        ],
+        &[
+            "exec",
+            "-i",
+            "payments/tool",
+            "--",
+            "cat",
+            "/proc/sys/kernel/hostname",
+        ],
+    ] {
+        let out = lab.pacific(argv);
+        assert!(out.status.success(), "{argv:?}: {}", describe(&out));
+    }
+    let out = lab.pacific(&["exec", "-n", "payments", "svc/api", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("give POD, pod/POD or deploy/NAME"),
+        "{}",
+        describe(&out)
     );
 
     let labels = get(&["pods", "tool", "-n", "payments", "--show-labels"]);

@@ -292,6 +292,9 @@ struct GetArgs {
     /// A LABELS column.
     #[arg(long)]
     show_labels: bool,
+    /// Tables without their header line (for `| wc -l` and the like).
+    #[arg(long)]
+    no_headers: bool,
 }
 
 #[derive(Args, Debug)]
@@ -1133,9 +1136,11 @@ fn exec_target(target: &str, namespace: Option<&str>) -> Result<String, String> 
         None => target,
         Some((kind, name)) => match Kind::parse(kind) {
             Some(Kind::Pod | Kind::Deployment) if !name.is_empty() => name,
-            _ => return Err(format!(
+            _ => {
+                return Err(format!(
                 "{target:?} with -n {ns}: give POD, pod/POD or deploy/NAME (or NS/POD without -n)"
-            )),
+            ))
+            }
         },
     };
     Ok(format!("{ns}/{name}"))
@@ -1581,13 +1586,21 @@ fn show(
             .iter()
             .map(|v| columns.iter().map(|c| (c.1)(v)).collect())
             .collect();
-        tables.push(table(&headers, &cells));
+        let text = table(&headers, &cells);
+        if args.no_headers {
+            let body = text.split_once('\n').map_or("", |(_, rest)| rest);
+            tables.push(body.to_string());
+        } else {
+            tables.push(text);
+        }
     }
     if tables.is_empty() {
         no_resources(namespace);
         return Ok(ExitCode::SUCCESS);
     }
-    out_raw!("{}", tables.join("\n"));
+    // Without headers, one row a line and nothing else (no blank line between kinds).
+    let between = if args.no_headers { "" } else { "\n" };
+    out_raw!("{}", tables.join(between));
     Ok(ExitCode::SUCCESS)
 }
 

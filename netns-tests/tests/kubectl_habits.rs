@@ -353,6 +353,10 @@ spec:
         describe(&out)
     );
 
+    let rows = get(&["pods,svc", "-n", "payments", "--no-headers"]);
+    assert_eq!(rows.lines().count(), 4, "{rows}");
+    assert!(!rows.contains("NAME") && !rows.contains("\n\n"), "{rows}");
+
     let labels = get(&["pods", "tool", "-n", "payments", "--show-labels"]);
     let lines: Vec<&str> = labels.lines().collect();
     assert!(lines[0].ends_with("   LABELS"), "{labels}");

@@ -946,6 +946,15 @@ impl ManifestText {
                 _ => format!("Error from server (NotFound): {object}"),
             };
         }
+        // `delete KIND NAME...`: no file, no document; the object as kubectl names it.
+        if let (true, Some(kind), Some(name)) = (self.from_names, kind, name) {
+            let field = data["field"].as_str().unwrap_or_default();
+            let plain = message
+                .split_once("): ")
+                .map_or(message.as_str(), |(_, m)| m);
+            let plain = plain.strip_prefix(&format!("{field}: ")).unwrap_or(plain);
+            return format!("{}/{name}: {plain}", kind.resource());
+        }
         let Some(d) = document else {
             return message;
         };
@@ -2131,6 +2140,20 @@ mod tests {
             r#"Error from server (NotFound): error when deleting "app.yaml": pods "tool" not found"#
         );
         assert_eq!(resource_of("services.list"), "services");
+        // Any other refusal of `delete KIND NAME` names the object, not a document.
+        let managed = CallError::Rpc {
+            code: crate::rpc::code::CONFLICT,
+            message:
+                "document 1 (Pod web-1): metadata.name: pod web-1 is managed by deployment web"
+                    .into(),
+            data: Some(
+                json!({"document": 1, "kind": "Pod", "name": "web-1", "field": "metadata.name"}),
+            ),
+        };
+        assert_eq!(
+            names.error("delet", managed),
+            "pod/web-1: pod web-1 is managed by deployment web"
+        );
     }
 
     /// `exec -it` and `exec -n NS POD` were usage errors: kubectl's habits.

@@ -117,6 +117,11 @@ fn apply_and_delete_take_directories_and_several_files() {
     assert_eq!(pod_names(&lab, "payments"), ["two"]);
     let out = lab.pacific(&["get", "ns", "ledger"]);
     assert!(!out.status.success(), "{}", describe(&out));
+    // Named twice, deleted once (the second was found missing, and nothing deleted).
+    let out = lab.pacific(&["delete", "pod", "two", "two", "-n", "payments"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(stdout(&out), "pod/two deleted\n");
+    assert!(pod_names(&lab, "payments").is_empty());
 
     // kubectl's words for what is not there, with the kind as kubectl names it, not as typed.
     let out = lab.pacific(&["delete", "svc", "nosuch", "-n", "payments"]);

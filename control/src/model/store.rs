@@ -248,8 +248,15 @@ impl Store {
         // Children before parents, so that a file applied whole can be deleted whole.
         order.sort_by_key(|&i| std::cmp::Reverse(phase(refs[i].kind)));
         let mut outcomes = Vec::with_capacity(refs.len());
+        // An object named twice (`delete svc web web`, a file given twice) is deleted once,
+        // rather than found missing the second time and the whole request refused.
+        let mut seen = std::collections::BTreeSet::new();
         for i in order {
             let r = &refs[i];
+            let ns = r.namespace.as_deref().unwrap_or("default");
+            if !seen.insert((r.kind, ns, r.cluster.as_deref(), r.name.as_str())) {
+                continue;
+            }
             match delete_one(&mut st, r) {
                 Ok(()) => {}
                 Err(e) if ignore_not_found && e.code == ErrorCode::NotFound => continue,
@@ -2890,6 +2897,28 @@ endpoints: [{addresses: [198.51.100.100], targetRef: {name: internet}}]
 
     /// `delete --ignore-not-found`: what is there goes, what is not is passed over; without it
     /// the missing one fails the request and nothing goes. Other errors still stop it.
+    /// `delete svc web web` (or a file given twice) found the second `web` missing and deleted
+    /// nothing: an object named twice is deleted once.
+    #[test]
+    fn an_object_named_twice_is_deleted_once() {
+        let mut store = Store::new("vm");
+        let yaml = "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: team}\nspec: {selector: {app: web}, ports: [{port: 80}]}\n";
+        store
+            .apply(parse_manifests(yaml, None, None).unwrap(), 0)
+            .unwrap();
+        let web = "apiVersion: v1\nkind: Service\nmetadata: {name: web}\n";
+        let refs = crate::model::manifest::parse_object_refs(
+            &format!("{web}---\n{web}"),
+            Some("team"),
+            None,
+        )
+        .unwrap();
+        let outcomes = store.delete_refs(refs, 0).unwrap();
+        let lines: Vec<String> = outcomes.iter().map(ToString::to_string).collect();
+        assert_eq!(lines, ["service/web deleted"]);
+        assert!(store.state().services.is_empty());
+    }
+
     #[test]
     fn ignore_not_found_deletes_what_is_left() {
         let mut store = seeded();

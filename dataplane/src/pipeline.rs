@@ -905,7 +905,7 @@ impl Pipeline {
         let Walk::Deliver(path) = walk else {
             return self.answer_walk(t, ctx, now, port, parsed, ip, pkt, walk);
         };
-        if let Some(rule_action) = self.dfw_verdict(t, port, key, &path) {
+        if let Some(rule_action) = self.dfw_verdict(t, port, key, &path, true) {
             if rule_action != RuleAction::Allow {
                 return Verdict::Drop(DropReason::DfwDeny);
             }
@@ -1649,13 +1649,16 @@ impl Pipeline {
     }
 
     /// The DFW's say on a new flow: the source zone's egress rules, then the destination zone's
-    /// ingress rules; the first matching rule of each counts. `None`: no rule matched (allowed).
+    /// ingress rules; the first matching rule of each counts, when `count` (a connection
+    /// judged again under new tables is no new connection: its rule's hits stay as they are).
+    /// `None`: no rule matched (allowed).
     fn dfw_verdict(
         &self,
         t: &Tables,
         port: &Port,
         key: &FlowKey,
         path: &Path,
+        count: bool,
     ) -> Option<RuleAction> {
         let (dst, dst_port) = path.dnat.unwrap_or((key.dst, key.dst_port));
         let src = path.snat_addr.unwrap_or(key.src);
@@ -1669,7 +1672,9 @@ impl Pipeline {
                 dst_port: key.dst_port,
             };
             if let Some(rule) = t.dfw.evaluate(zone, Direction::Out, &q) {
-                t.rule_counters.hit(rule.counter);
+                if count {
+                    t.rule_counters.hit(rule.counter);
+                }
                 if rule.action != RuleAction::Allow {
                     return Some(rule.action);
                 }
@@ -1685,7 +1690,9 @@ impl Pipeline {
                 dst_port,
             };
             if let Some(rule) = t.dfw.evaluate(*zone, Direction::In, &q) {
-                t.rule_counters.hit(rule.counter);
+                if count {
+                    t.rule_counters.hit(rule.counter);
+                }
                 return Some(rule.action);
             }
         }
@@ -1812,7 +1819,7 @@ impl Pipeline {
             return None;
         }
         let port = t.port(conn.in_port)?;
-        if let Some(action) = self.dfw_verdict(t, port, &conn.original, &path) {
+        if let Some(action) = self.dfw_verdict(t, port, &conn.original, &path, false) {
             if action != RuleAction::Allow {
                 return None;
             }
@@ -2112,7 +2119,7 @@ impl Pipeline {
             return Verdict::Drop(DropReason::NoRoute);
         };
         if self
-            .dfw_verdict(t, port, &key, &path)
+            .dfw_verdict(t, port, &key, &path, true)
             .is_some_and(|a| a != RuleAction::Allow)
         {
             return Verdict::Drop(DropReason::DfwDeny);

@@ -2562,3 +2562,34 @@ fn tracepath_learns_the_mtu_at_the_first_gateway_whatever_the_ttl() {
         );
     }
 }
+
+#[test]
+fn a_connection_judged_again_under_new_tables_is_not_counted_again_by_the_dfw() {
+    // `get dfw` counts connections: one a2 -> a1 connection, and three unrelated changes of
+    // the tables while it carries data, leave its rule at one hit.
+    let mut bed = Bed::new();
+    let allow_slot = bed.tables.load().dfw.rules_in[0]
+        .iter()
+        .find(|r| r.name == "allow-intra-namespace")
+        .unwrap()
+        .counter;
+    let egress_slot = bed.tables.load().dfw.rules_out[0]
+        .iter()
+        .find(|r| r.name == "allow-egress")
+        .unwrap()
+        .counter;
+    let from_a2 = |flags| tcp(pod_mac(A2_IP), ROUTER_MAC, A2_IP, A1_IP, 40000, 80, flags);
+    assert_eq!(bed.send(A2, &from_a2(SYN)), Verdict::Forward);
+    for generation in 2..5 {
+        let mut t = testbed::tables(generation, Options::default());
+        t.rule_counters = Arc::clone(&bed.tables.load().rule_counters);
+        bed.tables.store(Arc::new(t));
+        assert_eq!(bed.send(A2, &from_a2(ACK)), Verdict::Forward);
+    }
+    let counters = &bed.tables.load().rule_counters;
+    assert_eq!(
+        (counters.get(allow_slot), counters.get(egress_slot)),
+        (1, 1),
+        "one connection, one hit per rule"
+    );
+}

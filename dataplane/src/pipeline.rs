@@ -350,6 +350,11 @@ enum Walk {
 #[derive(Debug, Clone, Copy, Default)]
 struct Pin {
     backend: Option<(Ipv4Addr, u16)>,
+    /// The backend stands even when its service no longer lists it: an established TCP
+    /// connection, which kube-proxy's conntrack entries keep on their endpoint until they
+    /// end (its DNAT rules see only new connections). A UDP flow is moved, as kube-proxy
+    /// flushes the conntrack entries of a removed UDP endpoint.
+    established: bool,
 }
 
 /// What the cached action of a tracked connection says about a packet.
@@ -852,7 +857,7 @@ impl Pipeline {
             // (it may send a new pod's SYN to the backend of a deleted service).
             None => None,
             Some(conn) => self
-                .revalidate(t, conn)
+                .revalidate(t, conn, opened > 0)
                 .map(|actions| actions[dir as usize]),
         };
         match action {
@@ -1622,7 +1627,14 @@ impl Pipeline {
         let service = t.services.get(svc)?;
         if let Some((ip, port)) = pin.backend {
             let b = Backend { ip, port };
-            return service.backend_index(b).map(|i| (i, b));
+            return match service.backend_index(b) {
+                Some(i) => Some((i, b)),
+                // Out of the service's endpoints (its pod went out of the selector, the
+                // targetPort moved, the deployment scaled down): still the connection's. The
+                // walk on finds whether the pod is still there; the index counts nothing.
+                None if pin.established => Some((usize::MAX, b)),
+                None => None,
+            };
         }
         let first_choice = || {
             let hash = match service.algorithm_in_force() {
@@ -1806,10 +1818,12 @@ impl Pipeline {
     /// the DFW may now deny it, its backend may be gone, its namespace's egress IP may have
     /// changed (the old address is no longer routed back, and may go to another namespace).
     /// A NAT binding whose address still stands is kept. `None`: the connection must end.
-    fn revalidate(&self, t: &Tables, conn: &ConnInfo) -> Option<[FlowAction; 2]> {
+    fn revalidate(&self, t: &Tables, conn: &ConnInfo, reopened: bool) -> Option<[FlowAction; 2]> {
         let [orig, reply] = conn.actions;
         let pin = Pin {
             backend: conn.lb.and(orig.dnat),
+            // A SYN that reopens a closed connection is a new one, balanced afresh.
+            established: conn.original.protocol == PROTO_TCP && !reopened,
         };
         let Walk::Deliver(path) = self.walk(t, conn.in_port, &conn.original, u8::MAX, pin, None)
         else {

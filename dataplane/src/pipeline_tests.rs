@@ -2563,6 +2563,158 @@ fn tracepath_learns_the_mtu_at_the_first_gateway_whatever_the_ttl() {
     }
 }
 
+/// Tables of generation `generation` whose ClusterIP service (service 0, TCP port 80) and a
+/// UDP one on port 53 (service 2) have `backends`, the DFW's hit counters those of `counters`.
+fn tables_with_backends(generation: u64, backends: &[Ipv4Addr], counters: &Tables) -> Tables {
+    let mut t = testbed::tables(generation, Options::default());
+    t.rule_counters = Arc::clone(&counters.rule_counters);
+    for (svc, protocol, port) in [(0, PROTO_TCP, 80), (2, PROTO_UDP, 53)] {
+        let service = crate::tables::LbService::new(
+            format!("ns-a/web:{port}"),
+            protocol,
+            crate::tables::Backend {
+                ip: CLUSTER_IP,
+                port,
+            },
+            backends
+                .iter()
+                .map(|&ip| crate::tables::Backend { ip, port })
+                .collect(),
+            crate::tables::LbAlgorithm::ConnectionHash,
+        );
+        if svc < t.services.len() {
+            t.services[svc] = service;
+        } else {
+            t.services.push(service);
+        }
+        t.cluster_ips.insert(
+            crate::tables::FrontendKey {
+                protocol,
+                ip: CLUSTER_IP,
+                port,
+            },
+            svc,
+        );
+    }
+    t
+}
+
+#[test]
+fn an_established_tcp_connection_keeps_its_backend_after_the_service_drops_it() {
+    // a1's connection through the ClusterIP is up with one of a2, a3. Then the service's
+    // selector (or targetPort) changes and that pod, still running, is no longer an endpoint:
+    // as with kube-proxy, whose conntrack entry outlives the endpoint, the connection goes on
+    // with it; a new connection goes to the service's current endpoint.
+    let mut bed = Bed::new();
+    let first = tables_with_backends(1, &[A2_IP, A3_IP], &bed.tables.load());
+    bed.tables.store(Arc::new(first));
+    let sport = 45000;
+    let (port, backend) = bed.open_to_cluster_ip(sport);
+    let other = if backend == A2_IP { A3_IP } else { A2_IP };
+    let from_backend = |flags| {
+        tcp(
+            pod_mac(backend),
+            ROUTER_MAC,
+            backend,
+            A1_IP,
+            80,
+            sport,
+            flags,
+        )
+    };
+    let from_a1 = |sport, flags| {
+        tcp(
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            A1_IP,
+            CLUSTER_IP,
+            sport,
+            80,
+            flags,
+        )
+    };
+    assert_eq!(bed.send(port, &from_backend(SYN | ACK)), Verdict::Forward);
+    assert_eq!(bed.send(A1, &from_a1(sport, ACK)), Verdict::Forward);
+    let next = tables_with_backends(2, &[other], &bed.tables.load());
+    bed.tables.store(Arc::new(next));
+    assert_eq!(bed.send(A1, &from_a1(sport, ACK | 0x08)), Verdict::Forward);
+    let (out_port, frame) = bed.out();
+    assert_eq!(
+        (out_port, check(&frame).dst),
+        (port, backend),
+        "the established connection stays with its backend"
+    );
+    assert_eq!(bed.send(port, &from_backend(ACK)), Verdict::Forward);
+    let (out_port, frame) = bed.out();
+    let reply = check(&frame);
+    assert_eq!(
+        (out_port, reply.src, reply.dst),
+        (A1, CLUSTER_IP, A1_IP),
+        "its answers still come from the ClusterIP"
+    );
+    let (_, new_backend) = bed.open_to_cluster_ip(sport + 1);
+    assert_eq!(
+        new_backend, other,
+        "a new connection goes to the current endpoint"
+    );
+}
+
+#[test]
+fn a_udp_flow_and_a_reopened_tcp_connection_move_to_the_current_endpoint() {
+    // kube-proxy flushes the conntrack entries of a removed UDP endpoint, and a SYN that
+    // reopens a closed TCP connection is balanced afresh: neither stays on the old backend.
+    const FIN: u8 = 0x01;
+    let mut bed = Bed::new();
+    let first = tables_with_backends(1, &[A2_IP, A3_IP], &bed.tables.load());
+    bed.tables.store(Arc::new(first));
+    let to_53 = udp(pod_mac(A1_IP), ROUTER_MAC, A1_IP, CLUSTER_IP, 64, 5353, 53);
+    assert_eq!(bed.send(A1, &to_53), Verdict::Forward);
+    let udp_backend = check(&bed.out().1).dst;
+    let sport = 46000;
+    let (port, backend) = bed.open_to_cluster_ip(sport);
+    let from_backend = |flags| {
+        tcp(
+            pod_mac(backend),
+            ROUTER_MAC,
+            backend,
+            A1_IP,
+            80,
+            sport,
+            flags,
+        )
+    };
+    let from_a1 = |flags| {
+        tcp(
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            A1_IP,
+            CLUSTER_IP,
+            sport,
+            80,
+            flags,
+        )
+    };
+    assert_eq!(bed.send(port, &from_backend(SYN | ACK)), Verdict::Forward);
+    assert_eq!(bed.send(A1, &from_a1(ACK)), Verdict::Forward);
+    assert_eq!(bed.send(A1, &from_a1(FIN | ACK)), Verdict::Forward);
+    assert_eq!(bed.send(port, &from_backend(FIN | ACK)), Verdict::Forward);
+    assert_eq!(bed.send(A1, &from_a1(ACK)), Verdict::Forward);
+    let udp_other = if udp_backend == A2_IP { A3_IP } else { A2_IP };
+    let tcp_other = if backend == A2_IP { A3_IP } else { A2_IP };
+    let next = tables_with_backends(2, &[udp_other], &bed.tables.load());
+    bed.tables.store(Arc::new(next));
+    assert_eq!(bed.send(A1, &to_53), Verdict::Forward);
+    assert_eq!(check(&bed.out().1).dst, udp_other, "the UDP flow moved");
+    let next = tables_with_backends(3, &[tcp_other], &bed.tables.load());
+    bed.tables.store(Arc::new(next));
+    assert_eq!(bed.send(A1, &from_a1(SYN)), Verdict::Forward);
+    assert_eq!(
+        check(&bed.out().1).dst,
+        tcp_other,
+        "the reopening SYN went to the current endpoint"
+    );
+}
+
 #[test]
 fn a_connection_judged_again_under_new_tables_is_not_counted_again_by_the_dfw() {
     // `get dfw` counts connections: one a2 -> a1 connection, and three unrelated changes of

@@ -836,6 +836,101 @@ fn scaling_moves_endpoints_and_spares_survivors() {
     assert_eq!(hosts, api.keys().cloned().collect::<BTreeSet<_>>());
 }
 
+/// A bare pod `canary` in shop serving as the api replicas do, and the api services' selectors
+/// moved to it (`app: canary`), or back to `app: api`.
+fn canary_and_selectors(app: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: canary
+  namespace: shop
+  labels:
+    app: canary
+spec:
+  containers:
+  - name: api
+    image: registry.k8s.io/e2e-test-images/agnhost:2.39
+    ports:
+    - name: http-api
+      containerPort: 9090
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: api
+  namespace: shop
+spec:
+  ports:
+  - name: http
+    port: 80
+    targetPort: http-api
+  selector:
+    app: {app}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: api-public
+  namespace: shop
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  ports:
+  - port: 80
+    targetPort: http-api
+  selector:
+    app: {app}
+"#
+    )
+}
+
+#[test]
+fn a_selector_change_keeps_established_connections_on_their_pods() {
+    if !require_netns() {
+        return;
+    }
+    // kube-proxy's conntrack entries outlive an endpoint that leaves its service while its pod
+    // runs on: established connections stay, new ones go to the current endpoints.
+    let lab = Lab::up_with("qasel", &pools_lab(2));
+    lab.apply_ok(&canary_and_selectors("api"), None, None);
+    let vip = field(&service(&lab, "shop", "api-public"), "external_ip");
+    let cluster_ip = lab.cluster_ip("shop", "api");
+    served(&lab, CLIENT, &format!("http://{vip}/hostname"), "VIP");
+    let api: BTreeSet<String> = owned_pods(&lab, "shop", "api").into_keys().collect();
+    std::thread::scope(|s| {
+        let via_cip = hold(s, &lab, TESTER, &cluster_ip, 3, "selcip");
+        let via_vip = hold(s, &lab, CLIENT, &vip, 3, "selvip");
+        let held = [wait_held(&via_cip.2, 3), wait_held(&via_vip.2, 3)];
+        lab.apply_ok(&canary_and_selectors("canary"), None, None);
+        for (name, (handle, go, out)) in ["ClusterIP", "VIP"].into_iter().zip([via_cip, via_vip]) {
+            std::fs::write(&go, "").expect("create the go file");
+            let done = handle.join().expect("the hold thread");
+            let again = held_lines(&out, "again");
+            let before = &held[usize::from(name == "VIP")];
+            assert_eq!(
+                &again,
+                before,
+                "{name}: the connections went on with their pods, out of the selector now\n{}",
+                describe(&done)
+            );
+            assert!(before.iter().all(|p| api.contains(p)), "{before:?}");
+        }
+    });
+    let via_cip = curl_n(&lab, TESTER, &format!("http://{cluster_ip}/hostname"), 3);
+    let via_vip = curl_n(&lab, CLIENT, &format!("http://{vip}/hostname"), 3);
+    assert_eq!(
+        via_cip,
+        vec!["canary"; 3],
+        "new connections: the current endpoint"
+    );
+    assert_eq!(
+        via_vip,
+        vec!["canary"; 3],
+        "new connections: the current endpoint"
+    );
+}
+
 #[test]
 fn live_changes_deletes_reapply_and_rejections() {
     if !require_netns() {

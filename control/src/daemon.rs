@@ -384,6 +384,7 @@ impl Daemon {
             &mut control.transit,
         );
         control.route_since = views::route_times(&tables, &control.route_since, unix_now());
+        tables.carry_lb_counts(&self.tables.load());
         self.tables.store(Arc::new(tables));
     }
 

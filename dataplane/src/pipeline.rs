@@ -29,7 +29,7 @@
 //! its way in ([`build::age_answer`]), as kernel routers in a row would show it.
 
 use std::net::Ipv4Addr;
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 
 use arc_swap::cache::Cache;
@@ -2153,20 +2153,12 @@ impl Pipeline {
     }
 
     /// Least-connections bookkeeping: a connection of a load-balanced service that closes (FIN,
-    /// RST) or reopens moves its backend's count, when counted under these tables.
+    /// RST) or reopens moves its backend's count.
     fn count_open(&self, t: &Tables, key: &FlowKey, change: i8) {
         let Some((conn, _)) = self.conntrack.get(key) else {
             return;
         };
-        let Some(lb) = conn.lb else { return };
-        if conn.generation != t.generation {
-            return;
-        }
-        if let Some(active) = t
-            .services
-            .get(lb.service)
-            .and_then(|s| s.active.get(lb.backend))
-        {
+        if let Some(active) = lb_count(t, &conn) {
             if change > 0 {
                 active.fetch_add(1, Relaxed);
             } else {
@@ -2198,22 +2190,31 @@ impl Pipeline {
     }
 
     /// Least-connections counts live connections per backend: a connection that ends gives
-    /// its count back, when the tables it was counted in are still the ones in force.
+    /// its count back.
     fn give_back(&self, t: &Tables, conn: &ConnInfo) {
-        let Some(lb) = conn.lb else { return };
         // A TCP connection that closed gave its count back when it closed.
-        let closed = conn.original.protocol == PROTO_TCP && !conn.tcp.is_open();
-        if closed || conn.generation != t.generation {
+        if conn.original.protocol == PROTO_TCP && !conn.tcp.is_open() {
             return;
         }
-        if let Some(active) = t
-            .services
-            .get(lb.service)
-            .and_then(|s| s.active.get(lb.backend))
-        {
+        if let Some(active) = lb_count(t, conn) {
             let _ = active.fetch_update(Relaxed, Relaxed, |n| n.checked_sub(1));
         }
     }
+}
+
+/// The least-connections count a load-balanced connection holds in `t`: found by the frontend
+/// it was opened to and the backend it was translated to, not by the indices of the tables it
+/// was decided under (a change may have reordered the service's backends, and the tables carry
+/// the counts over: [`Tables::carry_lb_counts`]).
+fn lb_count<'t>(t: &'t Tables, conn: &ConnInfo) -> Option<&'t AtomicU64> {
+    conn.lb?;
+    let (ip, port) = conn.actions[0].dnat?;
+    let frontend = FrontendKey {
+        protocol: conn.original.protocol,
+        ip: conn.original.dst,
+        port: conn.original.dst_port,
+    };
+    t.lb_count(&frontend, Backend { ip, port })
 }
 
 enum FlowOf {

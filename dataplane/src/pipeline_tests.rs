@@ -2745,3 +2745,74 @@ fn a_connection_judged_again_under_new_tables_is_not_counted_again_by_the_dfw() 
         "one connection, one hit per rule"
     );
 }
+
+/// Tables of generation `generation` whose ClusterIP (service 0) balances least-connections
+/// over `backends`, taking over the counts of `old` as the daemon's publication does.
+fn least_connections_tables(generation: u64, backends: &[Ipv4Addr], old: &Tables) -> Tables {
+    let mut t = testbed::tables(generation, Options::default());
+    t.services[0] = crate::tables::LbService::new(
+        "ns-a/web:80".into(),
+        PROTO_TCP,
+        crate::tables::Backend {
+            ip: CLUSTER_IP,
+            port: 80,
+        },
+        backends
+            .iter()
+            .map(|&ip| crate::tables::Backend { ip, port: 80 })
+            .collect(),
+        crate::tables::LbAlgorithm::LeastConnections,
+    );
+    t.carry_lb_counts(old);
+    t
+}
+
+#[test]
+fn least_connections_remembers_open_connections_across_a_change() {
+    // Two long connections on a2, the only replica; the deployment scales up (new tables with
+    // a3 too): the next two connections go to a3, the one without any, as IPVS's lc would
+    // send them; and one of a2's connections that closes afterwards gives its count back.
+    const FIN: u8 = 0x01;
+    let mut bed = Bed::new();
+    let first = least_connections_tables(1, &[A2_IP], &bed.tables.load());
+    bed.tables.store(Arc::new(first));
+    for sport in [47000, 47001] {
+        assert_eq!(bed.open_to_cluster_ip(sport), (A2, A2_IP));
+        let syn_ack = tcp(
+            pod_mac(A2_IP),
+            ROUTER_MAC,
+            A2_IP,
+            A1_IP,
+            80,
+            sport,
+            SYN | ACK,
+        );
+        assert_eq!(bed.send(A2, &syn_ack), Verdict::Forward);
+    }
+    let next = least_connections_tables(2, &[A2_IP, A3_IP], &bed.tables.load());
+    bed.tables.store(Arc::new(next));
+    for sport in [47002, 47003] {
+        assert_eq!(
+            bed.open_to_cluster_ip(sport),
+            (A3, A3_IP),
+            "a new connection goes to the new replica, which has fewer"
+        );
+    }
+    let fin = tcp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        CLUSTER_IP,
+        47000,
+        80,
+        FIN | ACK,
+    );
+    assert_eq!(bed.send(A1, &fin), Verdict::Forward);
+    let t = bed.tables.load();
+    let counts: Vec<u64> = t.services[0]
+        .active
+        .iter()
+        .map(|a| a.load(Relaxed))
+        .collect();
+    assert_eq!(counts, vec![1, 2], "a2 keeps one open connection, a3 two");
+}

@@ -807,6 +807,35 @@ impl Tables {
         self.ports.get(id as usize).and_then(Option::as_ref)
     }
 
+    /// The least-connections count of `backend` behind the ClusterIP or VIP `frontend`
+    /// (what a load-balanced connection was opened to and translated to); `None` when the
+    /// frontend or that backend is gone, and its count with it.
+    pub fn lb_count(&self, frontend: &FrontendKey, backend: Backend) -> Option<&AtomicU64> {
+        let svc = self
+            .cluster_ips
+            .get(frontend)
+            .or_else(|| self.vips.get(frontend))?;
+        let service = self.services.get(*svc)?;
+        service.active.get(service.backend_index(backend)?)
+    }
+
+    /// Takes over the live connections `old` (the tables these replace) counted per backend,
+    /// for the same frontends' same backends: least-connections does not forget, at each change
+    /// of the configuration, the connections that stay open (the long ones a scaled-up
+    /// deployment's new pod should be spared of).
+    pub fn carry_lb_counts(&self, old: &Tables) {
+        for (frontend, &svc) in self.cluster_ips.iter().chain(self.vips.iter()) {
+            let Some(service) = self.services.get(svc) else {
+                continue;
+            };
+            for (&backend, active) in service.backends.iter().zip(&service.active) {
+                if let Some(n) = old.lb_count(frontend, backend) {
+                    active.store(n.load(Relaxed), Relaxed);
+                }
+            }
+        }
+    }
+
     pub fn segment(&self, id: SegmentId) -> Option<&Segment> {
         self.segments.get(id as usize)
     }

@@ -1464,6 +1464,16 @@ impl Pipeline {
                             }
                         }
                     }
+                } else if let Some((ip, port)) = pin.backend.filter(|_| pin.established) {
+                    // The service was deleted (or its port) under an established TCP
+                    // connection: as kube-proxy's conntrack entry, the connection keeps its
+                    // endpoint while that pod is there.
+                    dnat = Some((ip, port));
+                    dst = ip;
+                    dport = port;
+                    if ip == key.src {
+                        snat_addr = Some(seg.gateway_ip);
+                    }
                 }
                 (seg.t1, seg.gateway_ip)
             }

@@ -2816,3 +2816,68 @@ fn least_connections_remembers_open_connections_across_a_change() {
         .collect();
     assert_eq!(counts, vec![1, 2], "a2 keeps one open connection, a3 two");
 }
+
+#[test]
+fn an_established_tcp_connection_outlives_its_cluster_ip_service() {
+    // The service is deleted (to be applied again, say) while a1's connection through its
+    // ClusterIP is up: as kube-proxy's conntrack entry, the connection goes on with its pod;
+    // a new connection to the ClusterIP reaches no pod, and neither does a UDP flow's next
+    // datagram (kube-proxy flushes a deleted UDP service's entries).
+    let mut bed = Bed::new();
+    let first = tables_with_backends(1, &[A2_IP, A3_IP], &bed.tables.load());
+    bed.tables.store(Arc::new(first));
+    let to_53 = udp(pod_mac(A1_IP), ROUTER_MAC, A1_IP, CLUSTER_IP, 64, 5353, 53);
+    assert_eq!(bed.send(A1, &to_53), Verdict::Forward);
+    let sport = 48000;
+    let (port, backend) = bed.open_to_cluster_ip(sport);
+    let from_backend = |flags| {
+        tcp(
+            pod_mac(backend),
+            ROUTER_MAC,
+            backend,
+            A1_IP,
+            80,
+            sport,
+            flags,
+        )
+    };
+    let from_a1 = |sport, flags| {
+        tcp(
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            A1_IP,
+            CLUSTER_IP,
+            sport,
+            80,
+            flags,
+        )
+    };
+    assert_eq!(bed.send(port, &from_backend(SYN | ACK)), Verdict::Forward);
+    assert_eq!(bed.send(A1, &from_a1(sport, ACK)), Verdict::Forward);
+    let mut next = testbed::tables(2, Options::default());
+    next.cluster_ips.clear();
+    bed.tables.store(Arc::new(next));
+    assert_eq!(bed.send(A1, &from_a1(sport, ACK | 0x08)), Verdict::Forward);
+    let (out_port, frame) = bed.out();
+    assert_eq!(
+        (out_port, check(&frame).dst),
+        (port, backend),
+        "the established connection goes on with its pod"
+    );
+    assert_eq!(bed.send(port, &from_backend(ACK)), Verdict::Forward);
+    let (out_port, frame) = bed.out();
+    let reply = check(&frame);
+    assert_eq!((out_port, reply.src, reply.dst), (A1, CLUSTER_IP, A1_IP));
+    bed.send(A1, &from_a1(sport + 1, SYN));
+    assert!(
+        bed.ctx.tx.iter().all(|tx| tx.port == A1),
+        "a new connection reaches no pod: {:?}",
+        bed.ctx.tx
+    );
+    bed.send(A1, &to_53);
+    assert!(
+        bed.ctx.tx.iter().all(|tx| tx.port == A1),
+        "the UDP flow reaches no pod: {:?}",
+        bed.ctx.tx
+    );
+}

@@ -12,7 +12,7 @@
 //! Rejected: incremental updates of live tables. A lab has hundreds of objects, a full compile
 //! takes microseconds, and a snapshot is trivially consistent.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -282,6 +282,15 @@ pub fn compile_with(
         t.hosts.insert(pod.ip, port);
     }
 
+    // A pod without a port (not built yet, or on its way out) serves nothing: it is no
+    // endpoint here, as kubelet keeps a pod that is not ready out of its service's endpoints.
+    let portless: HashSet<Ipv4Addr> = state
+        .pods
+        .values()
+        .filter(|p| !ports.contains_key(&PortOwner::Pod(p.namespace.clone(), p.name.clone())))
+        .map(|p| p.ip)
+        .collect();
+
     // Load balancers: ClusterIPs (DLB, at every vNIC) and VIPs (SLB, on the namespace's T1).
     for svc in state.services.values() {
         let key_ns = match &svc.cluster {
@@ -300,7 +309,7 @@ pub fn compile_with(
                         && e.protocol == port.protocol
                 })
                 .flat_map(|e| e.endpoints.iter())
-                .filter(|e| e.ready)
+                .filter(|e| e.ready && !portless.contains(&e.ip))
                 .map(|e| Backend {
                     ip: e.ip,
                     port: e.port,

@@ -620,6 +620,17 @@ impl Daemon {
             })
             .map(|(key, _)| key.clone())
             .collect();
+        if !stale.is_empty() {
+            // Tables without them first, then their ports and namespaces: published after, a
+            // scale-down's new connections were sent, for that while, to a pod already gone
+            // (curl timed out, or waited for its SYN to be sent again).
+            for key in &stale {
+                control
+                    .ports
+                    .remove(&PortOwner::Pod(key.0.clone(), key.1.clone()));
+            }
+            self.publish(control);
+        }
         for key in stale {
             if let Some(r) = control.pods.remove(&key) {
                 self.dataplane.lock().remove_port(r.port);

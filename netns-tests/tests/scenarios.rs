@@ -932,6 +932,64 @@ fn a_selector_change_keeps_established_connections_on_their_pods() {
 }
 
 #[test]
+fn no_new_connection_goes_to_a_pod_a_scale_down_removes() {
+    if !require_netns() {
+        return;
+    }
+    // Connections opened one after the other through the ClusterIP and the VIP while the api
+    // deployment scales 4 -> 1 -> 4 -> 1: each is answered at once. One sent to a pod being
+    // removed would wait for its SYN to be sent again (1 s), past curl's limit here.
+    let lab = Lab::up_with("qadrain", &pools_lab(4));
+    let vip = field(&service(&lab, "shop", "api-public"), "external_ip");
+    let cluster_ip = lab.cluster_ip("shop", "api");
+    served(&lab, CLIENT, &format!("http://{vip}/hostname"), "VIP");
+    let stop = lab.dir.join("drain.stop");
+    let loop_script = |url: String| {
+        format!(
+            "for i in $(seq 2000); do [ -e {stop} ] && break; \
+             curl -s -o /dev/null -m 0.9 -w '%{{http_code}} %{{time_total}}\\n' {url} || echo \" exit $?\"; done",
+            stop = stop.display()
+        )
+    };
+    let (via_cip, via_vip) = std::thread::scope(|s| {
+        let cip = s.spawn(|| {
+            lab.sh(
+                TESTER,
+                &loop_script(format!("http://{cluster_ip}/hostname")),
+            )
+        });
+        let vip = s.spawn(|| lab.sh(CLIENT, &loop_script(format!("http://{vip}/hostname"))));
+        std::thread::sleep(Duration::from_millis(500));
+        for replicas in [1, 4, 1] {
+            lab.apply_ok(&pools_lab(replicas), None, None);
+            std::thread::sleep(Duration::from_millis(700));
+        }
+        std::fs::write(&stop, "").expect("create the stop file");
+        (
+            stdout(&cip.join().expect("the ClusterIP loop")),
+            stdout(&vip.join().expect("the VIP loop")),
+        )
+    });
+    for (name, codes) in [("ClusterIP", via_cip), ("VIP", via_vip)] {
+        let codes: Vec<&str> = codes.lines().collect();
+        assert!(codes.len() > 20, "{name}: too few connections: {codes:?}");
+        // curl's exit 28: not answered in time. (A request in flight to a pod as it is removed
+        // is reset, exit 56: Pacific removes a pod at once, with no grace period.)
+        let timed_out = codes.iter().filter(|c| **c == " exit 28").count();
+        assert_eq!(
+            timed_out,
+            0,
+            "{name}: {timed_out} of {} connections were not answered: {:?}",
+            codes.len(),
+            codes
+                .iter()
+                .filter(|c| !c.starts_with("200 "))
+                .collect::<Vec<_>>()
+        );
+    }
+}
+
+#[test]
 fn live_changes_deletes_reapply_and_rejections() {
     if !require_netns() {
         return;

@@ -399,12 +399,24 @@ fn services(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
                     _ => format!("{}/{}", p.port, p.protocol),
                 })
                 .collect();
+            // As the tables have them: a pod without a port (it could not be built) is none.
+            let portless = |ip: Ipv4Addr| {
+                ctx.state.pods.values().any(|p| {
+                    let owner = PortOwner::Pod(p.namespace.clone(), p.name.clone());
+                    p.ip == ip && !ctx.ports.contains_key(&owner)
+                })
+            };
             let endpoints: Vec<String> = ctx
                 .state
                 .endpoints
                 .iter()
                 .filter(|e| e.namespace == *key_ns && e.service == s.name)
-                .flat_map(|e| e.endpoints.iter().filter(|x| x.ready).map(|x| format!("{}:{}", x.ip, x.port)))
+                .flat_map(|e| {
+                    e.endpoints
+                        .iter()
+                        .filter(|x| x.ready && !portless(x.ip))
+                        .map(|x| format!("{}:{}", x.ip, x.port))
+                })
                 .collect();
             json!({
                 "namespace": key_ns,

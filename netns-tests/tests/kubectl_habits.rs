@@ -367,3 +367,65 @@ spec:
     assert!(lines[0].ends_with("   LABELS"), "{labels}");
     assert!(lines[1].ends_with("   app=tool"), "{labels}");
 }
+
+/// A pod that could not be built serves nothing: it is no endpoint of its service, in the
+/// dataplane and in `get svc -o wide`, as a pod that is not ready is kept out of its service's
+/// endpoints. It was one: a connection through the ClusterIP now and then went to it and
+/// failed (no route to host), and ENDPOINTS listed it.
+#[test]
+fn a_pod_that_could_not_be_built_is_no_endpoint() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("khnoep", LAB);
+    let netns = format!("{}-payments-clash", lab.prefix);
+    let ip = |args: &[&str]| {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(args);
+        let out = run_bounded(cmd, None, std::time::Duration::from_secs(20));
+        assert!(out.status.success(), "ip {args:?}: {}", describe(&out));
+    };
+    ip(&["netns", "add", &netns]);
+    ip(&[
+        "-n", &netns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
+    let serving = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: payments, labels: {{app: api}}}}\nspec: {{containers: [{{name: c, image: x, ports: [{{containerPort: 8080}}]}}]}}\n"
+        )
+    };
+    let manifest = format!(
+        "{}---\n{}---\napiVersion: v1\nkind: Service\nmetadata: {{name: api, namespace: payments}}\nspec: {{selector: {{app: api}}, ports: [{{port: 80, targetPort: 8080}}]}}\n---\n{}",
+        serving("good"),
+        serving("clash"),
+        pod("client", "payments"),
+    );
+    let out = lab.apply(&manifest, None, None);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    let good_ip = lab
+        .items("pods", Some("payments"))
+        .iter()
+        .find(|p| p["name"] == "good")
+        .and_then(|p| p["ip"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    let svc = lab.items("svc", Some("payments"));
+    assert_eq!(
+        svc[0]["endpoints"],
+        serde_json::json!([format!("{good_ip}:8080")]),
+        "{}",
+        svc[0]
+    );
+    let cluster_ip = lab.cluster_ip("payments", "api");
+    curl_until(
+        &lab,
+        "payments/client",
+        &format!("http://{cluster_ip}/hostname"),
+        std::time::Duration::from_secs(20),
+    );
+    let answers = stdout(&lab.sh(
+        "payments/client",
+        &format!("for i in $(seq 16); do curl -s -m 2 http://{cluster_ip}/hostname || echo failed; echo; done"),
+    ));
+    let answers: Vec<&str> = answers.lines().filter(|l| !l.is_empty()).collect();
+    assert_eq!(answers, vec!["good"; 16]);
+}

@@ -1825,9 +1825,13 @@ impl Pipeline {
     }
 
     /// Re-checks a connection against tables of a newer generation: the route may have moved,
-    /// the DFW may now deny it, its backend may be gone, its namespace's egress IP may have
-    /// changed (the old address is no longer routed back, and may go to another namespace).
-    /// A NAT binding whose address still stands is kept. `None`: the connection must end.
+    /// the DFW may now deny it, its backend's pod may be gone, its namespace's egress IP may
+    /// have changed (the old address is no longer routed back, and may go to another
+    /// namespace). A NAT binding whose address still stands is kept, and so is the backend of
+    /// an established TCP connection that its service no longer lists (or that lost its
+    /// service), while its pod is there, as kube-proxy's conntrack keeps it; a UDP flow, or a
+    /// SYN that `reopened` a closed connection, goes by the service's current endpoints.
+    /// `None`: the connection must end.
     fn revalidate(&self, t: &Tables, conn: &ConnInfo, reopened: bool) -> Option<[FlowAction; 2]> {
         let [orig, reply] = conn.actions;
         let pin = Pin {

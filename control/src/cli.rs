@@ -121,8 +121,8 @@ const DEFAULT_CONNTRACK_MAX: usize = 1 << 20;
 
 #[derive(Args, Debug)]
 struct DaemonArgs {
-    /// Worker threads (and TAP queues per port).
-    #[arg(long, default_value_t = default_workers())]
+    /// Worker threads (and TAP queues per port): 1-256.
+    #[arg(long, default_value_t = default_workers(), value_parser = parse_workers)]
     workers: usize,
     /// Prefix of every namespace the daemon creates (letters, digits and `_`: with a `-`, one
     /// lab's `{prefix}-*` could hold another's namespaces).
@@ -139,8 +139,9 @@ struct DaemonArgs {
     #[arg(long = "conntrack-timeout", value_name = "NAME=SECONDS")]
     conntrack_timeouts: Vec<String>,
     /// After a frame, workers keep polling their queues for this long (yielding the core in
-    /// between) before they sleep: no wake-up per frame under a steady exchange. 0 disables.
-    #[arg(long, value_name = "MICROSECONDS", default_value_t = 50)]
+    /// between) before they sleep: no wake-up per frame under a steady exchange. 0 disables; at
+    /// most 1000000 (a second).
+    #[arg(long, value_name = "MICROSECONDS", default_value_t = 50, value_parser = parse_busy_poll_us)]
     busy_poll_us: u64,
 }
 
@@ -214,6 +215,42 @@ fn parse_prefix(s: &str) -> Result<String, String> {
     }
 }
 
+/// The most workers: a worker reads one queue of every TAP, and a TAP has at most 256 queues
+/// (the kernel's `MAX_TAP_QUEUES`).
+const MAX_WORKERS: usize = 256;
+
+/// `--workers`: 1 to [`MAX_WORKERS`]. Zero was taken and reported (`0 worker(s)`, `"workers":
+/// 0`) while one ran; past 256 the daemon failed at its first TAP with `TUNSETIFF uplink:
+/// Argument list too long`, naming no option.
+fn parse_workers(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of workers"))?;
+    if !(1..=MAX_WORKERS).contains(&n) {
+        return Err(format!(
+            "{n} workers: between 1 and {MAX_WORKERS} (a TAP has at most {MAX_WORKERS} \
+             queues, one per worker)"
+        ));
+    }
+    Ok(n)
+}
+
+/// The longest `--busy-poll-us`: a second. Past it a worker would spin for minutes or days after
+/// a frame, holding a core.
+const MAX_BUSY_POLL_US: u64 = 1_000_000;
+
+fn parse_busy_poll_us(s: &str) -> Result<u64, String> {
+    let us: u64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of microseconds"))?;
+    if us > MAX_BUSY_POLL_US {
+        return Err(format!(
+            "{us} us: at most {MAX_BUSY_POLL_US} (a second); 0 disables busy polling"
+        ));
+    }
+    Ok(us)
+}
+
 /// A worker per core, at most four. (Half the cores was tried, since the pods of a lab share
 /// the cores with the workers: on 2 cores, netbench's connection rate and round trips were
 /// within the runs' spread of each other, and TCP with 4 streams lost a third.)
@@ -230,15 +267,15 @@ enum LabCmd {
         /// The lab's manifest, or a directory of them (without: the embedded seed lab, `pacific
         /// lab show`).
         file: Option<PathBuf>,
-        /// Workers of the daemon this starts (default: a worker per core, at most 4).
-        #[arg(long)]
+        /// Workers of the daemon this starts, 1-256 (default: a worker per core, at most 4).
+        #[arg(long, value_parser = parse_workers)]
         workers: Option<usize>,
         /// The prefix of the daemon this starts (default `pac`); given, and a daemon of another
         /// prefix answers on the socket, nothing is done.
         #[arg(long, env = "PACIFIC_PREFIX", value_parser = parse_prefix)]
         prefix: Option<String>,
         /// The daemon's `--busy-poll-us`, when this starts it (default: the daemon's).
-        #[arg(long, value_name = "MICROSECONDS")]
+        #[arg(long, value_name = "MICROSECONDS", value_parser = parse_busy_poll_us)]
         busy_poll_us: Option<u64>,
         /// The daemon's `--conntrack-max`, when this starts it.
         #[arg(long, value_name = "CONNECTIONS")]

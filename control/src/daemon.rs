@@ -308,7 +308,15 @@ impl Daemon {
             config,
         });
         daemon.save_record();
-        daemon.create_uplink()?;
+        // A daemon that cannot start takes down what it made (the upstream router's namespace,
+        // the record): it used to exit with them left behind, for the next start to report as
+        // the leftovers of a daemon that "died without cleaning up".
+        if let Err(e) = daemon.create_uplink() {
+            daemon.dataplane.lock().shutdown();
+            let _ = netns::delete_netns(&daemon.upstream.netns);
+            let _ = std::fs::remove_file(daemon.config.record_path());
+            return Err(e);
+        }
         let mut control = daemon.control.lock();
         daemon.publish(&mut control);
         drop(control);

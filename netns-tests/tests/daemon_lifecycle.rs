@@ -1,0 +1,117 @@
+//! The daemon's life as an operator meets it: options it cannot run with are refused before it
+//! makes anything, and it cleans up after itself however it ends.
+
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use pacific_netns_tests::*;
+
+/// A socket and a prefix of our own, for a daemon started here rather than by `Lab` (the lab's
+/// `lab up` would not get as far as these tests need, or would start it otherwise). Dropping it
+/// removes whatever is left: the daemon (by its socket on its command line), its namespaces.
+struct OwnDaemon {
+    dir: PathBuf,
+    socket: PathBuf,
+    prefix: String,
+}
+
+impl OwnDaemon {
+    fn new(tag: &str) -> OwnDaemon {
+        let dir = std::env::temp_dir().join(format!("pacific-test-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("a directory for the daemon");
+        OwnDaemon {
+            socket: dir.join("pacific.sock"),
+            prefix: format!("pac{tag}p{}", std::process::id()),
+            dir,
+        }
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(pacific_bin());
+        cmd.arg("--socket")
+            .arg(&self.socket)
+            .args(args)
+            .env_remove("PACIFIC_SOCKET")
+            .env_remove("PACIFIC_PREFIX");
+        cmd
+    }
+
+    fn record(&self) -> PathBuf {
+        self.dir.join("pacific.lab.json")
+    }
+}
+
+impl Drop for OwnDaemon {
+    fn drop(&mut self) {
+        for pid in pids_with_cmdline(&self.socket.display().to_string()) {
+            signal(pid, libc::SIGKILL);
+        }
+        for ns in netns_with_prefix(&self.prefix) {
+            let mut cmd = Command::new("ip");
+            cmd.args(["netns", "delete", &ns]);
+            let _ = run_bounded(cmd, None, Duration::from_secs(20));
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `--workers 0` was taken: the daemon ran (one worker) while it said `0 worker(s)` and
+/// `daemon.status` `"workers": 0`. `--workers 1000` failed only at the first TAP, with `cannot
+/// create the T0 uplink: TUNSETIFF uplink: Argument list too long`, naming no option, and left
+/// the upstream router's namespace and the lab record behind. A `--busy-poll-us` of days was
+/// taken. Each is now refused at once, naming the option, with nothing made.
+#[test]
+fn daemon_options_out_of_range_are_refused_naming_the_option() {
+    if !require_netns() {
+        return;
+    }
+    let own = OwnDaemon::new("qa3opt");
+    let prefix = own.prefix.clone();
+    for (option, value) in [
+        ("--workers", "0"),
+        ("--workers", "1000"),
+        ("--busy-poll-us", "100000000000"),
+    ] {
+        let cmd = own.command(&["daemon", "--prefix", &prefix, option, value]);
+        let out = run_bounded(cmd, None, Duration::from_secs(30));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "pacific daemon {option} {value}:\n{}",
+            describe(&out)
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains(option) && err.contains(value),
+            "the error names {option} {value}: {err}"
+        );
+        assert_eq!(netns_with_prefix(&prefix), Vec::<String>::new());
+        assert!(!own.record().exists(), "{option} {value} left a record");
+        // `lab up` refuses them as well, before it starts a daemon.
+        let cmd = own.command(&["lab", "up", "--prefix", &prefix, option, value]);
+        let out = run_bounded(cmd, None, Duration::from_secs(60));
+        assert!(!out.status.success(), "lab up {option} {value} succeeded");
+        assert!(stderr(&out).contains(option), "{}", describe(&out));
+        assert_eq!(netns_with_prefix(&prefix), Vec::<String>::new());
+        assert!(
+            !own.socket.exists(),
+            "lab up {option} {value} started a daemon"
+        );
+    }
+    // The bounds themselves are good: a daemon of 256 workers starts (and stops on SIGTERM).
+    let mut child = own
+        .command(&["daemon", "--prefix", &prefix, "--workers", "256"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pacific daemon");
+    let answered = wait_until(Duration::from_secs(30), || {
+        std::os::unix::net::UnixStream::connect(&own.socket).is_ok()
+    });
+    signal(child.id(), libc::SIGTERM);
+    let _ = child.wait();
+    assert!(answered, "a daemon of 256 workers never answered");
+}

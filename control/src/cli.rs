@@ -590,7 +590,7 @@ fn run_daemon(
     let daemon = Daemon::start(config)?;
     install_signal_handlers(Arc::clone(&daemon))?;
     let served = daemon.serve();
-    eprintln!("pacific: stopping");
+    crate::daemon::log("stopping");
     daemon.stop();
     served?;
     Ok(ExitCode::SUCCESS)

@@ -216,8 +216,12 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-fn log(msg: impl AsRef<str>) {
-    eprintln!("pacific: {}", msg.as_ref());
+/// One line of the daemon's log, on stderr. Not `eprintln!`, which panics when stderr is gone (a
+/// pipe whose reader exited, a logger that died): the daemon's next line then took it down,
+/// without removing its namespaces, TAPs or socket. A line nobody can read is dropped instead.
+pub fn log(msg: impl AsRef<str>) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "pacific: {}", msg.as_ref());
 }
 
 impl Daemon {

@@ -341,7 +341,7 @@ impl Dataplane {
         for (w, mut handle) in self.workers.drain(..).enumerate() {
             if let Some(thread) = handle.thread.take() {
                 if thread.join().is_err() {
-                    eprintln!("pacific-worker-{w}: the worker had panicked");
+                    log_line(format_args!("pacific-worker-{w}: the worker had panicked"));
                 }
             }
         }
@@ -609,10 +609,10 @@ impl Worker {
                 Drain::Dead(e) => {
                     if let Some(queue) = self.queues.get(&token) {
                         // Once per queue: the queue is not polled again.
-                        eprintln!(
+                        log_line(format_args!(
                             "pacific-worker-{}: port {}: a queue failed ({e}); no longer reading it",
                             self.index, queue.port
-                        );
+                        ));
                     }
                     self.forget_queue(token);
                 }
@@ -806,6 +806,13 @@ fn transmit(
     None
 }
 
+/// A line on stderr, or nothing when stderr is gone: `eprintln!` panics then, and a worker that
+/// logged a failed write after its daemon's stderr pipe closed died with the dataplane's queues.
+fn log_line(line: fmt::Arguments<'_>) {
+    use std::io::Write;
+    let _ = writeln!(io::stderr().lock(), "{line}");
+}
+
 /// One log line per `LOG_INTERVAL`, with the number of lines it held back.
 #[derive(Default)]
 struct RateLimitedLog {
@@ -824,9 +831,13 @@ impl RateLimitedLog {
             return;
         }
         if self.suppressed > 0 {
-            eprintln!("{} (and {} more like it)", message(), self.suppressed);
+            log_line(format_args!(
+                "{} (and {} more like it)",
+                message(),
+                self.suppressed
+            ));
         } else {
-            eprintln!("{}", message());
+            log_line(format_args!("{}", message()));
         }
         self.last = Some(now);
         self.suppressed = 0;

@@ -1,6 +1,7 @@
 //! The daemon's life as an operator meets it: options it cannot run with are refused before it
 //! makes anything, and it cleans up after itself however it ends.
 
+use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -114,4 +115,59 @@ fn daemon_options_out_of_range_are_refused_naming_the_option() {
     signal(child.id(), libc::SIGTERM);
     let _ = child.wait();
     assert!(answered, "a daemon of 256 workers never answered");
+}
+
+/// The daemon logged with `eprintln!`, which panics when stderr is a pipe whose reader has gone
+/// (`pacific daemon 2>&1 | head`, a logger that died): its next line (here the `stopping` of a
+/// SIGTERM) killed it with a panic, leaving its namespaces, socket and record behind. It now
+/// drops the lines nobody reads and stops cleanly.
+#[test]
+fn a_daemon_whose_log_reader_is_gone_still_stops_cleanly() {
+    if !require_netns() {
+        return;
+    }
+    let own = OwnDaemon::new("qa3log");
+    let mut child = own
+        .command(&["daemon", "--prefix", &own.prefix, "--workers", "2"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pacific daemon");
+    // Read its log up to the line that says it serves, then close the pipe.
+    let mut log = BufReader::new(child.stderr.take().expect("stderr is piped"));
+    let mut line = String::new();
+    let mut serving = false;
+    for _ in 0..20 {
+        line.clear();
+        if log.read_line(&mut line).unwrap_or(0) == 0 {
+            break;
+        }
+        if line.contains("control socket") {
+            serving = true;
+            break;
+        }
+    }
+    drop(log);
+    assert!(
+        serving,
+        "the daemon never said it serves (last line {line:?})"
+    );
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::os::unix::net::UnixStream::connect(&own.socket).is_ok()
+    }));
+    assert_eq!(
+        netns_with_prefix(&own.prefix),
+        vec![format!("{}-upstream", own.prefix)]
+    );
+    signal(child.id(), libc::SIGTERM);
+    let stopped = wait_until(Duration::from_secs(30), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    assert!(stopped, "the daemon did not stop on SIGTERM");
+    let status = child.wait().expect("the daemon's status");
+    assert!(status.success(), "the daemon ended with {status}");
+    assert_eq!(netns_with_prefix(&own.prefix), Vec::<String>::new());
+    assert!(!own.socket.exists(), "the socket was left behind");
+    assert!(!own.record().exists(), "the lab record was left behind");
 }

@@ -356,13 +356,20 @@ pub fn signal_pid(pid: u32, signal: &str) -> Result<(), LabError> {
     }
 }
 
+/// A failure on stderr, or nothing when stderr is gone (the daemon calls this while it stops:
+/// `eprintln!` would panic there and leave the rest of the lab behind).
+fn report(e: &dyn std::fmt::Display) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "lab: {e}");
+}
+
 /// SIGTERM to every pid, up to `grace` for them to exit, SIGKILL to the survivors. Returns how
 /// many were alive at the start. Best effort: a pid that cannot be signalled is reported on stderr.
 pub fn terminate_pids(pids: &[u32], grace: Duration) -> usize {
     let alive: Vec<u32> = pids.iter().copied().filter(|&p| pid_alive(p)).collect();
     for &pid in &alive {
         if let Err(e) = signal_pid(pid, "TERM") {
-            eprintln!("lab: {e}");
+            report(&e);
         }
     }
     let deadline = Instant::now() + grace;
@@ -371,7 +378,7 @@ pub fn terminate_pids(pids: &[u32], grace: Duration) -> usize {
     }
     for &pid in alive.iter().filter(|&&p| pid_alive(p)) {
         if let Err(e) = signal_pid(pid, "KILL") {
-            eprintln!("lab: {e}");
+            report(&e);
         }
     }
     // SIGKILL is not instantaneous: give the kernel a moment to tear the processes down.

@@ -142,7 +142,7 @@ pub struct Daemon {
     /// Held while the upstream router is brought in line with the tables, so that two requests
     /// finishing at once cannot interleave their `ip route` commands and leave the routes of
     /// the older tables (a deleted namespace's /32s kept, a new VIP's missing).
-    upstream_sync: Mutex<()>,
+    upstream_sync: Mutex<Vec<Ipv4Net>>,
 }
 
 /// At most this many control connections at once; more are answered with an error and closed.
@@ -308,7 +308,7 @@ impl Daemon {
             upstream,
             shutdown: AtomicBool::new(false),
             clients: AtomicUsize::new(0),
-            upstream_sync: Mutex::new(()),
+            upstream_sync: Mutex::new(Vec::new()),
             config,
         });
         daemon.save_record();
@@ -1041,27 +1041,11 @@ impl Daemon {
     /// or egress IP holds would bounce between the router and T0's default route until its TTL
     /// ran out.
     fn sync_upstream(&self) {
-        use pacific_dataplane::tables::RouteOrigin;
         // The tables are read under the lock: whichever request syncs last sees the newest.
-        let _sync = self.upstream_sync.lock();
-        let tables = self.tables.load();
-        let t0_routes = tables
-            .gateways
-            .first()
-            .map(|t0| t0.routes.routes())
-            .unwrap_or_default();
-        let of = |keep: fn(RouteOrigin) -> bool| {
-            let mut v: Vec<Ipv4Net> = t0_routes
-                .iter()
-                .filter(|r| keep(r.origin))
-                .map(|r| r.prefix)
-                .collect();
-            v.sort();
-            v.dedup();
-            v
-        };
-        let routes = of(|o| matches!(o, RouteOrigin::LbVip | RouteOrigin::Nat));
-        let segments = of(|o| matches!(o, RouteOrigin::T1Connected));
+        let mut synced = self.upstream_sync.lock();
+        let (routes, segments) = self.upstream_routes();
+        synced.clear();
+        let wanted: Vec<Ipv4Net> = routes.iter().chain(&segments).copied().collect();
         let (pools, stale, uplink, moved) = {
             let mut control = self.control.lock();
             let state = control.store.state();
@@ -1096,13 +1080,64 @@ impl Daemon {
         for pool in stale {
             let _ = netns::ip_netns(&upstream.netns, &["route", "del", &pool.to_string()]);
         }
+        let mut ok = true;
         if let Err(e) = outside::configure_uplink(&upstream, &pools) {
             log(format!(
                 "cannot route the pools on the upstream router: {e}"
             ));
+            ok = false;
         }
         if let Err(e) = outside::sync_bgp_routes(&upstream, &routes) {
             log(format!("cannot update the upstream router's routes: {e}"));
+            ok = false;
+        }
+        // A failed sync is not retried by the flap check (it would fail, and log, each second).
+        if ok {
+            *synced = wanted;
+        }
+    }
+
+    /// What the upstream router routes to T0 by the tables in force: the /32s it learns (VIPs
+    /// and egress IPs) and the namespaces' segments, each sorted.
+    fn upstream_routes(&self) -> (Vec<Ipv4Net>, Vec<Ipv4Net>) {
+        use pacific_dataplane::tables::RouteOrigin;
+        let tables = self.tables.load();
+        let t0_routes = tables
+            .gateways
+            .first()
+            .map(|t0| t0.routes.routes())
+            .unwrap_or_default();
+        let of = |keep: fn(RouteOrigin) -> bool| {
+            let mut v: Vec<Ipv4Net> = t0_routes
+                .iter()
+                .filter(|r| keep(r.origin))
+                .map(|r| r.prefix)
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
+        (
+            of(|o| matches!(o, RouteOrigin::LbVip | RouteOrigin::Nat)),
+            of(|o| matches!(o, RouteOrigin::T1Connected)),
+        )
+    }
+
+    /// Whether a route the last sync gave the upstream router via the uplink is gone (as after
+    /// the link went down: Linux takes its routes with it). Under the sync's lock, so a change
+    /// being synced is not taken for a loss. False when that cannot be told.
+    fn upstream_routes_missing(&self) -> bool {
+        let synced = self.upstream_sync.lock();
+        if synced.is_empty() {
+            return false;
+        }
+        let shown = netns::ip_netns(
+            &self.upstream.netns,
+            &["-4", "route", "show", "dev", &self.upstream.uplink_ifname],
+        );
+        match shown.map(|text| outside::parse_route_destinations(&text)) {
+            Ok(Ok(present)) => synced.iter().any(|net| !present.contains(net)),
+            _ => false,
         }
     }
 
@@ -1110,10 +1145,11 @@ impl Daemon {
     /// it goes down, so an `ip link set uplink down` and `up` on the upstream router left it
     /// with no route to a VIP, an egress IP or a segment until the next change. A session
     /// would come back with the link and advertise them again: when the router's uplink is
-    /// seen up after being down, its routes are synced again. Checked every
-    /// [`UPSTREAM_LINK_CHECK`] until shutdown.
+    /// seen up with routes missing, they are synced again. Checked every
+    /// [`UPSTREAM_LINK_CHECK`] until shutdown. By the routes, not by seeing the link down and
+    /// then up: a flap shorter than a check (`ip link set uplink down; ip link set uplink up`)
+    /// went unseen and left the router without its routes for good.
     fn keep_upstream_session(&self) {
-        let mut was_up = true;
         while !self.shutdown.load(Ordering::Relaxed) {
             std::thread::sleep(UPSTREAM_LINK_CHECK);
             let shown = netns::ip_netns(
@@ -1122,12 +1158,15 @@ impl Daemon {
             );
             // An error (the namespace going away at shutdown) says nothing about the session.
             let Ok(shown) = shown else { continue };
-            let up = link_is_up(&shown);
-            if up && !was_up && !self.shutdown.load(Ordering::Relaxed) {
-                log("the upstream router's uplink is up again: its routes are advertised again");
-                self.sync_upstream();
+            // While the link is down its routes cannot be put back.
+            if !link_is_up(&shown) || !self.upstream_routes_missing() {
+                continue;
             }
-            was_up = up;
+            if self.shutdown.load(Ordering::Relaxed) {
+                break;
+            }
+            log("the upstream router's uplink is up without its routes: they are advertised again");
+            self.sync_upstream();
         }
     }
 

@@ -171,3 +171,37 @@ fn a_daemon_whose_log_reader_is_gone_still_stops_cleanly() {
     assert!(!own.socket.exists(), "the socket was left behind");
     assert!(!own.record().exists(), "the lab record was left behind");
 }
+
+/// The upstream router's uplink flapping faster than the daemon looks at it (once a second):
+/// `ip link set uplink down` and `up` back to back took every route through it away, and the
+/// daemon, which waited to see the link down before it advertised them again, never did. The
+/// VIP and the outside stayed unreachable until the next change. It now looks for the routes.
+#[test]
+fn a_quick_flap_of_the_routers_uplink_gives_its_routes_back() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("qa3flap");
+    let upstream = lab.upstream_netns();
+    let vip = "http://172.80.88.5/hostname";
+    assert!(curl_until(&lab, "ext/hop", vip, Duration::from_secs(10)).starts_with("wordpress-"));
+    // Down and up in one `ip` run: milliseconds apart.
+    let batch = lab.dir.join("flap.batch");
+    std::fs::write(&batch, "link set dev uplink down\nlink set dev uplink up\n")
+        .expect("the batch file");
+    let out = lab.ip_in(&upstream, &["-batch", &batch.display().to_string()]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let bgp = || stdout(&lab.ip_in(&upstream, &["route", "show", "proto", "bgp"]));
+    let back = wait_until(Duration::from_secs(10), || bgp().contains("172.80.88.5 "));
+    assert!(back, "the router's routes after the flap:\n{}", bgp());
+    assert!(
+        curl_until(&lab, "ext/hop", vip, Duration::from_secs(5)).starts_with("wordpress-"),
+        "the VIP stays unreachable after the flap"
+    );
+    // The segments are routed back too: a pod reaches the outside.
+    let out = lab.exec(
+        "ns-dev/testbox",
+        &["ping", "-c", "1", "-W", "2", "198.51.100.100"],
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+}

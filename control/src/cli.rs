@@ -782,6 +782,13 @@ fn lab_down(socket: &Path, given_prefix: Option<&str>) -> Result<ExitCode, Strin
             r.prefix.clone()
         }
     });
+    if status.is_none() && served_elsewhere(&prefix, record.as_ref()) {
+        return Err(format!(
+            "no daemon answers on {}, but one of the prefix {prefix} runs (its T0 uplink in \
+             {prefix}-upstream is open): nothing done; give that daemon's --socket",
+            socket.display()
+        ));
+    }
     let namespaces_before = crate::lab::netns::list_netns_with_prefix(&format!("{prefix}-"))
         .map(|v| v.len())
         .unwrap_or(0);
@@ -826,6 +833,20 @@ fn lab_down(socket: &Path, given_prefix: Option<&str>) -> Result<ExitCode, Strin
         ));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Whether a daemon of `prefix` lives that is not the one `record` names: its T0 uplink TAP is
+/// there, and a TAP (not persistent) is there only while a daemon holds it open. `lab down`
+/// with a forgotten `--socket` but the right `--prefix` found no daemon and no record on its
+/// socket, and swept every `{prefix}-*` namespace from under the daemon serving them.
+fn served_elsewhere(prefix: &str, record: Option<&LabRecord>) -> bool {
+    use crate::lab::netns;
+    let recorded_lives = record
+        .and_then(|r| r.daemon_pid)
+        .is_some_and(netns::pid_alive);
+    let upstream = format!("{prefix}-upstream");
+    // The daemon names its uplink `uplink` (`Daemon::start`).
+    !recorded_lives && netns::netns_exists(&upstream) && netns::link_exists(&upstream, "uplink")
 }
 
 /// What `lab down` prints: what it stopped and removed, the leftovers line only when there were

@@ -255,6 +255,21 @@ impl Daemon {
                 ))
             }
         }
+        // The prefix names the lab's namespaces, whatever its socket: a second daemon of one
+        // prefix (on another socket) found the first one's upstream router, failed at its uplink
+        // (`TUNSETIFF uplink: Device or resource busy`) and recorded that namespace as its own,
+        // for its `lab down` to delete under the first daemon. Refused before anything is made.
+        let upstream_netns = format!("{}-upstream", config.prefix);
+        if netns::netns_exists(&upstream_netns) {
+            return Err(format!(
+                "the namespace {upstream_netns} exists: another daemon runs with the prefix {} \
+                 (on another socket than {}); give this one another --prefix, or stop that one \
+                 (`pacific --socket ITS-SOCKET lab down`); a leftover nothing runs in goes with \
+                 `ip netns delete {upstream_netns}`",
+                config.prefix,
+                config.socket.display()
+            ));
+        }
         let hostname = hostname();
         let store = Store::new(&hostname);
         let counters = Arc::new(RuleCounters::with_slots(compile::RULE_SLOTS));
@@ -265,7 +280,7 @@ impl Daemon {
                 .map_err(|e| format!("cannot start the dataplane workers: {e}"))?;
         let uplink = store.state().uplink.clone();
         let upstream = UpstreamRouter {
-            netns: format!("{}-upstream", config.prefix),
+            netns: upstream_netns,
             uplink_ifname: "uplink".to_string(),
             uplink_addr: uplink.peer_addr,
             uplink_prefix_len: uplink.prefix_len,

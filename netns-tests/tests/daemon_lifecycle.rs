@@ -205,3 +205,56 @@ fn a_quick_flap_of_the_routers_uplink_gives_its_routes_back() {
     );
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+/// Two sockets, one prefix (a forgotten `--socket`, with the right `--prefix`). Before, a second
+/// daemon of the prefix failed at its uplink (`TUNSETIFF uplink: Device or resource busy`) and
+/// recorded the first one's upstream router as its own; `lab down` on that socket, finding no
+/// daemon there, deleted every namespace of the prefix from under the daemon serving them: the
+/// lab was gone while its daemon ran on. Now the daemon refuses to start and `lab down` does
+/// nothing, each saying why.
+#[test]
+fn a_second_socket_with_a_running_labs_prefix_leaves_that_lab_alone() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("qa3pfx");
+    let vip = "http://172.80.88.5/hostname";
+    assert!(curl_until(&lab, "ext/hop", vip, Duration::from_secs(10)).starts_with("wordpress-"));
+    let namespaces = netns_with_prefix(&lab.prefix);
+    let other = OwnDaemon::new("qa3pfo");
+    let daemon = run_bounded(
+        other.command(&["daemon", "--prefix", &lab.prefix, "--workers", "2"]),
+        None,
+        Duration::from_secs(30),
+    );
+    let down = run_bounded(
+        other.command(&["lab", "down", "--prefix", &lab.prefix]),
+        None,
+        Duration::from_secs(60),
+    );
+    assert_eq!(netns_with_prefix(&lab.prefix), namespaces);
+    assert!(
+        curl(&lab, "ext/hop", vip).starts_with("wordpress-"),
+        "the lab's VIP stopped answering"
+    );
+    assert_eq!(daemon.status.code(), Some(1), "{}", describe(&daemon));
+    assert!(
+        stderr(&daemon).contains(&format!(
+            "another daemon runs with the prefix {}",
+            lab.prefix
+        )),
+        "{}",
+        describe(&daemon)
+    );
+    assert!(!other.record().exists(), "the refused daemon left a record");
+    assert_eq!(down.status.code(), Some(1), "{}", describe(&down));
+    assert!(
+        stderr(&down).contains("nothing done"),
+        "{}",
+        describe(&down)
+    );
+    // The lab's own `lab down` still takes it all away.
+    let out = lab.down();
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(lab.leftovers(), Vec::<String>::new());
+}

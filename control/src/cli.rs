@@ -131,7 +131,8 @@ struct DaemonArgs {
     /// Set by `pacific lab up` when it starts the daemon.
     #[arg(long, hide = true)]
     started_by_lab: bool,
-    /// The most connections tracked at once (past it the soonest-expiring are evicted).
+    /// The most connections tracked at once (past it the soonest-expiring not yet established
+    /// are evicted; with none, a new connection is dropped, `conntrack-full` in `get ports`).
     #[arg(long, default_value_t = DEFAULT_CONNTRACK_MAX)]
     conntrack_max: usize,
     /// A connection timeout, NAME=SECONDS (repeatable): tcp-syn-sent, tcp-established,

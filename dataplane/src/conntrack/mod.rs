@@ -251,7 +251,8 @@ impl Timeouts {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConntrackConfig {
-    /// The most connections tracked at once; past it the oldest-expiring entries are evicted.
+    /// The most connections tracked at once; past it the soonest-expiring entries not yet
+    /// established are evicted, and a new connection is refused when there are none.
     pub max_connections: usize,
     pub timeouts: Timeouts,
 }
@@ -499,6 +500,8 @@ pub struct ConntrackStats {
 
 /// How many entries eviction compares when the table is full (exact LRU would cost a list).
 const EVICTION_SAMPLE: usize = 16;
+/// How many samples a full table looks through for a connection it may evict.
+const EVICTION_ROUNDS: usize = 4;
 /// Lookups that find a connection ending under them start again; this bounds how often.
 const RETRIES: usize = 8;
 
@@ -879,23 +882,54 @@ impl Conntrack {
     }
 
     /// Evicts, from a full table, the connection that expires soonest among a small sample
-    /// taken where the last eviction left off. False when nothing could be evicted.
+    /// taken where the last eviction left off, of those not yet established (see
+    /// [`Conntrack::evictable_id`]); up to [`EVICTION_ROUNDS`] samples. False when nothing
+    /// could be evicted: the new connection is then refused, as Linux's early drop spares
+    /// assured connections and drops the packet instead. Evicting established ones, the idlest
+    /// first, silently broke them: a server's next segment to a pod behind SNAT found no
+    /// binding and was lost, and the pod, with nothing to send, never made a new one.
     fn evict_one(&self, now: u64) -> bool {
         let high_water = self.table.high_water() as usize;
         if high_water == 0 {
             return false;
         }
-        let start = self.evict_cursor.fetch_add(EVICTION_SAMPLE, Relaxed);
-        let victim = (start..start + EVICTION_SAMPLE)
-            .map(|n| (n % high_water) as u32)
-            .filter_map(|slot| self.live_id(slot))
-            .min_by_key(|id| self.table.clock(id.slot) & EXPIRY_MASK);
-        let evicted = victim.is_some_and(|id| self.end(id, |_| true).is_some());
-        if evicted {
-            self.stats.evicted.fetch_add(1, Relaxed);
+        for _ in 0..EVICTION_ROUNDS {
+            let start = self.evict_cursor.fetch_add(EVICTION_SAMPLE, Relaxed);
+            let victim = (start..start + EVICTION_SAMPLE)
+                .map(|n| (n % high_water) as u32)
+                .filter_map(|slot| self.evictable_id(slot))
+                .min_by_key(|id| self.table.clock(id.slot) & EXPIRY_MASK);
+            if victim.is_some_and(|id| self.end(id, |_| true).is_some()) {
+                self.stats.evicted.fetch_add(1, Relaxed);
+                return true;
+            }
         }
         let _ = now;
-        evicted
+        false
+    }
+
+    /// The handle of the connection in `slot` if one lives there that a full table may evict:
+    /// not a TCP connection past its handshake and not yet closing, nor a UDP (or other
+    /// portless) flow that has been answered. Half-open connections, unanswered flows, pings
+    /// and those in TIME_WAIT or CLOSE may go.
+    fn evictable_id(&self, slot: u32) -> Option<ConnId> {
+        let id = self.live_id(slot)?;
+        let protocol = self.table.whole(slot)?.keys[0].protocol;
+        let established = match protocol {
+            PROTO_TCP => {
+                let cold = self.table.cold(slot)?;
+                matches!(
+                    cold.slow.tcp,
+                    TcpState::Established
+                        | TcpState::FinWait
+                        | TcpState::CloseWait
+                        | TcpState::LastAck
+                )
+            }
+            PROTO_ICMP => false,
+            _ => self.table.clock(slot) & REPLIED != 0,
+        };
+        (!established).then_some(id)
     }
 
     /// The handle of the connection in `slot`, if one lives there.
@@ -1754,6 +1788,44 @@ mod tests {
         }
         assert!(ct.is_empty());
         assert_eq!(ct.expire_part(timeout, 10, |_| {}), 0);
+    }
+
+    /// A table full of established connections refuses a new one (counted) instead of evicting
+    /// one of them; once one closes, it is the one that goes.
+    #[test]
+    fn a_full_table_keeps_its_established_connections_and_refuses_new_ones() {
+        let ct = Conntrack::new(ConntrackConfig {
+            max_connections: 64,
+            ..Default::default()
+        });
+        let conn = |port: u16| key([172, 211, 0, 18], 1024 + port, [198, 51, 100, 100], 80);
+        for port in 0..64u16 {
+            let k = conn(port);
+            ct.insert(new_conn(k), 1, TCP_SYN, 1).unwrap();
+            ct.track(&k.reversed(), TCP_SYN | TCP_ACK, 2);
+            ct.track(&k, TCP_ACK, 3);
+        }
+        for port in 100..110u16 {
+            let result = ct.insert(new_conn(conn(port)), 1, TCP_SYN, 10);
+            assert_eq!(result.err(), Some(InsertError::Full));
+        }
+        assert_eq!(ct.stats.refused.load(Relaxed), 10);
+        assert_eq!(ct.stats.evicted.load(Relaxed), 0);
+        for port in 0..64u16 {
+            assert_eq!(state(&ct, &conn(port)), TcpState::Established, "{port}");
+        }
+        // One closes (TIME_WAIT): a new connection takes its place.
+        let closing = conn(7);
+        ct.track(&closing, TCP_FIN | TCP_ACK, 20);
+        ct.track(&closing.reversed(), TCP_FIN | TCP_ACK, 21);
+        ct.track(&closing, TCP_ACK, 22);
+        assert_eq!(state(&ct, &closing), TcpState::TimeWait);
+        ct.insert(new_conn(conn(200)), 1, TCP_SYN, 30).unwrap();
+        assert!(ct.get(&closing).is_none());
+        assert_eq!(ct.stats.evicted.load(Relaxed), 1);
+        for port in (0..64u16).filter(|&p| p != 7) {
+            assert_eq!(state(&ct, &conn(port)), TcpState::Established, "{port}");
+        }
     }
 
     #[test]

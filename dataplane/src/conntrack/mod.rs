@@ -910,35 +910,25 @@ impl Conntrack {
 
     /// The handle of the connection in `slot` if one lives there that a full table may evict:
     /// not a TCP connection past its handshake and not yet closing, nor a UDP (or other
-    /// portless) flow that has been answered. Half-open connections, unanswered flows, pings
-    /// and those in TIME_WAIT or CLOSE may go.
+    /// portless) flow that has been answered. Half-open connections, unanswered flows and those
+    /// in TIME_WAIT or CLOSE may go. One look at the connection's state, under its mutex: this
+    /// runs for every new connection a full table sees.
     fn evictable_id(&self, slot: u32) -> Option<ConnId> {
-        let id = self.live_id(slot)?;
-        let protocol = self.table.whole(slot)?.keys[0].protocol;
-        let established = match protocol {
-            PROTO_TCP => {
-                let cold = self.table.cold(slot)?;
-                matches!(
-                    cold.slow.tcp,
-                    TcpState::Established
-                        | TcpState::FinWait
-                        | TcpState::CloseWait
-                        | TcpState::LastAck
-                )
-            }
-            PROTO_ICMP => false,
-            _ => self.table.clock(slot) & REPLIED != 0,
-        };
-        (!established).then_some(id)
-    }
-
-    /// The handle of the connection in `slot`, if one lives there.
-    fn live_id(&self, slot: u32) -> Option<ConnId> {
         if !self.table.is_live(slot) {
             return None;
         }
+        let replied = self.table.clock(slot) & REPLIED != 0;
         let cold = self.table.cold(slot)?;
-        cold.live.then_some(ConnId {
+        // Other protocols than TCP stay in the state a connection starts with (SYN_SENT), where
+        // a TCP connection is never replied: a SYN-ACK makes it SYN_RECV.
+        let established = match cold.slow.tcp {
+            TcpState::Established | TcpState::FinWait | TcpState::CloseWait | TcpState::LastAck => {
+                true
+            }
+            TcpState::SynSent => replied,
+            TcpState::SynRecv | TcpState::TimeWait | TcpState::Close => false,
+        };
+        (cold.live && !established).then_some(ConnId {
             slot,
             incarnation: cold.incarnation,
         })
@@ -1799,21 +1789,29 @@ mod tests {
             ..Default::default()
         });
         let conn = |port: u16| key([172, 211, 0, 18], 1024 + port, [198, 51, 100, 100], 80);
-        for port in 0..64u16 {
+        for port in 0..63u16 {
             let k = conn(port);
             ct.insert(new_conn(k), 1, TCP_SYN, 1).unwrap();
             ct.track(&k.reversed(), TCP_SYN | TCP_ACK, 2);
             ct.track(&k, TCP_ACK, 3);
         }
+        // An answered UDP flow is as established.
+        let udp = FlowKey {
+            protocol: PROTO_UDP,
+            ..key([172, 211, 0, 18], 5353, [198, 51, 100, 1], 53)
+        };
+        ct.insert(new_conn(udp), 1, 0, 1).unwrap();
+        ct.track(&udp.reversed(), 0, 2);
         for port in 100..110u16 {
             let result = ct.insert(new_conn(conn(port)), 1, TCP_SYN, 10);
             assert_eq!(result.err(), Some(InsertError::Full));
         }
         assert_eq!(ct.stats.refused.load(Relaxed), 10);
         assert_eq!(ct.stats.evicted.load(Relaxed), 0);
-        for port in 0..64u16 {
+        for port in 0..63u16 {
             assert_eq!(state(&ct, &conn(port)), TcpState::Established, "{port}");
         }
+        assert!(ct.get(&udp).is_some());
         // One closes (TIME_WAIT): a new connection takes its place.
         let closing = conn(7);
         ct.track(&closing, TCP_FIN | TCP_ACK, 20);
@@ -1823,7 +1821,8 @@ mod tests {
         ct.insert(new_conn(conn(200)), 1, TCP_SYN, 30).unwrap();
         assert!(ct.get(&closing).is_none());
         assert_eq!(ct.stats.evicted.load(Relaxed), 1);
-        for port in (0..64u16).filter(|&p| p != 7) {
+        assert!(ct.get(&udp).is_some());
+        for port in (0..63u16).filter(|&p| p != 7) {
             assert_eq!(state(&ct, &conn(port)), TcpState::Established, "{port}");
         }
     }

@@ -259,13 +259,14 @@ impl Daemon {
         // prefix (on another socket) found the first one's upstream router, failed at its uplink
         // (`TUNSETIFF uplink: Device or resource busy`) and recorded that namespace as its own,
         // for its `lab down` to delete under the first daemon. Refused before anything is made.
+        // A TAP that is not persistent lives only while a daemon holds it open, so the uplink
+        // tells a running daemon from the leftover of one that was SIGKILLed (reused as it is).
         let upstream_netns = format!("{}-upstream", config.prefix);
-        if netns::netns_exists(&upstream_netns) {
+        if netns::netns_exists(&upstream_netns) && netns::link_exists(&upstream_netns, "uplink") {
             return Err(format!(
                 "the namespace {upstream_netns} exists: another daemon runs with the prefix {} \
                  (on another socket than {}); give this one another --prefix, or stop that one \
-                 (`pacific --socket ITS-SOCKET lab down`); a leftover nothing runs in goes with \
-                 `ip netns delete {upstream_netns}`",
+                 (`pacific --socket ITS-SOCKET lab down`)",
                 config.prefix,
                 config.socket.display()
             ));

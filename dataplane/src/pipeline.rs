@@ -44,7 +44,7 @@ use crate::packet::ethernet::{self, mac_at, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 use crate::packet::parse::{
     self, parse_frame, ArpInfo, InnerPacket, Ipv4Info, ParsedFrame, L3, L4,
 };
-use crate::packet::rewrite::{self, PlainV4};
+use crate::packet::rewrite;
 use crate::packet::vnet::VIRTIO_NET_HDR_F_NEEDS_CSUM;
 use crate::packet::MacAddr;
 use crate::packet::{icmp, ipv4};
@@ -727,20 +727,9 @@ impl Pipeline {
         {
             // What `hit` finds for it: the action stands and the TTL lasts.
             if generation == t.generation && !(action.routed && ff.ttl <= action.ttl_dec) {
-                // The key unpacked here, not above: the rare branches below take it by
-                // reference, and unpacked early it would be spilled to the stack for them.
-                let key = ff.hash.key();
-                let v4 = PlainV4 {
-                    udp: protocol != PROTO_TCP,
-                    ttl: ff.ttl,
-                    protocol,
-                    src: key.src,
-                    dst: key.dst,
-                    src_port: key.src_port,
-                    dst_port: key.dst_port,
-                };
+                let udp = protocol != PROTO_TCP;
                 return self.transmit_with(t, ctx, &action, pkt, |frame, rewrite, partial| {
-                    rewrite::apply_action_v4(frame, &v4, rewrite, partial)
+                    rewrite::apply_action_v4(frame, udp, rewrite, partial)
                 });
             }
         }

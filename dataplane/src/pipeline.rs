@@ -35,8 +35,8 @@ use arc_swap::ArcSwap;
 
 use crate::affinity::Affinity;
 use crate::conntrack::{
-    Conn, ConnInfo, Conntrack, ConntrackConfig, Dir, FlowAction, FlowHash, FlowKey, Hint,
-    InsertError, Inserted, LbBinding, Tracked,
+    Advanced, Conn, ConnInfo, Conntrack, ConntrackConfig, Dir, FlowAction, FlowHash, FlowKey, Hint,
+    InsertError, Inserted, LbBinding, PackedAction, Tracked,
 };
 use crate::fragments::{DatagramId, Fragments};
 use crate::packet::build;
@@ -715,10 +715,10 @@ impl Pipeline {
         let protocol = ff.hash.protocol();
         let tracked = self
             .conntrack
-            .track_hashed(protocol, &ff.hash, ff.hint, ff.tcp_flags, now);
+            .track_packed(protocol, &ff.hash, ff.hint, ff.tcp_flags, now);
         if let Some((
             _,
-            Tracked::Pass {
+            Advanced::Pass {
                 action,
                 generation,
                 opened: 0,
@@ -726,13 +726,11 @@ impl Pipeline {
         )) = tracked
         {
             // What `hit` finds for it: the action stands and the TTL lasts.
-            if generation == t.generation && !(action.routed && ff.ttl <= action.ttl_dec) {
-                let udp = protocol != PROTO_TCP;
-                return self.transmit_with(t, ctx, &action, pkt, |frame, rewrite, partial| {
-                    rewrite::apply_action_v4(frame, udp, rewrite, partial)
-                });
+            if generation == t.generation && !(action.routed() && ff.ttl <= action.ttl_dec()) {
+                return Self::forward_v4(t, &mut ctx.tx, action, protocol != PROTO_TCP, pkt);
             }
         }
+        let tracked = tracked.map(|(dir, advanced)| (dir, advanced.unpack()));
         // The connection was tracked: whatever follows must not send the frame down the
         // general path, which would track it again. The parse cannot fail (it did not before).
         let key = ff.hash.key();
@@ -769,6 +767,44 @@ impl Pipeline {
             None,
             pkt,
         )
+    }
+
+    /// [`Pipeline::transmit`] for the fast path's frame (see [`rewrite::apply_action_v4`]), the
+    /// action read from its packed words and the MACs taken from where the tables hold them:
+    /// what goes through registers instead of a [`rewrite::Action`] assembled in memory.
+    #[inline(always)]
+    fn forward_v4(
+        t: &Tables,
+        tx: &mut Vec<Tx>,
+        action: PackedAction,
+        udp: bool,
+        pkt: &mut PacketBuf,
+    ) -> Verdict {
+        let out_port = action.out_port();
+        let Some(out) = t.port(out_port) else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        let Some((vnet, frame)) = pkt
+            .buf
+            .get_mut(..pkt.len)
+            .and_then(|b| b.split_first_chunk_mut::<VNET_HDR_LEN>())
+        else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        // The flags byte of the virtio-net header (its first byte) is all this needs.
+        let partial = vnet[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0;
+        let rewrite = rewrite::ActionV4 {
+            ttl_dec: action.ttl_dec(),
+            snat: action.snat(),
+            dnat: action.dnat(),
+            macs: action.routed().then_some((&t.router_mac, &out.peer_mac)),
+        };
+        rewrite::apply_action_v4(frame, udp, &rewrite, partial);
+        tx.push(Tx {
+            port: out_port,
+            source: TxSource::Packet,
+        });
+        Verdict::Forward
     }
 
     /// What a packet of a tracked connection gets: its cached action, re-validated when the

@@ -420,14 +420,62 @@ fn pack(a: &FlowAction) -> [u64; 3] {
 }
 
 fn unpack(w: [u64; 3]) -> FlowAction {
-    let endpoint =
-        |present: bool, e: u64| present.then(|| (Ipv4Addr::from((e >> 16) as u32), e as u16));
+    let w = PackedAction(w);
     FlowAction {
-        out_port: w[0] as PortId,
-        routed: w[0] & ROUTED != 0,
-        ttl_dec: (w[0] >> TTL_SHIFT) as u8,
-        snat: endpoint(w[0] & HAS_SNAT != 0, w[1]),
-        dnat: endpoint(w[0] & HAS_DNAT != 0, w[2]),
+        out_port: w.out_port(),
+        routed: w.routed(),
+        ttl_dec: w.ttl_dec(),
+        snat: w.snat(),
+        dnat: w.dnat(),
+    }
+}
+
+/// A direction's action as the entry holds it, in the three words of [`pack`]: what the fast
+/// path reads field by field, where a [`FlowAction`] of options built on two paths and handed
+/// up would be assembled in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedAction([u64; 3]);
+
+impl PackedAction {
+    #[inline(always)]
+    pub fn out_port(self) -> PortId {
+        self.0[0] as PortId
+    }
+
+    #[inline(always)]
+    pub fn routed(self) -> bool {
+        self.0[0] & ROUTED != 0
+    }
+
+    #[inline(always)]
+    pub fn ttl_dec(self) -> u8 {
+        (self.0[0] >> TTL_SHIFT) as u8
+    }
+
+    #[inline(always)]
+    pub fn snat(self) -> Option<(Ipv4Addr, u16)> {
+        Self::endpoint(self.0[0] & HAS_SNAT != 0, self.0[1])
+    }
+
+    #[inline(always)]
+    pub fn dnat(self) -> Option<(Ipv4Addr, u16)> {
+        Self::endpoint(self.0[0] & HAS_DNAT != 0, self.0[2])
+    }
+
+    /// Whether the action translates either end.
+    #[inline(always)]
+    pub fn translates(self) -> bool {
+        self.0[0] & (HAS_SNAT | HAS_DNAT) != 0
+    }
+
+    #[inline(always)]
+    pub fn unpack(self) -> FlowAction {
+        unpack(self.0)
+    }
+
+    #[inline(always)]
+    fn endpoint(present: bool, e: u64) -> Option<(Ipv4Addr, u16)> {
+        present.then(|| (Ipv4Addr::from((e >> 16) as u32), e as u16))
     }
 }
 
@@ -449,11 +497,12 @@ pub enum Tracked {
 /// [`Tracked`] with the action still in the three words of the entry: what [`Conntrack::advance`]
 /// returns, so that its quick and slow paths meet on a few words in registers, the action
 /// unpacked once after them (an enum of unpacked actions built on two paths was assembled in
-/// memory and read back, 30 instructions a packet).
-#[derive(Debug, Clone, Copy)]
-enum Advanced {
+/// memory and read back, 30 instructions a packet); and what [`Conntrack::track_packed`] hands
+/// the fast path, which reads the words as it needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advanced {
     Pass {
-        action: [u64; 3],
+        action: PackedAction,
         generation: u64,
         opened: i8,
     },
@@ -462,14 +511,14 @@ enum Advanced {
 
 impl Advanced {
     #[inline(always)]
-    fn unpack(self) -> Tracked {
+    pub fn unpack(self) -> Tracked {
         match self {
             Advanced::Pass {
                 action,
                 generation,
                 opened,
             } => Tracked::Pass {
-                action: unpack(action),
+                action: action.unpack(),
                 generation,
                 opened,
             },
@@ -573,14 +622,28 @@ impl Conntrack {
         &self,
         protocol: u8,
         h: &FlowHash,
-        mut hint: Hint,
+        hint: Hint,
         tcp_flags: u8,
         now: u64,
     ) -> Option<(Dir, Tracked)> {
+        self.track_packed(protocol, h, hint, tcp_flags, now)
+            .map(|(dir, advanced)| (dir, advanced.unpack()))
+    }
+
+    /// [`Conntrack::track_hashed`] with the action left packed.
+    #[inline]
+    pub fn track_packed(
+        &self,
+        protocol: u8,
+        h: &FlowHash,
+        mut hint: Hint,
+        tcp_flags: u8,
+        now: u64,
+    ) -> Option<(Dir, Advanced)> {
         for _ in 0..RETRIES {
             let hot = self.table.find(h, std::mem::take(&mut hint))?;
             if let Some(advanced) = self.advance(&hot, protocol, tcp_flags, now) {
-                return Some((hot.dir, advanced.unpack()));
+                return Some((hot.dir, advanced));
             }
         }
         None
@@ -671,7 +734,7 @@ impl Conntrack {
         }
         hot.count();
         Some(Advanced::Pass {
-            action: hot.action,
+            action: PackedAction(hot.action),
             generation: hot.generation,
             opened: 0,
         })
@@ -737,7 +800,7 @@ impl Conntrack {
         );
         self.table.count(slot, dir);
         Some(Advanced::Pass {
-            action: whole.actions[dir as usize],
+            action: PackedAction(whole.actions[dir as usize]),
             generation: whole.generation,
             opened,
         })

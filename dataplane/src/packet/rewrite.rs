@@ -352,6 +352,29 @@ pub fn apply_action(frame: &mut [u8], ip: &Ipv4Info, action: &Action, csum_parti
     put16(l4, csum_off, csum);
 }
 
+/// [`Action`] as [`apply_action_v4`] takes it: the MACs by reference, from where the tables hold
+/// them, rather than copied into the action first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ActionV4<'a> {
+    pub ttl_dec: u8,
+    pub snat: Option<(Ipv4Addr, u16)>,
+    pub dnat: Option<(Ipv4Addr, u16)>,
+    /// New Ethernet `(source, destination)` addresses.
+    pub macs: Option<(&'a MacAddr, &'a MacAddr)>,
+}
+
+impl Action {
+    /// The action for [`apply_action_v4`].
+    pub fn v4(&self) -> ActionV4<'_> {
+        ActionV4 {
+            ttl_dec: self.ttl_dec,
+            snat: self.snat,
+            dnat: self.dnat,
+            macs: self.macs.as_ref().map(|(src, dst)| (src, dst)),
+        }
+    }
+}
+
 /// [`apply_action`] for a frame that [`super::parse::parse_ipv4_fast`] accepted (Ethernet
 /// without tags, IPv4 without options, UDP when `udp`, else TCP), with the header offsets fixed
 /// and the bounds checked once: the same bytes (a unit test compares them), a good deal fewer
@@ -364,7 +387,7 @@ pub fn apply_action(frame: &mut [u8], ip: &Ipv4Info, action: &Action, csum_parti
 /// and no word is swapped. The old fields are read from the frame, where the parse just found
 /// them, rather than carried in registers beside the action.
 #[inline]
-pub fn apply_action_v4(frame: &mut [u8], udp: bool, action: &Action, csum_partial: bool) {
+pub fn apply_action_v4(frame: &mut [u8], udp: bool, action: &ActionV4, csum_partial: bool) {
     const L4: usize = ethernet::HEADER_LEN + ipv4::HEADER_LEN;
     // The transport checksum ends each view: UDP's is at 6, TCP's at 16.
     const UDP_END: usize = L4 + udp::field::CHECKSUM.end;
@@ -402,7 +425,7 @@ fn ne32(h: &[u8], at: usize) -> u32 {
 fn rewrite_plain_v4<const N: usize>(
     head: &mut [u8; N],
     udp: bool,
-    action: &Action,
+    action: &ActionV4,
     csum_partial: bool,
 ) {
     const IP: usize = ethernet::HEADER_LEN;
@@ -416,19 +439,20 @@ fn rewrite_plain_v4<const N: usize>(
         head[ethernet::field::DESTINATION].copy_from_slice(&dst.0);
         head[ethernet::field::SOURCE].copy_from_slice(&src.0);
     }
-    if action.ttl_dec == 0 && action.snat.is_none() && action.dnat.is_none() {
-        return;
-    }
-    // Each change as RFC 1624 equation 3's `~m + m'`, in the frame's byte order.
-    let mut ip_delta = 0;
-    if action.ttl_dec > 0 {
-        // TTL and protocol share a word; only the TTL byte changes, and it only goes down.
-        let old = ne16(head, TTL);
-        let ttl = head[TTL];
-        let new_ttl = ttl.saturating_sub(action.ttl_dec);
-        head[TTL] = new_ttl;
-        ip_delta = u32::from(!old) + u32::from(ne16(head, TTL));
-    }
+    // Each change as RFC 1624 equation 3's `~m + m'`, in the frame's byte order. With nothing
+    // to change the header checksum is stored as it was (`~fold(~c) = c`), as `apply_action`
+    // leaves it.
+    //
+    // TTL and protocol share a word and only the TTL byte goes down, by `d`, with no borrow
+    // from the protocol byte: `~m + m'` is `0xffff - m + m - d`. (With no TTL step the word is
+    // not counted at all, as `apply_action` does not touch it: a zero sum stays zero.)
+    let d = head[TTL].min(action.ttl_dec);
+    head[TTL] -= d;
+    let ip_delta = if action.ttl_dec > 0 {
+        0xffff - u32::from(d)
+    } else {
+        0
+    };
     let mut addr_delta = 0;
     let mut port_delta = 0;
     if let Some((addr, port)) = action.snat {
@@ -1160,7 +1184,7 @@ mod tests {
                 let mut general = frame.clone();
                 apply_action(&mut general, &ip, &action, partial);
                 let mut fixed = frame.clone();
-                apply_action_v4(&mut fixed, ip.protocol == PROTO_UDP, &action, partial);
+                apply_action_v4(&mut fixed, ip.protocol == PROTO_UDP, &action.v4(), partial);
                 assert_eq!(
                     fixed, general,
                     "{action:?} partial {partial} on {frame:02x?}"
@@ -1175,7 +1199,7 @@ mod tests {
                     dnat: Some((B, 2)),
                     macs: None,
                 };
-                apply_action_v4(&mut cut, frame[23] == PROTO_UDP, &all, false);
+                apply_action_v4(&mut cut, frame[23] == PROTO_UDP, &all.v4(), false);
                 assert!(cut == frame[..n] || n >= 42, "a short frame is left alone");
             }
         }

@@ -301,6 +301,57 @@ struct FastFrame {
     hint: Hint,
 }
 
+/// What [`Pipeline::fast_frame`] checks the head of a frame from one port against, worked out
+/// once for a batch: the router's MAC as the destination and, on a pod's port, the pod's MAC as
+/// the source and its IP as the source address (SpoofGuard). The twelve bytes of MACs are
+/// compared as two words loaded from the frame, what a port does not check masked off.
+#[derive(Debug, Clone, Copy)]
+struct FastGuard {
+    /// Bytes 0..8 of the frame (the destination MAC, the source's first two bytes) and 8..12,
+    /// as they load from memory.
+    macs: (u64, u32),
+    macs_mask: (u64, u32),
+    /// The source address (as a `u32`): masked to nothing on a port that is not a pod's.
+    src: u32,
+    src_mask: u32,
+}
+
+impl FastGuard {
+    fn new(t: &Tables, port: &Port) -> FastGuard {
+        let mut head = [0u8; 12];
+        head[..6].copy_from_slice(&t.router_mac.0);
+        head[6..].copy_from_slice(&port.peer_mac.0);
+        let (src, src_mask, mask) = match port.kind {
+            PortKind::Pod { ip, .. } => (u32::from(ip), u32::MAX, [0xff; 12]),
+            _ => (0, 0, [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0]),
+        };
+        FastGuard {
+            macs: Self::words(&head),
+            macs_mask: Self::words(&mask),
+            src,
+            src_mask,
+        }
+    }
+
+    /// Whether a frame whose first twelve bytes are `head`, sent from `src`, passes.
+    #[inline(always)]
+    fn passes(&self, head: &[u8; 12], src: Ipv4Addr) -> bool {
+        let (lo, hi) = Self::words(head);
+        (lo ^ self.macs.0) & self.macs_mask.0 == 0
+            && (hi ^ self.macs.1) & self.macs_mask.1 == 0
+            && (u32::from(src) ^ self.src) & self.src_mask == 0
+    }
+
+    #[inline(always)]
+    fn words(b: &[u8; 12]) -> (u64, u32) {
+        let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3] = *b;
+        (
+            u64::from_ne_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+            u32::from_ne_bytes([b0, b1, b2, b3]),
+        )
+    }
+}
+
 /// Where the walk through the gateways ended. `back`, in the variants the router answers, counts
 /// the gateways the packet crossed before the one that answers: the answer crosses them again
 /// on its way back, and each takes one off its TTL ([`build::age_answer`]).
@@ -433,7 +484,8 @@ impl Pipeline {
         if pkt.len < VNET_HDR_LEN {
             return Verdict::Drop(DropReason::Malformed);
         }
-        if let Some(ff) = self.fast_frame(tables, port, pkt.frame()).filter(|_| fast) {
+        let guard = FastGuard::new(tables, port);
+        if let Some(ff) = self.fast_frame(&guard, pkt.frame()).filter(|_| fast) {
             return self.fast_path(tables, ctx, now, port, &ff, pkt);
         }
         self.general_path(tables, ctx, now, port, pkt)
@@ -464,14 +516,15 @@ impl Pipeline {
         };
         let tables: &Tables = cache.load();
         let port = tables.port(in_port);
+        let guard = port.map(|port| FastGuard::new(tables, port));
         let mut done = 0;
         for batch in pkts.chunks_mut(BATCH) {
             let mut prepared: [Option<FastFrame>; BATCH] = [None; BATCH];
-            if let Some(port) = port {
+            if let Some(guard) = &guard {
                 for (pkt, slot) in batch.iter().zip(prepared.iter_mut()) {
                     // Stored only when taken: a store of the option on both outcomes would
                     // assemble it on the stack first.
-                    if let Some(ff) = self.fast_frame(tables, port, pkt.frame()) {
+                    if let Some(ff) = self.fast_frame(guard, pkt.frame()) {
                         self.conntrack.warm_bucket(&ff.hash);
                         *slot = Some(ff);
                     }
@@ -650,20 +703,16 @@ impl Pipeline {
     }
 
     /// A frame for the fast path: what [`parse::parse_ipv4_fast`] found in a frame addressed to
-    /// the router that passes SpoofGuard on `port`, its key hashed. `None` sends the frame down
+    /// the router that passes SpoofGuard on the guard's port, its key hashed. `None` sends the frame down
     /// the general path, which drops or switches it. (Pure: `process_batch` decides it for a
     /// whole batch before processing the first frame.)
     #[inline]
-    fn fast_frame(&self, t: &Tables, port: &Port, frame: &[u8]) -> Option<FastFrame> {
+    fn fast_frame(&self, guard: &FastGuard, frame: &[u8]) -> Option<FastFrame> {
         let ip = parse::parse_ipv4_fast(frame)?;
-        let macs: &[u8; 12] = frame.get(..12)?.try_into().ok()?;
-        if macs[..6] != t.router_mac.0 {
-            return None; // switched, broadcast, or not for us
-        }
-        if let PortKind::Pod { ip: pod_ip, .. } = port.kind {
-            if macs[6..] != port.peer_mac.0 || ip.src != pod_ip {
-                return None; // dropped and counted by the general path
-            }
+        // Not for us (switched, broadcast), or failing SpoofGuard: the general path drops or
+        // switches it, and counts it.
+        if !guard.passes(frame.first_chunk::<12>()?, ip.src) {
+            return None;
         }
         let (src_port, dst_port, tcp_flags) = match ip.l4 {
             L4::Tcp {

@@ -290,7 +290,7 @@ struct Path {
 /// A frame the fast path takes, as [`Pipeline::fast_frame`] parsed it: what `process_batch`
 /// keeps of each frame between its stages.
 #[derive(Debug, Clone, Copy)]
-struct FastFrame {
+struct FastFrame<'t> {
     /// The key, hashed (`FlowHash::key` gives it back).
     hash: FlowHash,
     ttl: u8,
@@ -298,7 +298,7 @@ struct FastFrame {
     /// The IP total length: the packet ends there, padding may follow.
     end: u16,
     /// Where the warming stage saw the connection, if it did.
-    hint: Hint,
+    hint: Hint<'t>,
 }
 
 /// What [`Pipeline::fast_frame`] checks the head of a frame from one port against, worked out
@@ -707,7 +707,7 @@ impl Pipeline {
     /// the general path, which drops or switches it. (Pure: `process_batch` decides it for a
     /// whole batch before processing the first frame.)
     #[inline]
-    fn fast_frame(&self, guard: &FastGuard, frame: &[u8]) -> Option<FastFrame> {
+    fn fast_frame(&self, guard: &FastGuard, frame: &[u8]) -> Option<FastFrame<'static>> {
         let ip = parse::parse_ipv4_fast(frame)?;
         // Not for us (switched, broadcast), or failing SpoofGuard: the general path drops or
         // switches it, and counts it.

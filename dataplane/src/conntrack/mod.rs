@@ -603,7 +603,7 @@ impl Conntrack {
     /// Second stage of a batch, after [`Conntrack::warm_bucket`]: brings the entry the bucket
     /// points at towards the cache, and says where it is for [`Conntrack::track_hashed`].
     #[inline(always)]
-    pub fn warm_entry(&self, h: &FlowHash) -> Hint {
+    pub fn warm_entry(&self, h: &FlowHash) -> Hint<'_> {
         self.table.warm_entry(h)
     }
 
@@ -622,7 +622,7 @@ impl Conntrack {
         &self,
         protocol: u8,
         h: &FlowHash,
-        hint: Hint,
+        hint: Hint<'_>,
         tcp_flags: u8,
         now: u64,
     ) -> Option<(Dir, Tracked)> {
@@ -636,7 +636,7 @@ impl Conntrack {
         &self,
         protocol: u8,
         h: &FlowHash,
-        mut hint: Hint,
+        mut hint: Hint<'_>,
         tcp_flags: u8,
         now: u64,
     ) -> Option<(Dir, Advanced)> {

@@ -181,13 +181,27 @@ pub struct FlowHash {
     hash: u64,
 }
 
-/// Where the warming stage of a batch saw a key's entry: a slot word of the index, checked
-/// like any other when it is used (the connection may have ended since).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Hint(u64);
+/// Where the warming stage of a batch saw a key's entry: the entry the slot word of the index
+/// names, and the word, so that the lookup opens the entry without finding it again. The entry
+/// is checked like any other when it is used (the connection may have ended since, or the slot
+/// been reused: its key is compared under the sequence lock).
+#[derive(Clone, Copy, Default)]
+pub struct Hint<'t> {
+    entry: Option<&'t Entry>,
+    word: u64,
+}
 
-impl Hint {
-    pub const NONE: Hint = Hint(0);
+impl Hint<'static> {
+    pub const NONE: Hint<'static> = Hint {
+        entry: None,
+        word: 0,
+    };
+}
+
+impl std::fmt::Debug for Hint<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Hint").field(&self.word).finish()
+    }
 }
 
 impl FlowHash {
@@ -393,7 +407,7 @@ impl Table {
     /// Touches the entry the home bucket's tags point at (the second stage of a batch), and
     /// returns the slot word that names it: a hint for [`Table::find`].
     #[inline(always)]
-    pub fn warm_entry(&self, h: &FlowHash) -> Hint {
+    pub fn warm_entry(&self, h: &FlowHash) -> Hint<'_> {
         let tag = Self::tag(h);
         let Some(w) = self.buckets[self.home(h)]
             .slots
@@ -403,20 +417,21 @@ impl Table {
         else {
             return Hint::NONE;
         };
-        if let Some(e) = self.entry(slot_entry(w)) {
+        let entry = self.entry(slot_entry(w));
+        if let Some(e) = entry {
             std::hint::black_box(e.w[META].load(Relaxed));
             std::hint::black_box(e.w[ACTION[1]].load(Relaxed));
         }
-        Hint(w)
+        Hint { entry, word: w }
     }
 
     /// Finds the connection holding the key and reads what its packet needs, without a lock.
     /// `hint`: what [`Table::warm_entry`] returned for the key, tried first.
     #[inline]
-    pub fn find(&self, h: &FlowHash, Hint(hint): Hint) -> Option<Hot<'_>> {
+    pub fn find<'t>(&'t self, h: &FlowHash, hint: Hint<'t>) -> Option<Hot<'t>> {
         let tag = Self::tag(h);
-        if hint >> 32 == tag {
-            if let Some(hot) = self.read_hot(slot_entry(hint), slot_dir(hint), h) {
+        if let Some(e) = hint.entry {
+            if let Some(hot) = Self::read_entry(e, slot_entry(hint.word), slot_dir(hint.word), h) {
                 return Some(hot);
             }
         }
@@ -441,8 +456,13 @@ impl Table {
     /// One direction's view of an entry, if the entry holds the key in that direction.
     #[inline(always)]
     pub fn read_hot(&self, slot: u32, dir: Dir, h: &FlowHash) -> Option<Hot<'_>> {
+        Self::read_entry(self.entry(slot)?, slot, dir, h)
+    }
+
+    /// [`Table::read_hot`] on the entry of `slot`.
+    #[inline(always)]
+    fn read_entry<'t>(e: &'t Entry, slot: u32, dir: Dir, h: &FlowHash) -> Option<Hot<'t>> {
         let key = h.words;
-        let e = self.entry(slot)?;
         let d = dir as usize;
         loop {
             let before = e.w[META].load(Acquire);

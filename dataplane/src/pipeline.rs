@@ -35,8 +35,8 @@ use arc_swap::ArcSwap;
 
 use crate::affinity::Affinity;
 use crate::conntrack::{
-    Advanced, Conn, ConnInfo, Conntrack, ConntrackConfig, Dir, FlowAction, FlowHash, FlowKey, Hint,
-    InsertError, Inserted, LbBinding, PackedAction, Tracked,
+    Advanced, Conn, ConnInfo, Conntrack, ConntrackConfig, Deadlines, Dir, FlowAction, FlowHash,
+    FlowKey, Hint, InsertError, Inserted, LbBinding, PackedAction, Tracked,
 };
 use crate::fragments::{DatagramId, Fragments};
 use crate::packet::build;
@@ -486,7 +486,8 @@ impl Pipeline {
         }
         let guard = FastGuard::new(tables, port);
         if let Some(ff) = self.fast_frame(&guard, pkt.frame()).filter(|_| fast) {
-            return self.fast_path(tables, ctx, now, port, &ff, pkt);
+            let deadlines = || self.conntrack.deadlines(now);
+            return self.fast_path(tables, ctx, now, deadlines, port, &ff, pkt);
         }
         self.general_path(tables, ctx, now, port, pkt)
     }
@@ -517,6 +518,7 @@ impl Pipeline {
         let tables: &Tables = cache.load();
         let port = tables.port(in_port);
         let guard = port.map(|port| FastGuard::new(tables, port));
+        let deadlines = self.conntrack.deadlines(now);
         let mut done = 0;
         for batch in pkts.chunks_mut(BATCH) {
             let mut prepared: [Option<FastFrame>; BATCH] = [None; BATCH];
@@ -537,7 +539,9 @@ impl Pipeline {
                 ctx.tx.clear();
                 let verdict = match (port, prep) {
                     (None, _) => Verdict::Drop(DropReason::UnknownPort),
-                    (Some(port), Some(ff)) => self.fast_path(tables, ctx, now, port, ff, pkt),
+                    (Some(port), Some(ff)) => {
+                        self.fast_path(tables, ctx, now, || deadlines, port, ff, pkt)
+                    }
                     // A frame shorter than its header is empty there: dropped as malformed.
                     (Some(port), None) => self.general_path(tables, ctx, now, port, pkt),
                 };
@@ -747,11 +751,13 @@ impl Pipeline {
     /// action stands, goes straight to [`rewrite::apply_action_v4`], and only the rare branches
     /// parse the frame again for the general machinery.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn fast_path(
         &self,
         t: &Tables,
         ctx: &mut WorkerContext,
         now: u64,
+        deadlines: impl Fn() -> Deadlines + Copy,
         port: &Port,
         ff: &FastFrame,
         pkt: &mut PacketBuf,
@@ -762,9 +768,9 @@ impl Pipeline {
             pkt.len = end;
         }
         let protocol = ff.hash.protocol();
-        let tracked = self
-            .conntrack
-            .track_packed(protocol, &ff.hash, ff.hint, ff.tcp_flags, now);
+        let tracked =
+            self.conntrack
+                .track_packed(protocol, &ff.hash, ff.hint, ff.tcp_flags, deadlines);
         if let Some((
             _,
             Advanced::Pass {

@@ -527,6 +527,19 @@ impl Advanced {
     }
 }
 
+/// The expiry words a packet at `now` may give a connection on the quick path, one per timeout
+/// it may take: worked out once for a batch of packets ([`Conntrack::deadlines`]) rather than
+/// added, saturated and capped for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    now: u64,
+    tcp_established: u64,
+    udp: u64,
+    udp_stream: u64,
+    icmp: u64,
+    generic: u64,
+}
+
 /// Why an insert did not happen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum InsertError {
@@ -607,6 +620,21 @@ impl Conntrack {
         self.table.warm_entry(h)
     }
 
+    /// The expiry words of the quick path for packets at `now` (see [`Deadlines`]).
+    #[inline]
+    pub fn deadlines(&self, now: u64) -> Deadlines {
+        let t = &self.config.timeouts;
+        let at = |timeout: u64| now.saturating_add(timeout).min(EXPIRY_MASK);
+        Deadlines {
+            now,
+            tcp_established: at(t.tcp_established),
+            udp: at(t.udp),
+            udp_stream: at(t.udp_stream),
+            icmp: at(t.icmp),
+            generic: at(t.generic),
+        }
+    }
+
     /// Looks a packet up and, when it belongs to a connection, advances the connection's state and
     /// returns the action for its direction. `tcp_flags` is 0 for non-TCP. (`get` hands out the
     /// connection itself, for the rare packets that need it: re-validation, ICMP errors.)
@@ -626,11 +654,13 @@ impl Conntrack {
         tcp_flags: u8,
         now: u64,
     ) -> Option<(Dir, Tracked)> {
-        self.track_packed(protocol, h, hint, tcp_flags, now)
+        self.track_packed(protocol, h, hint, tcp_flags, || self.deadlines(now))
             .map(|(dir, advanced)| (dir, advanced.unpack()))
     }
 
-    /// [`Conntrack::track_hashed`] with the action left packed.
+    /// [`Conntrack::track_hashed`] with the action left packed, for packets at the time of the
+    /// `deadlines` given (a batch's, worked out once; or one packet's, worked out as its
+    /// connection needs them: inlined, only the one it takes is computed).
     #[inline]
     pub fn track_packed(
         &self,
@@ -638,11 +668,11 @@ impl Conntrack {
         h: &FlowHash,
         mut hint: Hint<'_>,
         tcp_flags: u8,
-        now: u64,
+        deadlines: impl Fn() -> Deadlines + Copy,
     ) -> Option<(Dir, Advanced)> {
         for _ in 0..RETRIES {
             let hot = self.table.find(h, std::mem::take(&mut hint))?;
-            if let Some(advanced) = self.advance(&hot, protocol, tcp_flags, now) {
+            if let Some(advanced) = self.advance(&hot, protocol, tcp_flags, deadlines) {
                 return Some((hot.dir, advanced));
             }
         }
@@ -698,37 +728,43 @@ impl Conntrack {
     /// change it, the state machine (see [`SlowState`]). `None`: the entry changed under the
     /// packet (another packet's state change, the connection's end); look again.
     #[inline]
-    fn advance(&self, hot: &Hot, protocol: u8, flags: u8, now: u64) -> Option<Advanced> {
-        let t = &self.config.timeouts;
+    fn advance(
+        &self,
+        hot: &Hot,
+        protocol: u8,
+        flags: u8,
+        d: impl Fn() -> Deadlines,
+    ) -> Option<Advanced> {
         let word = hot.clock;
         let replied = word & REPLIED != 0;
-        let timeout = match protocol {
+        let deadline = match protocol {
             PROTO_TCP => {
                 let quiet = flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0;
                 (quiet && word & STEADY != 0 && (hot.dir == Dir::Original || replied))
-                    .then_some(t.tcp_established)
+                    .then(|| d().tcp_established)
             }
             PROTO_UDP | PROTO_ICMP if hot.dir == Dir::Reply && !replied => None,
-            PROTO_UDP if replied && word & STREAM != 0 => Some(t.udp_stream),
+            PROTO_UDP if replied && word & STREAM != 0 => Some(d().udp_stream),
             // The packet that finds a replied flow 2 s old makes it a stream.
-            PROTO_UDP if replied && is_stream(hot.created(), now) => {
-                return self.advance_quick(hot, t.udp_stream, STREAM, now);
+            PROTO_UDP if replied && is_stream(hot.created(), d().now) => {
+                return self.advance_quick(hot, d().udp_stream, STREAM);
             }
-            PROTO_UDP => Some(t.udp),
-            PROTO_ICMP => Some(t.icmp),
-            _ => Some(t.generic),
+            PROTO_UDP => Some(d().udp),
+            PROTO_ICMP => Some(d().icmp),
+            _ => Some(d().generic),
         };
-        let Some(timeout) = timeout else {
-            return self.advance_slow(hot.id, hot.dir, protocol, flags, now);
+        let Some(deadline) = deadline else {
+            return self.advance_slow(hot.id, hot.dir, protocol, flags, d().now);
         };
-        self.advance_quick(hot, timeout, 0, now)
+        self.advance_quick(hot, deadline, 0)
     }
 
-    /// The packet moves the expiry word (with `bits` added) by compare-and-swap and is counted.
+    /// The packet moves the expiry word to `deadline` (with `bits` added) by compare-and-swap and
+    /// is counted.
     #[inline(always)]
-    fn advance_quick(&self, hot: &Hot, timeout: u64, bits: u64, now: u64) -> Option<Advanced> {
+    fn advance_quick(&self, hot: &Hot, deadline: u64, bits: u64) -> Option<Advanced> {
         let word = hot.clock;
-        let next = (word & !EXPIRY_MASK) | bits | now.saturating_add(timeout).min(EXPIRY_MASK);
+        let next = (word & !EXPIRY_MASK) | bits | deadline;
         if next != word && !hot.swap_clock(next) {
             return None;
         }
@@ -900,7 +936,7 @@ impl Conntrack {
         let first = self
             .table
             .read_hot(slot, Dir::Original, &original)
-            .and_then(|hot| self.advance(&hot, protocol, tcp_flags, now))
+            .and_then(|hot| self.advance(&hot, protocol, tcp_flags, || self.deadlines(now)))
             .map(|advanced| (Dir::Original, advanced.unpack()));
         let tracked = match first
             .or_else(|| self.track_hashed(protocol, &original, Hint::NONE, tcp_flags, now))
@@ -930,7 +966,9 @@ impl Conntrack {
     ) -> Option<Inserted> {
         for _ in 0..RETRIES {
             let hot = self.table.find(original, Hint::NONE)?;
-            if let Some(advanced) = self.advance(&hot, conn.original.protocol, tcp_flags, now) {
+            if let Some(advanced) = self.advance(&hot, conn.original.protocol, tcp_flags, || {
+                self.deadlines(now)
+            }) {
                 return Some(Inserted {
                     id: hot.id,
                     created: false,

@@ -718,25 +718,21 @@ impl Pipeline {
         if !guard.passes(frame.first_chunk::<12>()?, ip.src) {
             return None;
         }
-        let (src_port, dst_port, tcp_flags) = match ip.l4 {
-            L4::Tcp {
-                src_port,
-                dst_port,
-                flags,
-                ..
-            } => (src_port, dst_port, flags),
-            L4::Udp { src_port, dst_port } => (src_port, dst_port, 0),
+        let tcp_flags = match ip.l4 {
+            L4::Tcp { flags, .. } => flags,
+            L4::Udp { .. } => 0,
             _ => return None,
         };
-        let key = FlowKey {
-            protocol: ip.protocol,
-            src: ip.src,
-            dst: ip.dst,
-            src_port,
-            dst_port,
-        };
+        // The key's addresses and ports as the frame carries them (IPv4 without options: the
+        // ports follow the header at once), hashed without being taken apart.
+        const ADDRESSES_AT: usize = ethernet::HEADER_LEN + 12;
+        let wire = frame.get(ADDRESSES_AT..ADDRESSES_AT + 12)?;
         Some(FastFrame {
-            hash: self.conntrack.flow_hash(&key),
+            hash: self.conntrack.flow_hash_wire(
+                ip.protocol,
+                *wire.first_chunk::<8>()?,
+                *wire.last_chunk::<4>()?,
+            ),
             ttl: ip.ttl,
             tcp_flags,
             // At most 14 + 65535: the fast parse checked the total length against the frame.

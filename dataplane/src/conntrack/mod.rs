@@ -607,6 +607,14 @@ impl Conntrack {
         self.table.hash(key)
     }
 
+    /// [`Conntrack::flow_hash`] of a key as a packet carries it: its protocol, the eight bytes of
+    /// its source and destination addresses and the four of its ports, in the packet's order.
+    #[inline(always)]
+    pub fn flow_hash_wire(&self, protocol: u8, addresses: [u8; 8], ports: [u8; 4]) -> FlowHash {
+        self.table
+            .hash_words(table::pack_wire(protocol, addresses, ports))
+    }
+
     /// First stage of a batch: brings the key's index bucket towards the cache.
     #[inline(always)]
     pub fn warm_bucket(&self, h: &FlowHash) {

@@ -674,12 +674,17 @@ impl Conntrack {
         &self,
         protocol: u8,
         h: &FlowHash,
-        mut hint: Hint<'_>,
+        hint: Hint<'_>,
         tcp_flags: u8,
         deadlines: impl Fn() -> Deadlines + Copy,
     ) -> Option<(Dir, Advanced)> {
-        for _ in 0..RETRIES {
-            let hot = self.table.find(h, std::mem::take(&mut hint))?;
+        // The first look with the hint, the retries without.
+        let hot = self.table.find(h, hint)?;
+        if let Some(advanced) = self.advance(&hot, protocol, tcp_flags, deadlines) {
+            return Some((hot.dir, advanced));
+        }
+        for _ in 1..RETRIES {
+            let hot = self.table.find(h, Hint::NONE)?;
             if let Some(advanced) = self.advance(&hot, protocol, tcp_flags, deadlines) {
                 return Some((hot.dir, advanced));
             }

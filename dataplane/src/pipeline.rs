@@ -337,9 +337,10 @@ impl FastGuard {
     #[inline(always)]
     fn passes(&self, head: &[u8; 12], src: Ipv4Addr) -> bool {
         let (lo, hi) = Self::words(head);
-        (lo ^ self.macs.0) & self.macs_mask.0 == 0
-            && (hi ^ self.macs.1) & self.macs_mask.1 == 0
-            && (u32::from(src) ^ self.src) & self.src_mask == 0
+        // Every difference that counts, or'd into one word: one test, one branch.
+        let macs = (lo ^ self.macs.0) & self.macs_mask.0
+            | u64::from((hi ^ self.macs.1) & self.macs_mask.1);
+        macs | u64::from((u32::from(src) ^ self.src) & self.src_mask) == 0
     }
 
     #[inline(always)]
@@ -772,12 +773,15 @@ impl Pipeline {
             Advanced::Pass {
                 action,
                 generation,
-                opened: 0,
+                opened,
             },
         )) = tracked
         {
-            // What `hit` finds for it: the action stands and the TTL lasts.
-            if generation == t.generation && !(action.routed() && ff.ttl <= action.ttl_dec()) {
+            // What `hit` finds for it: the action stands (decided under these tables, and the
+            // packet neither opened nor closed the connection: the two tested as one word) and
+            // the TTL lasts.
+            let stands = (generation ^ t.generation) | u64::from(opened.cast_unsigned()) == 0;
+            if stands && !(action.routed() & (ff.ttl <= action.ttl_dec())) {
                 return Self::forward_v4(t, &mut ctx.tx, action, protocol != PROTO_TCP, pkt);
             }
         }

@@ -37,8 +37,8 @@ use arc_swap::ArcSwap;
 
 use crate::affinity::Affinity;
 use crate::conntrack::{
-    Conn, ConnInfo, Conntrack, ConntrackConfig, Dir, FlowAction, FlowHash, FlowKey, Hint,
-    InsertError, Inserted, LbBinding, Tracked,
+    Advanced, Conn, ConnInfo, Conntrack, ConntrackConfig, Deadlines, Dir, FlowAction, FlowHash,
+    FlowKey, Hint, InsertError, Inserted, LbBinding, PackedAction, Tracked,
 };
 use crate::fragments::{DatagramId, Fate, Fragments};
 use crate::packet::build;
@@ -47,7 +47,7 @@ use crate::packet::ethernet::{self, mac_at, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
 use crate::packet::parse::{
     self, parse_frame, ArpInfo, InnerPacket, Ipv4Info, ParsedFrame, L3, L4,
 };
-use crate::packet::rewrite::{self, PlainV4};
+use crate::packet::rewrite;
 use crate::packet::vnet::{self, VnetHeader, VIRTIO_NET_HDR_F_NEEDS_CSUM};
 use crate::packet::MacAddr;
 use crate::packet::{icmp, ipv4};
@@ -303,7 +303,7 @@ struct Path {
 /// A frame the fast path takes, as [`Pipeline::fast_frame`] parsed it: what `process_batch`
 /// keeps of each frame between its stages.
 #[derive(Debug, Clone, Copy)]
-struct FastFrame {
+struct FastFrame<'t> {
     /// The key, hashed (`FlowHash::key` gives it back).
     hash: FlowHash,
     ttl: u8,
@@ -311,7 +311,59 @@ struct FastFrame {
     /// The IP total length: the packet ends there, padding may follow.
     end: u16,
     /// Where the warming stage saw the connection, if it did.
-    hint: Hint,
+    hint: Hint<'t>,
+}
+
+/// What [`Pipeline::fast_frame`] checks the head of a frame from one port against, worked out
+/// once for a batch: the router's MAC as the destination and, on a pod's port, the pod's MAC as
+/// the source and its IP as the source address (SpoofGuard). The twelve bytes of MACs are
+/// compared as two words loaded from the frame, what a port does not check masked off.
+#[derive(Debug, Clone, Copy)]
+struct FastGuard {
+    /// Bytes 0..8 of the frame (the destination MAC, the source's first two bytes) and 8..12,
+    /// as they load from memory.
+    macs: (u64, u32),
+    macs_mask: (u64, u32),
+    /// The source address (as a `u32`): masked to nothing on a port that is not a pod's.
+    src: u32,
+    src_mask: u32,
+}
+
+impl FastGuard {
+    fn new(t: &Tables, port: &Port) -> FastGuard {
+        let mut head = [0u8; 12];
+        head[..6].copy_from_slice(&t.router_mac.0);
+        head[6..].copy_from_slice(&port.peer_mac.0);
+        let (src, src_mask, mask) = match port.kind {
+            PortKind::Pod { ip, .. } => (u32::from(ip), u32::MAX, [0xff; 12]),
+            _ => (0, 0, [0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0, 0, 0, 0, 0, 0]),
+        };
+        FastGuard {
+            macs: Self::words(&head),
+            macs_mask: Self::words(&mask),
+            src,
+            src_mask,
+        }
+    }
+
+    /// Whether a frame whose first twelve bytes are `head`, sent from `src`, passes.
+    #[inline(always)]
+    fn passes(&self, head: &[u8; 12], src: Ipv4Addr) -> bool {
+        let (lo, hi) = Self::words(head);
+        // Every difference that counts, or'd into one word: one test, one branch.
+        let macs = (lo ^ self.macs.0) & self.macs_mask.0
+            | u64::from((hi ^ self.macs.1) & self.macs_mask.1);
+        macs | u64::from((u32::from(src) ^ self.src) & self.src_mask) == 0
+    }
+
+    #[inline(always)]
+    fn words(b: &[u8; 12]) -> (u64, u32) {
+        let [a0, a1, a2, a3, a4, a5, a6, a7, b0, b1, b2, b3] = *b;
+        (
+            u64::from_ne_bytes([a0, a1, a2, a3, a4, a5, a6, a7]),
+            u32::from_ne_bytes([b0, b1, b2, b3]),
+        )
+    }
 }
 
 /// Where the walk through the gateways ended. `back`, in the variants the router answers, counts
@@ -451,8 +503,10 @@ impl Pipeline {
         if pkt.len < VNET_HDR_LEN {
             return Verdict::Drop(DropReason::Malformed);
         }
-        if let Some(ff) = self.fast_frame(tables, port, pkt.frame()).filter(|_| fast) {
-            return self.fast_path(tables, ctx, now, port, &ff, pkt);
+        let guard = FastGuard::new(tables, port);
+        if let Some(ff) = self.fast_frame(&guard, pkt.frame()).filter(|_| fast) {
+            let deadlines = || self.conntrack.deadlines(now);
+            return self.fast_path(tables, ctx, now, deadlines, port, &ff, pkt);
         }
         self.general_path(tables, ctx, now, port, pkt)
     }
@@ -482,14 +536,16 @@ impl Pipeline {
         };
         let tables: &Tables = cache.load();
         let port = tables.port(in_port);
+        let guard = port.map(|port| FastGuard::new(tables, port));
+        let deadlines = self.conntrack.deadlines(now);
         let mut done = 0;
         for batch in pkts.chunks_mut(BATCH) {
             let mut prepared: [Option<FastFrame>; BATCH] = [None; BATCH];
-            if let Some(port) = port {
+            if let Some(guard) = &guard {
                 for (pkt, slot) in batch.iter().zip(prepared.iter_mut()) {
                     // Stored only when taken: a store of the option on both outcomes would
                     // assemble it on the stack first.
-                    if let Some(ff) = self.fast_frame(tables, port, pkt.frame()) {
+                    if let Some(ff) = self.fast_frame(guard, pkt.frame()) {
                         self.conntrack.warm_bucket(&ff.hash);
                         *slot = Some(ff);
                     }
@@ -502,7 +558,9 @@ impl Pipeline {
                 ctx.tx.clear();
                 let verdict = match (port, prep) {
                     (None, _) => Verdict::Drop(DropReason::UnknownPort),
-                    (Some(port), Some(ff)) => self.fast_path(tables, ctx, now, port, ff, pkt),
+                    (Some(port), Some(ff)) => {
+                        self.fast_path(tables, ctx, now, || deadlines, port, ff, pkt)
+                    }
                     // A frame shorter than its header is empty there: dropped as malformed.
                     (Some(port), None) => self.general_path(tables, ctx, now, port, pkt),
                 };
@@ -691,40 +749,32 @@ impl Pipeline {
     }
 
     /// A frame for the fast path: what [`parse::parse_ipv4_fast`] found in a frame addressed to
-    /// the router that passes SpoofGuard on `port`, its key hashed. `None` sends the frame down
+    /// the router that passes SpoofGuard on the guard's port, its key hashed. `None` sends the frame down
     /// the general path, which drops or switches it. (Pure: `process_batch` decides it for a
     /// whole batch before processing the first frame.)
     #[inline]
-    fn fast_frame(&self, t: &Tables, port: &Port, frame: &[u8]) -> Option<FastFrame> {
+    fn fast_frame(&self, guard: &FastGuard, frame: &[u8]) -> Option<FastFrame<'static>> {
         let ip = parse::parse_ipv4_fast(frame)?;
-        let macs: &[u8; 12] = frame.get(..12)?.try_into().ok()?;
-        if macs[..6] != t.router_mac.0 {
-            return None; // switched, broadcast, or not for us
+        // Not for us (switched, broadcast), or failing SpoofGuard: the general path drops or
+        // switches it, and counts it.
+        if !guard.passes(frame.first_chunk::<12>()?, ip.src) {
+            return None;
         }
-        if let PortKind::Pod { ip: pod_ip, .. } = port.kind {
-            if macs[6..] != port.peer_mac.0 || ip.src != pod_ip {
-                return None; // dropped and counted by the general path
-            }
-        }
-        let (src_port, dst_port, tcp_flags) = match ip.l4 {
-            L4::Tcp {
-                src_port,
-                dst_port,
-                flags,
-                ..
-            } => (src_port, dst_port, flags),
-            L4::Udp { src_port, dst_port } => (src_port, dst_port, 0),
+        let tcp_flags = match ip.l4 {
+            L4::Tcp { flags, .. } => flags,
+            L4::Udp { .. } => 0,
             _ => return None,
         };
-        let key = FlowKey {
-            protocol: ip.protocol,
-            src: ip.src,
-            dst: ip.dst,
-            src_port,
-            dst_port,
-        };
+        // The key's addresses and ports as the frame carries them (IPv4 without options: the
+        // ports follow the header at once), hashed without being taken apart.
+        const ADDRESSES_AT: usize = ethernet::HEADER_LEN + 12;
+        let wire = frame.get(ADDRESSES_AT..ADDRESSES_AT + 12)?;
         Some(FastFrame {
-            hash: self.conntrack.flow_hash(&key),
+            hash: self.conntrack.flow_hash_wire(
+                ip.protocol,
+                *wire.first_chunk::<8>()?,
+                *wire.last_chunk::<4>()?,
+            ),
             ttl: ip.ttl,
             tcp_flags,
             // At most 14 + 65535: the fast parse checked the total length against the frame.
@@ -739,11 +789,13 @@ impl Pipeline {
     /// action stands, goes straight to [`rewrite::apply_action_v4`], and only the rare branches
     /// parse the frame again for the general machinery.
     #[inline]
+    #[allow(clippy::too_many_arguments)]
     fn fast_path(
         &self,
         t: &Tables,
         ctx: &mut WorkerContext,
         now: u64,
+        deadlines: impl Fn() -> Deadlines + Copy,
         port: &Port,
         ff: &FastFrame,
         pkt: &mut PacketBuf,
@@ -754,44 +806,29 @@ impl Pipeline {
             pkt.len = end;
         }
         let protocol = ff.hash.protocol();
-        let tracked = self
-            .conntrack
-            .track_hashed(protocol, &ff.hash, ff.hint, ff.tcp_flags, now);
+        let tracked =
+            self.conntrack
+                .track_packed(protocol, &ff.hash, ff.hint, ff.tcp_flags, deadlines);
         if let Some((
             _,
-            Tracked::Pass {
+            Advanced::Pass {
                 action,
                 generation,
-                opened: 0,
+                opened,
             },
         )) = tracked
         {
-            // What `hit` finds for it: the action stands and the TTL lasts.
-            if generation == t.generation && !(action.routed && ff.ttl <= action.ttl_dec) {
-                // The key unpacked here, not above: the rare branches below take it by
-                // reference, and unpacked early it would be spilled to the stack for them.
-                let key = ff.hash.key();
-                let v4 = PlainV4 {
-                    udp: protocol != PROTO_TCP,
-                    ttl: ff.ttl,
-                    protocol,
-                    src: key.src,
-                    dst: key.dst,
-                    src_port: key.src_port,
-                    dst_port: key.dst_port,
-                };
-                return self.transmit_with(
-                    t,
-                    ctx,
-                    port,
-                    &action,
-                    pkt,
-                    |frame, rewrite, partial| {
-                        rewrite::apply_action_v4(frame, &v4, rewrite, partial)
-                    },
-                );
+            // What `hit` finds for it: the action stands (decided under these tables, and the
+            // packet neither opened nor closed the connection: the two tested as one word), the
+            // TTL lasts, and a routed packet fits the gateways' MTU (a bigger one, a GSO batch
+            // or a jumbo frame, is judged by `transmit`).
+            let stands = (generation ^ t.generation) | u64::from(opened.cast_unsigned()) == 0;
+            let past_mtu = pkt.len > VNET_HDR_LEN + ethernet::HEADER_LEN + PORT_MTU;
+            if stands && !(action.routed() & ((ff.ttl <= action.ttl_dec()) | past_mtu)) {
+                return Self::forward_v4(t, &mut ctx.tx, action, protocol != PROTO_TCP, pkt);
             }
         }
+        let tracked = tracked.map(|(dir, advanced)| (dir, advanced.unpack()));
         // The connection was tracked: whatever follows must not send the frame down the
         // general path, which would track it again. The parse cannot fail (it did not before).
         let key = ff.hash.key();
@@ -828,6 +865,44 @@ impl Pipeline {
             None,
             pkt,
         )
+    }
+
+    /// [`Pipeline::transmit`] for the fast path's frame (see [`rewrite::apply_action_v4`]), the
+    /// action read from its packed words and the MACs taken from where the tables hold them:
+    /// what goes through registers instead of a [`rewrite::Action`] assembled in memory.
+    #[inline(always)]
+    fn forward_v4(
+        t: &Tables,
+        tx: &mut Vec<Tx>,
+        action: PackedAction,
+        udp: bool,
+        pkt: &mut PacketBuf,
+    ) -> Verdict {
+        let out_port = action.out_port();
+        let Some(out) = t.port(out_port) else {
+            return Verdict::Drop(DropReason::NoRoute);
+        };
+        let Some((vnet, frame)) = pkt
+            .buf
+            .get_mut(..pkt.len)
+            .and_then(|b| b.split_first_chunk_mut::<VNET_HDR_LEN>())
+        else {
+            return Verdict::Drop(DropReason::Malformed);
+        };
+        // The flags byte of the virtio-net header (its first byte) is all this needs.
+        let partial = vnet[0] & VIRTIO_NET_HDR_F_NEEDS_CSUM != 0;
+        let rewrite = rewrite::ActionV4 {
+            ttl_dec: action.ttl_dec(),
+            snat: action.snat(),
+            dnat: action.dnat(),
+            macs: action.routed().then_some((&t.router_mac, &out.peer_mac)),
+        };
+        rewrite::apply_action_v4(frame, udp, &rewrite, partial);
+        tx.push(Tx {
+            port: out_port,
+            source: TxSource::Packet,
+        });
+        Verdict::Forward
     }
 
     /// What a packet of a tracked connection gets: its cached action, re-validated when the

@@ -421,14 +421,62 @@ fn pack(a: &FlowAction) -> [u64; 3] {
 }
 
 fn unpack(w: [u64; 3]) -> FlowAction {
-    let endpoint =
-        |present: bool, e: u64| present.then(|| (Ipv4Addr::from((e >> 16) as u32), e as u16));
+    let w = PackedAction(w);
     FlowAction {
-        out_port: w[0] as PortId,
-        routed: w[0] & ROUTED != 0,
-        ttl_dec: (w[0] >> TTL_SHIFT) as u8,
-        snat: endpoint(w[0] & HAS_SNAT != 0, w[1]),
-        dnat: endpoint(w[0] & HAS_DNAT != 0, w[2]),
+        out_port: w.out_port(),
+        routed: w.routed(),
+        ttl_dec: w.ttl_dec(),
+        snat: w.snat(),
+        dnat: w.dnat(),
+    }
+}
+
+/// A direction's action as the entry holds it, in the three words of [`pack`]: what the fast
+/// path reads field by field, where a [`FlowAction`] of options built on two paths and handed
+/// up would be assembled in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PackedAction([u64; 3]);
+
+impl PackedAction {
+    #[inline(always)]
+    pub fn out_port(self) -> PortId {
+        self.0[0] as PortId
+    }
+
+    #[inline(always)]
+    pub fn routed(self) -> bool {
+        self.0[0] & ROUTED != 0
+    }
+
+    #[inline(always)]
+    pub fn ttl_dec(self) -> u8 {
+        (self.0[0] >> TTL_SHIFT) as u8
+    }
+
+    #[inline(always)]
+    pub fn snat(self) -> Option<(Ipv4Addr, u16)> {
+        Self::endpoint(self.0[0] & HAS_SNAT != 0, self.0[1])
+    }
+
+    #[inline(always)]
+    pub fn dnat(self) -> Option<(Ipv4Addr, u16)> {
+        Self::endpoint(self.0[0] & HAS_DNAT != 0, self.0[2])
+    }
+
+    /// Whether the action translates either end.
+    #[inline(always)]
+    pub fn translates(self) -> bool {
+        self.0[0] & (HAS_SNAT | HAS_DNAT) != 0
+    }
+
+    #[inline(always)]
+    pub fn unpack(self) -> FlowAction {
+        unpack(self.0)
+    }
+
+    #[inline(always)]
+    fn endpoint(present: bool, e: u64) -> Option<(Ipv4Addr, u16)> {
+        present.then(|| (Ipv4Addr::from((e >> 16) as u32), e as u16))
     }
 }
 
@@ -450,11 +498,12 @@ pub enum Tracked {
 /// [`Tracked`] with the action still in the three words of the entry: what [`Conntrack::advance`]
 /// returns, so that its quick and slow paths meet on a few words in registers, the action
 /// unpacked once after them (an enum of unpacked actions built on two paths was assembled in
-/// memory and read back, 30 instructions a packet).
-#[derive(Debug, Clone, Copy)]
-enum Advanced {
+/// memory and read back, 30 instructions a packet); and what [`Conntrack::track_packed`] hands
+/// the fast path, which reads the words as it needs them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Advanced {
     Pass {
-        action: [u64; 3],
+        action: PackedAction,
         generation: u64,
         opened: i8,
     },
@@ -463,20 +512,33 @@ enum Advanced {
 
 impl Advanced {
     #[inline(always)]
-    fn unpack(self) -> Tracked {
+    pub fn unpack(self) -> Tracked {
         match self {
             Advanced::Pass {
                 action,
                 generation,
                 opened,
             } => Tracked::Pass {
-                action: unpack(action),
+                action: action.unpack(),
                 generation,
                 opened,
             },
             Advanced::Invalid => Tracked::Invalid,
         }
     }
+}
+
+/// The expiry words a packet at `now` may give a connection on the quick path, one per timeout
+/// it may take: worked out once for a batch of packets ([`Conntrack::deadlines`]) rather than
+/// added, saturated and capped for each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deadlines {
+    now: u64,
+    tcp_established: u64,
+    udp: u64,
+    udp_stream: u64,
+    icmp: u64,
+    generic: u64,
 }
 
 /// Why an insert did not happen.
@@ -548,6 +610,14 @@ impl Conntrack {
         self.table.hash(key)
     }
 
+    /// [`Conntrack::flow_hash`] of a key as a packet carries it: its protocol, the eight bytes of
+    /// its source and destination addresses and the four of its ports, in the packet's order.
+    #[inline(always)]
+    pub fn flow_hash_wire(&self, protocol: u8, addresses: [u8; 8], ports: [u8; 4]) -> FlowHash {
+        self.table
+            .hash_words(table::pack_wire(protocol, addresses, ports))
+    }
+
     /// First stage of a batch: brings the key's index bucket towards the cache.
     #[inline(always)]
     pub fn warm_bucket(&self, h: &FlowHash) {
@@ -557,8 +627,23 @@ impl Conntrack {
     /// Second stage of a batch, after [`Conntrack::warm_bucket`]: brings the entry the bucket
     /// points at towards the cache, and says where it is for [`Conntrack::track_hashed`].
     #[inline(always)]
-    pub fn warm_entry(&self, h: &FlowHash) -> Hint {
+    pub fn warm_entry(&self, h: &FlowHash) -> Hint<'_> {
         self.table.warm_entry(h)
+    }
+
+    /// The expiry words of the quick path for packets at `now` (see [`Deadlines`]).
+    #[inline]
+    pub fn deadlines(&self, now: u64) -> Deadlines {
+        let t = &self.config.timeouts;
+        let at = |timeout: u64| now.saturating_add(timeout).min(EXPIRY_MASK);
+        Deadlines {
+            now,
+            tcp_established: at(t.tcp_established),
+            udp: at(t.udp),
+            udp_stream: at(t.udp_stream),
+            icmp: at(t.icmp),
+            generic: at(t.generic),
+        }
     }
 
     /// Looks a packet up and, when it belongs to a connection, advances the connection's state and
@@ -576,14 +661,35 @@ impl Conntrack {
         &self,
         protocol: u8,
         h: &FlowHash,
-        mut hint: Hint,
+        hint: Hint<'_>,
         tcp_flags: u8,
         now: u64,
     ) -> Option<(Dir, Tracked)> {
-        for _ in 0..RETRIES {
-            let hot = self.table.find(h, std::mem::take(&mut hint))?;
-            if let Some(advanced) = self.advance(&hot, protocol, tcp_flags, now) {
-                return Some((hot.dir, advanced.unpack()));
+        self.track_packed(protocol, h, hint, tcp_flags, || self.deadlines(now))
+            .map(|(dir, advanced)| (dir, advanced.unpack()))
+    }
+
+    /// [`Conntrack::track_hashed`] with the action left packed, for packets at the time of the
+    /// `deadlines` given (a batch's, worked out once; or one packet's, worked out as its
+    /// connection needs them: inlined, only the one it takes is computed).
+    #[inline]
+    pub fn track_packed(
+        &self,
+        protocol: u8,
+        h: &FlowHash,
+        hint: Hint<'_>,
+        tcp_flags: u8,
+        deadlines: impl Fn() -> Deadlines + Copy,
+    ) -> Option<(Dir, Advanced)> {
+        // The first look with the hint, the retries without.
+        let hot = self.table.find(h, hint)?;
+        if let Some(advanced) = self.advance(&hot, protocol, tcp_flags, deadlines) {
+            return Some((hot.dir, advanced));
+        }
+        for _ in 1..RETRIES {
+            let hot = self.table.find(h, Hint::NONE)?;
+            if let Some(advanced) = self.advance(&hot, protocol, tcp_flags, deadlines) {
+                return Some((hot.dir, advanced));
             }
         }
         None
@@ -638,43 +744,49 @@ impl Conntrack {
     /// change it, the state machine (see [`SlowState`]). `None`: the entry changed under the
     /// packet (another packet's state change, the connection's end); look again.
     #[inline]
-    fn advance(&self, hot: &Hot, protocol: u8, flags: u8, now: u64) -> Option<Advanced> {
-        let t = &self.config.timeouts;
+    fn advance(
+        &self,
+        hot: &Hot,
+        protocol: u8,
+        flags: u8,
+        d: impl Fn() -> Deadlines,
+    ) -> Option<Advanced> {
         let word = hot.clock;
         let replied = word & REPLIED != 0;
-        let timeout = match protocol {
+        let deadline = match protocol {
             PROTO_TCP => {
                 let quiet = flags & (TCP_SYN | TCP_FIN | TCP_RST) == 0;
                 (quiet && word & STEADY != 0 && (hot.dir == Dir::Original || replied))
-                    .then_some(t.tcp_established)
+                    .then(|| d().tcp_established)
             }
             PROTO_UDP | PROTO_ICMP if hot.dir == Dir::Reply && !replied => None,
-            PROTO_UDP if replied && word & STREAM != 0 => Some(t.udp_stream),
+            PROTO_UDP if replied && word & STREAM != 0 => Some(d().udp_stream),
             // The packet that finds a replied flow 2 s old makes it a stream.
-            PROTO_UDP if replied && is_stream(hot.created(), now) => {
-                return self.advance_quick(hot, t.udp_stream, STREAM, now);
+            PROTO_UDP if replied && is_stream(hot.created(), d().now) => {
+                return self.advance_quick(hot, d().udp_stream, STREAM);
             }
-            PROTO_UDP => Some(t.udp),
-            PROTO_ICMP => Some(t.icmp),
-            _ => Some(t.generic),
+            PROTO_UDP => Some(d().udp),
+            PROTO_ICMP => Some(d().icmp),
+            _ => Some(d().generic),
         };
-        let Some(timeout) = timeout else {
-            return self.advance_slow(hot.id, hot.dir, protocol, flags, now);
+        let Some(deadline) = deadline else {
+            return self.advance_slow(hot.id, hot.dir, protocol, flags, d().now);
         };
-        self.advance_quick(hot, timeout, 0, now)
+        self.advance_quick(hot, deadline, 0)
     }
 
-    /// The packet moves the expiry word (with `bits` added) by compare-and-swap and is counted.
+    /// The packet moves the expiry word to `deadline` (with `bits` added) by compare-and-swap and
+    /// is counted.
     #[inline(always)]
-    fn advance_quick(&self, hot: &Hot, timeout: u64, bits: u64, now: u64) -> Option<Advanced> {
+    fn advance_quick(&self, hot: &Hot, deadline: u64, bits: u64) -> Option<Advanced> {
         let word = hot.clock;
-        let next = (word & !EXPIRY_MASK) | bits | now.saturating_add(timeout).min(EXPIRY_MASK);
+        let next = (word & !EXPIRY_MASK) | bits | deadline;
         if next != word && !hot.swap_clock(next) {
             return None;
         }
         hot.count();
         Some(Advanced::Pass {
-            action: hot.action,
+            action: PackedAction(hot.action),
             generation: hot.generation,
             opened: 0,
         })
@@ -740,7 +852,7 @@ impl Conntrack {
         );
         self.table.count(slot, dir);
         Some(Advanced::Pass {
-            action: whole.actions[dir as usize],
+            action: PackedAction(whole.actions[dir as usize]),
             generation: whole.generation,
             opened,
         })
@@ -840,7 +952,7 @@ impl Conntrack {
         let first = self
             .table
             .read_hot(slot, Dir::Original, &original)
-            .and_then(|hot| self.advance(&hot, protocol, tcp_flags, now))
+            .and_then(|hot| self.advance(&hot, protocol, tcp_flags, || self.deadlines(now)))
             .map(|advanced| (Dir::Original, advanced.unpack()));
         let tracked = match first
             .or_else(|| self.track_hashed(protocol, &original, Hint::NONE, tcp_flags, now))
@@ -870,7 +982,9 @@ impl Conntrack {
     ) -> Option<Inserted> {
         for _ in 0..RETRIES {
             let hot = self.table.find(original, Hint::NONE)?;
-            if let Some(advanced) = self.advance(&hot, conn.original.protocol, tcp_flags, now) {
+            if let Some(advanced) = self.advance(&hot, conn.original.protocol, tcp_flags, || {
+                self.deadlines(now)
+            }) {
                 return Some(Inserted {
                     id: hot.id,
                     created: false,

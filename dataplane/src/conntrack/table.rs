@@ -34,6 +34,7 @@
 //! together anyway); prefetch instructions instead of the plain loads of `warm_*` (no faster
 //! here, and `unsafe`).
 
+use std::net::Ipv4Addr;
 use std::sync::atomic::{
     fence, AtomicU64, AtomicUsize, Ordering::Acquire, Ordering::Relaxed, Ordering::Release,
 };
@@ -181,13 +182,27 @@ pub struct FlowHash {
     hash: u64,
 }
 
-/// Where the warming stage of a batch saw a key's entry: a slot word of the index, checked
-/// like any other when it is used (the connection may have ended since).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Hint(u64);
+/// Where the warming stage of a batch saw a key's entry: the entry the slot word of the index
+/// names, and the word, so that the lookup opens the entry without finding it again. The entry
+/// is checked like any other when it is used (the connection may have ended since, or the slot
+/// been reused: its key is compared under the sequence lock).
+#[derive(Clone, Copy, Default)]
+pub struct Hint<'t> {
+    entry: Option<&'t Entry>,
+    word: u64,
+}
 
-impl Hint {
-    pub const NONE: Hint = Hint(0);
+impl Hint<'static> {
+    pub const NONE: Hint<'static> = Hint {
+        entry: None,
+        word: 0,
+    };
+}
+
+impl std::fmt::Debug for Hint<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Hint").field(&self.word).finish()
+    }
 }
 
 impl FlowHash {
@@ -195,12 +210,6 @@ impl FlowHash {
     #[inline(always)]
     pub fn key(&self) -> FlowKey {
         FlowKey::unpack(self.words)
-    }
-
-    /// The key's source address.
-    #[inline(always)]
-    pub fn src(&self) -> std::net::Ipv4Addr {
-        ((self.words[0] >> 32) as u32).into()
     }
 
     /// The key's protocol.
@@ -267,27 +276,44 @@ fn folded_multiply(a: u64, b: u64) -> u64 {
 }
 
 impl FlowKey {
-    /// The key as two words: addresses in the first; protocol and ports in the second.
+    /// The key as two words: the addresses in the first, the ports in the low half of the second
+    /// and the protocol above them, each in the order of a packet's bytes as they load from
+    /// memory (source then destination, network byte order), so that the fast path packs the
+    /// key of a frame with two loads and no byte swap.
     #[inline(always)]
     pub(super) fn pack(&self) -> [u64; 2] {
-        [
-            u64::from(u32::from(self.src)) << 32 | u64::from(u32::from(self.dst)),
-            KEY_PRESENT
-                | u64::from(self.protocol) << 32
-                | u64::from(self.src_port) << 16
-                | u64::from(self.dst_port),
-        ]
+        let [s0, s1, s2, s3] = self.src.octets();
+        let [d0, d1, d2, d3] = self.dst.octets();
+        let [sp0, sp1] = self.src_port.to_be_bytes();
+        let [dp0, dp1] = self.dst_port.to_be_bytes();
+        pack_wire(
+            self.protocol,
+            [s0, s1, s2, s3, d0, d1, d2, d3],
+            [sp0, sp1, dp0, dp1],
+        )
     }
 
     pub(super) fn unpack(w: [u64; 2]) -> FlowKey {
+        let [s0, s1, s2, s3, d0, d1, d2, d3] = w[0].to_ne_bytes();
+        let [sp0, sp1, dp0, dp1] = (w[1] as u32).to_ne_bytes();
         FlowKey {
             protocol: (w[1] >> 32) as u8,
-            src: ((w[0] >> 32) as u32).into(),
-            dst: (w[0] as u32).into(),
-            src_port: (w[1] >> 16) as u16,
-            dst_port: w[1] as u16,
+            src: Ipv4Addr::new(s0, s1, s2, s3),
+            dst: Ipv4Addr::new(d0, d1, d2, d3),
+            src_port: u16::from_be_bytes([sp0, sp1]),
+            dst_port: u16::from_be_bytes([dp0, dp1]),
         }
     }
+}
+
+/// [`FlowKey::pack`] for a key as a packet carries it: the eight bytes of its source and
+/// destination addresses, the four of its source and destination ports.
+#[inline(always)]
+pub(super) fn pack_wire(protocol: u8, addresses: [u8; 8], ports: [u8; 4]) -> [u64; 2] {
+    [
+        u64::from_ne_bytes(addresses),
+        KEY_PRESENT | u64::from(protocol) << 32 | u64::from(u32::from_ne_bytes(ports)),
+    ]
 }
 
 impl Table {
@@ -341,7 +367,12 @@ impl Table {
 
     #[inline(always)]
     pub fn hash(&self, key: &FlowKey) -> FlowHash {
-        let words = key.pack();
+        self.hash_words(key.pack())
+    }
+
+    /// [`Table::hash`] of a key already packed.
+    #[inline(always)]
+    pub fn hash_words(&self, words: [u64; 2]) -> FlowHash {
         let h = folded_multiply(words[0] ^ self.seeds[0], 0x9e37_79b9_7f4a_7c15);
         let hash = folded_multiply(h ^ words[1], self.seeds[1]);
         FlowHash { words, hash }
@@ -393,7 +424,7 @@ impl Table {
     /// Touches the entry the home bucket's tags point at (the second stage of a batch), and
     /// returns the slot word that names it: a hint for [`Table::find`].
     #[inline(always)]
-    pub fn warm_entry(&self, h: &FlowHash) -> Hint {
+    pub fn warm_entry(&self, h: &FlowHash) -> Hint<'_> {
         let tag = Self::tag(h);
         let Some(w) = self.buckets[self.home(h)]
             .slots
@@ -403,20 +434,21 @@ impl Table {
         else {
             return Hint::NONE;
         };
-        if let Some(e) = self.entry(slot_entry(w)) {
+        let entry = self.entry(slot_entry(w));
+        if let Some(e) = entry {
             std::hint::black_box(e.w[META].load(Relaxed));
             std::hint::black_box(e.w[ACTION[1]].load(Relaxed));
         }
-        Hint(w)
+        Hint { entry, word: w }
     }
 
     /// Finds the connection holding the key and reads what its packet needs, without a lock.
     /// `hint`: what [`Table::warm_entry`] returned for the key, tried first.
     #[inline]
-    pub fn find(&self, h: &FlowHash, Hint(hint): Hint) -> Option<Hot<'_>> {
+    pub fn find<'t>(&'t self, h: &FlowHash, hint: Hint<'t>) -> Option<Hot<'t>> {
         let tag = Self::tag(h);
-        if hint >> 32 == tag {
-            if let Some(hot) = self.read_hot(slot_entry(hint), slot_dir(hint), h) {
+        if let Some(e) = hint.entry {
+            if let Some(hot) = Self::read_entry(e, slot_entry(hint.word), slot_dir(hint.word), h) {
                 return Some(hot);
             }
         }
@@ -441,8 +473,13 @@ impl Table {
     /// One direction's view of an entry, if the entry holds the key in that direction.
     #[inline(always)]
     pub fn read_hot(&self, slot: u32, dir: Dir, h: &FlowHash) -> Option<Hot<'_>> {
+        Self::read_entry(self.entry(slot)?, slot, dir, h)
+    }
+
+    /// [`Table::read_hot`] on the entry of `slot`.
+    #[inline(always)]
+    fn read_entry<'t>(e: &'t Entry, slot: u32, dir: Dir, h: &FlowHash) -> Option<Hot<'t>> {
         let key = h.words;
-        let e = self.entry(slot)?;
         let d = dir as usize;
         loop {
             let before = e.w[META].load(Acquire);
@@ -724,6 +761,17 @@ mod tests {
             dst_port: 80,
         };
         assert_eq!(FlowKey::unpack(k.pack()), k);
+        // The words hold the bytes as a packet carries them (what the fast path loads).
+        let [w0, w1] = k.pack();
+        assert_eq!(w0.to_ne_bytes(), [172, 211, 0, 18, 198, 51, 100, 100]);
+        assert_eq!((w1 as u32).to_ne_bytes(), [0x9c, 0x40, 0, 80]);
+        assert_eq!((w1 >> 32) as u8, PROTO_TCP);
+        let wire = pack_wire(
+            PROTO_TCP,
+            [172, 211, 0, 18, 198, 51, 100, 100],
+            [0x9c, 0x40, 0, 80],
+        );
+        assert_eq!(wire, k.pack());
         let zero = FlowKey {
             protocol: 0,
             src: Ipv4Addr::UNSPECIFIED,

@@ -38,12 +38,13 @@ pub fn sum(data: &[u8], initial: u32) -> u32 {
 }
 
 /// Folds the carries of a sum into 16 bits. Not complemented.
+#[inline]
 pub fn fold(sum: u32) -> u16 {
-    // Two rounds fold any u32: the first leaves at most 0xffff + 0xffff = 0x1fffe, the second
-    // at most 0xffff.
-    let s = (sum & 0xffff) + (sum >> 16);
-    let s = (s & 0xffff) + (s >> 16);
-    s as u16
+    // The halves added with the carry out added back in (an add and an add-with-carry): what
+    // two rounds of `(s & 0xffff) + (s >> 16)` give, since the first leaves at most 0x1fffe.
+    // With a carry the 16-bit sum is at most 0xfffe, so adding it back cannot carry again.
+    let (s, carry) = (sum as u16).overflowing_add((sum >> 16) as u16);
+    s + u16::from(carry)
 }
 
 /// The value to store in a checksum field: the complement of the folded sum.
@@ -142,6 +143,33 @@ mod tests {
         );
         assert_eq!(sum(&[0xab], 0), 0xab00);
         assert_eq!(sum(&[], 7), 7);
+    }
+
+    /// The fold with the carry added back gives what two rounds of adding the halves give, on
+    /// the edges (a zero sum, all ones, the largest carries) and on a spread of values.
+    #[test]
+    fn fold_adds_the_halves_with_their_carry() {
+        let two_rounds = |x: u32| {
+            let s = (x & 0xffff) + (x >> 16);
+            ((s & 0xffff) + (s >> 16)) as u16
+        };
+        let edges = [
+            0,
+            1,
+            0xffff,
+            0x1_0000,
+            0x1_fffe,
+            0xffff_0000,
+            0xffff_fffe,
+            u32::MAX,
+        ];
+        let spread = (0..1 << 20).map(|i: u32| i.wrapping_mul(0x9e37_79b9));
+        for x in edges.into_iter().chain(spread) {
+            assert_eq!(fold(x), two_rounds(x), "{x:#x}");
+        }
+        assert_eq!(fold(0), 0);
+        assert_eq!(fold(0xffff), 0xffff);
+        assert_eq!(fold(0x1_fffe), 0xffff);
     }
 
     #[test]

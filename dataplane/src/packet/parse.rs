@@ -206,9 +206,10 @@ pub fn parse_ipv4_fast(frame: &[u8]) -> Option<Ipv4Info> {
         return None;
     }
     // RFC 1071 section 2: the sum may be taken in either byte order (B: the folded result
-    // comes out byte-swapped, and 0xffff is its own swap) and over 32-bit words folded at the
-    // end (C: 2^16 = 1 modulo 0xffff), so five words are added as they lie. The header's first
-    // byte is 0x45, so the sum is never zero and folds to 0xffff exactly when it is right.
+    // comes out byte-swapped, and 0xffff is its own swap) and over 32-bit words (C: 2^16 = 1
+    // modulo 0xffff), so five words are added as they lie. The header's first byte is 0x45, so
+    // the sum is never zero, and it folds to 0xffff exactly when it is a multiple of 0xffff:
+    // the remainder is what the check needs, without the folding.
     let ne32 = |at: usize| {
         u64::from(u32::from_ne_bytes([
             head[at],
@@ -218,9 +219,7 @@ pub fn parse_ipv4_fast(frame: &[u8]) -> Option<Ipv4Info> {
         ]))
     };
     let sum = ne32(IP) + ne32(IP + 4) + ne32(IP + 8) + ne32(IP + 12) + ne32(IP + 16);
-    let sum = (sum & 0xffff_ffff) + (sum >> 32);
-    let sum = (sum & 0xffff_ffff) + (sum >> 32);
-    if super::checksum::fold(sum as u32) != 0xffff {
+    if sum % 0xffff != 0 {
         return None;
     }
     let (src_port, dst_port) = (be16(L4_AT), be16(L4_AT + 2));

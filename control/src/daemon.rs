@@ -216,12 +216,10 @@ fn hostname() -> String {
         .unwrap_or_else(|| "localhost".to_string())
 }
 
-/// One line of the daemon's log, on stderr. Not `eprintln!`, which panics when stderr is gone (a
-/// pipe whose reader exited, a logger that died): the daemon's next line then took it down,
-/// without removing its namespaces, TAPs or socket. A line nobody can read is dropped instead.
+/// One line of the daemon's log, on stderr, after the time ([`pacific_dataplane::log::line`]:
+/// never a panic when stderr is gone).
 pub fn log(msg: impl AsRef<str>) {
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr().lock(), "pacific: {}", msg.as_ref());
+    pacific_dataplane::log::line(format_args!("pacific: {}", msg.as_ref()));
 }
 
 impl Daemon {

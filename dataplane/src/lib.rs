@@ -12,11 +12,13 @@
 //! - [`packet`]: zero-copy packet views, checksums (RFC 1071/1624) and frame builders.
 //! - [`tap`]: TAP devices (the only `unsafe` in the crate).
 //! - [`ports`]: worker threads that move frames between TAP queues and the pipeline.
+//! - [`log`]: the daemon's log lines, stamped with the time.
 
 pub mod affinity;
 pub mod conntrack;
 pub mod counters;
 pub mod fragments;
+pub mod log;
 pub mod packet;
 pub mod pipeline;
 pub mod ports;

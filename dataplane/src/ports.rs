@@ -806,11 +806,11 @@ fn transmit(
     None
 }
 
-/// A line on stderr, or nothing when stderr is gone: `eprintln!` panics then, and a worker that
-/// logged a failed write after its daemon's stderr pipe closed died with the dataplane's queues.
+/// A line of the log ([`crate::log::line`]: nothing when stderr is gone, where `eprintln!`
+/// would panic, and a worker that logged a failed write after its daemon's stderr pipe closed
+/// died with the dataplane's queues).
 fn log_line(line: fmt::Arguments<'_>) {
-    use std::io::Write;
-    let _ = writeln!(io::stderr().lock(), "{line}");
+    crate::log::line(line);
 }
 
 /// One log line per `LOG_INTERVAL`, with the number of lines it held back.

@@ -46,16 +46,10 @@ impl Bed {
     /// A client SYN from a1 to the ClusterIP, from `sport`: the port and address of the backend
     /// the DLB chose.
     fn open_to_cluster_ip(&mut self, sport: u16) -> (PortId, Ipv4Addr) {
-        let syn = tcp(
-            pod_mac(A1_IP),
-            ROUTER_MAC,
-            A1_IP,
-            CLUSTER_IP,
-            sport,
-            80,
-            SYN,
+        assert_eq!(
+            self.send(A1, &a1_to_cluster_ip(sport, SYN)),
+            Verdict::Forward
         );
-        assert_eq!(self.send(A1, &syn), Verdict::Forward);
         let (port, frame) = self.out();
         (port, check(&frame).dst)
     }
@@ -72,6 +66,32 @@ impl Bed {
         let bytes = self.ctx.buffer(&tx, &self.pkt).frame().to_vec();
         (tx.port, bytes)
     }
+}
+
+/// A TCP segment from a1 to the ClusterIP's port 80.
+fn a1_to_cluster_ip(sport: u16, flags: u8) -> Vec<u8> {
+    tcp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        A1_IP,
+        CLUSTER_IP,
+        sport,
+        80,
+        flags,
+    )
+}
+
+/// A backend's TCP answer from its port 80 to a1's `sport`.
+fn backend_to_a1(backend: Ipv4Addr, sport: u16, flags: u8) -> Vec<u8> {
+    tcp(
+        pod_mac(backend),
+        ROUTER_MAC,
+        backend,
+        A1_IP,
+        80,
+        sport,
+        flags,
+    )
 }
 
 fn buf() -> Vec<u8> {
@@ -1263,17 +1283,7 @@ fn a_syn_reusing_a_time_wait_tuple_replaces_the_old_connection() {
     const FIN: u8 = 0x01;
     // A connection through the ClusterIP from port 43000, closed both ways: TIME_WAIT.
     let (port, backend) = bed.open_to_cluster_ip(43000);
-    let from_backend = |flags| {
-        tcp(
-            pod_mac(backend),
-            ROUTER_MAC,
-            backend,
-            A1_IP,
-            80,
-            43000,
-            flags,
-        )
-    };
+    let from_backend = |flags| backend_to_a1(backend, 43000, flags);
     let from_client = |flags| {
         tcp(
             pod_mac(A1_IP),
@@ -2231,17 +2241,7 @@ fn first_syn_of_a_new_pod_over_an_old_entry(sport: u16, close: bool) -> (Verdict
     let (port, backend) = bed.open_to_cluster_ip(sport);
     assert_eq!((port, backend), (B1, B1_IP));
     let from_b1 = |flags| tcp(pod_mac(B1_IP), ROUTER_MAC, B1_IP, A1_IP, 80, sport, flags);
-    let from_a1 = |flags| {
-        tcp(
-            pod_mac(A1_IP),
-            ROUTER_MAC,
-            A1_IP,
-            CLUSTER_IP,
-            sport,
-            80,
-            flags,
-        )
-    };
+    let from_a1 = |flags| a1_to_cluster_ip(sport, flags);
     assert_eq!(bed.send(B1, &from_b1(SYN | ACK)), Verdict::Forward);
     assert_eq!(bed.send(A1, &from_a1(ACK)), Verdict::Forward);
     if close {
@@ -2611,28 +2611,8 @@ fn an_established_tcp_connection_keeps_its_backend_after_the_service_drops_it() 
     let sport = 45000;
     let (port, backend) = bed.open_to_cluster_ip(sport);
     let other = if backend == A2_IP { A3_IP } else { A2_IP };
-    let from_backend = |flags| {
-        tcp(
-            pod_mac(backend),
-            ROUTER_MAC,
-            backend,
-            A1_IP,
-            80,
-            sport,
-            flags,
-        )
-    };
-    let from_a1 = |sport, flags| {
-        tcp(
-            pod_mac(A1_IP),
-            ROUTER_MAC,
-            A1_IP,
-            CLUSTER_IP,
-            sport,
-            80,
-            flags,
-        )
-    };
+    let from_backend = |flags| backend_to_a1(backend, sport, flags);
+    let from_a1 = a1_to_cluster_ip;
     assert_eq!(bed.send(port, &from_backend(SYN | ACK)), Verdict::Forward);
     assert_eq!(bed.send(A1, &from_a1(sport, ACK)), Verdict::Forward);
     let next = tables_with_backends(2, &[other], &bed.tables.load());
@@ -2672,28 +2652,8 @@ fn a_udp_flow_and_a_reopened_tcp_connection_move_to_the_current_endpoint() {
     let udp_backend = check(&bed.out().1).dst;
     let sport = 46000;
     let (port, backend) = bed.open_to_cluster_ip(sport);
-    let from_backend = |flags| {
-        tcp(
-            pod_mac(backend),
-            ROUTER_MAC,
-            backend,
-            A1_IP,
-            80,
-            sport,
-            flags,
-        )
-    };
-    let from_a1 = |flags| {
-        tcp(
-            pod_mac(A1_IP),
-            ROUTER_MAC,
-            A1_IP,
-            CLUSTER_IP,
-            sport,
-            80,
-            flags,
-        )
-    };
+    let from_backend = |flags| backend_to_a1(backend, sport, flags);
+    let from_a1 = |flags| a1_to_cluster_ip(sport, flags);
     assert_eq!(bed.send(port, &from_backend(SYN | ACK)), Verdict::Forward);
     assert_eq!(bed.send(A1, &from_a1(ACK)), Verdict::Forward);
     assert_eq!(bed.send(A1, &from_a1(FIN | ACK)), Verdict::Forward);
@@ -2830,28 +2790,8 @@ fn an_established_tcp_connection_outlives_its_cluster_ip_service() {
     assert_eq!(bed.send(A1, &to_53), Verdict::Forward);
     let sport = 48000;
     let (port, backend) = bed.open_to_cluster_ip(sport);
-    let from_backend = |flags| {
-        tcp(
-            pod_mac(backend),
-            ROUTER_MAC,
-            backend,
-            A1_IP,
-            80,
-            sport,
-            flags,
-        )
-    };
-    let from_a1 = |sport, flags| {
-        tcp(
-            pod_mac(A1_IP),
-            ROUTER_MAC,
-            A1_IP,
-            CLUSTER_IP,
-            sport,
-            80,
-            flags,
-        )
-    };
+    let from_backend = |flags| backend_to_a1(backend, sport, flags);
+    let from_a1 = a1_to_cluster_ip;
     assert_eq!(bed.send(port, &from_backend(SYN | ACK)), Verdict::Forward);
     assert_eq!(bed.send(A1, &from_a1(sport, ACK)), Verdict::Forward);
     let mut next = testbed::tables(2, Options::default());

@@ -182,6 +182,15 @@ pub fn netns_with_prefix(prefix: &str) -> Vec<String> {
     netns_starting_with(&format!("{prefix}-"))
 }
 
+/// Deletes every namespace named `{prefix}-*` (what a test's daemon may have left).
+pub fn delete_netns_with_prefix(prefix: &str) {
+    for ns in netns_with_prefix(prefix) {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "delete", &ns]);
+        let _ = run_bounded(cmd, None, Duration::from_secs(20));
+    }
+}
+
 /// Namespaces whose names start with `start`.
 pub fn netns_starting_with(start: &str) -> Vec<String> {
     let mut cmd = Command::new("ip");

@@ -49,11 +49,7 @@ impl Drop for OwnDaemon {
         for pid in pids_with_cmdline(&self.socket.display().to_string()) {
             signal(pid, libc::SIGKILL);
         }
-        for ns in netns_with_prefix(&self.prefix) {
-            let mut cmd = Command::new("ip");
-            cmd.args(["netns", "delete", &ns]);
-            let _ = run_bounded(cmd, None, Duration::from_secs(20));
-        }
+        delete_netns_with_prefix(&self.prefix);
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

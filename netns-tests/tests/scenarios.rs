@@ -1437,11 +1437,7 @@ impl Drop for DaemonGuard {
         }
         let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
             let _ = self.pacific(&["lab", "down", "--prefix", &self.prefix]);
-            for ns in netns_with_prefix(&self.prefix) {
-                let mut cmd = Command::new("ip");
-                cmd.args(["netns", "delete", &ns]);
-                let _ = run_bounded(cmd, None, Duration::from_secs(20));
-            }
+            delete_netns_with_prefix(&self.prefix);
         }));
         let _ = std::fs::remove_dir_all(&self.dir);
     }
@@ -1453,11 +1449,7 @@ fn daemon_run_directly_cleans_up_on_sigterm() {
         return;
     }
     let prefix = "pacqadmn".to_string();
-    for ns in netns_with_prefix(&prefix) {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "delete", &ns]);
-        let _ = run_bounded(cmd, None, Duration::from_secs(20));
-    }
+    delete_netns_with_prefix(&prefix);
     let dir = std::env::temp_dir().join(format!("pacific-test-qadmn-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create the test directory");

@@ -149,6 +149,23 @@ fn apply_and_delete_take_directories_and_several_files() {
     );
 }
 
+/// Runs `ip ARGS...`, which must succeed.
+fn ip(args: &[&str]) {
+    let mut cmd = std::process::Command::new("ip");
+    cmd.args(args);
+    let out = run_bounded(cmd, None, std::time::Duration::from_secs(20));
+    assert!(out.status.success(), "ip {args:?}: {}", describe(&out));
+}
+
+/// Makes namespace `netns` (named with the lab's prefix, so the lab's guard removes it) with an
+/// `eth0` in it already: the daemon cannot then give the pod of that namespace its TAP.
+fn occupy_eth0(netns: &str) {
+    ip(&["netns", "add", netns]);
+    ip(&[
+        "-n", netns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
+    ]);
+}
+
 /// A pod whose TAP could not be made (here: its namespace already holds an `eth0`) was applied
 /// with exit 0 and a `warning:` line; it is an error now, naming the pod and the reason, `get
 /// pods` says CreateContainerError with the reason, and the next apply builds it once it can.
@@ -160,16 +177,7 @@ fn a_pod_that_cannot_be_built_is_an_error() {
     let lab = Lab::up_with("khfail", LAB);
     // The namespace the daemon will give pod `clash` of `payments`, with an eth0 in it already.
     let netns = format!("{}-payments-clash", lab.prefix);
-    let ip = |args: &[&str]| {
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(args);
-        let out = run_bounded(cmd, None, std::time::Duration::from_secs(20));
-        assert!(out.status.success(), "ip {args:?}: {}", describe(&out));
-    };
-    ip(&["netns", "add", &netns]);
-    ip(&[
-        "-n", &netns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-    ]);
+    occupy_eth0(&netns);
     let out = lab.apply(&pod("clash", "payments"), None, None);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
     assert!(
@@ -379,16 +387,7 @@ fn a_pod_that_could_not_be_built_is_no_endpoint() {
     }
     let lab = Lab::up_with("khnoep", LAB);
     let netns = format!("{}-payments-clash", lab.prefix);
-    let ip = |args: &[&str]| {
-        let mut cmd = std::process::Command::new("ip");
-        cmd.args(args);
-        let out = run_bounded(cmd, None, std::time::Duration::from_secs(20));
-        assert!(out.status.success(), "ip {args:?}: {}", describe(&out));
-    };
-    ip(&["netns", "add", &netns]);
-    ip(&[
-        "-n", &netns, "link", "add", "eth0", "type", "veth", "peer", "name", "eth1",
-    ]);
+    occupy_eth0(&netns);
     let serving = |name: &str| {
         format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: payments, labels: {{app: api}}}}\nspec: {{containers: [{{name: c, image: x, ports: [{{containerPort: 8080}}]}}]}}\n"

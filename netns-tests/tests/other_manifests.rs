@@ -298,3 +298,47 @@ fn the_seed_story_holds_with_other_names_and_addresses() {
         "I just deployed a PodVM on the Tanzu Kubernetes Cluster!!"
     );
 }
+
+/// A TanzuKubernetesCluster lives in a vSphere Namespace: the supervisor control plane's own
+/// namespace is not one, so a cluster applied there is refused and no node VM comes up on the
+/// supervisor's T1; the same cluster in a vSphere Namespace still comes up.
+#[test]
+fn a_tkg_cluster_is_refused_in_the_supervisor_namespace() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("qa5tkcsv");
+    let tkc = "apiVersion: run.tanzu.vmware.com/v1alpha1\nkind: TanzuKubernetesCluster\nmetadata: {name: tkc-qa}\nspec: {topology: {controlPlane: {count: 1}, workers: {count: 2}}}\n";
+    let out = lab.apply(tkc, Some("supervisor"), None);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("supervisor") && stderr(&out).contains("vSphere Namespace"),
+        "{}",
+        describe(&out)
+    );
+    let clusters = lab.items("tkc", None);
+    assert!(
+        clusters.iter().all(|c| c["name"] != json!("tkc-qa")),
+        "{clusters:?}"
+    );
+    let nodes: Vec<String> = lab
+        .items("pods", Some("supervisor"))
+        .iter()
+        .filter_map(|p| p["name"].as_str().map(str::to_string))
+        .filter(|n| n.starts_with("tkc-qa-"))
+        .collect();
+    assert!(nodes.is_empty(), "{nodes:?}");
+    assert!(
+        lab.services()
+            .iter()
+            .all(|s| s["name"] != json!("tkc-qa-control-plane-service")),
+        "a control-plane VIP was handed out"
+    );
+    lab.apply_ok(tkc, Some("ns-prod"), None);
+    assert!(
+        lab.items("tkc", None)
+            .iter()
+            .any(|c| c["name"] == json!("tkc-qa") && c["namespace"] == json!("ns-prod")),
+        "tkc-qa not in ns-prod"
+    );
+}

@@ -727,6 +727,18 @@ impl Txn<'_> {
                     ),
                 ));
             }
+            if let Some(((_, cluster), _)) =
+                self.st.tkg_clusters.iter().find(|((n, _), _)| n == name)
+            {
+                return Err(err(
+                    ErrorCode::Conflict,
+                    m,
+                    ann_field(ANN_SUPERVISOR),
+                    format!(
+                        "namespace {name} holds TanzuKubernetesCluster {cluster}: the supervisor namespace cannot hold TKG clusters; delete it first"
+                    ),
+                ));
+            }
         }
         let pools = self.st.pools.clone();
         let taken = segments_taken(&self.st, (name, None));
@@ -793,6 +805,19 @@ impl Txn<'_> {
     fn apply_tkc(&mut self, r: &TkgClusterRequest) -> Result<&'static str, ApplyError> {
         let m = &r.meta;
         let ns = self.require_namespace(m)?;
+        if ns.supervisor {
+            // The TKG service builds clusters in vSphere Namespaces only; the supervisor control
+            // plane's namespace is not one (its T1 carries the management VMs).
+            return Err(err(
+                ErrorCode::Invalid,
+                m,
+                "metadata.namespace",
+                format!(
+                    "namespace {} is the supervisor control plane's, not a vSphere Namespace: a TanzuKubernetesCluster goes in a vSphere Namespace",
+                    ns.name
+                ),
+            ));
+        }
         let name = m.name.as_str();
         let key = (ns.name.clone(), name.to_string());
         let old = self.st.tkg_clusters.get(&key).cloned();
@@ -2093,6 +2118,45 @@ mod tests {
         let mut store = Store::new("esx-05a");
         store.apply(seed_lab().unwrap(), NOW).unwrap();
         store
+    }
+
+    #[test]
+    fn the_supervisor_namespace_holds_no_tkg_cluster() {
+        let tkc = "apiVersion: run.tanzu.vmware.com/v1alpha1\nkind: TanzuKubernetesCluster\nmetadata: {name: tkc-qa}\nspec: {topology: {controlPlane: {count: 1}, workers: {count: 1}}}\n";
+        let mut store = seeded();
+        let e = apply(&mut store, tkc, Some("supervisor")).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            (ErrorCode::Invalid, "metadata.namespace")
+        );
+        assert!(e.message.contains("not a vSphere Namespace"), "{e}");
+        assert!(store
+            .state()
+            .tkg_clusters
+            .keys()
+            .all(|(_, c)| c != "tkc-qa"));
+
+        // A lab without a supervisor namespace: one holding a TKG cluster cannot become it.
+        let mut store = Store::new("esx-05a");
+        let ns = |sup: &str| {
+            format!("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n  annotations: {{pacific.dev/supervisor: \"{sup}\"}}\n")
+        };
+        apply(
+            &mut store,
+            &format!("{}---\n{tkc}", ns("false")),
+            Some("team"),
+        )
+        .unwrap();
+        let e = apply(&mut store, &ns("true"), None).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            (
+                ErrorCode::Conflict,
+                "metadata.annotations[pacific.dev/supervisor]"
+            )
+        );
+        assert!(e.message.contains("tkc-qa"), "{e}");
+        assert!(!store.state().namespaces["team"].supervisor);
     }
 
     /// The pods of a deployment, in replica order.

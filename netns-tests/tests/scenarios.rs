@@ -937,9 +937,30 @@ fn no_new_connection_goes_to_a_pod_a_scale_down_removes() {
         return;
     }
     // Connections opened one after the other through the ClusterIP and the VIP while the api
-    // deployment scales 4 -> 1 -> 4 -> 1: each is answered at once. One sent to a pod being
-    // removed would wait for its SYN to be sent again (1 s), past curl's limit here.
+    // deployment scales 4 -> 1 -> 4 -> 1: each is answered at once. A SYN sent to a pod being
+    // removed is lost, and the client's kernel sends it again after 1 s: its count of SYN
+    // retransmissions tells, where a time limit on each request would also catch a slow machine.
     let lab = Lab::up_with("qadrain", &pools_lab(4));
+    let syn_retransmissions = |target: &str| -> u64 {
+        // /proc/net is the reader's network namespace's: the client's own TCP counters.
+        let netstat = stdout(&lab.sh(target, "cat /proc/net/netstat"));
+        let tcp_ext: Vec<Vec<&str>> = netstat
+            .lines()
+            .filter(|l| l.starts_with("TcpExt:"))
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        let [names, values] = tcp_ext.as_slice() else {
+            panic!("no TcpExt counters in {target}'s /proc/net/netstat:\n{netstat}");
+        };
+        let at = names
+            .iter()
+            .position(|n| *n == "TCPSynRetrans")
+            .unwrap_or_else(|| panic!("no TCPSynRetrans in {target}'s counters"));
+        values
+            .get(at)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_default()
+    };
     let vip = field(&service(&lab, "shop", "api-public"), "external_ip");
     let cluster_ip = lab.cluster_ip("shop", "api");
     served(&lab, CLIENT, &format!("http://{vip}/hostname"), "VIP");
@@ -947,10 +968,11 @@ fn no_new_connection_goes_to_a_pod_a_scale_down_removes() {
     let loop_script = |url: String| {
         format!(
             "for i in $(seq 2000); do [ -e {stop} ] && break; \
-             curl -s -o /dev/null -m 0.9 -w '%{{http_code}} %{{time_total}}\\n' {url} || echo \" exit $?\"; done",
+             curl -s -o /dev/null -m 5 -w '%{{http_code}} %{{time_connect}}\\n' {url} || echo \" exit $?\"; done",
             stop = stop.display()
         )
     };
+    let retransmitted_before = [syn_retransmissions(TESTER), syn_retransmissions(CLIENT)];
     let (via_cip, via_vip) = std::thread::scope(|s| {
         let cip = s.spawn(|| {
             lab.sh(
@@ -970,16 +992,23 @@ fn no_new_connection_goes_to_a_pod_a_scale_down_removes() {
             stdout(&vip.join().expect("the VIP loop")),
         )
     });
-    for (name, codes) in [("ClusterIP", via_cip), ("VIP", via_vip)] {
+    let retransmitted = [
+        syn_retransmissions(TESTER) - retransmitted_before[0],
+        syn_retransmissions(CLIENT) - retransmitted_before[1],
+    ];
+    for ((name, codes), retransmitted) in [("ClusterIP", via_cip), ("VIP", via_vip)]
+        .into_iter()
+        .zip(retransmitted)
+    {
         let codes: Vec<&str> = codes.lines().collect();
         assert!(codes.len() > 20, "{name}: too few connections: {codes:?}");
-        // curl's exit 28: not answered in time. (A request in flight to a pod as it is removed
+        // curl's exit 28: not answered in 5 s. (A request in flight to a pod as it is removed
         // is reset, exit 56: Pacific removes a pod at once, with no grace period.)
         let timed_out = codes.iter().filter(|c| **c == " exit 28").count();
-        assert_eq!(
-            timed_out,
-            0,
-            "{name}: {timed_out} of {} connections were not answered: {:?}",
+        assert!(
+            retransmitted == 0 && timed_out == 0,
+            "{name}: {retransmitted} SYN(s) sent again, {timed_out} unanswered, in {} \
+             connections: {:?}",
             codes.len(),
             codes
                 .iter()

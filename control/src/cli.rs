@@ -678,7 +678,19 @@ fn lab_up(
                 );
             }
         }
-        Err(_) => start_daemon(socket, prefix.unwrap_or(DEFAULT_PREFIX), daemon)?,
+        Err(_) => {
+            // The daemon clears what a dead one left (`record::clear_stale`); said here too, where
+            // the user looks, not only in the daemon's log.
+            let stale = LabRecord::load(&record_path_for(socket)).ok().flatten();
+            if stale.is_some_and(|r| !r.daemon_lives()) {
+                eprintln!(
+                    "note: the last daemon on {} died without cleaning up: its namespaces and \
+                     processes are removed first",
+                    socket.display()
+                );
+            }
+            start_daemon(socket, prefix.unwrap_or(DEFAULT_PREFIX), daemon)?
+        }
     }
     let result = client::call(socket, "apply", json!({ "manifest": manifest.text }))
         .map_err(|e| manifest.error("apply", e))?;

@@ -397,6 +397,11 @@ fn lab_up_after_the_daemon_was_killed_leaves_no_old_servers() {
         "2",
     ]);
     assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("died without cleaning up"),
+        "lab up does not say it cleans up after the dead daemon: {}",
+        describe(&out)
+    );
     let survivors: Vec<_> = old
         .iter()
         .filter(|(p, c)| cmdline(*p).as_deref() == Some(c.as_str()))

@@ -214,10 +214,7 @@ pub fn clear_stale(record_path: &Path) -> Result<Option<TeardownSummary>, LabErr
     else {
         return Ok(None);
     };
-    let daemon_lives = rec.daemon_pid.is_some_and(|pid| {
-        netns::pid_alive(pid) && netns::pid_cmdline(pid).is_some_and(|c| cmdline_is_ours(&c))
-    });
-    if daemon_lives {
+    if rec.daemon_lives() {
         return Ok(None);
     }
     let mut summary = TeardownSummary::default();
@@ -231,6 +228,15 @@ pub fn clear_stale(record_path: &Path) -> Result<Option<TeardownSummary>, LabErr
     remove_if_exists(record_path)?;
     summary.record_removed = true;
     Ok(Some(summary))
+}
+
+impl LabRecord {
+    /// Whether the daemon the record names still runs (and is ours, not a reused pid).
+    pub fn daemon_lives(&self) -> bool {
+        self.daemon_pid.is_some_and(|pid| {
+            netns::pid_alive(pid) && netns::pid_cmdline(pid).is_some_and(|c| cmdline_is_ours(&c))
+        })
+    }
 }
 
 /// Ends the processes of `pids` that are alive and still ours (see [`cmdline_is_ours`]).

@@ -988,9 +988,8 @@ fn malformed_and_foreign_frames_are_dropped_and_named() {
     assert_eq!(bed.send(99, &good), Verdict::Drop(DropReason::UnknownPort));
 }
 
-#[test]
-fn a_cluster_ip_without_backends_refuses_at_once() {
-    let mut bed = Bed::new();
+/// The test bed's tables (generation 2) with its ClusterIP service left without endpoints.
+fn tables_with_an_empty_cluster_ip() -> Tables {
     let mut t = testbed::tables(2, Options::default());
     t.services[0] = crate::tables::LbService::new(
         "empty".into(),
@@ -1002,7 +1001,14 @@ fn a_cluster_ip_without_backends_refuses_at_once() {
         vec![],
         crate::tables::LbAlgorithm::ConnectionHash,
     );
-    bed.tables.store(Arc::new(t));
+    t
+}
+
+#[test]
+fn a_cluster_ip_without_backends_refuses_at_once() {
+    let mut bed = Bed::new();
+    bed.tables
+        .store(Arc::new(tables_with_an_empty_cluster_ip()));
     let syn = tcp(
         pod_mac(A1_IP),
         ROUTER_MAC,
@@ -2306,18 +2312,8 @@ fn a_connection_that_ends_between_its_lookup_and_its_revalidation_is_not_applied
     let (conn, _) = bed.pipeline.conntrack.get(&key).unwrap();
     assert_eq!(conn.actions[0].out_port, port);
     assert!(bed.pipeline.conntrack.remove(conn.id));
-    let mut t = testbed::tables(2, Options::default());
-    t.services[0] = crate::tables::LbService::new(
-        "empty".into(),
-        PROTO_TCP,
-        crate::tables::Backend {
-            ip: CLUSTER_IP,
-            port: 80,
-        },
-        vec![],
-        crate::tables::LbAlgorithm::ConnectionHash,
-    );
-    bed.tables.store(Arc::new(t));
+    bed.tables
+        .store(Arc::new(tables_with_an_empty_cluster_ip()));
     let t = bed.tables.load_full();
     let hit = bed.pipeline.hit(&t, &key, 64, dir, tracked);
     assert_eq!(

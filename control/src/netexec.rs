@@ -22,11 +22,18 @@
 //!   over 16 KiB gets 431 (RFC 6585 §5), a body over 16 KiB 413, a chunked body 501 (RFC 9112 §6.1:
 //!   a transfer coding the server does not implement), a malformed request line 400, and each of
 //!   those closes the connection because the framing can no longer be trusted.
+//! - SIGTERM drains, as a Kubernetes pod's process is asked to before it is killed: the lab has
+//!   already taken the pod out of its services, so the server stops keeping connections alive,
+//!   answers the requests it holds (and the connections already queued), and exits once it has
+//!   been idle for [`DRAIN_QUIET`] (at most [`DRAIN_MAX`]). Killed at once instead, a request in
+//!   flight would be reset, or lost with the pod's interface.
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
@@ -38,6 +45,11 @@ pub const MAX_REQUEST_BYTES: usize = 16 * 1024;
 pub const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest UDP payload (the IPv4 maximum less the headers).
 const MAX_DATAGRAM: usize = 65_507;
+/// After SIGTERM, the server exits once no request has been in hand for this long.
+pub const DRAIN_QUIET: Duration = Duration::from_millis(100);
+/// After SIGTERM, the server exits after this long even with requests in hand (the lab sends
+/// SIGKILL 2 s after SIGTERM).
+pub const DRAIN_MAX: Duration = Duration::from_millis(1500);
 
 /// What one server answers and where.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -98,10 +110,84 @@ impl std::fmt::Display for Forward {
     }
 }
 
-/// Binds every port of `cfg`, then serves forever. Returns an error, having served nothing, if any
-/// bind fails; otherwise returns only if every serving thread has ended.
+/// Binds every port of `cfg`, then serves until SIGTERM, which drains (see [`Drain`]) and ends
+/// the process. Returns an error, having served nothing, if any bind fails.
 pub fn run(cfg: &NetexecConfig) -> io::Result<()> {
-    bind(cfg)?.serve()
+    let server = bind(cfg)?;
+    let drain = Arc::new(Drain::default());
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM])?;
+    let on_term = Arc::clone(&drain);
+    thread::Builder::new()
+        .name("netexec-sigterm".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                on_term.start();
+                on_term.wait_quiet(DRAIN_QUIET, DRAIN_MAX);
+                std::process::exit(0);
+            }
+        })?;
+    server.serve_with(drain)
+}
+
+/// What a draining server waits for: the HTTP requests in hand, from the first byte read to the
+/// response written (a connection idle between keep-alive requests holds nothing, and a newly
+/// accepted one holds one until its first request is answered).
+#[derive(Debug, Default)]
+pub struct Drain {
+    draining: AtomicBool,
+    in_hand: AtomicUsize,
+    /// When the last request in hand was answered (or the drain started).
+    last_busy: Mutex<Option<Instant>>,
+}
+
+/// One request in hand; answered when dropped.
+struct InHand<'a>(&'a Drain);
+
+impl Drop for InHand<'_> {
+    fn drop(&mut self) {
+        self.0.touch();
+        self.0.in_hand.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl Drain {
+    /// From now on, responses close their connections.
+    pub fn start(&self) {
+        self.touch();
+        self.draining.store(true, Ordering::SeqCst);
+    }
+
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+
+    /// Returns once no request has been in hand for `quiet`, or after `max`.
+    pub fn wait_quiet(&self, quiet: Duration, max: Duration) {
+        let deadline = Instant::now() + max;
+        while Instant::now() < deadline {
+            let idle_since = *self
+                .last_busy
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            let idle_long_enough = idle_since.is_none_or(|t| t.elapsed() >= quiet);
+            if self.in_hand.load(Ordering::SeqCst) == 0 && idle_long_enough {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn in_hand(&self) -> InHand<'_> {
+        self.in_hand.fetch_add(1, Ordering::SeqCst);
+        InHand(self)
+    }
+
+    fn touch(&self) {
+        *self
+            .last_busy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(Instant::now());
+    }
 }
 
 /// Every socket of a [`NetexecConfig`], bound and listening, not yet served.
@@ -183,16 +269,22 @@ impl BoundServer {
 
     /// Serves every socket until every thread has ended (in practice: forever).
     pub fn serve(self) -> io::Result<()> {
+        self.serve_with(Arc::new(Drain::default()))
+    }
+
+    /// [`BoundServer::serve`], its HTTP connections tracked by `drain`.
+    pub fn serve_with(self, drain: Arc<Drain>) -> io::Result<()> {
         let mut threads = Vec::new();
         for listener in self.http {
             for i in 0..HTTP_THREADS_PER_PORT {
                 let listener = listener.try_clone()?;
                 let cfg = self.cfg.clone();
+                let drain = Arc::clone(&drain);
                 let name = format!("netexec-http-{i}");
                 threads.push(
                     thread::Builder::new()
                         .name(name)
-                        .spawn(move || accept_loop(&listener, &cfg))?,
+                        .spawn(move || accept_loop(&listener, &cfg, &drain))?,
                 );
             }
         }
@@ -233,12 +325,12 @@ fn annotate(e: io::Error, what: String) -> io::Error {
     io::Error::new(e.kind(), format!("{what}: {e}"))
 }
 
-fn accept_loop(listener: &TcpListener, cfg: &NetexecConfig) {
+fn accept_loop(listener: &TcpListener, cfg: &NetexecConfig, drain: &Drain) {
     loop {
         match listener.accept() {
             Ok((stream, peer)) => {
                 // Errors on one connection (a reset, a timeout) end that connection only.
-                let _ = serve_connection(stream, peer, cfg);
+                let _ = serve_connection(stream, peer, cfg, drain);
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => {
@@ -424,7 +516,10 @@ fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     cfg: &NetexecConfig,
+    drain: &Drain,
 ) -> io::Result<()> {
+    // A new connection's first request is in hand from the start: the client sends it at once.
+    let mut in_hand = Some(drain.in_hand());
     stream.set_read_timeout(Some(IO_TIMEOUT))?;
     stream.set_write_timeout(Some(IO_TIMEOUT))?;
     // Responses are one write each; do not let Nagle hold the next one behind a delayed ACK.
@@ -449,7 +544,10 @@ fn serve_connection(
             }
             match stream.read(&mut chunk) {
                 Ok(0) => return Ok(()),
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    in_hand.get_or_insert_with(|| drain.in_hand());
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -496,9 +594,15 @@ fn serve_connection(
         }
         let (status, body) = route(&req.target, peer, cfg);
         let head_only = req.method == "HEAD";
-        write_response(&mut stream, status, &body, req.keep_alive, head_only)?;
-        if !req.keep_alive {
+        let keep_alive = req.keep_alive && !drain.draining();
+        write_response(&mut stream, status, &body, keep_alive, head_only)?;
+        if !keep_alive {
+            drop(in_hand);
             return linger_close(stream);
+        }
+        // A pipelined request already read is still in hand.
+        if buf.is_empty() {
+            in_hand = None;
         }
     }
 }
@@ -984,6 +1088,53 @@ mod tests {
             rest.contains("Content-Length: 14\r\n") && rest.ends_with("\r\n\r\n"),
             "{rest}"
         );
+    }
+
+    #[test]
+    fn a_drain_answers_the_request_in_hand_and_ends_keep_alive() {
+        let cfg = NetexecConfig {
+            http_ports: vec![0],
+            name: "web-0".into(),
+            ..Default::default()
+        };
+        let (bound, cfg) = bind_fresh(&cfg);
+        let drain = Arc::new(Drain::default());
+        let serving = Arc::clone(&drain);
+        thread::spawn(move || bound.serve_with(serving));
+        let port = cfg.http_ports[0];
+        // An idle keep-alive connection holds nothing; a half-sent request does.
+        let idle = connect(port);
+        let mut w = idle.try_clone().unwrap();
+        let mut r = BufReader::new(idle);
+        w.write_all(b"GET /hostname HTTP/1.1\r\n\r\n").unwrap();
+        assert_eq!(read_response(&mut r).2, "web-0");
+        let busy = connect(port);
+        let mut busy_w = busy.try_clone().unwrap();
+        busy_w
+            .write_all(b"GET /hostname HTTP/1.1\r\nHost: pod\r\n")
+            .unwrap();
+
+        drain.start();
+        let (done_tx, done) = std::sync::mpsc::channel();
+        let waiting = Arc::clone(&drain);
+        thread::spawn(move || {
+            waiting.wait_quiet(DRAIN_QUIET, Duration::from_secs(30));
+            let _ = done_tx.send(());
+        });
+        assert!(
+            done.recv_timeout(Duration::from_millis(400)).is_err(),
+            "the drain ended with a request in hand"
+        );
+        busy_w.write_all(b"\r\n").unwrap();
+        let (status, headers, body) = read_response(&mut BufReader::new(busy));
+        assert_eq!((status, body.as_str()), (200, "web-0"));
+        assert!(headers.contains(&("connection".into(), "close".into())));
+        done.recv_timeout(Duration::from_secs(10))
+            .expect("the drain ends once the request is answered");
+        // The idle connection's next request is answered too, and closes it.
+        w.write_all(b"GET /hostname HTTP/1.1\r\n\r\n").unwrap();
+        let (_, headers, _) = read_response(&mut r);
+        assert!(headers.contains(&("connection".into(), "close".into())));
     }
 
     #[test]

@@ -87,8 +87,9 @@ pub fn record_path_for(socket: &Path) -> PathBuf {
 struct RealizedPod {
     port: PortId,
     netns: String,
-    ip: Ipv4Addr,
-    mac: pacific_dataplane::tables::MacAddr,
+    /// The pod as it was built (its address, MAC and segment): a pod deleted from the state
+    /// keeps its port from this while its server drains.
+    pod: crate::model::objects::Pod,
     /// The test server's pid, when the pod has ports.
     server: Option<u32>,
     /// The test-server command line and MESSAGE it was started with (a change restarts it).
@@ -190,6 +191,12 @@ fn raise_open_file_limit() -> u64 {
 const CLIENT_IDLE: Duration = Duration::from_secs(120);
 /// How often the upstream router's uplink is looked at for a flap (its routes go with it).
 const UPSTREAM_LINK_CHECK: Duration = Duration::from_secs(1);
+/// How long a pod's test server gets to drain after SIGTERM (it answers what it holds, then
+/// exits: `netexec::DRAIN_MAX`) before SIGKILL: a small terminationGracePeriodSeconds.
+const SERVER_DRAIN_GRACE: Duration = Duration::from_secs(2);
+/// How long new test servers get, all together, to listen on their ports before their pods are
+/// published anyway (and the apply warns).
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Whether `ip -o link show` says the link is administratively up (`UP` among its flags).
 fn link_is_up(shown: &str) -> bool {
@@ -400,9 +407,15 @@ impl Daemon {
 
     /// Compiles the current state and publishes the tables.
     fn publish(&self, control: &mut Control) {
+        let state = control.store.state().clone();
+        self.publish_state(control, &state);
+    }
+
+    /// [`Daemon::publish`] of tables compiled from `state` rather than the store's.
+    fn publish_state(&self, control: &mut Control, state: &State) {
         control.generation += 1;
         let tables = compile::compile_with(
-            control.store.state(),
+            state,
             &control.ports,
             control.generation,
             &self.counters,
@@ -642,14 +655,36 @@ impl Daemon {
                 state
                     .pods
                     .get(*key)
-                    .is_none_or(|p| p.ip != r.ip || p.mac != r.mac)
+                    .is_none_or(|p| p.ip != r.pod.ip || p.mac != r.pod.mac)
             })
             .map(|(key, _)| key.clone())
             .collect();
         if !stale.is_empty() {
-            // Tables without them first, then their ports and namespaces: published after, a
-            // scale-down's new connections were sent, for that while, to a pod already gone
-            // (curl timed out, or waited for its SYN to be sent again).
+            // Tables without them as endpoints first, then their servers drain, then their
+            // ports and namespaces go. Published after, a scale-down's new connections were sent,
+            // for that while, to a pod already gone (curl timed out, or waited for its SYN to be
+            // sent again). Gone with their pods at once, the requests in flight to them were
+            // lost with their interfaces, and their clients waited in vain. A deleted pod keeps
+            // its port (its address, no endpoint) while it drains, as a terminating pod does; one
+            // whose address changed loses it at once, the new address wanting the key.
+            let mut draining = state.clone();
+            for key in &stale {
+                let owner = PortOwner::Pod(key.0.clone(), key.1.clone());
+                match control.pods.get(key) {
+                    Some(r) if !state.pods.contains_key(key) => {
+                        draining.pods.insert(key.clone(), r.pod.clone());
+                    }
+                    _ => {
+                        control.ports.remove(&owner);
+                    }
+                }
+            }
+            self.publish_state(control, &draining);
+            let servers: Vec<u32> = stale
+                .iter()
+                .filter_map(|key| control.pods.get_mut(key)?.server.take())
+                .collect();
+            netns::terminate_pids(&servers, SERVER_DRAIN_GRACE);
             for key in &stale {
                 control
                     .ports
@@ -697,6 +732,7 @@ impl Daemon {
             .pod_errors
             .retain(|key, _| state.pods.contains_key(key));
         // Test servers follow the pods' ports and MESSAGE.
+        let mut starting = Vec::new();
         for (key, pod) in &state.pods {
             let args = server_args(&state, pod);
             let message = message_of(&pod.containers);
@@ -710,7 +746,7 @@ impl Daemon {
                 continue;
             }
             if let Some(pid) = r.server.take() {
-                netns::terminate_pids(&[pid], Duration::from_secs(2));
+                netns::terminate_pids(&[pid], SERVER_DRAIN_GRACE);
             }
             r.server_args = args.clone();
             r.server_message = message.clone();
@@ -719,12 +755,24 @@ impl Daemon {
                     Ok(pid) => {
                         r.server = Some(pid);
                         control.record.add_pid(pid);
+                        starting.push((pid, server_ports(pod), key.clone()));
                     }
                     Err(e) => problems.push(format!(
                         "test server of {}/{}: {e}",
                         pod.namespace, pod.name
                     )),
                 }
+            }
+        }
+        // Ready before they are published: the tables sent a new pod's first connections to a
+        // server that did not listen yet, and they were refused.
+        let deadline = Instant::now() + SERVER_START_TIMEOUT;
+        for (pid, (tcp, udp), (ns, name)) in starting {
+            if !netns::wait_listening(pid, &tcp, &udp, deadline) && netns::pid_alive(pid) {
+                problems.push(format!(
+                    "test server of {ns}/{name}: not listening after {} s",
+                    SERVER_START_TIMEOUT.as_secs()
+                ));
             }
         }
         self.realize_workloads(control, &state, &mut problems);
@@ -782,8 +830,7 @@ impl Daemon {
         Ok(RealizedPod {
             port,
             netns: netns_name,
-            ip: pod.ip,
-            mac: pod.mac,
+            pod: pod.clone(),
             server: None,
             server_args: Vec::new(),
             server_message: None,
@@ -1551,21 +1598,25 @@ fn fit_netns_name(base: String, key: &str, attempt: u32) -> String {
 
 /// The test server's arguments for a pod: HTTP on its TCP container ports, echo on its UDP ones.
 fn server_args(_state: &State, pod: &crate::model::objects::Pod) -> Vec<String> {
-    let mut args = Vec::new();
-    let mut seen = BTreeSet::new();
-    for c in &pod.containers {
-        for p in &c.ports {
-            let flag = match p.protocol {
-                crate::model::objects::Protocol::Tcp => "--http",
-                crate::model::objects::Protocol::Udp => "--udp",
-            };
-            if seen.insert((flag, p.container_port)) {
-                args.push(flag.to_string());
-                args.push(p.container_port.to_string());
-            }
-        }
+    let (tcp, udp) = server_ports(pod);
+    let http = tcp.into_iter().map(|p| ("--http", p));
+    let udp = udp.into_iter().map(|p| ("--udp", p));
+    http.chain(udp)
+        .flat_map(|(flag, port)| [flag.to_string(), port.to_string()])
+        .collect()
+}
+
+/// The TCP and UDP ports a pod's test server listens on: its containers' ports, each once.
+fn server_ports(pod: &crate::model::objects::Pod) -> (Vec<u16>, Vec<u16>) {
+    let mut tcp = BTreeSet::new();
+    let mut udp = BTreeSet::new();
+    for p in pod.containers.iter().flat_map(|c| &c.ports) {
+        match p.protocol {
+            crate::model::objects::Protocol::Tcp => tcp.insert(p.container_port),
+            crate::model::objects::Protocol::Udp => udp.insert(p.container_port),
+        };
     }
-    args
+    (tcp.into_iter().collect(), udp.into_iter().collect())
 }
 
 fn message_of(containers: &[crate::model::objects::Container]) -> Option<String> {

@@ -10,6 +10,7 @@
 //! Processes are signalled with the `kill` command and watched through `/proc`, not with
 //! `libc::kill`, which would need `unsafe` in a module that has no other reason for it.
 
+use std::collections::BTreeSet;
 use std::ffi::OsStr;
 use std::fs::OpenOptions;
 use std::io;
@@ -339,6 +340,53 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
+/// Waits until the network namespace of `pid` has a TCP listener on each of `tcp` and a socket
+/// bound to each of `udp` (as `/proc/PID/net/tcp` and `udp` show them), or until `deadline`, or
+/// until `pid` is gone. True when they are all there.
+pub fn wait_listening(pid: u32, tcp: &[u16], udp: &[u16], deadline: Instant) -> bool {
+    let all_there = || {
+        let table = |proto: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{proto}"));
+        let (Ok(tcp_table), Ok(udp_table)) = (table("tcp"), table("udp")) else {
+            return false;
+        };
+        let listening = socket_table_ports(&tcp_table, Some(TCP_LISTEN));
+        let bound = socket_table_ports(&udp_table, None);
+        tcp.iter().all(|p| listening.contains(p)) && udp.iter().all(|p| bound.contains(p))
+    };
+    loop {
+        if all_there() {
+            return true;
+        }
+        if !pid_alive(pid) || Instant::now() >= deadline {
+            return false;
+        }
+        thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// `st` of a listening socket in `/proc/net/tcp` (`TCP_LISTEN` in the kernel's `tcp_states.h`).
+const TCP_LISTEN: &str = "0A";
+
+/// The local ports in a `/proc/net/tcp` or `/proc/net/udp` table, of the sockets in state `state`
+/// (any state when `None`). A line reads `sl local_address rem_address st ...`, the addresses
+/// as `HEXADDR:HEXPORT`.
+fn socket_table_ports(table: &str, state: Option<&str>) -> BTreeSet<u16> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace().skip(1);
+            let local = fields.next()?;
+            let st = fields.nth(1)?;
+            if state.is_some_and(|want| want != st) {
+                return None;
+            }
+            let (_, port) = local.rsplit_once(':')?;
+            u16::from_str_radix(port, 16).ok()
+        })
+        .collect()
+}
+
 /// The command line of `pid` with its NUL separators turned into spaces, if readable.
 pub fn pid_cmdline(pid: u32) -> Option<String> {
     let raw = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
@@ -469,6 +517,46 @@ mod tests {
             vec!["pac-dev-wordpress", "pac-ext-router", "plain"]
         );
         assert!(parse_netns_list("").is_empty());
+    }
+
+    #[test]
+    fn reads_ports_from_proc_net_tables() {
+        // From a pod running `netexec --http 80 --udp 53`, with a client connection on 8080.
+        let tcp = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+   0: 00000000:0050 00000000:0000 0A 00000000:00000000 00:00000000 00000000     0        0 81127 1 0000000000000000 100 0 0 10 0
+   1: 4F00D3AC:1F90 0500D3AC:C350 01 00000000:00000000 00:00000000 00000000     0        0 81200 1 0000000000000000 20 4 30 10 -1
+";
+        let udp = "   sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode ref pointer drops
+  180: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 81128 2 0000000000000000 0
+";
+        assert_eq!(
+            socket_table_ports(tcp, Some(TCP_LISTEN)),
+            BTreeSet::from([80])
+        );
+        assert_eq!(socket_table_ports(tcp, None), BTreeSet::from([80, 8080]));
+        assert_eq!(socket_table_ports(udp, None), BTreeSet::from([53]));
+        assert!(socket_table_ports("", None).is_empty());
+        assert!(socket_table_ports("header\n   0: garbage\n", None).is_empty());
+    }
+
+    #[test]
+    fn waits_for_a_listener_of_its_own_process() {
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let udp = std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let (tcp_port, udp_port) = (
+            listener.local_addr().unwrap().port(),
+            udp.local_addr().unwrap().port(),
+        );
+        let soon = Instant::now() + Duration::from_secs(5);
+        assert!(wait_listening(
+            std::process::id(),
+            &[tcp_port],
+            &[udp_port],
+            soon
+        ));
+        // A UDP port is no TCP listener: not there, and the wait ends at its deadline.
+        let now = Instant::now() + Duration::from_millis(20);
+        assert!(!wait_listening(std::process::id(), &[udp_port], &[], now));
     }
 
     #[test]

@@ -938,11 +938,13 @@ impl Daemon {
             })
             .map(|(k, _)| k.clone())
             .collect();
-        for key in gone {
-            if let Some((pid, _)) = control.workloads.remove(&key) {
-                netns::terminate_pids(&[pid], Duration::from_secs(2));
-            }
-        }
+        // All at once: each drains (see `netexec`) for up to SERVER_DRAIN_GRACE.
+        let ending: Vec<u32> = gone
+            .iter()
+            .filter_map(|key| control.workloads.remove(key))
+            .map(|(pid, _)| pid)
+            .collect();
+        netns::terminate_pids(&ending, SERVER_DRAIN_GRACE);
         for (key, w) in wanted {
             if control.workloads.contains_key(&key) || w.args.is_empty() {
                 continue;
@@ -1326,11 +1328,15 @@ impl Daemon {
     pub fn reset(&self) {
         let mut control = self.control.lock();
         let pods: Vec<RealizedPod> = std::mem::take(&mut control.pods).into_values().collect();
-        let workload_pids: Vec<u32> = std::mem::take(&mut control.workloads)
+        // Every test server at once: each drains for up to SERVER_DRAIN_GRACE, so one by one
+        // (as deleting each namespace would end them) a lab of 600 pods took a minute more.
+        let servers: Vec<u32> = std::mem::take(&mut control.workloads)
             .into_values()
-            .map(|(p, _)| p)
+            .map(|(pid, _)| pid)
+            .chain(pods.iter().filter_map(|r| r.server))
+            .chain(control.outside.values().filter_map(|(_, pid, _)| *pid))
             .collect();
-        netns::terminate_pids(&workload_pids, Duration::from_secs(2));
+        netns::terminate_pids(&servers, SERVER_DRAIN_GRACE);
         for r in pods {
             self.dataplane.lock().remove_port(r.port);
             let _ = netns::delete_netns(&r.netns);

@@ -696,7 +696,7 @@ fn lab_up(
         .map_err(|e| manifest.error("apply", e))?;
     let code = print_apply(&result);
     print_summary(socket)?;
-    let problems = apply_problems(&result);
+    let problems = strings_of(&result, "errors");
     if !problems.is_empty() {
         // Said again after the summary, where it would scroll out of sight.
         eprintln!(
@@ -1172,9 +1172,11 @@ fn apply(
     Ok(print_apply(&result))
 }
 
-/// Prints what the daemon did with each object, then what it could not build (a pod without
-/// its TAP, an outside host's test server): the request is applied, but those objects do not
-/// work, so the exit code is 1, as kubectl's when some object of a file failed.
+/// Prints what the daemon did with each object, then what it could not build of them (a pod
+/// without its TAP, an outside host's test server): the request is applied, but those objects
+/// do not work, so the exit code is 1, as kubectl's when some object of a file failed. What
+/// still cannot be built of earlier requests (another pod's standing CreateContainerError) is a
+/// warning: this apply did not fail for it.
 fn print_apply(result: &Value) -> ExitCode {
     for line in result
         .get("results")
@@ -1184,21 +1186,24 @@ fn print_apply(result: &Value) -> ExitCode {
     {
         out!("{}", line.as_str().unwrap_or_default());
     }
-    let problems = apply_problems(result);
-    for p in &problems {
-        eprintln!("error: {p}");
+    for w in strings_of(result, "warnings") {
+        eprintln!("warning: {w}");
     }
-    if problems.is_empty() {
+    let errors = strings_of(result, "errors");
+    for e in &errors {
+        eprintln!("error: {e}");
+    }
+    if errors.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
     }
 }
 
-/// The daemon's `warnings`: what it could not build of an applied request.
-fn apply_problems(result: &Value) -> Vec<String> {
+/// The daemon's `errors` or `warnings` of an applied request.
+fn strings_of(result: &Value, field: &str) -> Vec<String> {
     result
-        .get("warnings")
+        .get(field)
         .and_then(Value::as_array)
         .into_iter()
         .flatten()

@@ -608,7 +608,7 @@ impl Daemon {
                 if skipped.is_empty() {
                     return Err(nothing());
                 }
-                return Ok(json!({"results": skipped, "warnings": []}));
+                return Ok(json!({"results": skipped, "errors": [], "warnings": []}));
             }
             let deleted = self
                 .control
@@ -623,13 +623,44 @@ impl Daemon {
                 if skipped.is_empty() {
                     return Err(nothing());
                 }
-                return Ok(json!({"results": skipped, "warnings": []}));
+                return Ok(json!({"results": skipped, "errors": [], "warnings": []}));
             }
             (self.control.lock().store.apply(manifests, now), skipped)
         };
         let outcomes = outcomes.map_err(|e: ApplyError| RpcError::apply(&e))?;
         let mut control = self.control.lock();
-        let problems = self.realize(&mut control);
+        // Pods that could not be built before this request and that it does not name (nor
+        // their deployment): their problem stands, and is a warning here, not this apply's
+        // error (kubectl apply fails only for what it applied; `get pods` shows them).
+        let standing: BTreeSet<(String, String)> = control
+            .pod_errors
+            .keys()
+            .filter(|(ns, name)| {
+                let owner = control
+                    .store
+                    .state()
+                    .pods
+                    .get(&(ns.clone(), name.clone()))
+                    .and_then(|p| p.owner.clone());
+                !outcomes.iter().any(|o| {
+                    o.namespace.as_deref() == Some(ns.as_str())
+                        && match o.kind.as_str() {
+                            "Pod" => o.name == *name,
+                            "Deployment" => owner.as_deref() == Some(o.name.as_str()),
+                            _ => false,
+                        }
+                })
+            })
+            .cloned()
+            .collect();
+        let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+        for (pod, problem) in self.realize(&mut control) {
+            if pod.is_some_and(|key| standing.contains(&key)) {
+                warnings.push(problem);
+            } else {
+                errors.push(problem);
+            }
+        }
         self.publish(&mut control);
         let gone = std::mem::take(&mut control.gone_ports);
         drop(control);
@@ -638,14 +669,15 @@ impl Daemon {
         self.sync_upstream();
         let mut results: Vec<String> = outcomes.iter().map(|o| o.to_string()).collect();
         results.extend(skipped);
-        Ok(json!({"results": results, "warnings": problems}))
+        Ok(json!({"results": results, "errors": errors, "warnings": warnings}))
     }
 
     /// Brings namespaces, TAPs and test servers in line with the state. Returns the problems met
     /// (the state stays applied; a pod whose namespace could not be built is left out of the
-    /// dataplane and reported).
-    fn realize(&self, control: &mut Control) -> Vec<String> {
+    /// dataplane and reported, with its key).
+    fn realize(&self, control: &mut Control) -> Vec<(Option<(String, String)>, String)> {
         let mut problems = Vec::new();
+        let mut pod_problems = Vec::new();
         let state = control.store.state().clone();
         // Pods that went away or changed address.
         let stale: Vec<(String, String)> = control
@@ -723,7 +755,10 @@ impl Daemon {
                     control.pod_errors.remove(key);
                 }
                 Err(e) => {
-                    problems.push(format!("pod {}/{}: {e}", pod.namespace, pod.name));
+                    pod_problems.push((
+                        key.clone(),
+                        format!("pod {}/{}: {e}", pod.namespace, pod.name),
+                    ));
                     control.pod_errors.insert(key.clone(), e);
                 }
             }
@@ -777,7 +812,12 @@ impl Daemon {
         }
         self.realize_workloads(control, &state, &mut problems);
         self.realize_outside(control, &state, &mut problems);
-        for p in &problems {
+        let problems: Vec<(Option<(String, String)>, String)> = pod_problems
+            .into_iter()
+            .map(|(key, p)| (Some(key), p))
+            .chain(problems.into_iter().map(|p| (None, p)))
+            .collect();
+        for (_, p) in &problems {
             log(p);
         }
         problems

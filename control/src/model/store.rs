@@ -356,6 +356,11 @@ fn err(
     }
 }
 
+/// A selector as kubectl shows it: `{"matchLabels":{"app":"api"}}`.
+fn match_labels(selector: &BTreeMap<String, String>) -> String {
+    serde_json::json!({ "matchLabels": selector }).to_string()
+}
+
 fn ipam_err(e: IpamError, meta: &Meta, field: impl Into<String>) -> ApplyError {
     let code = match e {
         IpamError::Invalid(_) => ErrorCode::Invalid,
@@ -1070,6 +1075,21 @@ impl Txn<'_> {
         let key_ns = key_namespace(m);
         let key = (key_ns.clone(), m.name.clone());
         let old = self.st.deployments.get(&key).cloned();
+        // `spec.selector` is immutable in apps/v1: a change would orphan the pods it selected.
+        if let Some(o) = old.as_ref().filter(|o| o.selector != r.selector) {
+            return Err(err(
+                ErrorCode::Invalid,
+                m,
+                "spec.selector",
+                format!(
+                    "field is immutable: deployment {key_ns}/{} has {}, the request asks for {} \
+                     (delete the deployment to change it)",
+                    m.name,
+                    match_labels(&o.selector),
+                    match_labels(&r.selector),
+                ),
+            ));
+        }
         let deployment = Deployment {
             namespace: ns.name.clone(),
             name: m.name.clone(),
@@ -3076,6 +3096,40 @@ endpoints: [{addresses: [198.51.100.100], targetRef: {name: internet}}]
         )
         .unwrap_err();
         assert_eq!(e.field, "spec.clusterIP", "{e}");
+    }
+
+    /// apps/v1 holds a Deployment's `spec.selector` immutable: a re-apply that changes it is
+    /// refused, naming the field, and nothing else of the request is applied (it re-labelled
+    /// the pods under the new selector).
+    #[test]
+    fn a_deployment_selector_cannot_change() {
+        let mut store = seeded();
+        let deploy = |app: &str, replicas: u32| {
+            format!("apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: api, namespace: ns-dev}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: {app}}}}}\n  template:\n    metadata: {{labels: {{app: {app}}}}}\n    spec: {{containers: [{{name: c, image: nginx}}]}}\n")
+        };
+        apply(&mut store, &deploy("api", 1), None).unwrap();
+        let generation = store.state().generation;
+        let pods = store.state().pods.clone();
+        let request = format!(
+            "{}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: tool, namespace: ns-dev}}\nspec: {{containers: [{{name: c, image: busybox}}]}}\n",
+            deploy("api-v2", 2)
+        );
+        let e = apply(&mut store, &request, None).unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_str(), e.document),
+            (ErrorCode::Invalid, "spec.selector", Some(1)),
+            "{e}"
+        );
+        assert!(e.message.starts_with("field is immutable"), "{e}");
+        assert!(
+            e.message.contains(r#"{"matchLabels":{"app":"api-v2"}}"#),
+            "{e}"
+        );
+        assert_eq!(store.state().generation, generation, "{e}");
+        assert_eq!(store.state().pods, pods, "a refused request changed pods");
+        // The same selector with other changes is a change like any other.
+        let out = apply(&mut store, &deploy("api", 2), None).unwrap();
+        assert_eq!(out[0].action, "configured");
     }
 
     #[test]

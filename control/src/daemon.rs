@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -139,15 +139,27 @@ pub struct Daemon {
     counters: Arc<RuleCounters>,
     upstream: UpstreamRouter,
     shutdown: AtomicBool,
-    clients: AtomicUsize,
+    /// The control connections being served, by number.
+    clients: Mutex<BTreeMap<u64, ClientSlot>>,
+    next_client: AtomicU64,
     /// Held while the upstream router is brought in line with the tables, so that two requests
     /// finishing at once cannot interleave their `ip route` commands and leave the routes of
     /// the older tables (a deleted namespace's /32s kept, a new VIP's missing).
     upstream_sync: Mutex<Vec<Ipv4Net>>,
 }
 
-/// At most this many control connections at once; more are answered with an error and closed.
+/// At most this many control connections at once. A new one beyond them closes the one idle
+/// longest (between requests), so that connections that send nothing cannot lock every CLI
+/// out until they time out; when every one is in a request, it is answered with an error.
 const MAX_CLIENTS: usize = 256;
+
+/// One control connection: its socket (to close it when it is the one idle longest) and
+/// whether it is in a request, else since when it has been idle.
+struct ClientSlot {
+    stream: UnixStream,
+    busy: bool,
+    since: Instant,
+}
 
 /// Open files the daemon wants: a port holds a TAP fd per worker (two on two cores), so the
 /// usual soft limit of 1024 ran out near 500 pods, and pods past it were listed Running with no
@@ -328,7 +340,8 @@ impl Daemon {
             counters,
             upstream,
             shutdown: AtomicBool::new(false),
-            clients: AtomicUsize::new(0),
+            clients: Mutex::new(BTreeMap::new()),
+            next_client: AtomicU64::new(0),
             upstream_sync: Mutex::new(Vec::new()),
             config,
         });
@@ -448,7 +461,7 @@ impl Daemon {
             match listener.accept() {
                 Ok(_) if self.shutdown.load(Ordering::Relaxed) => break,
                 Ok((stream, _)) => {
-                    if self.clients.load(Ordering::Relaxed) >= MAX_CLIENTS {
+                    let Some(id) = self.admit(&stream) else {
                         let mut s = stream;
                         let _ = writeln!(
                             s,
@@ -456,17 +469,16 @@ impl Daemon {
                             rpc::error_response(&Value::Null, &RpcError::server_busy())
                         );
                         continue;
-                    }
-                    self.clients.fetch_add(1, Ordering::Relaxed);
+                    };
                     let daemon = Arc::clone(self);
                     let spawned = std::thread::Builder::new()
                         .name("pacific-client".into())
                         .spawn(move || {
-                            daemon.client(stream);
-                            daemon.clients.fetch_sub(1, Ordering::Relaxed);
+                            daemon.client(stream, id);
+                            daemon.clients.lock().remove(&id);
                         });
                     if spawned.is_err() {
-                        self.clients.fetch_sub(1, Ordering::Relaxed);
+                        self.clients.lock().remove(&id);
                     }
                 }
                 Err(e) => {
@@ -486,11 +498,50 @@ impl Daemon {
         let _ = UnixStream::connect(&self.config.socket);
     }
 
+    /// Gives `stream` a client slot: a free one, else the one of the connection idle longest,
+    /// which is closed. None when every connection is in a request.
+    fn admit(&self, stream: &UnixStream) -> Option<u64> {
+        let copy = stream.try_clone().ok()?;
+        let mut clients = self.clients.lock();
+        if clients.len() >= MAX_CLIENTS {
+            let idlest = clients
+                .iter()
+                .filter(|(_, c)| !c.busy)
+                .min_by_key(|(_, c)| c.since)
+                .map(|(id, _)| *id)?;
+            if let Some(c) = clients.remove(&idlest) {
+                let _ = c.stream.shutdown(std::net::Shutdown::Both);
+            }
+        }
+        let id = self.next_client.fetch_add(1, Ordering::Relaxed);
+        clients.insert(
+            id,
+            ClientSlot {
+                stream: copy,
+                busy: false,
+                since: Instant::now(),
+            },
+        );
+        Some(id)
+    }
+
     /// One client of the control socket (see [`serve_client`]).
-    fn client(&self, stream: UnixStream) {
-        serve_client(stream, CLIENT_IDLE, &self.shutdown, |method, params| {
-            self.dispatch(method, params)
-        });
+    fn client(&self, stream: UnixStream, id: u64) {
+        // Idle since the end of its last request, or since it was accepted (not since its
+        // thread first got to run, which may be after later connections' threads).
+        let busy = |busy: bool| {
+            if let Some(c) = self.clients.lock().get_mut(&id).filter(|c| c.busy != busy) {
+                c.busy = busy;
+                c.since = Instant::now();
+            }
+        };
+        serve_client(
+            stream,
+            CLIENT_IDLE,
+            &self.shutdown,
+            busy,
+            |method, params| self.dispatch(method, params),
+        );
     }
 
     /// Routes one method call.
@@ -1532,6 +1583,7 @@ fn serve_client(
     stream: UnixStream,
     idle: Duration,
     shutdown: &AtomicBool,
+    busy: impl Fn(bool),
     mut dispatch: impl FnMut(&str, &Value) -> Result<Value, RpcError>,
 ) {
     let _ = stream.set_read_timeout(Some(idle));
@@ -1543,6 +1595,8 @@ fn serve_client(
     let mut reader = BufReader::new(stream);
     let mut line = Vec::new();
     loop {
+        // Between requests (also after a blank or oversized line) the connection is idle.
+        busy(false);
         line.clear();
         let mut limited = (&mut reader).take(MAX_REQUEST as u64 + 1);
         match limited.read_until(b'\n', &mut line) {
@@ -1550,6 +1604,7 @@ fn serve_client(
             Ok(_) => {}
             Err(_) => return,
         }
+        busy(true);
         if line.len() > MAX_REQUEST {
             let err = RpcError::invalid_request(format!("request longer than {MAX_REQUEST} bytes"));
             let _ = writeln!(writer, "{}", rpc::error_response(&Value::Null, &err));
@@ -1719,9 +1774,13 @@ mod tests {
         let (done_tx, done_rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
             let shutdown = AtomicBool::new(false);
-            serve_client(server, Duration::from_millis(300), &shutdown, |_, _| {
-                Ok(json!("x".repeat(64 << 10)))
-            });
+            serve_client(
+                server,
+                Duration::from_millis(300),
+                &shutdown,
+                |_| {},
+                |_, _| Ok(json!("x".repeat(64 << 10))),
+            );
             let _ = done_tx.send(());
         });
         let mut writer = client.try_clone().unwrap();

@@ -228,6 +228,47 @@ fn a_second_client_keeps_working_during_a_bad_request() {
     assert!(out.status.success(), "{}", describe(&out));
 }
 
+/// 256 connections that sent nothing (the limit) locked every other client out until their
+/// idle timeout, two minutes: `pacific get` was answered `server busy`. A new connection beyond
+/// the limit now closes the one idle longest; a client that has just been answered keeps its.
+#[test]
+fn idle_connections_at_the_limit_do_not_lock_the_cli_out() {
+    use std::io::Read;
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("cflood", SMALL_LAB);
+    // With `keep`, the 256 the daemon serves at most.
+    let mut keep = lab.connect();
+    let flood: Vec<std::os::unix::net::UnixStream> = (0..255)
+        .map(|_| std::os::unix::net::UnixStream::connect(&lab.socket).expect("connect"))
+        .collect();
+    // Answered after the flood came, it is not the one idle longest.
+    let resp = keep.call("daemon.status", json!({}));
+    assert!(resp["result"]["pid"].is_u64(), "{resp}");
+    for _ in 0..3 {
+        let out = lab.pacific(&["get", "pods", "-n", "qa-a"]);
+        assert!(out.status.success(), "{}", describe(&out));
+        assert!(stdout(&out).contains("web"), "{}", describe(&out));
+    }
+    // The oldest silent connections were closed to make room (EOF, not a timeout).
+    let mut first = &flood[0];
+    first
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("set a read timeout");
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(first.read(&mut buf), Ok(0)),
+        "the connection idle longest is still open"
+    );
+    let resp = keep.call("daemon.status", json!({}));
+    assert!(
+        resp["result"]["pid"].is_u64(),
+        "a client answered since is closed: {resp}"
+    );
+    drop(flood);
+}
+
 /// A lab of one namespace and one pod, for CLI checks that need no traffic.
 const SMALL_LAB: &str = "\
 apiVersion: v1

@@ -397,7 +397,7 @@ fn manifest_of_names(objects: &[String]) -> Result<String, String> {
     if names.is_empty() {
         return Err(format!("`pacific delete {kind}` needs a NAME (or -f FILE)"));
     }
-    let (api_version, kind) = match kind.to_ascii_lowercase().as_str() {
+    let (api_version, kind) = match without_group(kind).as_str() {
         "namespaces" | "namespace" | "ns" => ("v1", "Namespace"),
         "pods" | "pod" | "po" => ("v1", "Pod"),
         "services" | "service" | "svc" => ("v1", "Service"),
@@ -1462,9 +1462,24 @@ pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
+/// A kind as typed, lower case, kubectl's `RESOURCE.GROUP` (what `-o name` prints:
+/// `deployment.apps`, `outsidehost.pacific.dev`) as the resource Pacific's verbs take.
+fn without_group(kind: &str) -> String {
+    let k = kind.to_ascii_lowercase();
+    match k.as_str() {
+        "deployment.apps" | "deployments.apps" => "deployments".into(),
+        "outsidehost" | "outsidehosts" | "outsidehost.pacific.dev" | "outsidehosts.pacific.dev" => {
+            "outside".into()
+        }
+        "tanzukubernetescluster.run.tanzu.vmware.com"
+        | "tanzukubernetesclusters.run.tanzu.vmware.com" => "tkc".into(),
+        _ => k,
+    }
+}
+
 /// The `*.list` method of a kind as typed (kubectl's short names and plurals, any case).
 fn list_method(kind: &str) -> Result<&'static str, String> {
-    Ok(match kind.to_ascii_lowercase().as_str() {
+    Ok(match without_group(kind).as_str() {
         "namespaces" | "namespace" | "ns" => "namespaces.list",
         "pods" | "pod" | "po" => "pods.list",
         "segments" | "segment" | "seg" => "segments.list",

@@ -400,6 +400,16 @@ spec:
     let lines: Vec<&str> = labels.lines().collect();
     assert!(lines[0].ends_with("   LABELS"), "{labels}");
     assert!(lines[1].ends_with("   app=tool"), "{labels}");
+
+    // What `-o name` prints is what `get` and `delete` take (`deployment.apps/api` was an
+    // unknown kind to both).
+    let name = get(&["deploy", "-n", "payments", "-o", "name"]);
+    assert_eq!(name.trim(), "deployment.apps/api");
+    let shown = get(&["deployment.apps", "api", "-n", "payments", "-o", "name"]);
+    assert_eq!(shown.trim(), "deployment.apps/api");
+    let out = lab.pacific(&["delete", name.trim(), "-n", "payments"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_eq!(stdout(&out).trim(), "deployment.apps/api deleted");
 }
 
 /// A pod that could not be built serves nothing: it is no endpoint of its service, in the

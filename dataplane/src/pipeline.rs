@@ -1394,42 +1394,11 @@ impl Pipeline {
             }
             frame[at..at + 2].copy_from_slice(&sum.to_be_bytes());
         }
-        // After any fragments this frame's processing already queued (held ones released).
-        let first = ctx
-            .tx
-            .iter()
-            .filter_map(|tx| match tx.source {
-                TxSource::Fragment(i) => Some(usize::from(i) + 1),
-                _ => None,
-            })
-            .max()
-            .unwrap_or(0);
-        for (index, next) in (first..).enumerate() {
-            let Ok(slot) = u8::try_from(next) else { break };
-            while ctx.fragments_out.len() <= next {
-                ctx.fragments_out.push(PacketBuf {
-                    buf: vec![0u8; VNET_HDR_LEN + PORT_MTU + ethernet::HEADER_LEN]
-                        .into_boxed_slice(),
-                    len: 0,
-                });
-            }
-            let buf = &mut ctx.fragments_out[next];
-            buf.buf[..VNET_HDR_LEN].fill(0);
-            let built = build::fragment(&mut buf.buf[VNET_HDR_LEN..], pkt.frame(), PORT_MTU, index);
-            let Some((n, last)) = built else { break };
-            buf.len = VNET_HDR_LEN + n;
-            ctx.tx.push(Tx {
-                port: action.out_port,
-                source: TxSource::Fragment(slot),
-            });
-            if last {
-                return Verdict::Forward;
-            }
+        if queue_fragments(ctx, action.out_port, pkt.frame()) {
+            Verdict::Forward
+        } else {
+            Verdict::Drop(DropReason::Malformed)
         }
-        // Not cut (a header that lies): nothing of it goes.
-        ctx.tx
-            .retain(|tx| !matches!(tx.source, TxSource::Fragment(i) if usize::from(i) >= first));
-        Verdict::Drop(DropReason::Malformed)
     }
 
     /// "Fragmentation needed" (with the gateways' MTU) from the gateway the sender faces,
@@ -2021,6 +1990,15 @@ impl Pipeline {
                             pkt.buf[..VNET_HDR_LEN].fill(0);
                             pkt.len = VNET_HDR_LEN + n;
                             rewrite::set_macs(pkt.frame_mut(), t.router_mac, parsed.src_mac);
+                            // A reply bigger than the port's MTU (to a pod that raised its
+                            // own) leaves in fragments, as Linux cuts what it answers.
+                            if n > ethernet::HEADER_LEN + PORT_MTU {
+                                return if queue_fragments(ctx, port.id, pkt.frame()) {
+                                    Verdict::Reply
+                                } else {
+                                    Verdict::Drop(DropReason::Malformed)
+                                };
+                            }
                             ctx.tx.push(Tx {
                                 port: port.id,
                                 source: TxSource::Packet,
@@ -2309,6 +2287,46 @@ fn lb_count<'t>(t: &'t Tables, conn: &ConnInfo) -> Option<&'t AtomicU64> {
 enum FlowOf {
     Key(FlowKey, u8),
     IcmpError(InnerPacket),
+}
+
+/// Queues `frame`, an IPv4 packet bigger than [`PORT_MTU`], cut into fragments of at most
+/// [`PORT_MTU`] (`build::fragment`) to leave by `out_port`, after any fragments this frame's
+/// processing already queued (held ones released). False, with none of it queued, for a
+/// packet that cannot be cut (a header that lies).
+fn queue_fragments(ctx: &mut WorkerContext, out_port: PortId, frame: &[u8]) -> bool {
+    let first = ctx
+        .tx
+        .iter()
+        .filter_map(|tx| match tx.source {
+            TxSource::Fragment(i) => Some(usize::from(i) + 1),
+            _ => None,
+        })
+        .max()
+        .unwrap_or(0);
+    for (index, next) in (first..).enumerate() {
+        let Ok(slot) = u8::try_from(next) else { break };
+        while ctx.fragments_out.len() <= next {
+            ctx.fragments_out.push(PacketBuf {
+                buf: vec![0u8; VNET_HDR_LEN + PORT_MTU + ethernet::HEADER_LEN].into_boxed_slice(),
+                len: 0,
+            });
+        }
+        let buf = &mut ctx.fragments_out[next];
+        buf.buf[..VNET_HDR_LEN].fill(0);
+        let built = build::fragment(&mut buf.buf[VNET_HDR_LEN..], frame, PORT_MTU, index);
+        let Some((n, last)) = built else { break };
+        buf.len = VNET_HDR_LEN + n;
+        ctx.tx.push(Tx {
+            port: out_port,
+            source: TxSource::Fragment(slot),
+        });
+        if last {
+            return true;
+        }
+    }
+    ctx.tx
+        .retain(|tx| !matches!(tx.source, TxSource::Fragment(i) if usize::from(i) >= first));
+    false
 }
 
 /// The datagram a fragment belongs to, as it arrived on `in_port` (RFC 791 section 3.2).

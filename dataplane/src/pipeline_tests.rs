@@ -1835,6 +1835,38 @@ fn a_fragmented_ping_to_a_gateway_is_answered_whole_in_fragments() {
 }
 
 #[test]
+fn a_ping_past_the_mtu_to_a_gateway_is_answered_in_fragments() {
+    let mut bed = Bed::new();
+    // ping -s 3000 172.211.0.17 from a pod that raised its MTU to 9000: one 3028-byte request
+    // (DF set, as ping sends it), a reply cut to the gateway's MTU of 1500 as Linux cuts it.
+    let payload: Vec<u8> = (0..3000).map(|i| (i * 13 % 251) as u8).collect();
+    for (dst, ttl) in [(GW_A, 64), (T0_TRANSIT_A, 63)] {
+        let mut b = vec![0u8; 3100];
+        let n = build::build_icmp_echo(
+            &mut b,
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            A1_IP,
+            dst,
+            64,
+            true,
+            77,
+            1,
+            &payload,
+        )
+        .unwrap();
+        assert_eq!(bed.send(A1, &b[..n]), Verdict::Reply);
+        assert_eq!(bed.ctx.tx.len(), 3, "three fragments of at most 1500 bytes");
+        assert!(bed.ctx.tx.iter().all(|tx| tx.port == A1));
+        let (ip, msg) = reassembled_icmp(&bed);
+        assert_eq!((ip.src, ip.dst, ip.ttl), (dst, A1_IP, ttl));
+        assert_eq!(msg[0], 0, "an echo reply");
+        assert_eq!(&msg[4..6], &77u16.to_be_bytes(), "the request's identifier");
+        assert_eq!(&msg[8..], &payload[..], "the request's payload, whole");
+    }
+}
+
+#[test]
 fn a_fragmented_ping_crosses_the_snat_and_comes_back() {
     let mut bed = Bed::new();
     let mut b = vec![0u8; 3100];

@@ -195,6 +195,25 @@ fn a_pod_with_a_bigger_mtu_learns_the_path_mtu_from_its_t1() {
         describe(&out)
     );
     assert_eq!(lab.port_drops("172.211.0.18", "frag-needed"), 1);
+    // Its ping past 1500 to its gateway arrives whole, and is answered in fragments of at
+    // most 1500 bytes, as a Linux router cuts what it answers.
+    let out = lab.sh(
+        WORDPRESS,
+        "f=$(mktemp); timeout 5 tcpdump -l -nn -v -i eth0 -c 3 src host 172.211.0.17 and icmp \
+         >$f 2>/dev/null & sleep 1; ping -n -c 1 -W 2 -s 3000 172.211.0.17; wait; cat $f; rm $f",
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("3008 bytes from 172.211.0.17: icmp_seq=1 ttl=64"),
+        "{}",
+        describe(&out)
+    );
+    let lengths: Vec<u32> = text
+        .lines()
+        .filter_map(|l| l.split("proto ICMP (1), length ").nth(1))
+        .filter_map(|l| l.trim_end_matches(')').parse().ok())
+        .collect();
+    assert_eq!(lengths, [1500, 1500, 68], "the reply's fragments: {text}");
     // Without don't-fragment: through in fragments, to the outside and to another segment.
     for dst in ["198.51.100.100", "172.211.0.67"] {
         let r = ping(&lab, WORDPRESS, dst, 2, &["-M", "dont", "-s", "8000"]);

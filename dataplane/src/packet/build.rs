@@ -101,8 +101,9 @@ pub fn icmp_checksum_ok(msg: &[u8]) -> bool {
 
 /// Turns an echo request into its reply in place (RFC 792): MACs swapped (the reply comes from
 /// `router_mac`), addresses swapped, type 0, the ICMP checksum updated for the type change alone
-/// (RFC 1624), TTL reset to 64 and the header checksum recomputed. IP options are sent back as
-/// they came. Returns the reply's frame length (the request's, trimmed to its IP total length),
+/// (RFC 1624), TTL reset to 64, don't-fragment clear (Linux answers from a socket that does
+/// not set it, so a reply past the MTU may be cut) and the header checksum recomputed. IP
+/// options are sent back as they came. Returns the reply's frame length (the request's, trimmed to its IP total length),
 /// or `None` if `ip` is not an echo request of this frame or its checksum is wrong
 /// ([`icmp_checksum_ok`]); the frame is then untouched.
 pub fn make_echo_reply_in_place(
@@ -136,6 +137,7 @@ pub fn make_echo_reply_in_place(
     head[src].swap_with_slice(&mut tail[..4]);
     let mut packet = Ipv4Packet::new_unchecked(header);
     packet.set_ttl(DEFAULT_TTL);
+    packet.set_unfragmented(false);
     packet.fill_checksum();
 
     let mut msg = IcmpPacket::new_unchecked(&mut frame[icmp_at..end]);
@@ -655,10 +657,9 @@ mod tests {
         let n = make_echo_reply_in_place(&mut f, &ip, MAC_B).unwrap();
         assert_eq!(n, 66);
         let reply = &f[..n];
-        // The kernel's reply has its own IP identification and no DF; all else is the same.
-        let mut kernel = samples::ICMP_ECHO_REPLY;
-        kernel[18..22].copy_from_slice(&samples::ICMP_ECHO_REQUEST[18..22]);
-        assert_same_but_ident(reply, &kernel);
+        // The kernel's reply has its own IP identification; all else is the same, its DF
+        // clear too.
+        assert_same_but_ident(reply, &samples::ICMP_ECHO_REPLY);
         let ip = ipv4(reply);
         assert_eq!((ip.src, ip.dst, ip.ttl), (B, A, 64));
         // Not an echo request: refused, untouched.

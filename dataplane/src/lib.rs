@@ -18,6 +18,7 @@ pub mod affinity;
 pub mod conntrack;
 pub mod counters;
 pub mod fragments;
+pub mod idents;
 pub mod log;
 pub mod packet;
 pub mod pipeline;

@@ -41,6 +41,7 @@ use crate::conntrack::{
     FlowKey, Hint, InsertError, Inserted, LbBinding, PackedAction, Tracked,
 };
 use crate::fragments::{DatagramId, Fate, Fragments};
+use crate::idents::Idents;
 use crate::packet::build;
 use crate::packet::checksum;
 use crate::packet::ethernet::{self, mac_at, ETHERTYPE_IPV4, ETHERTYPE_IPV6};
@@ -431,6 +432,8 @@ pub struct Pipeline {
     /// The backends clients of `sessionAffinity: ClientIP` services were given: outlives a
     /// publication of new tables, so a scaled service keeps its clients where they were.
     pub affinity: Affinity,
+    /// The IP identifications of the echo replies and ICMP errors the router sends.
+    pub idents: Idents,
 }
 
 impl Pipeline {
@@ -445,6 +448,7 @@ impl Pipeline {
             fragments: Fragments::default(),
             reassembly: Reassembly::default(),
             affinity: Affinity::default(),
+            idents: Idents::default(),
         }
     }
 
@@ -1264,6 +1268,7 @@ impl Pipeline {
         {
             return Verdict::Drop(DropReason::Malformed);
         }
+        let ident = self.idents.next(ip.src);
         for index in 0..=u8::MAX {
             let i = usize::from(index);
             if ctx.fragments_out.len() <= i {
@@ -1284,6 +1289,7 @@ impl Pipeline {
                 i,
             );
             let Some((n, last)) = built else { break };
+            build::set_ident(&mut out.buf[VNET_HDR_LEN..VNET_HDR_LEN + n], ident);
             build::age_answer(&mut out.buf[VNET_HDR_LEN..VNET_HDR_LEN + n], hops_back);
             out.len = VNET_HDR_LEN + n;
             ctx.tx.push(Tx {
@@ -1443,6 +1449,11 @@ impl Pipeline {
             )
         });
         if let Some(n) = built {
+            let sender = ip_of(frame, ethernet::HEADER_LEN + 12);
+            build::set_ident(
+                &mut scratch.buf[VNET_HDR_LEN..VNET_HDR_LEN + n],
+                self.idents.next(sender),
+            );
             scratch.buf[..VNET_HDR_LEN].fill(0);
             scratch.len = VNET_HDR_LEN + n;
             ctx.tx.push(Tx {
@@ -1985,6 +1996,7 @@ impl Pipeline {
                     {
                         let frame = pkt.frame_mut();
                         if let Some(n) = build::make_echo_reply_in_place(frame, ip, t.router_mac) {
+                            build::set_ident(&mut frame[..n], self.idents.next(ip.src));
                             build::age_answer(&mut frame[..n], back);
                             // An echo reply leaves with a plain header: no offloads pending.
                             pkt.buf[..VNET_HDR_LEN].fill(0);
@@ -2103,6 +2115,8 @@ impl Pipeline {
             0,
             original,
         ) {
+            let to = ip_of(out, ethernet::HEADER_LEN + 16);
+            build::set_ident(&mut out[..n], self.idents.next(to));
             build::age_answer(&mut out[..n], back);
             scratch.len = VNET_HDR_LEN + n;
             ctx.tx.push(Tx {
@@ -2327,6 +2341,14 @@ fn queue_fragments(ctx: &mut WorkerContext, out_port: PortId, frame: &[u8]) -> b
     ctx.tx
         .retain(|tx| !matches!(tx.source, TxSource::Fragment(i) if usize::from(i) >= first));
     false
+}
+
+/// The IPv4 address at `at` in `frame` (0.0.0.0 past its end).
+fn ip_of(frame: &[u8], at: usize) -> Ipv4Addr {
+    frame
+        .get(at..at + 4)
+        .and_then(|b| <[u8; 4]>::try_from(b).ok())
+        .map_or(Ipv4Addr::UNSPECIFIED, Ipv4Addr::from)
 }
 
 /// The datagram a fragment belongs to, as it arrived on `in_port` (RFC 791 section 3.2).

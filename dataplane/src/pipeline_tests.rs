@@ -368,6 +368,48 @@ fn ttl_expiry_answers_from_each_gateway_in_turn() {
     assert_eq!((ip.src, ip.ttl), (EGRESS_A, 1));
 }
 
+/// The IP identification and flags word of a frame (Ethernet, IPv4).
+fn ident_and_flags(frame: &[u8]) -> (u16, u16) {
+    (
+        u16::from_be_bytes([frame[18], frame[19]]),
+        u16::from_be_bytes([frame[20], frame[21]]),
+    )
+}
+
+#[test]
+fn echo_replies_and_icmp_errors_to_a_host_count_their_ids_up_with_df_clear() {
+    let mut bed = Bed::new();
+    // As from Linux (`tcpdump -v`: "id 51864 ... flags [none]", then 51865 ...): each answer
+    // to a1 takes the next ID of one counter, an echo reply as a time exceeded, never 0.
+    let mut ids = Vec::new();
+    for ttl in [64, 1, 64, 2] {
+        let verdict = if ttl == 64 {
+            bed.send(A1, &ping(pod_mac(A1_IP), ROUTER_MAC, A1_IP, GW_A, 64, 7))
+        } else {
+            let probe = udp(
+                pod_mac(A1_IP),
+                ROUTER_MAC,
+                A1_IP,
+                OUTSIDE_HOST,
+                ttl,
+                40000,
+                33434,
+            );
+            bed.send(A1, &probe)
+        };
+        assert_ne!(verdict, Verdict::Forward);
+        let frame = bed.out().1;
+        check(&frame);
+        let (id, flags) = ident_and_flags(&frame);
+        assert_eq!(flags, 0, "DF clear, unfragmented");
+        assert_ne!(id, 0);
+        ids.push(id);
+    }
+    for pair in ids.windows(2) {
+        assert_eq!(pair[1], pair[0].wrapping_add(1).max(1), "{ids:?}");
+    }
+}
+
 /// The TTL of the quoted IP header in an ICMP error (Ethernet, 20-byte IP header, ICMP header).
 fn quoted_ttl(frame: &[u8]) -> u8 {
     frame[14 + 20 + 8 + 8]

@@ -149,6 +149,20 @@ pub fn make_echo_reply_in_place(
     Some(end)
 }
 
+/// Sets the IP identification of the IPv4 packet in `frame` to `ident`, its header checksum
+/// updated (RFC 1624). A frame too short for an IPv4 header is left as it is.
+pub fn set_ident(frame: &mut [u8], ident: u16) {
+    let Some(header) = frame.get_mut(ETH_LEN..L4_AT) else {
+        return;
+    };
+    let at = ipv4::field::IDENT.start;
+    let csum_at = ipv4::field::CHECKSUM.start;
+    let old = u16::from_be_bytes([header[at], header[at + 1]]);
+    let csum = u16::from_be_bytes([header[csum_at], header[csum_at + 1]]);
+    header[at..at + 2].copy_from_slice(&ident.to_be_bytes());
+    header[csum_at..csum_at + 2].copy_from_slice(&update16(csum, old, ident).to_be_bytes());
+}
+
 /// An ICMP error (RFC 792) from `from_ip` to the source of `original`, the offending IP packet
 /// from its header on, trimmed to its total length. Quotes up to [`MAX_ICMP_QUOTE`] bytes of it
 /// (RFC 1812 section 4.3.2.3: at least the header and 8 bytes; Linux quotes as much as fits in

@@ -224,6 +224,31 @@ fn a_pod_with_a_bigger_mtu_learns_the_path_mtu_from_its_t1() {
     }
 }
 
+/// `ping -R` to a gateway: the reply's record route lists the gateway twice (recorded on
+/// receipt and on sending) and no NOP, as a Linux router answers it.
+#[test]
+fn ping_with_record_route_to_a_gateway_lists_it_as_linux_does() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("frr");
+    assert!(
+        ping_until(&lab, WORDPRESS, "172.211.0.17", Duration::from_secs(10)),
+        "wordpress never reached its gateway"
+    );
+    let out = lab.exec(
+        WORDPRESS,
+        &["ping", "-n", "-c", "1", "-W", "2", "-R", "172.211.0.17"],
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("RR: \t172.211.0.18\n\t172.211.0.17\n\t172.211.0.17\n\t172.211.0.18\n"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!text.contains("NOP"), "{}", describe(&out));
+}
+
 #[test]
 fn traceroute_lists_t1_t0_upstream_and_destination() {
     if !require_netns() {

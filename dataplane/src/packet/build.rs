@@ -102,8 +102,9 @@ pub fn icmp_checksum_ok(msg: &[u8]) -> bool {
 /// Turns an echo request into its reply in place (RFC 792): MACs swapped (the reply comes from
 /// `router_mac`), addresses swapped, type 0, the ICMP checksum updated for the type change alone
 /// (RFC 1624), TTL reset to 64, don't-fragment clear (Linux answers from a socket that does
-/// not set it, so a reply past the MTU may be cut) and the header checksum recomputed. IP
-/// options are sent back as they came. Returns the reply's frame length (the request's, trimmed to its IP total length),
+/// not set it, so a reply past the MTU may be cut) and the header checksum recomputed. A
+/// record-route option (`ping -R`) is echoed as Linux echoes it ([`record_route_echo`]);
+/// other IP options are sent back as they came. Returns the reply's frame length (the request's, trimmed to its IP total length),
 /// or `None` if `ip` is not an echo request of this frame or its checksum is wrong
 /// ([`icmp_checksum_ok`]); the frame is then untouched.
 pub fn make_echo_reply_in_place(
@@ -138,6 +139,9 @@ pub fn make_echo_reply_in_place(
     let mut packet = Ipv4Packet::new_unchecked(header);
     packet.set_ttl(DEFAULT_TTL);
     packet.set_unfragmented(false);
+    let answering = packet.src_addr();
+    record_route_echo(&mut frame[ip.offset + IP_LEN..icmp_at], answering);
+    let mut packet = Ipv4Packet::new_unchecked(&mut frame[ip.offset..icmp_at]);
     packet.fill_checksum();
 
     let mut msg = IcmpPacket::new_unchecked(&mut frame[icmp_at..end]);
@@ -161,6 +165,45 @@ pub fn set_ident(frame: &mut [u8], ident: u16) {
     let csum = u16::from_be_bytes([header[csum_at], header[csum_at + 1]]);
     header[at..at + 2].copy_from_slice(&ident.to_be_bytes());
     header[csum_at..csum_at + 2].copy_from_slice(&update16(csum, old, ident).to_be_bytes());
+}
+
+/// The options of an echo request that hold a record route (RFC 791: `ping -R` sends a NOP
+/// and one), turned into the reply's as Linux turns them (`ip_options_compile` records the
+/// answering address on receipt, `ip_options_echo` copies the option without the NOPs and
+/// records it again on sending): the option first, the answering address in its next two
+/// free slots (as many as are free), the rest end-of-options. So `ping -R` lists the gateway
+/// twice, as a Linux router. Options of any other shape are left as they are.
+fn record_route_echo(options: &mut [u8], answering: Ipv4Addr) {
+    let mut at = 0;
+    let mut rr = None;
+    while at < options.len() {
+        match options[at] {
+            0 => break,
+            1 => at += 1,
+            7 if rr.is_none() => {
+                let len = usize::from(*options.get(at + 1).unwrap_or(&0));
+                if len < 3 || at + len > options.len() {
+                    return;
+                }
+                rr = Some((at, len));
+                at += len;
+            }
+            _ => return,
+        }
+    }
+    let Some((start, len)) = rr else { return };
+    let mut option = [0u8; 40];
+    option[..len].copy_from_slice(&options[start..start + len]);
+    for _ in 0..2 {
+        let pointer = usize::from(option[2]);
+        if pointer < 4 || pointer + 3 > len {
+            break;
+        }
+        option[pointer - 1..pointer + 3].copy_from_slice(&answering.octets());
+        option[2] += 4;
+    }
+    options.fill(0);
+    options[..len].copy_from_slice(&option[..len]);
 }
 
 /// An ICMP error (RFC 792) from `from_ip` to the source of `original`, the offending IP packet
@@ -661,6 +704,44 @@ mod tests {
         let n = build_arp_reply(&mut out, MAC_B, B, MAC_A, A).unwrap();
         assert_eq!(out[..n], samples::ARP_REPLY);
         assert_eq!(build_arp_reply(&mut out[..41], MAC_B, B, MAC_A, A), None);
+    }
+
+    #[test]
+    fn a_record_route_is_echoed_with_the_gateway_twice_as_linux_does() {
+        // ping -R 172.211.0.17: a NOP, then a record route of 9 slots, the first the pod's.
+        let mut options = vec![1u8, 7, 39, 8];
+        options.extend_from_slice(&A.octets());
+        options.resize(40, 0);
+        let request = &samples::ICMP_ECHO_REQUEST;
+        let mut f = request[..14].to_vec();
+        f.extend_from_slice(&request[14..34]);
+        f.extend_from_slice(&options);
+        f.extend_from_slice(&request[34..]);
+        f[14] = 0x4f;
+        let total = (f.len() - 14) as u16;
+        f[16..18].copy_from_slice(&total.to_be_bytes());
+        f[24..26].fill(0);
+        let sum = super::super::checksum::ipv4_header_checksum(&f[14..74]);
+        f[24..26].copy_from_slice(&sum.to_be_bytes());
+        let ip = ipv4(&f);
+        let n = make_echo_reply_in_place(&mut f, &ip, MAC_B).unwrap();
+        let reply = &f[..n];
+        assert_eq!(verify_checksums(reply), Some((true, true)));
+        // No NOP (ping would print it): the option first, the gateway in two slots, as
+        // Linux's reply reads "RR: 172.211.0.18 172.211.0.17 172.211.0.17 ...".
+        let mut want = vec![7u8, 39, 16];
+        want.extend_from_slice(&A.octets());
+        want.extend_from_slice(&B.octets());
+        want.extend_from_slice(&B.octets());
+        want.resize(40, 0);
+        assert_eq!(&reply[34..74], &want[..]);
+        // Options of another shape come back as they came.
+        let mut options = [0u8; 4];
+        record_route_echo(&mut options, B);
+        assert_eq!(options, [0; 4]);
+        let mut options = [68u8, 4, 5, 0];
+        record_route_echo(&mut options, B);
+        assert_eq!(options, [68, 4, 5, 0]);
     }
 
     #[test]

@@ -532,13 +532,21 @@ fn a_simultaneous_open_through_snat_connects_both_ends() {
     );
     let punch = |from: &str, to: &str| {
         format!(
-            "echo hello-from-{from} | timeout 10 socat -t 2 - \
-             TCP:{to}:40020,bind=0.0.0.0:40020,reuseaddr,connect-timeout=6"
+            "echo hello-from-{from} | timeout 25 socat -t 2 - \
+             TCP:{to}:40020,bind=0.0.0.0:40020,reuseaddr,connect-timeout=15"
         )
     };
     let pod = std::thread::scope(|s| {
         let pod = s.spawn(|| lab.sh(WORDPRESS, &punch("pod", "198.51.100.100")));
-        std::thread::sleep(Duration::from_millis(500));
+        // The outside host connects once the pod's SYN is out (its connect is under way).
+        let syn_sent = wait_until(Duration::from_secs(30), || {
+            stdout(&lab.exec(
+                WORDPRESS,
+                &["ss", "-Htn", "state", "syn-sent", "sport = :40020"],
+            ))
+            .contains(":40020")
+        });
+        assert!(syn_sent, "the pod never started its connect");
         let outside = lab.sh(internet, &punch("outside", "172.60.96.2"));
         assert!(
             stdout(&outside).contains("hello-from-pod"),

@@ -576,23 +576,33 @@ fn a_connection_through_snat_outlives_a_blind_rst() {
     let internet = "ext/internet";
     let server = lab.sh(
         internet,
-        "setsid timeout 20 socat TCP-LISTEN:7010,reuseaddr EXEC:cat >/dev/null 2>&1 &",
+        "setsid timeout 60 socat TCP-LISTEN:7010,reuseaddr EXEC:cat >/dev/null 2>&1 &",
     );
     assert!(
         server.status.success(),
         "echo server: {}",
         describe(&server)
     );
-    std::thread::sleep(Duration::from_millis(500));
+    wait_listening(&lab, internet, "-t", 7010);
+    // The RST goes once the first line came back (the connection is up through the SNAT), the
+    // second line half a second after the RST was sent (for it to pass first).
+    let first = lab.dir.join("rst.first");
+    let go = lab.dir.join("rst.go");
     let echoed = std::thread::scope(|s| {
         let client = s.spawn(|| {
             lab.sh(
                 WORDPRESS,
-                "(echo one; sleep 2; echo two; sleep 1) | timeout 10 socat - \
-                 TCP:198.51.100.100:7010,bind=0.0.0.0:43212,reuseaddr",
+                &format!(
+                    "(echo one; {wait_go}; sleep 0.5; echo two; sleep 1) | timeout 40 socat - \
+                     TCP:198.51.100.100:7010,bind=0.0.0.0:43212,reuseaddr | tee {first}",
+                    wait_go = wait_for_file(&go),
+                    first = first.display()
+                ),
             )
         });
-        std::thread::sleep(Duration::from_millis(1000));
+        let up = wait_until(Duration::from_secs(30), || {
+            std::fs::read_to_string(&first).is_ok_and(|t| t.contains("one"))
+        });
         // TCP header from 7010 to the binding (the pod's own port, which the SNAT keeps):
         // seq 12345, RST, checksum left zero; the host's kernel puts the IP header on.
         let rst = lab.sh(
@@ -600,6 +610,8 @@ fn a_connection_through_snat_outlives_a_blind_rst() {
             "printf '\\033\\142\\250\\314\\000\\000\\060\\071\\000\\000\\000\\000\
              \\120\\004\\000\\000\\000\\000\\000\\000' | socat -u - IP-SENDTO:172.60.96.2:6",
         );
+        std::fs::write(&go, "").expect("create the go file");
+        assert!(up, "the first line never came back before the RST");
         assert!(rst.status.success(), "the blind RST: {}", describe(&rst));
         client.join().expect("the pod's side")
     });
@@ -609,6 +621,24 @@ fn a_connection_through_snat_outlives_a_blind_rst() {
         "both lines come back: {}",
         describe(&echoed)
     );
+}
+
+/// Waits until something in `target` listens on `port` (`proto` is ss's `-t` or `-u`): servers
+/// started in the background take their time on a loaded machine.
+fn wait_listening(lab: &Lab, target: &str, proto: &str, port: u16) {
+    let listening = wait_until(Duration::from_secs(30), || {
+        stdout(&lab.exec(target, &["ss", "-Hln", proto, &format!("sport = :{port}")]))
+            .contains(&format!(":{port}"))
+    });
+    assert!(listening, "nothing in {target} listens on port {port}");
+}
+
+/// A shell loop that waits (up to 30 s) for `file` to exist.
+fn wait_for_file(file: &std::path::Path) -> String {
+    format!(
+        "for i in $(seq 600); do [ -e {f} ] && break; sleep 0.05; done",
+        f = file.display()
+    )
 }
 
 /// An ICMP error from a pod of another namespace, quoting ns-dev's translated UDP flow to the
@@ -624,19 +654,29 @@ fn an_icmp_error_forged_by_another_namespace_does_not_reach_a_flow() {
     let internet = "ext/internet";
     let echo = lab.sh(
         internet,
-        "setsid timeout 20 socat UDP-RECVFROM:5300,fork EXEC:cat >/dev/null 2>&1 &",
+        "setsid timeout 60 socat UDP-RECVFROM:5300,fork EXEC:cat >/dev/null 2>&1 &",
     );
     assert!(echo.status.success(), "UDP echo: {}", describe(&echo));
-    std::thread::sleep(Duration::from_millis(500));
+    wait_listening(&lab, internet, "-u", 5300);
+    // The forged error goes once the first datagram came back (the flow is up through the
+    // SNAT), the second datagram half a second after it was sent.
+    let first = lab.dir.join("icmpf.first");
+    let go = lab.dir.join("icmpf.go");
     let echoed = std::thread::scope(|s| {
         let client = s.spawn(|| {
             lab.sh(
                 WORDPRESS,
-                "(echo one; sleep 2; echo two; sleep 1) | timeout 10 socat - \
-                 UDP:198.51.100.100:5300,bind=0.0.0.0:41999,reuseaddr",
+                &format!(
+                    "(echo one; {wait_go}; sleep 0.5; echo two; sleep 1) | timeout 40 socat - \
+                     UDP:198.51.100.100:5300,bind=0.0.0.0:41999,reuseaddr | tee {first}",
+                    wait_go = wait_for_file(&go),
+                    first = first.display()
+                ),
             )
         });
-        std::thread::sleep(Duration::from_millis(1000));
+        let up = wait_until(Duration::from_secs(30), || {
+            std::fs::read_to_string(&first).is_ok_and(|t| t.contains("one"))
+        });
         // Port unreachable quoting 172.60.96.2:41999 -> 198.51.100.100:5300 (the SNAT keeps the
         // pod's port), checksums computed; the kernel of ns-prod/testbox adds its own IP header.
         let forged = lab.sh(
@@ -645,6 +685,11 @@ fn an_icmp_error_forged_by_another_namespace_does_not_reach_a_flow() {
              \\100\\000\\074\\021\\007\\366\\254\\074\\140\\002\\306\\063\\144\\144\\244\\017\
              \\024\\264\\000\\014\\000\\000\\160\\151\\156\\147' \
              | socat -u - IP-SENDTO:172.60.96.2:1",
+        );
+        std::fs::write(&go, "").expect("create the go file");
+        assert!(
+            up,
+            "the first datagram never came back before the forged error"
         );
         assert!(
             forged.status.success(),

@@ -716,14 +716,23 @@ fn an_icmp_error_about_gre_through_snat_reaches_the_pod() {
         return;
     }
     let lab = Lab::up("sgre");
+    let started = lab.dir.join("gre.tcpdump");
     let seen = std::thread::scope(|s| {
         let capture = s.spawn(|| {
             lab.sh(
                 WORDPRESS,
-                "timeout 5 tcpdump -c 1 -lni eth0 -v 'icmp[icmptype] == icmp-unreach' 2>/dev/null",
+                &format!(
+                    "timeout 40 tcpdump -c 1 -lni eth0 -v 'icmp[icmptype] == icmp-unreach' \
+                     2>{}",
+                    started.display()
+                ),
             )
         });
-        std::thread::sleep(Duration::from_millis(1500));
+        // The GRE goes once tcpdump captures (it prints "listening on" then).
+        let listening = wait_until(Duration::from_secs(30), || {
+            std::fs::read_to_string(&started).is_ok_and(|t| t.contains("listening on"))
+        });
+        assert!(listening, "tcpdump in {WORDPRESS} never started capturing");
         // An empty GRE header (version 0, protocol 0): the host has no tunnel for it.
         let gre = lab.sh(
             WORDPRESS,

@@ -191,7 +191,7 @@ fn a_quick_flap_of_the_routers_uplink_gives_its_routes_back() {
     let back = wait_until(Duration::from_secs(10), || bgp().contains("172.80.88.5 "));
     assert!(back, "the router's routes after the flap:\n{}", bgp());
     assert!(
-        curl_until(&lab, "ext/hop", vip, Duration::from_secs(5)).starts_with("wordpress-"),
+        curl_until(&lab, "ext/hop", vip, Duration::from_secs(20)).starts_with("wordpress-"),
         "the VIP stays unreachable after the flap"
     );
     // The segments are routed back too: a pod reaches the outside.

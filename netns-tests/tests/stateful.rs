@@ -585,15 +585,16 @@ fn a_connection_through_snat_outlives_a_blind_rst() {
     );
     wait_listening(&lab, internet, "-t", 7010);
     // The RST goes once the first line came back (the connection is up through the SNAT), the
-    // second line half a second after the RST was sent (for it to pass first).
+    // second line once the RST reached the pod (its stack counts the bad checksum).
     let first = lab.dir.join("rst.first");
     let go = lab.dir.join("rst.go");
+    let checksum_errors = tcp_checksum_errors(&lab, WORDPRESS);
     let echoed = std::thread::scope(|s| {
         let client = s.spawn(|| {
             lab.sh(
                 WORDPRESS,
                 &format!(
-                    "(echo one; {wait_go}; sleep 0.5; echo two; sleep 1) | timeout 40 socat - \
+                    "(echo one; {wait_go}; echo two; sleep 1) | timeout 40 socat - \
                      TCP:198.51.100.100:7010,bind=0.0.0.0:43212,reuseaddr | tee {first}",
                     wait_go = wait_for_file(&go),
                     first = first.display()
@@ -610,9 +611,13 @@ fn a_connection_through_snat_outlives_a_blind_rst() {
             "printf '\\033\\142\\250\\314\\000\\000\\060\\071\\000\\000\\000\\000\
              \\120\\004\\000\\000\\000\\000\\000\\000' | socat -u - IP-SENDTO:172.60.96.2:6",
         );
+        let reached = wait_until(Duration::from_secs(20), || {
+            tcp_checksum_errors(&lab, WORDPRESS) > checksum_errors
+        });
         std::fs::write(&go, "").expect("create the go file");
         assert!(up, "the first line never came back before the RST");
         assert!(rst.status.success(), "the blind RST: {}", describe(&rst));
+        assert!(reached, "the blind RST never reached the pod");
         client.join().expect("the pod's side")
     });
     assert_eq!(
@@ -621,6 +626,22 @@ fn a_connection_through_snat_outlives_a_blind_rst() {
         "both lines come back: {}",
         describe(&echoed)
     );
+}
+
+/// The TCP segments `target`'s stack refused for their checksum (`InCsumErrors` of
+/// /proc/net/snmp).
+fn tcp_checksum_errors(lab: &Lab, target: &str) -> u64 {
+    let snmp = stdout(&lab.exec(target, &["cat", "/proc/net/snmp"]));
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (Some(names), Some(values)) = (tcp.next(), tcp.next()) else {
+        panic!("no Tcp counters in {target}'s /proc/net/snmp:\n{snmp}");
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "InCsumErrors")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no InCsumErrors in {target}'s /proc/net/snmp:\n{snmp}"))
 }
 
 /// Waits until something in `target` listens on `port` (`proto` is ss's `-t` or `-u`): servers

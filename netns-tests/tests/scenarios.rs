@@ -1562,8 +1562,11 @@ fn daemon_run_directly_cleans_up_on_sigterm() {
         dir: dir.clone(),
     };
     assert!(
-        wait_until(Duration::from_secs(20), || socket.exists()),
-        "the daemon never made its socket"
+        // The socket file appears at bind, a moment before the daemon listens on it.
+        wait_until(Duration::from_secs(20), || {
+            std::os::unix::net::UnixStream::connect(&socket).is_ok()
+        }),
+        "the daemon never answered on its socket"
     );
 
     let yaml = "apiVersion: v1\nkind: Namespace\nmetadata: {name: solo}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p1, namespace: solo}\nspec: {containers: [{name: c, ports: [{containerPort: 8080}]}]}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: p2, namespace: solo}\nspec: {containers: [{name: c}]}\n";

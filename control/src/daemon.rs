@@ -208,7 +208,7 @@ const UPSTREAM_LINK_CHECK: Duration = Duration::from_secs(1);
 const SERVER_DRAIN_GRACE: Duration = Duration::from_secs(2);
 /// How long new test servers get, all together, to listen on their ports before their pods are
 /// published anyway (and the apply warns).
-const SERVER_START_TIMEOUT: Duration = Duration::from_secs(5);
+const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Whether `ip -o link show` says the link is administratively up (`UP` among its flags).
 fn link_is_up(shown: &str) -> bool {

@@ -616,7 +616,7 @@ fn tkc(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
         .tkg_clusters
         .values()
         .filter(|c| f.keeps(&c.namespace, &c.name))
-        .map(|c| json!({"namespace": c.namespace, "name": c.name, "control_plane": c.control_plane_count, "workers": c.worker_count, "segment": c.segment.name, "subnet": c.segment.subnet.to_string(), "created": c.created, "labels": c.labels}))
+        .map(|c| json!({"namespace": c.namespace, "name": c.name, "control_plane": c.control_plane_count, "workers": c.worker_count(), "node_pools": c.worker_pools, "segment": c.segment.name, "subnet": c.segment.subnet.to_string(), "created": c.created, "labels": c.labels}))
         .collect();
     Ok(items(rows))
 }

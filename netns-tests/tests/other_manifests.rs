@@ -342,3 +342,71 @@ fn a_tkg_cluster_is_refused_in_the_supervisor_namespace() {
         "tkc-qa not in ns-prod"
     );
 }
+
+/// A v1alpha2 cluster's node pools name its worker VMs, as TKG names them
+/// (`<cluster>-<pool>-<hash>-<hash>`), and every node comes up on the cluster's segment.
+#[test]
+fn tkg_node_pools_name_their_worker_nodes() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("tkcpools");
+    let tkc = "apiVersion: run.tanzu.vmware.com/v1alpha2\nkind: TanzuKubernetesCluster\n\
+               metadata: {name: tkc-np, namespace: ns-prod}\n\
+               spec:\n  topology:\n    controlPlane: {replicas: 1, vmClass: best-effort-small}\n    \
+               nodePools:\n    - {name: small, replicas: 2, vmClass: best-effort-small}\n    \
+               - {name: large, replicas: 1, vmClass: best-effort-large}\n";
+    lab.apply_ok(tkc, None, None);
+    let nodes: Vec<(String, String)> = lab
+        .items("pods", Some("ns-prod"))
+        .iter()
+        .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("tkc-np-")))
+        .map(|p| {
+            let text = |k: &str| p[k].as_str().unwrap_or_default().to_string();
+            (text("name"), text("ip"))
+        })
+        .collect();
+    let control_planes = nodes
+        .iter()
+        .filter(|(n, _)| n.starts_with("tkc-np-control-plane-"))
+        .count();
+    assert_eq!(control_planes, 1, "{nodes:?}");
+    let pool_of = |name: &str| name.rsplitn(3, '-').nth(2).unwrap_or_default().to_string();
+    let mut pools: Vec<String> = nodes
+        .iter()
+        .filter(|(n, _)| !n.starts_with("tkc-np-control-plane-"))
+        .map(|(n, _)| pool_of(n))
+        .collect();
+    pools.sort();
+    assert_eq!(
+        pools,
+        ["tkc-np-large", "tkc-np-small", "tkc-np-small"],
+        "{nodes:?}"
+    );
+    let cluster = lab
+        .items("tkc", Some("ns-prod"))
+        .into_iter()
+        .find(|c| c["name"] == json!("tkc-np"))
+        .expect("tkc-np listed");
+    assert_eq!(cluster["workers"], json!(3), "{cluster}");
+    // The nodes are VMs on one segment: the small pool's first reaches the large pool's.
+    let small = &nodes
+        .iter()
+        .find(|(n, _)| pool_of(n) == "tkc-np-small")
+        .expect("a small node")
+        .0;
+    let large_ip = &nodes
+        .iter()
+        .find(|(n, _)| pool_of(n) == "tkc-np-large")
+        .expect("a large node")
+        .1;
+    assert!(
+        ping_until(
+            &lab,
+            &format!("ns-prod/{small}"),
+            large_ip,
+            Duration::from_secs(10)
+        ),
+        "{small} cannot reach the large pool's node at {large_ip}"
+    );
+}

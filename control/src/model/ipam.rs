@@ -27,7 +27,7 @@ use std::ops::RangeInclusive;
 
 use pacific_dataplane::tables::{Ipv4Net, MacAddr};
 
-use super::objects::Pools;
+use super::objects::{NodePool, Pools};
 
 /// Kubernetes' default nodePort range.
 pub const NODE_PORT_RANGE: RangeInclusive<u16> = 30000..=32767;
@@ -302,18 +302,25 @@ pub fn tkg_node_names(
     namespace: &str,
     cluster: &str,
     control_planes: usize,
-    workers: usize,
+    worker_pools: &[NodePool],
 ) -> (Vec<String>, Vec<String>) {
     let cp_seed = format!("{namespace}/{cluster}/control-plane");
-    let worker_seed = format!("{namespace}/{cluster}/workers");
-    let pool = &name_hash(&worker_seed)[..5];
+    let workers = worker_pools
+        .iter()
+        .flat_map(|pool| {
+            let seed = format!("{namespace}/{cluster}/{}", pool.name);
+            let hash = &name_hash(&seed)[..5];
+            let base = format!("{cluster}-{}-{hash}-", pool.name);
+            indexed_names(&base, &seed, pool.replicas as usize)
+        })
+        .collect();
     (
         indexed_names(
             &format!("{cluster}-control-plane-"),
             &cp_seed,
             control_planes,
         ),
-        indexed_names(&format!("{cluster}-workers-{pool}-"), &worker_seed, workers),
+        workers,
     )
 }
 
@@ -499,7 +506,11 @@ mod tests {
         // Long names are cut to an RFC 1123 label.
         let long = "a".repeat(63);
         assert_eq!(replica_names("ns", &long, 1)[0].len(), 63);
-        let (cp, workers) = tkg_node_names("ns-dev", "tkg-cluster-01", 1, 2);
+        let pool = |name: &str, replicas| NodePool {
+            name: name.to_string(),
+            replicas,
+        };
+        let (cp, workers) = tkg_node_names("ns-dev", "tkg-cluster-01", 1, &[pool("workers", 2)]);
         assert!(
             cp[0].starts_with("tkg-cluster-01-control-plane-")
                 && cp[0].len() == "tkg-cluster-01-control-plane-".len() + 5
@@ -510,6 +521,18 @@ mod tests {
             (5, 5, "tkg-cluster-01-workers")
         );
         assert_ne!(workers[0], workers[1]);
+        // v1alpha2's node pools: each pool's nodes carry its name, in pool order.
+        let (_, workers) = tkg_node_names(
+            "ns-dev",
+            "tkc",
+            1,
+            &[pool("np-small", 2), pool("np-large", 1)],
+        );
+        let pools: Vec<&str> = workers
+            .iter()
+            .map(|w| w.rsplitn(3, '-').nth(2).unwrap_or_default())
+            .collect();
+        assert_eq!(pools, ["tkc-np-small", "tkc-np-small", "tkc-np-large"]);
     }
 
     #[test]

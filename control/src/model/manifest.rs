@@ -27,7 +27,7 @@ use serde_yaml_ng::Value;
 
 use super::objects::{
     selects, Container, ContainerPort, EndpointAddress, EndpointPort, EndpointSubset, LbAlgorithm,
-    Pools, Protocol, ServicePort, ServiceType, TargetPort, Uplink,
+    NodePool, Pools, Protocol, ServicePort, ServiceType, TargetPort, Uplink,
 };
 
 /// Annotation: pin a namespace's egress SNAT address (NCP's own name for it).
@@ -283,7 +283,7 @@ pub struct EndpointsRequest {
 pub struct TkgClusterRequest {
     pub meta: Meta,
     pub control_plane_count: u32,
-    pub worker_count: u32,
+    pub worker_pools: Vec<NodePool>,
     pub segment_cidr: Option<Ipv4Net>,
     pub segment_prefix_len: u8,
     pub control_plane_ips: Vec<Ipv4Addr>,
@@ -1934,23 +1934,39 @@ fn parse_tkc(meta: Meta, root: &Field<'_>, ann: &Annotations<'_, '_>) -> Res<Tkg
         Some(f) => count(&f, 1)?,
         None => 1,
     };
-    let mut worker_count = 0u32;
+    // v1alpha1's `workers` is one pool, named so; v1alpha2's `nodePools` name theirs, and the
+    // nodes are named after their pool (`<cluster>-<pool>-<hash>-<hash>`).
+    let mut worker_pools = Vec::new();
     if let Some(workers) = topology.get("workers") {
-        worker_count = match workers.get("count").or_else(|| workers.get("replicas")) {
+        let replicas = match workers.get("count").or_else(|| workers.get("replicas")) {
             Some(f) => count(&f, 0)?,
             None => 1,
         };
+        worker_pools.push(NodePool {
+            name: "workers".to_string(),
+            replicas,
+        });
     }
     if let Some(pools) = topology.get("nodePools") {
         for pool in pools.seq()? {
-            let n = match pool.get("replicas") {
+            let name_field = pool.req("name")?;
+            let name = name_field.str()?;
+            check_dns_label(name).map_err(|e| name_field.err(e))?;
+            if worker_pools.iter().any(|p: &NodePool| p.name == name) {
+                return Err(name_field.err(format!("{name:?}: Duplicate value")));
+            }
+            let replicas = match pool.get("replicas") {
                 Some(f) => count(&f, 0)?,
                 None => 1,
             };
-            worker_count = worker_count.saturating_add(n);
+            worker_pools.push(NodePool {
+                name: name.to_string(),
+                replicas,
+            });
         }
     }
-    if u64::from(worker_count) > MAX_REPLICAS {
+    let worker_count: u64 = worker_pools.iter().map(|p| u64::from(p.replicas)).sum();
+    if worker_count > MAX_REPLICAS {
         return Err(topology.err(format!(
             "at most {MAX_REPLICAS} workers, got {worker_count}"
         )));
@@ -1994,7 +2010,7 @@ fn parse_tkc(meta: Meta, root: &Field<'_>, ann: &Annotations<'_, '_>) -> Res<Tkg
         control_plane_vip: ann.ip(ANN_CONTROL_PLANE_VIP)?,
         meta,
         control_plane_count,
-        worker_count,
+        worker_pools,
         segment_cidr,
         segment_prefix_len,
         control_plane_ips,
@@ -2713,7 +2729,8 @@ spec:
         let Manifest::TanzuKubernetesCluster(c) = &v1[0] else {
             panic!()
         };
-        assert_eq!((c.control_plane_count, c.worker_count), (3, 2));
+        assert_eq!(c.control_plane_count, 3);
+        assert_eq!(c.worker_pools, vec![pool("workers", 2)]);
         assert_eq!(c.control_plane_ips, vec![ip("172.211.0.71")]);
         assert_eq!(c.control_plane_vip, Some(ip("172.80.88.3")));
         let v2 = parse(
@@ -2731,7 +2748,41 @@ spec:
         let Manifest::TanzuKubernetesCluster(c) = &v2[0] else {
             panic!()
         };
-        assert_eq!((c.control_plane_count, c.worker_count), (1, 3));
+        assert_eq!(c.control_plane_count, 1);
+        assert_eq!(c.worker_pools, vec![pool("a", 2), pool("b", 1)]);
+        // A pool needs a name, a DNS label, its own.
+        let tkc = |pools: &str| {
+            format!(
+                "apiVersion: run.tanzu.vmware.com/v1alpha2\nkind: TanzuKubernetesCluster\n\
+                 metadata: {{name: c2, namespace: ns-dev}}\n\
+                 spec: {{topology: {{controlPlane: {{replicas: 1}}, nodePools: [{pools}]}}}}\n"
+            )
+        };
+        assert_err(
+            &tkc("{replicas: 1}"),
+            1,
+            "spec.topology.nodePools[0].name",
+            "required",
+        );
+        assert_err(
+            &tkc("{name: Big, replicas: 1}"),
+            1,
+            "spec.topology.nodePools[0].name",
+            "RFC 1123",
+        );
+        assert_err(
+            &tkc("{name: a}, {name: a, replicas: 2}"),
+            1,
+            "spec.topology.nodePools[1].name",
+            "Duplicate value",
+        );
+    }
+
+    fn pool(name: &str, replicas: u32) -> NodePool {
+        NodePool {
+            name: name.to_string(),
+            replicas,
+        }
     }
 
     #[test]

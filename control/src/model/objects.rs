@@ -246,8 +246,22 @@ pub struct TkgCluster {
     pub annotations: BTreeMap<String, String>,
     pub segment: Segment,
     pub control_plane_count: u32,
-    pub worker_count: u32,
+    /// The worker node pools, in manifest order (v1alpha1's `workers` is one pool, `workers`).
+    pub worker_pools: Vec<NodePool>,
     pub created: u64,
+}
+
+impl TkgCluster {
+    pub fn worker_count(&self) -> u32 {
+        self.worker_pools.iter().map(|p| p.replicas).sum()
+    }
+}
+
+/// A TKG cluster's pool of worker nodes: its nodes are named `<cluster>-<pool>-<hash>-<hash>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct NodePool {
+    pub name: String,
+    pub replicas: u32,
 }
 
 /// A workload that runs inside a TKG cluster (its pods live on the node VMs, not on NSX

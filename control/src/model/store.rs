@@ -848,7 +848,7 @@ impl Txn<'_> {
             &ns.name,
             name,
             r.control_plane_count as usize,
-            r.worker_count as usize,
+            &r.worker_pools,
         );
         let old_nodes: BTreeMap<String, Pod> = self
             .st
@@ -953,7 +953,7 @@ impl Txn<'_> {
             annotations: m.annotations.clone(),
             segment,
             control_plane_count: r.control_plane_count,
-            worker_count: r.worker_count,
+            worker_pools: r.worker_pools.clone(),
             created: old.as_ref().map_or(self.now, |o| o.created),
         };
         let action = action_for(old.as_ref(), &cluster);
@@ -1192,7 +1192,7 @@ impl Txn<'_> {
             .tkg_clusters
             .get(&(ns.to_string(), cluster.to_string()))
         {
-            Some(c) => ipam::tkg_node_names(ns, cluster, 0, c.worker_count as usize).1,
+            Some(c) => ipam::tkg_node_names(ns, cluster, 0, &c.worker_pools).1,
             None => Vec::new(),
         }
     }

@@ -1113,6 +1113,11 @@ mod tests {
         busy_w
             .write_all(b"GET /hostname HTTP/1.1\r\nHost: pod\r\n")
             .unwrap();
+        // Once the server holds it (a loaded machine may accept it late).
+        let held = Instant::now() + Duration::from_secs(10);
+        while drain.in_hand.load(Ordering::SeqCst) == 0 && Instant::now() < held {
+            thread::sleep(Duration::from_millis(5));
+        }
 
         drain.start();
         let (done_tx, done) = std::sync::mpsc::channel();

@@ -205,7 +205,7 @@ const CLIENT_IDLE: Duration = Duration::from_secs(120);
 const UPSTREAM_LINK_CHECK: Duration = Duration::from_secs(1);
 /// How long a pod's test server gets to drain after SIGTERM (it answers what it holds, then
 /// exits: `netexec::DRAIN_MAX`) before SIGKILL: a small terminationGracePeriodSeconds.
-const SERVER_DRAIN_GRACE: Duration = Duration::from_secs(2);
+const SERVER_DRAIN_GRACE: Duration = Duration::from_millis(3500);
 /// How long new test servers get, all together, to listen on their ports before their pods are
 /// published anyway (and the apply warns).
 const SERVER_START_TIMEOUT: Duration = Duration::from_secs(10);

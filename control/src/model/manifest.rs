@@ -2098,8 +2098,10 @@ fn parse_uplink(meta: Meta, root: &Field<'_>) -> Res<UplinkRequest> {
     }
     if let Some(f) = spec.get("prefixLength") {
         let n = f.u64()?;
-        if !(1..=30).contains(&n) {
-            return Err(f.err(format!("must be 1-30, got {n}")));
+        // A /31 is a point-to-point link (RFC 3021), as T0 uplinks often are: its two
+        // addresses are both hosts.
+        if !(1..=31).contains(&n) {
+            return Err(f.err(format!("must be 1-31, got {n}")));
         }
         uplink.prefix_len = n as u8;
     }
@@ -2124,7 +2126,7 @@ fn parse_uplink(meta: Meta, root: &Field<'_>) -> Res<UplinkRequest> {
         ("t0Address", uplink.t0_addr),
         ("peerAddress", uplink.peer_addr),
     ] {
-        if ip == subnet.network() || ip == subnet.broadcast() {
+        if subnet.prefix_len() <= 30 && (ip == subnet.network() || ip == subnet.broadcast()) {
             return Err(FieldError {
                 message: format!("{ip} is the network or broadcast address of {subnet}"),
                 ..here(key)

@@ -1,0 +1,97 @@
+//! Labs unlike the seed's, run as a checker on a fresh machine would: pools from RFC 2544's
+//! 198.18.0.0/15 (pods 198.18.0.0/16, services 198.19.0.0/24, ingress 198.19.1.0/24, egress
+//! 198.19.2.0/24), outside hosts in 198.51.100.0/24, T0 uplinks in 203.0.113.0/24.
+
+use pacific_netns_tests::*;
+
+const POOLS: &str = r#"apiVersion: pacific.dev/v1
+kind: Pools
+metadata: {name: default}
+spec: {pods: 198.18.0.0/16, services: 198.19.0.0/24, ingress: 198.19.1.0/24, egress: 198.19.2.0/24}
+---
+apiVersion: pacific.dev/v1
+kind: OutsideHost
+metadata: {name: probe}
+spec: {address: 198.51.100.77/24, httpPorts: [8000]}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: alpha, annotations: {ncp/static_snat_ip: 198.19.2.9}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: alpha}
+spec: {containers: [{name: c, image: busybox}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: alpha, labels: {app: web}}
+spec: {containers: [{name: web, image: nginx, ports: [{containerPort: 80}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: alpha}
+spec:
+  type: LoadBalancer
+  loadBalancerIP: 198.19.1.50
+  selector: {app: web}
+  ports: [{port: 8080, targetPort: 80}]
+"#;
+
+/// A T0 uplink on a /31 (RFC 3021), as point-to-point peering links often are: both addresses
+/// are hosts, the upstream router gets its end as a /31, and traffic crosses it both ways.
+#[test]
+fn a_t0_uplink_on_a_slash_31_carries_traffic_both_ways() {
+    if !require_netns() {
+        return;
+    }
+    let uplink = "apiVersion: pacific.dev/v1\nkind: Uplink\nmetadata: {name: default}\n\
+                  spec: {t0Address: 203.0.113.131, peerAddress: 203.0.113.130, prefixLength: 31}\n";
+    let lab = Lab::up_with("uns31", &format!("{POOLS}---\n{uplink}"));
+    let addr = stdout(&lab.ip_in(&lab.upstream_netns(), &["-4", "addr", "show", "uplink"]));
+    assert!(
+        addr.contains("203.0.113.130/31"),
+        "upstream's uplink: {addr}"
+    );
+
+    let out = lab.exec(
+        "alpha/client",
+        &[
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            "http://198.51.100.77:8000/clientip",
+        ],
+    );
+    assert!(
+        stdout(&out).starts_with("198.19.2.9:"),
+        "the outside host sees the egress IP: {}",
+        describe(&out)
+    );
+    let out = lab.exec(
+        "ext/probe",
+        &["curl", "-s", "-m", "3", "http://198.19.1.50:8080/hostname"],
+    );
+    assert_eq!(
+        stdout(&out),
+        "web",
+        "the VIP from outside: {}",
+        describe(&out)
+    );
+    let out = lab.exec(
+        "alpha/client",
+        &["traceroute", "-n", "-q1", "-w1", "198.51.100.77"],
+    );
+    let hops: Vec<String> = stdout(&out)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+        .collect();
+    assert_eq!(
+        hops,
+        ["198.18.0.1", "100.64.0.0", "203.0.113.130", "198.51.100.77"],
+        "{}",
+        describe(&out)
+    );
+}

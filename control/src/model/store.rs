@@ -374,6 +374,16 @@ fn ann_field(key: &str) -> String {
     format!("metadata.annotations[{key}]")
 }
 
+/// The annotation a segment's allocation answers to: the pinned CIDR, else the prefix length
+/// asked for, else (neither given) the CIDR that would pin one.
+fn segment_field(m: &Meta, pin: Option<Ipv4Net>) -> String {
+    if pin.is_none() && m.annotations.contains_key(ANN_SEGMENT_PREFIX_LEN) {
+        ann_field(ANN_SEGMENT_PREFIX_LEN)
+    } else {
+        ann_field(ANN_SEGMENT_CIDR)
+    }
+}
+
 /// Addresses, subnets and nodePorts pinned anywhere in the request: automatic allocation avoids
 /// them, whatever the document order.
 #[derive(Debug, Default)]
@@ -756,7 +766,7 @@ impl Txn<'_> {
             &taken,
             &self.claims.segments,
         )
-        .map_err(|e| ipam_err(e, m, ann_field(ANN_SEGMENT_CIDR)))?;
+        .map_err(|e| ipam_err(e, m, segment_field(m, r.segment_cidr)))?;
         let segment = Segment {
             name: format!("seg-{name}"),
             subnet,
@@ -836,7 +846,7 @@ impl Txn<'_> {
             &taken,
             &self.claims.segments,
         )
-        .map_err(|e| ipam_err(e, m, ann_field(ANN_SEGMENT_CIDR)))?;
+        .map_err(|e| ipam_err(e, m, segment_field(m, r.segment_cidr)))?;
         let segment = Segment {
             name: format!("seg-{}/{name}", ns.name),
             subnet,
@@ -2761,6 +2771,17 @@ spec:
         )
         .unwrap_err();
         assert_eq!(e.code, ErrorCode::Invalid);
+        // A prefix length the pool has no room for names the annotation that asked for it.
+        let e = apply(
+            &mut store,
+            &ns("ns-a", "pacific.dev/segment-prefix-length: \"16\""),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.field, "metadata.annotations[pacific.dev/segment-prefix-length]",
+            "{e}"
+        );
         let e = apply(
             &mut store,
             &ns("ns-a", "pacific.dev/supervisor: \"true\""),

@@ -490,9 +490,14 @@ fn pick_pool_addr(
 ) -> Result<Ipv4Addr, IpamError> {
     let usable = |ip: Ipv4Addr| pool.contains(ip) && ip != pool.network() && ip != pool.broadcast();
     if let Some(ip) = pin {
-        if !usable(ip) {
+        if !pool.contains(ip) {
             return Err(IpamError::Invalid(format!(
                 "{ip} is outside the {label} {pool}"
+            )));
+        }
+        if !usable(ip) {
+            return Err(IpamError::Invalid(format!(
+                "{ip} is the network or broadcast address of the {label} {pool}"
             )));
         }
         if let Some(owner) = used.get(&ip) {
@@ -2771,6 +2776,18 @@ spec:
         )
         .unwrap_err();
         assert_eq!(e.code, ErrorCode::Invalid);
+        // An egress pool's own network address is in the pool but no host's.
+        let e = apply(
+            &mut store,
+            &ns("ns-a", "ncp/static_snat_ip: 172.60.0.0"),
+            None,
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.message,
+            "172.60.0.0 is the network or broadcast address of the egress pool 172.60.0.0/16",
+            "{e}"
+        );
         // A prefix length the pool has no room for names the annotation that asked for it.
         let e = apply(
             &mut store,

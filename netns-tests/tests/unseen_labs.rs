@@ -95,3 +95,38 @@ fn a_t0_uplink_on_a_slash_31_carries_traffic_both_ways() {
         describe(&out)
     );
 }
+
+/// `allocateLoadBalancerNodePorts: false`: the LoadBalancer gets no nodePort (kubectl's
+/// PORT(S) reads `8080/TCP`), unless a port names one, and its VIP answers all the same.
+#[test]
+fn a_load_balancer_without_node_ports_gets_none_and_still_answers() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("unsnp", POOLS);
+    lab.apply_ok(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: alpha}\n\
+         spec:\n  type: LoadBalancer\n  loadBalancerIP: 198.19.1.50\n  \
+         allocateLoadBalancerNodePorts: false\n  selector: {app: web}\n  \
+         ports: [{name: a, port: 8080, targetPort: 80}, {name: b, port: 8081, targetPort: 80, nodePort: 31500}]\n",
+        None,
+        None,
+    );
+    let svc = lab.items("svc", Some("alpha"));
+    let ports: Vec<&str> = svc
+        .iter()
+        .filter(|s| s["name"] == "web")
+        .filter_map(|s| s["ports"].as_str())
+        .collect();
+    assert_eq!(ports, ["8080/TCP,8081:31500/TCP"], "{svc:?}");
+    let out = lab.exec(
+        "ext/probe",
+        &["curl", "-s", "-m", "3", "http://198.19.1.50:8080/hostname"],
+    );
+    assert_eq!(
+        stdout(&out),
+        "web",
+        "the VIP from outside: {}",
+        describe(&out)
+    );
+}

@@ -269,6 +269,9 @@ pub struct ServiceRequest {
     pub load_balancer_ip: Option<Ipv4Addr>,
     pub load_balancer_source_ranges: Vec<Ipv4Net>,
     pub algorithm: LbAlgorithm,
+    /// `spec.allocateLoadBalancerNodePorts: false`: a LoadBalancer gets the nodePorts it
+    /// names and no others, as the API server allocates them.
+    pub allocate_node_ports: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -1692,6 +1695,16 @@ fn parse_service(meta: Meta, root: &Field<'_>, ann: &Annotations<'_, '_>) -> Res
         }
     };
     let load_balancer_source_ranges = source_ranges(&spec, ann, service_type)?;
+    let allocate_node_ports = match spec.get("allocateLoadBalancerNodePorts") {
+        None => true,
+        Some(f) => {
+            let allocate = f.bool()?;
+            if !allocate && service_type != ServiceType::LoadBalancer {
+                return Err(f.err("may only be used when `type` is LoadBalancer"));
+            }
+            allocate
+        }
+    };
     let algorithm = match ann.get(ANN_LB_ALGORITHM) {
         None | Some("round-robin") => LbAlgorithm::RoundRobin,
         Some("least-connections") => LbAlgorithm::LeastConnections,
@@ -1716,6 +1729,7 @@ fn parse_service(meta: Meta, root: &Field<'_>, ann: &Annotations<'_, '_>) -> Res
         load_balancer_ip,
         load_balancer_source_ranges,
         algorithm,
+        allocate_node_ports,
     })
 }
 

@@ -1006,6 +1006,7 @@ impl Txn<'_> {
             load_balancer_ip: r.control_plane_vip,
             load_balancer_source_ranges: Vec::new(),
             algorithm: LbAlgorithm::RoundRobin,
+            allocate_node_ports: true,
         };
         let fields = ServiceFields {
             cluster_ip: ann_field(ANN_CONTROL_PLANE_CLUSTER_IP),
@@ -1627,7 +1628,7 @@ impl Txn<'_> {
             );
             taken.extend(mine.iter().map(|(p, _)| *p));
             for (i, p) in ports.iter_mut().enumerate() {
-                if p.node_port.is_some() {
+                if p.node_port.is_some() || !r.allocate_node_ports {
                     continue;
                 }
                 let keep = old

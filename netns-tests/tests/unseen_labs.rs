@@ -130,3 +130,73 @@ fn a_load_balancer_without_node_ports_gets_none_and_still_answers() {
         describe(&out)
     );
 }
+
+/// Datagrams of one UDP socket (one source port) to a ClusterIP, `n` of them, each waited for
+/// up to a second: how many were answered.
+fn udp_answers(lab: &Lab, from: &str, ip: &str, port: u16, n: u32) -> u32 {
+    let script = format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         s.bind(('0.0.0.0', 40555)); s.settimeout(1.0); s.connect(('{ip}', {port}))\n\
+         ok = 0\n\
+         for i in range({n}):\n\
+         \x20   s.send(b'm%d' % i)\n\
+         \x20   try:\n\
+         \x20       ok += s.recv(100) == b'm%d' % i\n\
+         \x20   except OSError:\n\
+         \x20       pass\n\
+         print(ok)\n"
+    );
+    let out = lab.exec(from, &["python3", "-c", &script]);
+    stdout(&out)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("{}", describe(&out)))
+}
+
+/// A UDP flow to a ClusterIP whose endpoint's pod is deleted moves to the other endpoint, as
+/// kube-proxy flushes a removed UDP endpoint's conntrack entries: the same socket keeps being
+/// answered, and `get nat` shows it on the pod that is left.
+#[test]
+fn a_udp_flow_moves_off_a_deleted_endpoint() {
+    if !require_netns() {
+        return;
+    }
+    let echo = |name: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: alpha, labels: {{app: echo}}}}\n\
+             spec: {{containers: [{{name: e, image: agnhost, ports: [{{containerPort: 5353, protocol: UDP}}]}}]}}\n"
+        )
+    };
+    let svc = "apiVersion: v1\nkind: Service\nmetadata: {name: echo, namespace: alpha}\n\
+               spec: {selector: {app: echo}, ports: [{port: 53, targetPort: 5353, protocol: UDP}]}\n";
+    let lab = Lab::up_with(
+        "unsudp",
+        &format!(
+            "{POOLS}---\n{}---\n{}---\n{svc}",
+            echo("echo-a"),
+            echo("echo-b")
+        ),
+    );
+    let cip = lab.cluster_ip("alpha", "echo");
+    assert_eq!(udp_answers(&lab, "alpha/client", &cip, 53, 3), 3);
+    let backend_of_flow = |lab: &Lab| -> Option<String> {
+        let nat = stdout(&lab.pacific(&["get", "nat", "-n", "alpha"]));
+        nat.lines()
+            .find(|l| l.contains(":40555 ->") && l.contains("udp"))
+            .and_then(|l| l.split_whitespace().nth(7).map(str::to_string))
+    };
+    let before = backend_of_flow(&lab).expect("the flow in get nat");
+    let ip = before.split(':').next().unwrap_or_default().to_string();
+    let victim = lab.pod_name_by_ip("alpha", &ip);
+    let out = lab.pacific(&["delete", "pod", &victim, "-n", "alpha"]);
+    assert!(out.status.success(), "{}", describe(&out));
+
+    assert_eq!(
+        udp_answers(&lab, "alpha/client", &cip, 53, 5),
+        5,
+        "the flow after {victim} went"
+    );
+    let after = backend_of_flow(&lab).expect("the flow in get nat");
+    assert_ne!(after, before, "the flow still on the deleted pod");
+}

@@ -1486,6 +1486,7 @@ fn list_method(kind: &str) -> Result<&'static str, String> {
         "routes" | "route" => "routes.list",
         "ports" | "port" => "ports.list",
         "services" | "service" | "svc" => "services.list",
+        "endpoints" | "ep" => "endpoints.list",
         "dfw" | "rules" | "firewall" => "dfw.list",
         "nat" => "nat.list",
         "outside" | "ext" | "hosts" => "outside.list",
@@ -1493,7 +1494,7 @@ fn list_method(kind: &str) -> Result<&'static str, String> {
         "tkc" | "tanzukubernetesclusters" | "tanzukubernetescluster" => "tkc.list",
         other => {
             return Err(format!(
-                "unknown kind {other:?}: expected namespaces, pods, segments, routes, ports, svc, dfw, nat, outside, deployments, tkc or all"
+                "unknown kind {other:?}: expected namespaces, pods, segments, routes, ports, svc, endpoints, dfw, nat, outside, deployments, tkc or all"
             ))
         }
     })
@@ -1743,7 +1744,14 @@ fn fetch(
             params["name"] = json!(name);
         }
     }
-    let mut result = client::call(socket, method, params).map_err(|e| match e {
+    // Endpoints are the services' own (`services.list` has each one's): listed as kubectl's
+    // `get endpoints`, one per service with a selector or with Endpoints applied.
+    let rpc = if method == "endpoints.list" {
+        "services.list"
+    } else {
+        method
+    };
+    let mut result = client::call(socket, rpc, params).map_err(|e| match e {
         // As kubectl names a namespace that is not there.
         CallError::Rpc { code, data, .. }
             if code == crate::rpc::code::NOT_FOUND
@@ -1760,6 +1768,23 @@ fn fetch(
     })?;
     if let (Some(name), Some(items)) = (pick, result["items"].as_array_mut()) {
         items.retain(|item| item["name"].as_str() == Some(name));
+    }
+    if method == "endpoints.list" {
+        if let Some(items) = result["items"].as_array_mut() {
+            items.retain(|svc| {
+                !svc["selector"].is_null()
+                    || svc["endpoints"].as_array().is_some_and(|e| !e.is_empty())
+            });
+            for svc in items.iter_mut() {
+                *svc = json!({
+                    "name": svc["name"],
+                    "namespace": svc["namespace"],
+                    "labels": svc["labels"],
+                    "endpoints": svc["endpoints"],
+                    "created": svc["created"],
+                });
+            }
+        }
     }
     // A named object that is not there is an error, as kubectl has it, in every output format.
     if let Some(name) = name.filter(|_| rows(&result).next().is_none()) {
@@ -1781,6 +1806,7 @@ fn kind_of(method: &str) -> &'static str {
         "segments.list" => "Segment",
         "ports.list" => "Port",
         "services.list" => "Service",
+        "endpoints.list" => "Endpoints",
         "dfw.list" => "Rule",
         "outside.list" => "OutsideHost",
         "deployments.list" => "Deployment",
@@ -1798,6 +1824,7 @@ fn name_resource(method: &str) -> Result<&'static str, String> {
         "segments.list" => "segment",
         "ports.list" => "port",
         "services.list" => "service",
+        "endpoints.list" => "endpoints",
         "dfw.list" => "rule",
         "outside.list" => "outsidehost.pacific.dev",
         "deployments.list" => "deployment.apps",
@@ -1880,6 +1907,7 @@ fn resource_of(method: &str) -> &'static str {
         "pods.list" => "pods",
         "segments.list" => "segments.pacific.dev",
         "services.list" => "services",
+        "endpoints.list" => "endpoints",
         "deployments.list" => "deployments.apps",
         "tkc.list" => "tanzukubernetesclusters.run.tanzu.vmware.com",
         "outside.list" => "outsidehosts.pacific.dev",
@@ -1918,6 +1946,19 @@ fn pairs(header: &'static str, name: &'static str, sep: &'static str) -> Column 
     )
 }
 
+/// kubectl's ENDPOINTS cell: the first three `ip:port`, then how many more; `<none>`.
+fn endpoints_cell(v: &Value) -> String {
+    let all: Vec<String> = v["endpoints"]
+        .as_array()
+        .map(|a| a.iter().map(s).collect())
+        .unwrap_or_default();
+    match all.len() {
+        0 => "<none>".to_string(),
+        1..=3 => all.join(","),
+        n => format!("{} + {} more...", all[..3].join(","), n - 3),
+    }
+}
+
 /// The columns of each kind's table, as `kubectl get` lays them out (`-o wide` adds some).
 fn columns(method: &str, with_ns: bool, wide: bool, now: u64) -> Vec<Column> {
     let age_column = || -> Column {
@@ -1930,7 +1971,7 @@ fn columns(method: &str, with_ns: bool, wide: bool, now: u64) -> Vec<Column> {
     // kubectl shows NAMESPACE only when the listing spans namespaces (no `-n`).
     let namespaced = matches!(
         method,
-        "pods.list" | "services.list" | "deployments.list" | "tkc.list"
+        "pods.list" | "services.list" | "endpoints.list" | "deployments.list" | "tkc.list"
     );
     if namespaced && with_ns {
         c.push(field("NAMESPACE", "namespace"));
@@ -1988,6 +2029,13 @@ fn columns(method: &str, with_ns: bool, wide: bool, now: u64) -> Vec<Column> {
             field("TX-BYTES", "tx_bytes"),
             pairs("DROPS", "drops", "="),
         ]),
+        "endpoints.list" => {
+            c.extend([
+                field("NAME", "name"),
+                ("ENDPOINTS", Box::new(endpoints_cell)),
+                age_column(),
+            ]);
+        }
         "services.list" => {
             c.extend([
                 field("NAME", "name"),

@@ -200,3 +200,54 @@ fn a_udp_flow_moves_off_a_deleted_endpoint() {
     let after = backend_of_flow(&lab).expect("the flow in get nat");
     assert_ne!(after, before, "the flow still on the deleted pod");
 }
+
+/// `get endpoints` (`get ep`), as kubectl lists them: a service's addresses, `<none>` for a
+/// selector that matches no pod, a selector-less service's only once its Endpoints are applied.
+#[test]
+fn get_endpoints_lists_each_services_addresses() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("unsep", POOLS);
+    lab.apply_ok(
+        "apiVersion: v1\nkind: Service\nmetadata: {name: none, namespace: alpha}\n\
+         spec: {selector: {app: nothing}, ports: [{port: 80}]}\n---\n\
+         apiVersion: v1\nkind: Service\nmetadata: {name: manual, namespace: alpha}\n\
+         spec: {ports: [{port: 80}]}\n",
+        None,
+        None,
+    );
+    let out = lab.pacific(&["get", "ep", "-n", "alpha", "--no-headers"]);
+    let rows: Vec<Vec<String>> = stdout(&out)
+        .lines()
+        .map(|l| l.split_whitespace().take(2).map(str::to_string).collect())
+        .collect();
+    let ip = lab
+        .items("pods", Some("alpha"))
+        .iter()
+        .find(|p| p["name"] == "web")
+        .and_then(|p| p["ip"].as_str().map(str::to_string))
+        .unwrap_or_default();
+    assert_eq!(
+        rows,
+        [
+            vec!["none".to_string(), "<none>".into()],
+            vec!["web".into(), format!("{ip}:80")]
+        ],
+        "{}",
+        describe(&out)
+    );
+    lab.apply_ok(
+        "apiVersion: v1\nkind: Endpoints\nmetadata: {name: manual, namespace: alpha}\n\
+         subsets: [{addresses: [{ip: 198.18.0.77}], ports: [{port: 8080}]}]\n",
+        None,
+        None,
+    );
+    let out = lab.pacific(&["get", "endpoints", "manual", "-n", "alpha", "-o", "name"]);
+    assert_eq!(
+        stdout(&out).trim(),
+        "endpoints/manual",
+        "{}",
+        describe(&out)
+    );
+}

@@ -251,3 +251,26 @@ fn get_endpoints_lists_each_services_addresses() {
         describe(&out)
     );
 }
+
+/// A pod that is its service's only endpoint reaches itself through the ClusterIP and through
+/// the VIP (hairpin): answered, from the segment's gateway address (kube-proxy masquerades a
+/// hairpin connection so the answer comes back through it; NSX's DLB and SLB SNAT it).
+#[test]
+fn a_pod_reaches_itself_through_its_own_cluster_ip_and_vip() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("unshp", POOLS);
+    let cip = lab.cluster_ip("alpha", "web");
+    for url in [
+        format!("http://{cip}:8080/clientip"),
+        "http://198.19.1.50:8080/clientip".to_string(),
+    ] {
+        let out = lab.exec("alpha/web", &["curl", "-s", "-m", "3", &url]);
+        assert!(
+            stdout(&out).starts_with("198.18.0.1:"),
+            "{url}: {}",
+            describe(&out)
+        );
+    }
+}

@@ -1728,6 +1728,8 @@ impl Pipeline {
     /// The DFW's say on a new flow: the source zone's egress rules, then the destination zone's
     /// ingress rules; the first matching rule of each counts, when `count` (a connection
     /// judged again under new tables is no new connection: its rule's hits stay as they are).
+    /// Both judge the destination after a DLB or SLB translated it (a NetworkPolicy names the
+    /// pods behind a ClusterIP, not the ClusterIP), `original_dst` as the client addressed it.
     /// `None`: no rule matched (allowed).
     fn dfw_verdict(
         &self,
@@ -1743,10 +1745,10 @@ impl Pipeline {
         if let PortKind::Pod { zone, .. } = port.kind {
             let q = DfwQuery {
                 src: key.src,
-                dst: key.dst,
+                dst,
                 original_dst: key.dst,
                 protocol: key.protocol,
-                dst_port: key.dst_port,
+                dst_port,
             };
             if let Some(rule) = t.dfw.evaluate(zone, Direction::Out, &q) {
                 if count {

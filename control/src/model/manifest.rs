@@ -26,8 +26,9 @@ use serde::Deserialize;
 use serde_yaml_ng::Value;
 
 use super::objects::{
-    selects, Container, ContainerPort, EndpointAddress, EndpointPort, EndpointSubset, LbAlgorithm,
-    NodePool, Pools, Protocol, ServicePort, ServiceType, TargetPort, Uplink,
+    selects, Container, ContainerPort, EndpointAddress, EndpointPort, EndpointSubset,
+    LabelSelector, LbAlgorithm, NodePool, PolicyPeer, PolicyPort, PolicyRule, Pools, Protocol,
+    SelectorOperator, SelectorRequirement, ServicePort, ServiceType, TargetPort, Uplink,
 };
 
 /// Annotation: pin a namespace's egress SNAT address (NCP's own name for it).
@@ -73,10 +74,11 @@ pub enum Kind {
     OutsideHost,
     Pools,
     Uplink,
+    NetworkPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Namespace,
         Kind::Pod,
         Kind::Deployment,
@@ -87,6 +89,7 @@ impl Kind {
         Kind::OutsideHost,
         Kind::Pools,
         Kind::Uplink,
+        Kind::NetworkPolicy,
     ];
 
     /// The `kind:` as written in manifests.
@@ -102,6 +105,7 @@ impl Kind {
             Kind::OutsideHost => "OutsideHost",
             Kind::Pools => "Pools",
             Kind::Uplink => "Uplink",
+            Kind::NetworkPolicy => "NetworkPolicy",
         }
     }
 
@@ -118,6 +122,7 @@ impl Kind {
             Kind::OutsideHost => "outsidehost.pacific.dev",
             Kind::Pools => "pools.pacific.dev",
             Kind::Uplink => "uplink.pacific.dev",
+            Kind::NetworkPolicy => "networkpolicy.networking.k8s.io",
         }
     }
 
@@ -128,6 +133,7 @@ impl Kind {
         let (word, group) = resource.split_once('.').unwrap_or((resource, ""));
         let plural = match word {
             "endpoints" | "pools" => word.to_string(),
+            "networkpolicy" => "networkpolicies".to_string(),
             _ => format!("{word}s"),
         };
         if group.is_empty() {
@@ -149,6 +155,7 @@ impl Kind {
                 "run.tanzu.vmware.com/v1alpha3",
             ],
             Kind::OutsideHost | Kind::Pools | Kind::Uplink => &["pacific.dev/v1"],
+            Kind::NetworkPolicy => &["networking.k8s.io/v1"],
         }
     }
 
@@ -183,6 +190,7 @@ impl Kind {
             "outsidehost" | "outsidehosts" => Kind::OutsideHost,
             "pools" | "pool" => Kind::Pools,
             "uplink" | "uplinks" => Kind::Uplink,
+            "networkpolicy" | "networkpolicies" | "netpol" => Kind::NetworkPolicy,
             _ => return None,
         })
     }
@@ -312,6 +320,14 @@ pub struct PoolsRequest {
 }
 
 #[derive(Debug, Clone, PartialEq)]
+pub struct NetworkPolicyRequest {
+    pub meta: Meta,
+    pub pod_selector: LabelSelector,
+    pub ingress: Option<Vec<PolicyRule>>,
+    pub egress: Option<Vec<PolicyRule>>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub struct UplinkRequest {
     pub meta: Meta,
     pub uplink: Uplink,
@@ -330,6 +346,7 @@ pub enum Manifest {
     OutsideHost(OutsideHostRequest),
     Pools(PoolsRequest),
     Uplink(UplinkRequest),
+    NetworkPolicy(NetworkPolicyRequest),
 }
 
 impl Manifest {
@@ -344,6 +361,7 @@ impl Manifest {
             Manifest::OutsideHost(r) => &r.meta,
             Manifest::Pools(r) => &r.meta,
             Manifest::Uplink(r) => &r.meta,
+            Manifest::NetworkPolicy(r) => &r.meta,
         }
     }
 
@@ -563,7 +581,7 @@ struct Ctx<'a> {
 /// Kinds that often come in the same file as an application's Deployment and Service but have
 /// no part in the network (configuration, storage, identity, scaling policy): skipped with a
 /// note instead of failing the whole file. Kinds that would run pods (StatefulSet, DaemonSet,
-/// Job) or shape traffic (Ingress, NetworkPolicy) stay errors: skipping them would hide that
+/// Job) or shape traffic (Ingress) stay errors: skipping them would hide that
 /// Pacific does not do what they ask.
 pub const NOT_MODELLED: &[(&str, &[&str])] = &[
     ("ConfigMap", &["v1"]),
@@ -926,6 +944,11 @@ const CONTAINER: &[&str] = &[
 const CONTAINER_PORT: &[&str] = &["containerPort", "hostIP", "hostPort", "name", "protocol"];
 const ENV_VAR: &[&str] = &["name", "value", "valueFrom"];
 const LABEL_SELECTOR: &[&str] = &["matchExpressions", "matchLabels"];
+const SELECTOR_REQUIREMENT: &[&str] = &["key", "operator", "values"];
+const NETWORK_POLICY_SPEC: &[&str] = &["egress", "ingress", "podSelector", "policyTypes"];
+const POLICY_PEER: &[&str] = &["ipBlock", "namespaceSelector", "podSelector"];
+const IP_BLOCK: &[&str] = &["cidr", "except"];
+const POLICY_PORT: &[&str] = &["endPort", "port", "protocol"];
 const POOLS_SPEC: &[&str] = &[
     "pods",
     "services",
@@ -1264,6 +1287,7 @@ fn parse_object(
         Kind::OutsideHost => Manifest::OutsideHost(parse_outside_host(meta.clone(), root)?),
         Kind::Pools => Manifest::Pools(parse_pools(meta.clone(), root)?),
         Kind::Uplink => Manifest::Uplink(parse_uplink(meta.clone(), root)?),
+        Kind::NetworkPolicy => Manifest::NetworkPolicy(parse_network_policy(meta.clone(), root)?),
     };
     out.push(manifest);
     Ok(())
@@ -1559,6 +1583,196 @@ fn parse_deployment(meta: Meta, root: &Field<'_>) -> Res<DeploymentRequest> {
         selector,
         template_labels,
         containers,
+    })
+}
+
+/// A label selector (`matchLabels` and `matchExpressions`); `{}` selects everything.
+fn label_selector(field: &Field<'_>) -> Res<LabelSelector> {
+    field.mapping()?;
+    field.known_keys(LABEL_SELECTOR)?;
+    let match_labels = field
+        .get("matchLabels")
+        .map_or(Ok(BTreeMap::new()), |f| labels_of(&f))?;
+    let mut match_expressions = Vec::new();
+    if let Some(list) = field.get("matchExpressions") {
+        for e in list.seq()? {
+            e.known_keys(SELECTOR_REQUIREMENT)?;
+            let key_field = e.req("key")?;
+            let key = key_field.str()?;
+            check_label_key(key).map_err(|m| key_field.err(m))?;
+            let op_field = e.req("operator")?;
+            let operator = match op_field.str()? {
+                "In" => SelectorOperator::In,
+                "NotIn" => SelectorOperator::NotIn,
+                "Exists" => SelectorOperator::Exists,
+                "DoesNotExist" => SelectorOperator::DoesNotExist,
+                other => {
+                    return Err(op_field.err(format!(
+                        "unsupported value {other:?}: In, NotIn, Exists or DoesNotExist"
+                    )))
+                }
+            };
+            let mut values = Vec::new();
+            if let Some(list) = e.get("values") {
+                for v in list.seq()? {
+                    let value = v.str()?;
+                    check_label_value(value).map_err(|m| v.err(m))?;
+                    values.push(value.to_string());
+                }
+            }
+            let wants_values = matches!(operator, SelectorOperator::In | SelectorOperator::NotIn);
+            if wants_values && values.is_empty() {
+                return Err(e.err("values: must be specified when `operator` is 'In' or 'NotIn'"));
+            }
+            if !wants_values && !values.is_empty() {
+                return Err(e.err(
+                    "values: may not be specified when `operator` is 'Exists' or 'DoesNotExist'",
+                ));
+            }
+            match_expressions.push(SelectorRequirement {
+                key: key.to_string(),
+                operator,
+                values,
+            });
+        }
+    }
+    Ok(LabelSelector {
+        match_labels,
+        match_expressions,
+    })
+}
+
+/// `from[i]` / `to[i]`: pod and namespace selectors, or an ipBlock, never both.
+fn policy_peer(p: &Field<'_>) -> Res<PolicyPeer> {
+    p.mapping()?;
+    p.known_keys(POLICY_PEER)?;
+    let pod_selector = p
+        .get("podSelector")
+        .map(|f| label_selector(&f))
+        .transpose()?;
+    let namespace_selector = p
+        .get("namespaceSelector")
+        .map(|f| label_selector(&f))
+        .transpose()?;
+    match p.get("ipBlock") {
+        Some(block) if pod_selector.is_none() && namespace_selector.is_none() => {
+            block.known_keys(IP_BLOCK)?;
+            let cidr_field = block.req("cidr")?;
+            let cidr = cidr_field.ipv4_net()?;
+            let mut except = Vec::new();
+            if let Some(list) = block.get("except") {
+                for e in list.seq()? {
+                    let net = e.ipv4_net()?;
+                    if !(cidr.contains(net.network()) && net.prefix_len() > cidr.prefix_len()) {
+                        return Err(e.err(format!("must be a strict subset of `cidr` {cidr}")));
+                    }
+                    except.push(net);
+                }
+            }
+            Ok(PolicyPeer::IpBlock { cidr, except })
+        }
+        Some(block) => Err(block
+            .err("may not be specified when `podSelector` or `namespaceSelector` is specified")),
+        None if pod_selector.is_none() && namespace_selector.is_none() => {
+            Err(p.err("must specify a peer: podSelector, namespaceSelector (or both) or ipBlock"))
+        }
+        None => Ok(PolicyPeer::Pods {
+            pod_selector,
+            namespace_selector,
+        }),
+    }
+}
+
+fn policy_port(p: &Field<'_>) -> Res<PolicyPort> {
+    p.mapping()?;
+    p.known_keys(POLICY_PORT)?;
+    let protocol = protocol_of(p)?;
+    let port = match p.get("port") {
+        None => None,
+        Some(f) => match f.value {
+            Value::String(name) => {
+                check_port_name(name).map_err(|m| f.err(m))?;
+                Some(TargetPort::Name(name.clone()))
+            }
+            _ => Some(TargetPort::Number(f.port()?)),
+        },
+    };
+    let end_port = match (p.get("endPort"), &port) {
+        (None, _) => None,
+        (Some(f), Some(TargetPort::Number(start))) => {
+            let end = f.port()?;
+            if end < *start {
+                return Err(f.err(format!("must be greater than or equal to `port` {start}")));
+            }
+            Some(end)
+        }
+        (Some(f), _) => return Err(f.err("may only be specified with a numeric `port`")),
+    };
+    Ok(PolicyPort {
+        protocol,
+        port,
+        end_port,
+    })
+}
+
+/// `spec.ingress` or `spec.egress`: each rule's peers (`from` / `to`) and ports.
+fn policy_rules(list: &Field<'_>, peers_key: &str) -> Res<Vec<PolicyRule>> {
+    let known: &[&str] = &[peers_key, "ports"];
+    let mut rules = Vec::new();
+    for r in list.seq()? {
+        r.mapping()?;
+        r.known_keys(known)?;
+        let peers = match r.get(peers_key) {
+            Some(f) => f.seq()?.iter().map(policy_peer).collect::<Res<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        let ports = match r.get("ports") {
+            Some(f) => f.seq()?.iter().map(policy_port).collect::<Res<Vec<_>>>()?,
+            None => Vec::new(),
+        };
+        rules.push(PolicyRule { peers, ports });
+    }
+    Ok(rules)
+}
+
+fn parse_network_policy(meta: Meta, root: &Field<'_>) -> Res<NetworkPolicyRequest> {
+    let spec = root.req("spec")?;
+    spec.mapping()?;
+    spec.known_keys(NETWORK_POLICY_SPEC)?;
+    // Absent, the API server decodes it as `{}`: every pod of the namespace.
+    let pod_selector = spec
+        .get("podSelector")
+        .map_or(Ok(LabelSelector::default()), |f| label_selector(&f))?;
+    let ingress = spec
+        .get("ingress")
+        .map(|f| policy_rules(&f, "from"))
+        .transpose()?;
+    let egress = spec
+        .get("egress")
+        .map(|f| policy_rules(&f, "to"))
+        .transpose()?;
+    // Kubernetes' default: Ingress always, Egress when the policy has egress rules.
+    let (is_ingress, is_egress) = match spec.get("policyTypes") {
+        None => (true, egress.is_some()),
+        Some(list) => {
+            let (mut i, mut e) = (false, false);
+            for t in list.seq()? {
+                match t.str()? {
+                    "Ingress" => i = true,
+                    "Egress" => e = true,
+                    other => {
+                        return Err(t.err(format!("unsupported value {other:?}: Ingress or Egress")))
+                    }
+                }
+            }
+            (i, e)
+        }
+    };
+    Ok(NetworkPolicyRequest {
+        meta,
+        pod_selector,
+        ingress: is_ingress.then(|| ingress.unwrap_or_default()),
+        egress: is_egress.then(|| egress.unwrap_or_default()),
     })
 }
 
@@ -2916,10 +3130,7 @@ spec: {t0Address: 203.0.113.6, peerAddress: 203.0.113.5, prefixLength: 30}
             "apiVersion",
             "Secret is served by v1",
         );
-        for (api, kind) in [
-            ("apps/v1", "StatefulSet"),
-            ("networking.k8s.io/v1", "NetworkPolicy"),
-        ] {
+        for (api, kind) in [("apps/v1", "StatefulSet"), ("apps/v1", "DaemonSet")] {
             assert_err(
                 &format!("apiVersion: {api}\nkind: {kind}\nmetadata: {{name: a}}\n"),
                 1,
@@ -3284,5 +3495,123 @@ spec: {t0Address: 203.0.113.6, peerAddress: 203.0.113.5, prefixLength: 30}
         assert_eq!(Kind::parse("tkc"), Some(Kind::TanzuKubernetesCluster));
         assert_eq!(Kind::parse("ingress"), None);
         assert_eq!(Kind::Deployment.resource(), "deployment.apps");
+    }
+
+    const NETPOL: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: np, namespace: shop}\n";
+
+    fn policy(spec: &str) -> NetworkPolicyRequest {
+        match parse(&format!("{NETPOL}spec:\n{spec}")).pop() {
+            Some(Manifest::NetworkPolicy(p)) => p,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_network_policy_reads_selectors_peers_and_ports() {
+        let p = policy(
+            "  podSelector: {matchLabels: {app: db}}
+  ingress:
+  - from:
+    - podSelector: {matchLabels: {app: web}}
+      namespaceSelector: {matchExpressions: [{key: team, operator: In, values: [a, b]}]}
+    - ipBlock: {cidr: 198.51.100.0/24, except: [198.51.100.128/25]}
+    ports:
+    - {port: mysql}
+    - {protocol: UDP, port: 5000, endPort: 5010}
+  - {}
+",
+        );
+        assert_eq!(p.meta.namespace.as_deref(), Some("shop"));
+        assert_eq!(
+            p.pod_selector.match_labels.get("app").map(String::as_str),
+            Some("db")
+        );
+        assert!(p.egress.is_none(), "no egress: not an Egress policy");
+        let rules = p.ingress.unwrap();
+        assert_eq!(rules.len(), 2);
+        assert_eq!(
+            rules[1],
+            PolicyRule {
+                peers: vec![],
+                ports: vec![]
+            }
+        );
+        let PolicyPeer::Pods {
+            pod_selector: Some(_),
+            namespace_selector: Some(ns),
+        } = &rules[0].peers[0]
+        else {
+            panic!("{:?}", rules[0].peers[0])
+        };
+        assert_eq!(ns.match_expressions[0].operator, SelectorOperator::In);
+        assert_eq!(
+            rules[0].peers[1],
+            PolicyPeer::IpBlock {
+                cidr: "198.51.100.0/24".parse().unwrap(),
+                except: vec!["198.51.100.128/25".parse().unwrap()],
+            }
+        );
+        assert_eq!(
+            rules[0].ports,
+            vec![
+                PolicyPort {
+                    protocol: Protocol::Tcp,
+                    port: Some(TargetPort::Name("mysql".into())),
+                    end_port: None
+                },
+                PolicyPort {
+                    protocol: Protocol::Udp,
+                    port: Some(TargetPort::Number(5000)),
+                    end_port: Some(5010)
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn policy_types_default_as_kubernetes_has_them() {
+        // Ingress always; Egress when egress rules are given; a missing list allows nothing.
+        let p = policy("  podSelector: {}\n");
+        assert_eq!((p.ingress, p.egress), (Some(vec![]), None));
+        let p = policy("  podSelector: {}\n  egress: [{}]\n");
+        assert_eq!(p.ingress, Some(vec![]));
+        assert_eq!(p.egress.map(|e| e.len()), Some(1));
+        let p = policy("  podSelector: {}\n  policyTypes: [Egress]\n  ingress: [{}]\n");
+        assert_eq!((p.ingress, p.egress), (None, Some(vec![])));
+    }
+
+    #[test]
+    fn network_policy_errors_name_the_field() {
+        for (spec, field, message) in [
+            ("  podSelector: {}\n  policyTypes: [Both]\n", "spec.policyTypes[0]", "Ingress or Egress"),
+            ("  ingress: [{from: [{}]}]\n", "spec.ingress[0].from[0]", "must specify a peer"),
+            (
+                "  ingress: [{from: [{ipBlock: {cidr: 198.51.100.0/24}, podSelector: {}}]}]\n",
+                "spec.ingress[0].from[0].ipBlock",
+                "may not be specified",
+            ),
+            (
+                "  egress: [{to: [{ipBlock: {cidr: 198.51.100.0/24, except: [203.0.113.0/24]}}]}]\n",
+                "spec.egress[0].to[0].ipBlock.except[0]",
+                "strict subset",
+            ),
+            ("  ingress: [{ports: [{port: 80, endPort: 70}]}]\n", "spec.ingress[0].ports[0].endPort", "greater than"),
+            ("  ingress: [{ports: [{port: http, endPort: 90}]}]\n", "spec.ingress[0].ports[0].endPort", "numeric"),
+            ("  ingress: [{ports: [{protocol: SCTP}]}]\n", "spec.ingress[0].ports[0].protocol", "SCTP"),
+            ("  ingress: [{form: []}]\n", "spec.ingress[0].form", "did you mean \"from\""),
+            (
+                "  podSelector: {matchExpressions: [{key: a, operator: Exists, values: [x]}]}\n",
+                "spec.podSelector.matchExpressions[0]",
+                "may not be specified",
+            ),
+        ] {
+            let e = parse_err(&format!("{NETPOL}spec:\n{spec}"));
+            assert_eq!(
+                (e.document, e.kind.as_deref(), e.name.as_deref(), e.field.as_str()),
+                (1, Some("NetworkPolicy"), Some("np"), field),
+                "{e}"
+            );
+            assert!(e.message.contains(message), "{e}");
+        }
     }
 }

@@ -499,6 +499,9 @@ pub struct State {
     /// Derived, recomputed on every change.
     pub endpoints: Vec<ServiceEndpoints>,
     pub outside_hosts: BTreeMap<String, OutsideHost>,
+    /// Key (namespace, name).
+    #[serde(serialize_with = "values")]
+    pub network_policies: BTreeMap<(String, String), NetworkPolicy>,
     /// +1 per successful change.
     pub generation: u64,
 }
@@ -576,4 +579,119 @@ impl State {
 /// True when `labels` carries every key/value of `selector` (Kubernetes equality selection).
 pub fn selects(selector: &BTreeMap<String, String>, labels: &BTreeMap<String, String>) -> bool {
     selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// The label every namespace carries, as Kubernetes gives it (`namespaceSelector` can name a
+/// namespace by it).
+pub const LABEL_NAMESPACE_NAME: &str = "kubernetes.io/metadata.name";
+
+/// A Kubernetes label selector: `matchLabels` and `matchExpressions`, all of which must hold.
+/// The empty selector selects everything.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct LabelSelector {
+    pub match_labels: BTreeMap<String, String>,
+    pub match_expressions: Vec<SelectorRequirement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SelectorRequirement {
+    pub key: String,
+    pub operator: SelectorOperator,
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum SelectorOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        selects(&self.match_labels, labels)
+            && self.match_expressions.iter().all(|r| {
+                let value = labels.get(&r.key);
+                match r.operator {
+                    SelectorOperator::In => value.is_some_and(|v| r.values.contains(v)),
+                    SelectorOperator::NotIn => value.is_none_or(|v| !r.values.contains(v)),
+                    SelectorOperator::Exists => value.is_some(),
+                    SelectorOperator::DoesNotExist => value.is_none(),
+                }
+            })
+    }
+
+    /// As kubectl's POD-SELECTOR column shows it: `app=db`, `<none>` when it selects all.
+    pub fn describe(&self) -> String {
+        let mut parts: Vec<String> = self
+            .match_labels
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        for r in &self.match_expressions {
+            parts.push(match r.operator {
+                SelectorOperator::In => format!("{} in ({})", r.key, r.values.join(",")),
+                SelectorOperator::NotIn => format!("{} notin ({})", r.key, r.values.join(",")),
+                SelectorOperator::Exists => r.key.clone(),
+                SelectorOperator::DoesNotExist => format!("!{}", r.key),
+            });
+        }
+        if parts.is_empty() {
+            "<none>".into()
+        } else {
+            parts.join(",")
+        }
+    }
+}
+
+/// One peer of a NetworkPolicy rule (`from[i]` / `to[i]`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub enum PolicyPeer {
+    /// `podSelector` and/or `namespaceSelector`: pods matching the pod selector (all pods when
+    /// absent) in the namespaces matching the namespace selector (the policy's own when absent).
+    Pods {
+        pod_selector: Option<LabelSelector>,
+        namespace_selector: Option<LabelSelector>,
+    },
+    IpBlock {
+        #[serde(serialize_with = "display")]
+        cidr: Ipv4Net,
+        #[serde(serialize_with = "displays")]
+        except: Vec<Ipv4Net>,
+    },
+}
+
+/// One `ports[i]` of a NetworkPolicy rule.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyPort {
+    pub protocol: Protocol,
+    /// None: every port of the protocol.
+    pub port: Option<TargetPort>,
+    /// With a numeric `port`: the last port of the range.
+    pub end_port: Option<u16>,
+}
+
+/// One `ingress[i]` / `egress[i]`: an empty peer list means every peer, an empty port list every
+/// port.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct PolicyRule {
+    pub peers: Vec<PolicyPeer>,
+    pub ports: Vec<PolicyPort>,
+}
+
+/// `networking.k8s.io/v1 NetworkPolicy`, realized as DFW rules.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NetworkPolicy {
+    pub namespace: String,
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+    pub annotations: BTreeMap<String, String>,
+    pub pod_selector: LabelSelector,
+    /// Some when the policy is of type Ingress: the selected pods are isolated for ingress and
+    /// these rules are what it allows (none: nothing).
+    pub ingress: Option<Vec<PolicyRule>>,
+    /// Likewise for Egress.
+    pub egress: Option<Vec<PolicyRule>>,
+    pub created: u64,
 }

@@ -27,16 +27,17 @@ use serde::Serialize;
 use super::ipam::{self, IpamError};
 use super::manifest::{
     reject_duplicates, ClusterIpRequest, DeploymentRequest, EndpointsRequest, Kind, Manifest,
-    ManifestError, Meta, NamespaceRequest, ObjectRef, OutsideHostRequest, PodRequest,
-    ServiceRequest, TkgClusterRequest, ANN_CONTROL_PLANE_CLUSTER_IP, ANN_CONTROL_PLANE_IPS,
-    ANN_CONTROL_PLANE_NODE_PORT, ANN_CONTROL_PLANE_VIP, ANN_POD_IP, ANN_SEGMENT_CIDR,
-    ANN_SEGMENT_PREFIX_LEN, ANN_STATIC_SNAT_IP, ANN_SUPERVISOR, DEFAULT_SEGMENT_PREFIX_LEN,
+    ManifestError, Meta, NamespaceRequest, NetworkPolicyRequest, ObjectRef, OutsideHostRequest,
+    PodRequest, ServiceRequest, TkgClusterRequest, ANN_CONTROL_PLANE_CLUSTER_IP,
+    ANN_CONTROL_PLANE_IPS, ANN_CONTROL_PLANE_NODE_PORT, ANN_CONTROL_PLANE_VIP, ANN_POD_IP,
+    ANN_SEGMENT_CIDR, ANN_SEGMENT_PREFIX_LEN, ANN_STATIC_SNAT_IP, ANN_SUPERVISOR,
+    DEFAULT_SEGMENT_PREFIX_LEN,
 };
 use super::objects::{
     cluster_key, selects, split_key, ClusterWorkload, Container, ContainerPort, Deployment,
-    Endpoint, EndpointsKind, EndpointsObject, LbAlgorithm, Namespace, OutsideHost, Pod, Pools,
-    Protocol, Segment, Service, ServiceEndpoints, ServicePort, ServiceType, State, TargetPort,
-    TkgCluster, TkgNodeRole, Uplink,
+    Endpoint, EndpointsKind, EndpointsObject, LbAlgorithm, Namespace, NetworkPolicy, OutsideHost,
+    Pod, Pools, Protocol, Segment, Service, ServiceEndpoints, ServicePort, ServiceType, State,
+    TargetPort, TkgCluster, TkgNodeRole, Uplink,
 };
 
 /// What kind of failure, for the JSON-RPC error code.
@@ -317,7 +318,7 @@ fn phase(kind: Kind) -> u8 {
         Kind::Namespace => 2,
         Kind::TanzuKubernetesCluster => 3,
         Kind::Pod | Kind::Deployment => 4,
-        Kind::Service => 5,
+        Kind::Service | Kind::NetworkPolicy => 5,
         Kind::Endpoints | Kind::EndpointSlice => 6,
     }
 }
@@ -645,7 +646,31 @@ impl Txn<'_> {
             Manifest::Deployment(r) => self.apply_deployment(r),
             Manifest::Service(r) => self.apply_service(r),
             Manifest::Endpoints(r) => self.apply_endpoints(r),
+            Manifest::NetworkPolicy(r) => self.apply_network_policy(r),
         }
+    }
+
+    fn apply_network_policy(
+        &mut self,
+        r: &NetworkPolicyRequest,
+    ) -> Result<&'static str, ApplyError> {
+        let m = &r.meta;
+        let ns = self.require_namespace(m)?;
+        let key = (ns.name.clone(), m.name.clone());
+        let old = self.st.network_policies.get(&key);
+        let policy = NetworkPolicy {
+            namespace: ns.name.clone(),
+            name: m.name.clone(),
+            labels: m.labels.clone(),
+            annotations: m.annotations.clone(),
+            pod_selector: r.pod_selector.clone(),
+            ingress: r.ingress.clone(),
+            egress: r.egress.clone(),
+            created: old.map_or(self.now, |o| o.created),
+        };
+        let action = action_for(old, &policy);
+        self.st.network_policies.insert(key, policy);
+        Ok(action)
     }
 
     fn require_namespace(&self, m: &Meta) -> Result<Namespace, ApplyError> {
@@ -1982,6 +2007,11 @@ fn delete_one(st: &mut State, r: &ObjectRef) -> Result<(), ApplyError> {
                 Some(_) => st.services.remove(&key),
             };
         }
+        Kind::NetworkPolicy => {
+            st.network_policies
+                .remove(&key)
+                .ok_or_else(|| not_found(r, what))?;
+        }
         Kind::Endpoints | Kind::EndpointSlice => {
             let kind = if r.kind == Kind::EndpointSlice {
                 EndpointsKind::EndpointSlice
@@ -2009,6 +2039,7 @@ fn remove_namespace_contents(st: &mut State, ns: &str) {
         .retain(|(k, _), _| !in_namespace(k, ns));
     st.endpoint_objects
         .retain(|(k, _, _), _| !in_namespace(k, ns));
+    st.network_policies.retain(|(k, _), _| k != ns);
 }
 
 fn remove_cluster_contents(st: &mut State, ns: &str, cluster: &str) {
@@ -3299,5 +3330,56 @@ endpoints: [{addresses: [198.51.100.100], targetRef: {name: internet}}]
             .service("ns-dev", "tkg-cluster-01-control-plane-service")
             .is_none());
         assert!(st.pods.values().all(|p| p.tkg_cluster.is_none()));
+    }
+
+    const NETPOL: &str = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db-only}\nspec: {podSelector: {matchLabels: {app: db}}}\n";
+
+    #[test]
+    fn network_policies_apply_all_or_nothing_and_delete() {
+        let mut store = seeded();
+        let actions = |o: Vec<ApplyOutcome>| o.into_iter().map(|o| o.action).collect::<Vec<_>>();
+        assert_eq!(
+            actions(apply(&mut store, NETPOL, Some("ns-dev")).unwrap()),
+            ["created"]
+        );
+        assert_eq!(
+            actions(apply(&mut store, NETPOL, Some("ns-dev")).unwrap()),
+            ["unchanged"]
+        );
+        let policy = &store.state().network_policies[&("ns-dev".into(), "db-only".into())];
+        assert_eq!(policy.ingress, Some(vec![]));
+        // A policy in a namespace that is not there fails the whole request.
+        let generation = store.state().generation;
+        let e = apply(
+            &mut store,
+            &format!("{NETPOL}---\n{}", NETPOL.replace("db-only", "b")),
+            Some("nosuch"),
+        )
+        .unwrap_err();
+        assert_eq!(
+            (e.code, e.field.as_str()),
+            (ErrorCode::NotFound, "metadata.namespace")
+        );
+        assert_eq!(store.state().generation, generation);
+        let refs = parse_object_refs(NETPOL, Some("ns-dev"), None).unwrap();
+        store.delete_refs(refs.clone(), NOW).unwrap();
+        assert!(store.state().network_policies.is_empty());
+        let e = store.delete_refs(refs, NOW).unwrap_err();
+        assert_eq!(e.code, ErrorCode::NotFound);
+        assert!(
+            e.message
+                .contains("networkpolicy.networking.k8s.io ns-dev/db-only"),
+            "{e}"
+        );
+        // Deleting the namespace deletes its policies.
+        apply(&mut store, NETPOL, Some("ns-dev")).unwrap();
+        let ns = parse_object_refs(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: ns-dev}\n",
+            None,
+            None,
+        )
+        .unwrap();
+        store.delete_refs(ns, NOW).unwrap();
+        assert!(store.state().network_policies.is_empty());
     }
 }

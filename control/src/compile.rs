@@ -23,7 +23,10 @@ use pacific_dataplane::tables::{
     PROTO_UDP,
 };
 
-use crate::model::objects::{LbAlgorithm, Protocol, ServiceType, State};
+use crate::model::objects::{
+    LbAlgorithm, NetworkPolicy, Pod, PolicyPeer, PolicyPort, PolicyRule, Protocol, ServiceType,
+    State, TargetPort, LABEL_NAMESPACE_NAME,
+};
 
 /// The router MAC every gateway answers ARP with.
 pub const ROUTER_MAC: MacAddr = MacAddr([0x02, 0xac, 0x00, 0x00, 0x00, 0x01]);
@@ -520,10 +523,253 @@ fn default_dfw(
                 || !r.sources.is_empty()
                 || !r.original_destinations.is_empty()
         });
-        dfw.rules_in[zone as usize] = inbound;
-        dfw.rules_out[zone as usize] = outbound;
+        // The namespace's NetworkPolicies come first, as NCP's sections for them come before
+        // the namespace's defaults.
+        let (mut policy_in, mut policy_out) = policy_dfw(state, &ns.name, zone, slots);
+        policy_in.extend(inbound);
+        policy_out.extend(outbound);
+        dfw.rules_in[zone as usize] = policy_in;
+        dfw.rules_out[zone as usize] = policy_out;
     }
     dfw
+}
+
+/// A NetworkPolicy rule's allows before it is a DfwRule: addresses, protocol and ports.
+struct PolicyAllow {
+    sources: Vec<Ipv4Net>,
+    destinations: Vec<Ipv4Net>,
+    protocol: Option<u8>,
+    dst_ports: Option<(u16, u16)>,
+}
+
+fn hosts<'a>(pods: impl IntoIterator<Item = &'a &'a Pod>) -> Vec<Ipv4Net> {
+    let mut nets: Vec<Ipv4Net> = pods.into_iter().map(|p| Ipv4Net::host(p.ip)).collect();
+    nets.sort();
+    nets.dedup();
+    nets
+}
+
+/// `net` without the `except` prefixes, as a list of prefixes (a DFW rule has no "not").
+fn subtract(net: Ipv4Net, except: &[Ipv4Net]) -> Vec<Ipv4Net> {
+    if !except.iter().any(|e| e.overlaps(&net)) {
+        return vec![net];
+    }
+    if except
+        .iter()
+        .any(|e| e.contains(net.network()) && e.prefix_len() <= net.prefix_len())
+    {
+        return Vec::new();
+    }
+    let len = net.prefix_len() + 1;
+    let upper = Ipv4Addr::from(u32::from(net.network()) | (1u32 << (32 - u32::from(len))));
+    [Ipv4Net::new(net.network(), len), Ipv4Net::new(upper, len)]
+        .into_iter()
+        .flatten()
+        .flat_map(|half| subtract(half, except))
+        .collect()
+}
+
+/// The pods and addresses a rule's peers name, for a policy of namespace `ns`.
+fn peer_set<'a>(state: &'a State, ns: &str, peers: &[PolicyPeer]) -> (Vec<&'a Pod>, Vec<Ipv4Net>) {
+    let mut pods: Vec<&Pod> = Vec::new();
+    let mut nets = Vec::new();
+    for peer in peers {
+        match peer {
+            PolicyPeer::Pods {
+                pod_selector,
+                namespace_selector,
+            } => {
+                let in_scope = |pod_ns: &str| match namespace_selector {
+                    None => pod_ns == ns,
+                    Some(sel) => state.namespaces.get(pod_ns).is_some_and(|n| {
+                        let mut labels = n.labels.clone();
+                        labels.insert(LABEL_NAMESPACE_NAME.into(), n.name.clone());
+                        sel.matches(&labels)
+                    }),
+                };
+                pods.extend(state.pods.values().filter(|p| {
+                    in_scope(&p.namespace)
+                        && pod_selector
+                            .as_ref()
+                            .is_none_or(|sel| sel.matches(&p.labels))
+                }));
+            }
+            PolicyPeer::IpBlock { cidr, except } => nets.extend(subtract(*cidr, except)),
+        }
+    }
+    pods.sort_by_key(|p| p.ip);
+    pods.dedup_by_key(|p| p.ip);
+    nets.extend(hosts(&pods));
+    (pods, nets)
+}
+
+/// A named port's number on each pod that has it, grouped: (port, the pods' addresses).
+fn named_port(name: &str, protocol: Protocol, pods: &[&Pod]) -> BTreeMap<u16, Vec<Ipv4Net>> {
+    let mut by_port: BTreeMap<u16, Vec<Ipv4Net>> = BTreeMap::new();
+    for pod in pods {
+        let number = pod
+            .containers
+            .iter()
+            .flat_map(|c| &c.ports)
+            .find(|p| p.name.as_deref() == Some(name) && p.protocol == protocol)
+            .map(|p| p.container_port);
+        if let Some(n) = number {
+            by_port.entry(n).or_default().push(Ipv4Net::host(pod.ip));
+        }
+    }
+    by_port
+}
+
+/// The allows of one ingress (`ingress == true`) or egress rule of a policy whose selected pods
+/// are `selected`. An empty address list in a DfwRule means "any", so a peer list that names no
+/// address (a selector that matches no pod) allows nothing, and gives no rule.
+fn policy_allows(
+    state: &State,
+    ns: &str,
+    selected: &[&Pod],
+    rule: &PolicyRule,
+    ingress: bool,
+) -> Vec<PolicyAllow> {
+    let everywhere = rule.peers.is_empty();
+    let (peer_pods, peer_nets) = peer_set(state, ns, &rule.peers);
+    if !everywhere && peer_nets.is_empty() {
+        return Vec::new();
+    }
+    let own = hosts(selected);
+    let (peer, mine) = if everywhere {
+        (Vec::new(), own)
+    } else {
+        (peer_nets, own)
+    };
+    let allow = |peer: Vec<Ipv4Net>, mine: Vec<Ipv4Net>, protocol, dst_ports| {
+        let (sources, destinations) = if ingress { (peer, mine) } else { (mine, peer) };
+        PolicyAllow {
+            sources,
+            destinations,
+            protocol,
+            dst_ports,
+        }
+    };
+    if rule.ports.is_empty() {
+        return vec![allow(peer, mine, None, None)];
+    }
+    let all_pods: Vec<&Pod> = state.pods.values().collect();
+    let mut out = Vec::new();
+    for PolicyPort {
+        protocol,
+        port,
+        end_port,
+    } in &rule.ports
+    {
+        let number = Some(protocol_number(*protocol));
+        match port {
+            None => out.push(allow(peer.clone(), mine.clone(), number, None)),
+            Some(TargetPort::Number(p)) => out.push(allow(
+                peer.clone(),
+                mine.clone(),
+                number,
+                Some((*p, end_port.unwrap_or(*p))),
+            )),
+            // A named port is the destination's: the selected pods' for ingress, the peers'
+            // for egress (each pod may give the name another number).
+            Some(TargetPort::Name(name)) if ingress => {
+                for (p, pods) in named_port(name, *protocol, selected) {
+                    out.push(allow(peer.clone(), pods, number, Some((p, p))));
+                }
+            }
+            Some(TargetPort::Name(name)) => {
+                let targets = if everywhere { &all_pods } else { &peer_pods };
+                for (p, pods) in named_port(name, *protocol, targets) {
+                    out.push(allow(pods, mine.clone(), number, Some((p, p))));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The DFW rules of a namespace's NetworkPolicies: every allow (the union of the policies),
+/// then, per policy, a drop of what is left for the pods it isolates. Ingress rules judge the
+/// pod's own address (after the DLB or SLB translated a ClusterIP or VIP); egress rules the
+/// destination after translation too. Pods no policy selects are left to the defaults.
+fn policy_dfw(
+    state: &State,
+    ns: &str,
+    zone: u32,
+    slots: &mut RuleSlots,
+) -> (Vec<DfwRule>, Vec<DfwRule>) {
+    let policies: Vec<&NetworkPolicy> = state
+        .network_policies
+        .values()
+        .filter(|p| p.namespace == ns)
+        .collect();
+    let mut allows = [Vec::new(), Vec::new()];
+    let mut drops = [Vec::new(), Vec::new()];
+    for policy in policies {
+        let selected: Vec<&Pod> = state
+            .pods
+            .values()
+            .filter(|p| p.namespace == ns && policy.pod_selector.matches(&p.labels))
+            .collect();
+        if selected.is_empty() {
+            continue;
+        }
+        for (d, (rules, direction, word)) in [
+            (&policy.ingress, Direction::In, "ingress"),
+            (&policy.egress, Direction::Out, "egress"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let Some(rules) = rules else { continue };
+            let mut make = |name: String, a: PolicyAllow, action| DfwRule {
+                counter: slots.slot(&name),
+                name,
+                section: ns.to_string(),
+                zone,
+                direction,
+                sources: a.sources,
+                original_destinations: Vec::new(),
+                destinations: a.destinations,
+                protocol: a.protocol,
+                dst_ports: a.dst_ports,
+                action,
+            };
+            for (i, rule) in rules.iter().enumerate() {
+                let list = policy_allows(state, ns, &selected, rule, direction == Direction::In);
+                let several = list.len() > 1;
+                for (j, a) in list.into_iter().enumerate() {
+                    let name = if several {
+                        format!("{ns}/{}/{word}-{i}.{j}", policy.name)
+                    } else {
+                        format!("{ns}/{}/{word}-{i}", policy.name)
+                    };
+                    allows[d].push(make(name, a, RuleAction::Allow));
+                }
+            }
+            let own = hosts(&selected);
+            let (sources, destinations) = match direction {
+                Direction::In => (Vec::new(), own),
+                Direction::Out => (own, Vec::new()),
+            };
+            let isolate = PolicyAllow {
+                sources,
+                destinations,
+                protocol: None,
+                dst_ports: None,
+            };
+            drops[d].push(make(
+                format!("{ns}/{}/isolate-{word}", policy.name),
+                isolate,
+                RuleAction::Drop,
+            ));
+        }
+    }
+    let [mut allow_in, mut allow_out] = allows;
+    let [drop_in, drop_out] = drops;
+    allow_in.extend(drop_in);
+    allow_out.extend(drop_out);
+    (allow_in, allow_out)
 }
 
 /// Helpers on `Tables` used while building.
@@ -679,5 +925,267 @@ spec:
             assert_eq!(s.client_affinity, expected, "{}", s.name);
         }
         assert_eq!(affinity.len(), 3, "{affinity:?}");
+    }
+
+    const POLICY_LAB: &str = "apiVersion: v1\nkind: Namespace\nmetadata: {name: shop}\n---
+apiVersion: v1
+kind: Namespace
+metadata: {name: bank, labels: {team: money}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop, labels: {app: web}, annotations: {pacific.dev/ip: 172.211.0.2}}
+spec: {containers: [{name: web}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: db, namespace: shop, labels: {app: db}, annotations: {pacific.dev/ip: 172.211.0.3}}
+spec: {containers: [{name: db, ports: [{name: mysql, containerPort: 3306}]}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: other, namespace: shop, labels: {app: other}, annotations: {pacific.dev/ip: 172.211.0.4}}
+spec: {containers: [{name: other}]}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: teller, namespace: bank, annotations: {pacific.dev/ip: 172.211.0.20}}
+spec: {containers: [{name: teller}]}
+";
+
+    fn tcp(src: &str, dst: &str, port: u16) -> DfwQuery {
+        DfwQuery {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            original_dst: dst.parse().unwrap(),
+            protocol: PROTO_TCP,
+            dst_port: port,
+        }
+    }
+
+    /// The rule that judges `q` in `zone`, by name and action.
+    fn verdict(t: &Tables, zone: u32, direction: Direction, q: &DfwQuery) -> (String, RuleAction) {
+        let rule = t.dfw.evaluate(zone, direction, q).unwrap();
+        (rule.name.clone(), rule.action)
+    }
+
+    fn with_policy(policy: &str) -> Tables {
+        compiled(&state(&format!("{POLICY_LAB}---\n{policy}")))
+    }
+
+    /// Zones are the namespaces in name order: bank 0, shop 1.
+    const SHOP: u32 = 1;
+
+    #[test]
+    fn an_ingress_policy_admits_its_peers_on_the_named_port_and_isolates_the_rest() {
+        let t = with_policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db-from-web, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: web}}}], ports: [{port: mysql}]}]
+",
+        );
+        let web_db = tcp("172.211.0.2", "172.211.0.3", 3306);
+        assert_eq!(
+            verdict(&t, SHOP, Direction::In, &web_db),
+            ("shop/db-from-web/ingress-0".into(), RuleAction::Allow)
+        );
+        for q in [
+            tcp("172.211.0.4", "172.211.0.3", 3306),
+            tcp("172.211.0.2", "172.211.0.3", 80),
+        ] {
+            assert_eq!(
+                verdict(&t, SHOP, Direction::In, &q),
+                ("shop/db-from-web/isolate-ingress".into(), RuleAction::Drop)
+            );
+        }
+        // other is selected by no policy: the namespace defaults judge it.
+        assert_eq!(
+            verdict(
+                &t,
+                SHOP,
+                Direction::In,
+                &tcp("172.211.0.2", "172.211.0.4", 80)
+            )
+            .0,
+            "shop-allow-intra-namespace"
+        );
+        assert_eq!(
+            verdict(
+                &t,
+                SHOP,
+                Direction::Out,
+                &tcp("172.211.0.3", "198.51.100.1", 80)
+            )
+            .0,
+            "shop-allow-egress"
+        );
+    }
+
+    #[test]
+    fn a_namespace_selector_admits_another_namespace_ahead_of_the_default_deny() {
+        let policy = |selector: &str| {
+            with_policy(&format!(
+                "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: db-from-bank, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: db}}}}
+  ingress: [{{from: [{{namespaceSelector: {selector}}}]}}]
+"
+            ))
+        };
+        let teller_db = tcp("172.211.0.20", "172.211.0.3", 3306);
+        let t = policy("{matchLabels: {team: money}}");
+        assert_eq!(
+            verdict(&t, SHOP, Direction::In, &teller_db).1,
+            RuleAction::Allow
+        );
+        let t = policy("{matchLabels: {kubernetes.io/metadata.name: bank}}");
+        assert_eq!(
+            verdict(&t, SHOP, Direction::In, &teller_db).1,
+            RuleAction::Allow
+        );
+        let t = policy("{matchExpressions: [{key: team, operator: NotIn, values: [money]}]}");
+        assert_eq!(
+            verdict(&t, SHOP, Direction::In, &teller_db),
+            ("shop/db-from-bank/isolate-ingress".into(), RuleAction::Drop)
+        );
+        // The matching namespace is shop itself: web comes in.
+        assert_eq!(
+            verdict(
+                &t,
+                SHOP,
+                Direction::In,
+                &tcp("172.211.0.2", "172.211.0.3", 1)
+            )
+            .1,
+            RuleAction::Allow
+        );
+    }
+
+    #[test]
+    fn policies_add_up_and_a_selector_of_no_pod_allows_nothing() {
+        let t = with_policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: a, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: nobody}}}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: b, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: [{from: [{podSelector: {matchLabels: {app: other}}}], ports: [{port: 3300, endPort: 3310}]}]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: deny-all, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+",
+        );
+        assert_eq!(
+            verdict(
+                &t,
+                SHOP,
+                Direction::In,
+                &tcp("172.211.0.4", "172.211.0.3", 3306)
+            ),
+            ("shop/b/ingress-0".into(), RuleAction::Allow)
+        );
+        assert_eq!(
+            verdict(
+                &t,
+                SHOP,
+                Direction::In,
+                &tcp("172.211.0.2", "172.211.0.3", 3306)
+            )
+            .1,
+            RuleAction::Drop
+        );
+        assert!(t.dfw.rules_in[SHOP as usize]
+            .iter()
+            .all(|r| !r.name.starts_with("shop/a/ingress")));
+        // No ingress list: web takes nothing, not even from its namespace.
+        assert_eq!(
+            verdict(
+                &t,
+                SHOP,
+                Direction::In,
+                &tcp("172.211.0.4", "172.211.0.2", 80)
+            ),
+            ("shop/deny-all/isolate-ingress".into(), RuleAction::Drop)
+        );
+    }
+
+    #[test]
+    fn an_egress_policy_allows_its_ip_block_without_the_exceptions() {
+        let t = with_policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: out, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: other}}
+  policyTypes: [Egress]
+  egress:
+  - to: [{ipBlock: {cidr: 198.51.100.0/24, except: [198.51.100.200/32, 198.51.100.64/26]}}]
+  - to: [{podSelector: {matchLabels: {app: db}}}]
+    ports: [{port: mysql}]
+",
+        );
+        let out =
+            |dst: &str, port| verdict(&t, SHOP, Direction::Out, &tcp("172.211.0.4", dst, port));
+        for dst in [
+            "198.51.100.20",
+            "198.51.100.201",
+            "198.51.100.255",
+            "198.51.100.63",
+        ] {
+            assert_eq!(out(dst, 80).1, RuleAction::Allow, "{dst}");
+        }
+        for dst in [
+            "198.51.100.200",
+            "198.51.100.64",
+            "198.51.100.127",
+            "203.0.113.9",
+        ] {
+            assert_eq!(
+                out(dst, 80),
+                ("shop/out/isolate-egress".into(), RuleAction::Drop),
+                "{dst}"
+            );
+        }
+        assert_eq!(
+            out("172.211.0.3", 3306),
+            ("shop/out/egress-1".into(), RuleAction::Allow)
+        );
+        assert_eq!(out("172.211.0.3", 80).1, RuleAction::Drop);
+        // Only egress: other's ingress keeps the defaults; web's egress is not isolated.
+        assert_eq!(
+            verdict(
+                &t,
+                SHOP,
+                Direction::In,
+                &tcp("172.211.0.2", "172.211.0.4", 80)
+            )
+            .0,
+            "shop-allow-intra-namespace"
+        );
+        assert_eq!(
+            verdict(
+                &t,
+                SHOP,
+                Direction::Out,
+                &tcp("172.211.0.2", "203.0.113.9", 80)
+            )
+            .0,
+            "shop-allow-egress"
+        );
     }
 }

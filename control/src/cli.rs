@@ -407,9 +407,10 @@ fn manifest_of_names(objects: &[String]) -> Result<String, String> {
             ("run.tanzu.vmware.com/v1alpha1", "TanzuKubernetesCluster")
         }
         "outside" | "ext" | "hosts" => ("pacific.dev/v1", "OutsideHost"),
+        "networkpolicies" | "networkpolicy" | "netpol" => ("networking.k8s.io/v1", "NetworkPolicy"),
         other => {
             return Err(format!(
-                "cannot delete {other:?} by name: expected namespaces, pods, svc, deployments, endpoints, tkc or outside (or -f FILE)"
+                "cannot delete {other:?} by name: expected namespaces, pods, svc, deployments, endpoints, tkc, netpol or outside (or -f FILE)"
             ))
         }
     };
@@ -1473,6 +1474,9 @@ fn without_group(kind: &str) -> String {
         }
         "tanzukubernetescluster.run.tanzu.vmware.com"
         | "tanzukubernetesclusters.run.tanzu.vmware.com" => "tkc".into(),
+        "networkpolicy.networking.k8s.io" | "networkpolicies.networking.k8s.io" => {
+            "networkpolicies".into()
+        }
         _ => k,
     }
 }
@@ -1492,9 +1496,10 @@ fn list_method(kind: &str) -> Result<&'static str, String> {
         "outside" | "ext" | "hosts" => "outside.list",
         "deployments" | "deployment" | "deploy" => "deployments.list",
         "tkc" | "tanzukubernetesclusters" | "tanzukubernetescluster" => "tkc.list",
+        "networkpolicies" | "networkpolicy" | "netpol" => "networkpolicies.list",
         other => {
             return Err(format!(
-                "unknown kind {other:?}: expected namespaces, pods, segments, routes, ports, svc, endpoints, dfw, nat, outside, deployments, tkc or all"
+                "unknown kind {other:?}: expected namespaces, pods, segments, routes, ports, svc, endpoints, dfw, nat, outside, deployments, tkc, netpol or all"
             ))
         }
     })
@@ -1811,6 +1816,7 @@ fn kind_of(method: &str) -> &'static str {
         "outside.list" => "OutsideHost",
         "deployments.list" => "Deployment",
         "tkc.list" => "TanzuKubernetesCluster",
+        "networkpolicies.list" => "NetworkPolicy",
         _ => "",
     }
 }
@@ -1829,6 +1835,7 @@ fn name_resource(method: &str) -> Result<&'static str, String> {
         "outside.list" => "outsidehost.pacific.dev",
         "deployments.list" => "deployment.apps",
         "tkc.list" => "tanzukubernetescluster.run.tanzu.vmware.com",
+        "networkpolicies.list" => "networkpolicy.networking.k8s.io",
         other => {
             return Err(format!(
                 "`get {}` has no names to print",
@@ -1911,6 +1918,7 @@ fn resource_of(method: &str) -> &'static str {
         "deployments.list" => "deployments.apps",
         "tkc.list" => "tanzukubernetesclusters.run.tanzu.vmware.com",
         "outside.list" => "outsidehosts.pacific.dev",
+        "networkpolicies.list" => "networkpolicies.networking.k8s.io",
         _ => "objects",
     }
 }
@@ -1971,7 +1979,12 @@ fn columns(method: &str, with_ns: bool, wide: bool, now: u64) -> Vec<Column> {
     // kubectl shows NAMESPACE only when the listing spans namespaces (no `-n`).
     let namespaced = matches!(
         method,
-        "pods.list" | "services.list" | "endpoints.list" | "deployments.list" | "tkc.list"
+        "pods.list"
+            | "services.list"
+            | "endpoints.list"
+            | "deployments.list"
+            | "tkc.list"
+            | "networkpolicies.list"
     );
     if namespaced && with_ns {
         c.push(field("NAMESPACE", "namespace"));
@@ -2078,6 +2091,11 @@ fn columns(method: &str, with_ns: bool, wide: bool, now: u64) -> Vec<Column> {
             field("ADDRESS", "address"),
             pairs("HTTP", "http_ports", ""),
             pairs("UDP", "udp_ports", ""),
+            age_column(),
+        ]),
+        "networkpolicies.list" => c.extend([
+            field("NAME", "name"),
+            field("POD-SELECTOR", "pod_selector"),
             age_column(),
         ]),
         "deployments.list" => c.extend([

@@ -85,6 +85,7 @@ pub fn dispatch(ctx: &ViewContext, method: &str, params: &Value) -> Result<Value
         "outside.list" => outside(ctx, params),
         "deployments.list" => deployments(ctx, params),
         "tkc.list" => tkc(ctx, params),
+        "networkpolicies.list" => network_policies(ctx, params),
         _ => Err(RpcError::new(
             code::METHOD_NOT_FOUND,
             format!("no method {method:?} (see README, Control protocol)"),
@@ -491,8 +492,9 @@ fn dfw(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
                 "applied_to": format!("seg-{}", r.section),
                 "services": match (r.protocol, r.dst_ports) {
                     (None, _) => "any".to_string(),
-                    (Some(p), None) => format!("proto {p}"),
-                    (Some(p), Some((lo, hi))) => format!("proto {p} ports {lo}-{hi}"),
+                    (Some(p), None) => protocol_name(p),
+                    (Some(p), Some((lo, hi))) if lo == hi => format!("{}/{lo}", protocol_name(p)),
+                    (Some(p), Some((lo, hi))) => format!("{}/{lo}-{hi}", protocol_name(p)),
                 },
                 "action": match r.action { RuleAction::Allow => "ALLOW", RuleAction::Drop => "DROP", RuleAction::Reject => "REJECT" },
                 "hits": ctx.tables.rule_counters.get(r.counter),
@@ -617,6 +619,28 @@ fn tkc(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
         .values()
         .filter(|c| f.keeps(&c.namespace, &c.name))
         .map(|c| json!({"namespace": c.namespace, "name": c.name, "control_plane": c.control_plane_count, "workers": c.worker_count(), "node_pools": c.worker_pools, "segment": c.segment.name, "subnet": c.segment.subnet.to_string(), "created": c.created, "labels": c.labels}))
+        .collect();
+    Ok(items(rows))
+}
+
+fn network_policies(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
+    let f = filter(params)?;
+    f.check_namespace(ctx.state)?;
+    let rows = ctx
+        .state
+        .network_policies
+        .values()
+        .filter(|p| f.keeps(&p.namespace, &p.name))
+        .map(|p| {
+            let mut types = Vec::new();
+            if p.ingress.is_some() {
+                types.push("Ingress");
+            }
+            if p.egress.is_some() {
+                types.push("Egress");
+            }
+            json!({"namespace": p.namespace, "name": p.name, "pod_selector": p.pod_selector.describe(), "policy_types": types, "ingress": p.ingress, "egress": p.egress, "created": p.created, "labels": p.labels})
+        })
         .collect();
     Ok(items(rows))
 }

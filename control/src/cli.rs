@@ -69,7 +69,7 @@ enum Cmd {
         #[command(subcommand)]
         action: LabCmd,
     },
-    /// List objects: namespaces, pods, segments, routes, ports, svc, dfw, nat, outside, deployments, tkc.
+    /// List objects: namespaces, pods, segments, routes, ports, svc, dfw, nat, outside, deployments, tkc, netpol.
     Get(GetArgs),
     /// Create or update objects from YAML manifests (Kubernetes and Pacific kinds).
     Apply(ApplyArgs),

@@ -588,7 +588,8 @@ fn peer_set<'a>(state: &'a State, ns: &str, peers: &[PolicyPeer]) -> (Vec<&'a Po
                     }),
                 };
                 pods.extend(state.pods.values().filter(|p| {
-                    in_scope(&p.namespace)
+                    p.tkg_node.is_none()
+                        && in_scope(&p.namespace)
                         && pod_selector
                             .as_ref()
                             .is_none_or(|sel| sel.matches(&p.labels))
@@ -653,7 +654,11 @@ fn policy_allows(
     if rule.ports.is_empty() {
         return vec![allow(peer, mine, None, None)];
     }
-    let all_pods: Vec<&Pod> = state.pods.values().collect();
+    let all_pods: Vec<&Pod> = state
+        .pods
+        .values()
+        .filter(|p| p.tkg_node.is_none())
+        .collect();
     let mut out = Vec::new();
     for PolicyPort {
         protocol,
@@ -689,7 +694,9 @@ fn policy_allows(
 }
 
 /// The DFW rules of a namespace's NetworkPolicies: every allow (the union of the policies),
-/// then, per policy, a drop of what is left for the pods it isolates. Ingress rules judge the
+/// then, per policy, a drop of what is left for the pods it isolates. A policy selects vSphere
+/// Pods, not the node VMs of a TKG cluster (which are pods of the namespace here), as NCP's
+/// selectors are over the supervisor's pods. Ingress rules judge the
 /// pod's own address (after the DLB or SLB translated a ClusterIP or VIP); egress rules the
 /// destination after translation too. Pods no policy selects are left to the defaults.
 fn policy_dfw(
@@ -709,7 +716,9 @@ fn policy_dfw(
         let selected: Vec<&Pod> = state
             .pods
             .values()
-            .filter(|p| p.namespace == ns && policy.pod_selector.matches(&p.labels))
+            .filter(|p| {
+                p.namespace == ns && p.tkg_node.is_none() && policy.pod_selector.matches(&p.labels)
+            })
             .collect();
         if selected.is_empty() {
             continue;
@@ -1187,5 +1196,29 @@ spec:
             .0,
             "shop-allow-egress"
         );
+    }
+
+    #[test]
+    fn a_policy_of_every_pod_leaves_the_tkg_node_vms_alone() {
+        let mut store = Store::new("node-1");
+        store.apply(crate::model::seed_lab().unwrap(), 1).unwrap();
+        let deny_all = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: deny-all, namespace: ns-dev}\nspec: {podSelector: {}}\n";
+        store
+            .apply(parse_manifests(deny_all, None, None).unwrap(), 2)
+            .unwrap();
+        let st = store.state();
+        let t = compiled(st);
+        let rule = t
+            .dfw
+            .rules_in
+            .iter()
+            .flatten()
+            .find(|r| r.name == "ns-dev/deny-all/isolate-ingress")
+            .unwrap();
+        for pod in st.pods.values().filter(|p| p.namespace == "ns-dev") {
+            let isolated = rule.destinations.contains(&Ipv4Net::host(pod.ip));
+            assert_eq!(isolated, pod.tkg_node.is_none(), "{}", pod.name);
+        }
+        assert!(rule.destinations.len() >= 3, "{:?}", rule.destinations);
     }
 }

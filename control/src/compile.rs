@@ -44,10 +44,18 @@ pub enum PortOwner {
     Uplink,
 }
 
-/// Stable DFW counter slots: a rule keeps its slot (and so its hit count) across compiles.
+/// Stable DFW counter slots: a rule keeps its slot (and so its hit count) across compiles. The
+/// slot of a rule that is gone (a deleted policy or namespace) is freed, and given to a new rule
+/// zeroed: a rule created again counts from 0, as a new NSX rule does.
 #[derive(Debug, Default)]
 pub struct RuleSlots {
     slots: HashMap<String, usize>,
+    /// Names given a slot during the compile under way.
+    used: HashSet<String>,
+    free: Vec<usize>,
+    /// Slots taken from `free` during the compile under way: zeroed when it ends.
+    reused: Vec<usize>,
+    next: usize,
 }
 
 /// How many DFW rules can exist at once (a fixed bank of counters, shared by every snapshot).
@@ -55,8 +63,40 @@ pub const RULE_SLOTS: usize = 1 << 16;
 
 impl RuleSlots {
     fn slot(&mut self, name: &str) -> usize {
-        let next = self.slots.len();
-        *self.slots.entry(name.to_string()).or_insert(next) % RULE_SLOTS
+        if !self.used.contains(name) {
+            self.used.insert(name.to_string());
+        }
+        if let Some(&slot) = self.slots.get(name) {
+            return slot;
+        }
+        let slot = match self.free.pop() {
+            Some(slot) => {
+                self.reused.push(slot);
+                slot
+            }
+            None => {
+                self.next += 1;
+                (self.next - 1) % RULE_SLOTS
+            }
+        };
+        self.slots.insert(name.to_string(), slot);
+        slot
+    }
+
+    /// Ends a compile: frees the slots of rules it did not make, zeroes the slots it reused.
+    fn finish(&mut self, counters: &RuleCounters) {
+        let used = std::mem::take(&mut self.used);
+        let free = &mut self.free;
+        self.slots.retain(|name, slot| {
+            let keep = used.contains(name);
+            if !keep {
+                free.push(*slot);
+            }
+            keep
+        });
+        for slot in self.reused.drain(..) {
+            counters.reset(slot);
+        }
     }
 }
 
@@ -392,6 +432,7 @@ pub fn compile_with(
     }
 
     t.dfw = default_dfw(state, &t, &zone_of, slots);
+    slots.finish(counters);
     t
 }
 
@@ -1220,5 +1261,45 @@ spec:
             assert_eq!(isolated, pod.tkg_node.is_none(), "{}", pod.name);
         }
         assert!(rule.destinations.len() >= 3, "{:?}", rule.destinations);
+    }
+
+    #[test]
+    fn a_rule_made_again_counts_from_zero_and_the_others_keep_their_hits() {
+        let counters = Arc::new(RuleCounters::with_slots(RULE_SLOTS));
+        let mut slots = RuleSlots::default();
+        let policy = "apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: db, namespace: shop}\nspec: {podSelector: {matchLabels: {app: db}}}\n";
+        let with = state(&format!("{POLICY_LAB}---\n{policy}"));
+        let without = state(POLICY_LAB);
+        let counter = |t: &Tables, name: &str| {
+            t.dfw
+                .rules_in
+                .iter()
+                .flatten()
+                .find(|r| r.name == name)
+                .map(|r| r.counter)
+        };
+        let t = compile(&with, &BTreeMap::new(), 1, &counters, &mut slots);
+        let isolate = counter(&t, "shop/db/isolate-ingress").unwrap();
+        let deny = counter(&t, "shop-default-deny-ingress").unwrap();
+        counters.hit(isolate);
+        counters.hit(deny);
+        let t = compile(&without, &BTreeMap::new(), 2, &counters, &mut slots);
+        assert_eq!(counter(&t, "shop/db/isolate-ingress"), None);
+        assert_eq!(counter(&t, "shop-default-deny-ingress"), Some(deny));
+        let t = compile(&with, &BTreeMap::new(), 3, &counters, &mut slots);
+        let again = counter(&t, "shop/db/isolate-ingress").unwrap();
+        assert_eq!(counters.get(again), 0);
+        assert_eq!(counters.get(deny), 1);
+        // Every rule of the tables has a slot of its own.
+        let all: Vec<usize> = t
+            .dfw
+            .rules_in
+            .iter()
+            .chain(&t.dfw.rules_out)
+            .flatten()
+            .map(|r| r.counter)
+            .collect();
+        let distinct: HashSet<usize> = all.iter().copied().collect();
+        assert_eq!(all.len(), distinct.len(), "{all:?}");
     }
 }

@@ -616,6 +616,13 @@ impl RuleCounters {
         self.hits.get(slot).map_or(0, |c| c.load(Relaxed))
     }
 
+    /// Zeroes a slot, for a rule that takes over the slot of one that is gone.
+    pub fn reset(&self, slot: usize) {
+        if let Some(c) = self.hits.get(slot) {
+            c.store(0, Relaxed);
+        }
+    }
+
     pub fn slots(&self) -> usize {
         self.hits.len()
     }

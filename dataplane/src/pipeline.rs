@@ -2595,6 +2595,42 @@ mod fast_path_tests {
         assert_eq!(fast.conntrack.len(), general.conntrack.len());
     }
 
+    /// Egress rules judge a ClusterIP connection by the backend the DLB chose (a NetworkPolicy
+    /// names pods, not ClusterIPs): an allow of the backends passes it, and a drop of the
+    /// backends stops it, though neither names the ClusterIP.
+    #[test]
+    fn egress_rules_see_the_backend_behind_a_cluster_ip() {
+        let verdict = |action| {
+            let mut t = testbed::tables(1, Options::default());
+            use crate::tables::{DfwRule, Ipv4Net};
+            let backends = vec![Ipv4Net::host(A2_IP), Ipv4Net::host(A3_IP)];
+            let rule = |name: &str, destinations, action| DfwRule {
+                counter: 90,
+                name: name.into(),
+                section: "ns-0".into(),
+                zone: 0,
+                direction: Direction::Out,
+                sources: vec![Ipv4Net::host(A1_IP)],
+                original_destinations: vec![],
+                destinations,
+                protocol: Some(PROTO_TCP),
+                dst_ports: Some((80, 80)),
+                action,
+            };
+            t.dfw.rules_out[0].insert(0, rule("to-backends", backends, action));
+            t.dfw.rules_out[0].insert(1, rule("isolate", vec![], RuleAction::Drop));
+            let p = Pipeline::new(Arc::new(ArcSwap::from_pointee(t)));
+            let mut pkt = PacketBuf::new();
+            pkt.set_frame(&tcp(A1_IP, CLUSTER_IP, 64, (5000, 80), 0x02));
+            p.process(&mut WorkerContext::default(), 1000, A1, &mut pkt)
+        };
+        assert_eq!(verdict(RuleAction::Allow), Verdict::Forward);
+        assert_eq!(
+            verdict(RuleAction::Drop),
+            Verdict::Drop(DropReason::DfwDeny)
+        );
+    }
+
     /// A batch does frame by frame what `process` does, also when a later frame of the batch
     /// belongs to a connection an earlier one creates (it was hashed before the connection
     /// existed), and with an empty frame.

@@ -408,6 +408,9 @@ struct Pin {
     /// end (its DNAT rules see only new connections). A UDP flow is moved, as kube-proxy
     /// flushes the conntrack entries of a removed UDP endpoint.
     established: bool,
+    /// The source address the connection was translated to (a VIP's automap, a hairpin's
+    /// gateway): an established connection whose frontend is gone keeps it with its backend.
+    snat: Option<Ipv4Addr>,
 }
 
 /// What the cached action of a tracked connection says about a packet.
@@ -1520,15 +1523,14 @@ impl Pipeline {
                         }
                     }
                 } else if let Some((ip, port)) = pin.backend.filter(|_| pin.established) {
-                    // The service was deleted (or its port) under an established TCP
-                    // connection: as kube-proxy's conntrack entry, the connection keeps its
-                    // endpoint while that pod is there.
+                    // An established TCP connection whose frontend is no ClusterIP (now): its
+                    // service was deleted or its port changed, or it went to a VIP. As
+                    // kube-proxy's conntrack entry, it keeps its endpoint and its source
+                    // translation (a VIP's automap too) while that pod is there.
                     dnat = Some((ip, port));
                     dst = ip;
                     dport = port;
-                    if ip == key.src {
-                        snat_addr = Some(seg.gateway_ip);
-                    }
+                    snat_addr = pin.snat;
                 }
                 (seg.t1, seg.gateway_ip)
             }
@@ -1895,6 +1897,7 @@ impl Pipeline {
             backend: conn.lb.and(orig.dnat),
             // A SYN that reopens a closed connection is a new one, balanced afresh.
             established: conn.original.protocol == PROTO_TCP && !reopened,
+            snat: orig.snat.map(|(addr, _)| addr),
         };
         let Walk::Deliver(path) = self.walk(t, conn.in_port, &conn.original, u8::MAX, pin, None)
         else {

@@ -2891,3 +2891,70 @@ fn an_established_tcp_connection_outlives_its_cluster_ip_service() {
         bed.ctx.tx
     );
 }
+
+/// The automap port a VIP connection's segment left with.
+fn tcp_src(ip: &crate::packet::parse::Ipv4Info) -> (Ipv4Addr, u16) {
+    let L4::Tcp { src_port, .. } = ip.l4 else {
+        panic!("not TCP: {ip:?}")
+    };
+    (ip.src, src_port)
+}
+
+/// Tables of generation `generation` whose VIP (service 1) balances round-robin over a2, a3.
+fn vip_over_a2_a3(generation: u64) -> Tables {
+    let mut t = testbed::tables(generation, Options::default());
+    let b = |ip| crate::tables::Backend { ip, port: 80 };
+    let mut vip = crate::tables::LbService::new(
+        "ns-a/web:80 (VIP)".into(),
+        PROTO_TCP,
+        b(VIP),
+        vec![b(A2_IP), b(A3_IP)],
+        crate::tables::LbAlgorithm::RoundRobin,
+    );
+    vip.snat_automap = true;
+    t.services[1] = vip;
+    t
+}
+
+#[test]
+fn an_established_tcp_connection_from_a_pod_to_a_vip_outlives_a_change() {
+    // Two connections of a1 to the VIP reach a2 and a3 from the T1's address (automap). New
+    // tables (any apply) judge them again: each keeps its member and translation, where each
+    // used to be balanced afresh (round-robin from the start: the later one went to a2, from
+    // another port, and a2 answered with a RST).
+    let mut bed = Bed::new();
+    bed.tables.store(Arc::new(vip_over_a2_a3(1)));
+    let from_a1 = |sport, flags| tcp(pod_mac(A1_IP), ROUTER_MAC, A1_IP, VIP, sport, 80, flags);
+    let mut opened = Vec::new();
+    for sport in [41000, 41001] {
+        assert_eq!(bed.send(A1, &from_a1(sport, SYN)), Verdict::Forward);
+        let (port, frame) = bed.out();
+        let syn = check(&frame);
+        let member = (port, syn.dst, tcp_src(&syn));
+        let synack = tcp(
+            pod_mac(syn.dst),
+            ROUTER_MAC,
+            syn.dst,
+            GW_A,
+            80,
+            tcp_src(&syn).1,
+            SYN | ACK,
+        );
+        assert_eq!(bed.send(port, &synack), Verdict::Forward);
+        assert_eq!(bed.out().0, A1);
+        assert_eq!(bed.send(A1, &from_a1(sport, ACK)), Verdict::Forward);
+        opened.push((sport, member));
+    }
+    assert_ne!(opened[0].1 .1, opened[1].1 .1, "one on a2, one on a3");
+    bed.tables.store(Arc::new(vip_over_a2_a3(2)));
+    for &(sport, member) in opened.iter().rev() {
+        assert_eq!(bed.send(A1, &from_a1(sport, ACK | 0x08)), Verdict::Forward);
+        let (port, frame) = bed.out();
+        let data = check(&frame);
+        assert_eq!(
+            (port, data.dst, tcp_src(&data)),
+            member,
+            "the connection keeps its member and its automap address and port"
+        );
+    }
+}

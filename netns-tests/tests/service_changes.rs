@@ -1,0 +1,265 @@
+//! What connections already open see when a user changes a Service or a namespace under them,
+//! compared with kube-proxy (its conntrack keeps the translation of established flows; its
+//! rules see only new connections) and NSX.
+//!
+//! Address plan: pods 198.18.0.0/16, services 198.19.0.0/24, ingress 198.19.1.0/24, egress
+//! 198.19.2.0/24; T0 uplink 203.0.113.0/24; outside hosts `client` 198.51.100.20 and `web`
+//! 198.51.100.200.
+
+use std::path::{Path, PathBuf};
+use std::thread::{Scope, ScopedJoinHandle};
+use std::time::Duration;
+
+use pacific_netns_tests::*;
+use serde_json::Value;
+
+const TESTER: &str = "shop/tester";
+const CLIENT: &str = "ext/client";
+
+/// The lab: namespace `shop` (egress IP `egress`), 2 api replicas serving HTTP on 9090, a
+/// tester pod, outside hosts `client` and `web`.
+fn lab_yaml(egress: &str) -> String {
+    format!(
+        r#"apiVersion: pacific.dev/v1
+kind: Pools
+metadata: {{name: default}}
+spec: {{pods: 198.18.0.0/16, services: 198.19.0.0/24, ingress: 198.19.1.0/24, egress: 198.19.2.0/24}}
+---
+apiVersion: pacific.dev/v1
+kind: Uplink
+metadata: {{name: default}}
+spec: {{t0Address: 203.0.113.2, peerAddress: 203.0.113.1, prefixLength: 24}}
+---
+apiVersion: pacific.dev/v1
+kind: OutsideHost
+metadata: {{name: client}}
+spec: {{address: 198.51.100.20/24}}
+---
+apiVersion: pacific.dev/v1
+kind: OutsideHost
+metadata: {{name: web}}
+spec: {{address: 198.51.100.200/24, httpPorts: [80]}}
+---
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+  annotations: {{ncp/static_snat_ip: {egress}}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: api, namespace: shop}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: api}}}}
+  template:
+    metadata: {{labels: {{app: api}}}}
+    spec:
+      containers:
+      - name: api
+        image: registry.k8s.io/e2e-test-images/agnhost:2.39
+        ports: [{{containerPort: 9090}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: tester, namespace: shop}}
+spec:
+  containers: [{{name: tester, image: busybox}}]
+"#
+    )
+}
+
+/// Service `name` in `shop` over the api pods: `port` -> 9090, of `kind` (`ClusterIP` or
+/// `LoadBalancer`), with `extra` lines added to its spec and `annotations` to its metadata.
+fn svc(name: &str, kind: &str, port: u16, extra: &str, annotations: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: {name}\n  namespace: shop\n  \
+         annotations: {{{annotations}}}\nspec:\n  type: {kind}\n{extra}  ports:\n  - port: {port}\n    \
+         targetPort: 9090\n  selector: {{app: api}}\n"
+    )
+}
+
+/// `hold.sh IP PORT N URLPATH GO OUT`: opens N keep-alive HTTP connections to IP:PORT, asks
+/// URLPATH on each and appends `held BODY` to OUT, then waits for the file GO and asks again on
+/// each, appending `again BODY` (`none` when the connection failed or gave no answer in 3 s).
+const HOLD_SCRIPT: &str = r#"ip=$1; port=$2; n=$3; path=$4; go=$5; out=$6
+get() {
+  printf 'GET %s HTTP/1.1\r\nHost: x\r\n\r\n' "$path" >&$1 2>/dev/null || { echo none; return; }
+  local len=0 line body
+  while IFS= read -r -t 3 line <&$1; do
+    line=${line%$'\r'}
+    [ -z "$line" ] && break
+    case "${line,,}" in content-length:*) len=${line#*:}; len=${len// /};; esac
+  done
+  [ "$len" -gt 0 ] 2>/dev/null && IFS= read -r -t 3 -N "$len" body <&$1
+  echo "${body:-none}"
+}
+for i in $(seq 3 $((n+2))); do
+  eval "exec $i<>/dev/tcp/$ip/$port" && echo "held $(get $i)" >> "$out" || echo "held none" >> "$out"
+done
+for t in $(seq 400); do [ -e "$go" ] && break; sleep 0.1; done
+for i in $(seq 3 $((n+2))); do echo "again $(get $i)" >> "$out"; done
+"#;
+
+struct Held<'s> {
+    handle: ScopedJoinHandle<'s, std::process::Output>,
+    go: PathBuf,
+    out: PathBuf,
+    held: Vec<String>,
+}
+
+/// Opens `n` connections from `from` to `ip:port` asking `path`, and waits until each answered.
+fn hold<'s>(
+    scope: &'s Scope<'s, '_>,
+    lab: &'s Lab,
+    from: &'s str,
+    (ip, port): (&str, u16),
+    n: usize,
+    path: &str,
+    name: &str,
+) -> Held<'s> {
+    let script = lab.dir.join("hold.sh");
+    std::fs::write(&script, HOLD_SCRIPT).expect("write hold.sh");
+    let go = lab.dir.join(format!("{name}.go"));
+    let out = lab.dir.join(format!("{name}.out"));
+    let _ = std::fs::remove_file(&go);
+    let _ = std::fs::remove_file(&out);
+    let args = [
+        "timeout".to_string(),
+        "60".to_string(),
+        "bash".to_string(),
+        script.display().to_string(),
+        ip.to_string(),
+        port.to_string(),
+        n.to_string(),
+        path.to_string(),
+        go.display().to_string(),
+        out.display().to_string(),
+    ];
+    let handle = scope.spawn(move || {
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        lab.exec(from, &argv)
+    });
+    let ok = wait_until(Duration::from_secs(30), || lines(&out, "held").len() >= n);
+    let held = lines(&out, "held");
+    assert!(
+        ok && held.iter().all(|h| h != "none"),
+        "{name}: the connections never all answered: {held:?}"
+    );
+    Held {
+        handle,
+        go,
+        out,
+        held,
+    }
+}
+
+impl Held<'_> {
+    /// Lets the script ask again on each connection; the answers.
+    fn again(self) -> Vec<String> {
+        std::fs::write(&self.go, "").expect("create the go file");
+        let done = self.handle.join().expect("the hold thread");
+        let again = lines(&self.out, "again");
+        assert_eq!(again.len(), self.held.len(), "{}", describe(&done));
+        again
+    }
+}
+
+fn lines(out: &Path, word: &str) -> Vec<String> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix(word)?.strip_prefix(' ').map(str::to_string))
+        .collect()
+}
+
+fn vip(lab: &Lab, name: &str) -> String {
+    lab.service_vip(name)
+        .unwrap_or_else(|| panic!("{name} has no VIP: {}", Value::Array(lab.services())))
+}
+
+#[test]
+fn affinity_and_algorithm_changes_keep_open_connections() {
+    if !require_netns() {
+        return;
+    }
+    // sessionAffinity and the lb-algorithm decide only where new connections go, as
+    // kube-proxy's rules (and NSX's pool algorithm) do: the open ones stay with their pods.
+    let lab = Lab::up_with("svchgalg", &lab_yaml("198.19.2.5"));
+    let plain = svc("api", "LoadBalancer", 80, "", "");
+    let sticky = svc(
+        "api",
+        "LoadBalancer",
+        80,
+        "  sessionAffinity: ClientIP\n",
+        "",
+    );
+    let hashed = svc(
+        "api",
+        "LoadBalancer",
+        80,
+        "  sessionAffinity: ClientIP\n",
+        "pacific.dev/lb-algorithm: source-ip-hash",
+    );
+    let lc = svc(
+        "api",
+        "LoadBalancer",
+        80,
+        "",
+        "pacific.dev/lb-algorithm: least-connections",
+    );
+    lab.apply_ok(&plain, None, None);
+    let cluster_ip = lab.cluster_ip("shop", "api");
+    let vip = vip(&lab, "api");
+    curl_until(
+        &lab,
+        CLIENT,
+        &format!("http://{vip}/hostname"),
+        Duration::from_secs(20),
+    );
+    for (i, next) in [&sticky, &hashed, &lc, &plain].into_iter().enumerate() {
+        std::thread::scope(|s| {
+            let via_cip = hold(
+                s,
+                &lab,
+                TESTER,
+                (&cluster_ip, 80),
+                4,
+                "/hostname",
+                &format!("c{i}"),
+            );
+            let via_vip = hold(
+                s,
+                &lab,
+                CLIENT,
+                (&vip, 80),
+                4,
+                "/hostname",
+                &format!("v{i}"),
+            );
+            let pod_vip = hold(
+                s,
+                &lab,
+                TESTER,
+                (&vip, 80),
+                2,
+                "/hostname",
+                &format!("p{i}"),
+            );
+            lab.apply_ok(next, None, None);
+            let held = [
+                ("ClusterIP", via_cip),
+                ("VIP", via_vip),
+                ("a pod's VIP", pod_vip),
+            ];
+            for (name, h) in held {
+                let before = h.held.clone();
+                assert_eq!(
+                    h.again(),
+                    before,
+                    "{name}, change {i}: the connections stay"
+                );
+            }
+        });
+    }
+}

@@ -1577,6 +1577,14 @@ impl Pipeline {
                     if t.services[svc].snat_automap || b.ip == key.src {
                         snat_addr = Some(self.member_facing_address(t, b.ip).unwrap_or(facing));
                     }
+                } else if let Some((ip, port)) = pin.backend.filter(|_| pin.established) {
+                    // The VIP stays but its port went (`port: 80` -> `8080`) under an
+                    // established TCP connection: it keeps its member and its translation,
+                    // as kube-proxy's conntrack entry keeps them.
+                    dnat = Some((ip, port));
+                    dst = ip;
+                    dport = port;
+                    snat_addr = pin.snat;
                 }
             }
             if t.gateway_addrs.get(&dst) == Some(&gw) {

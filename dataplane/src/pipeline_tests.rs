@@ -2958,3 +2958,63 @@ fn an_established_tcp_connection_from_a_pod_to_a_vip_outlives_a_change() {
         );
     }
 }
+
+#[test]
+fn an_established_tcp_connection_outlives_its_vip_port_change() {
+    // The VIP's `port: 80` becomes 8080 while an outside client's connection on 80 is up: as
+    // kube-proxy's conntrack entry, it goes on with its member; a new connection to :80 is
+    // refused as to any port the VIP does not serve.
+    let mut bed = Bed::new();
+    let from_outside = |sport, flags| {
+        tcp(
+            UPLINK_PEER_MAC,
+            ROUTER_MAC,
+            OUTSIDE_HOST,
+            VIP,
+            sport,
+            80,
+            flags,
+        )
+    };
+    assert_eq!(
+        bed.send(UPLINK, &from_outside(42000, SYN)),
+        Verdict::Forward
+    );
+    let (_, frame) = bed.out();
+    let syn = check(&frame);
+    let (back, _) = a2_answers_the_t1_address(&mut bed, &syn);
+    assert_eq!(back, UPLINK);
+    assert_eq!(
+        bed.send(UPLINK, &from_outside(42000, ACK)),
+        Verdict::Forward
+    );
+    let mut next = testbed::tables(2, Options::default());
+    let key = |port| crate::tables::FrontendKey {
+        protocol: PROTO_TCP,
+        ip: VIP,
+        port,
+    };
+    let svc = next.vips.remove(&key(80)).expect("the testbed's VIP");
+    next.vips.insert(key(8080), svc);
+    bed.tables.store(Arc::new(next));
+    assert_eq!(
+        bed.send(UPLINK, &from_outside(42000, ACK | 0x08)),
+        Verdict::Forward
+    );
+    let (port, frame) = bed.out();
+    let data = check(&frame);
+    assert_eq!(
+        (port, data.dst, tcp_src(&data)),
+        (A2, A2_IP, tcp_src(&syn)),
+        "the connection on the old port goes on with its member"
+    );
+    bed.send(UPLINK, &from_outside(42001, SYN));
+    let (port, frame) = bed.out();
+    let rst = check(&frame);
+    assert_eq!(
+        (port, rst.src),
+        (UPLINK, VIP),
+        "a new one to :80 is refused"
+    );
+    assert!(matches!(rst.l4, L4::Tcp { flags, .. } if flags & 0x04 != 0));
+}

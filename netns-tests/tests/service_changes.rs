@@ -173,9 +173,70 @@ fn lines(out: &Path, word: &str) -> Vec<String> {
         .collect()
 }
 
+/// `curl` from `from`: its exit code and body (3 s at most).
+fn curl_exit(lab: &Lab, from: &str, url: &str) -> (i32, String) {
+    let o = lab.exec(from, &["curl", "-s", "--max-time", "3", url]);
+    (o.status.code().unwrap_or(-1), stdout(&o))
+}
+
 fn vip(lab: &Lab, name: &str) -> String {
     lab.service_vip(name)
         .unwrap_or_else(|| panic!("{name} has no VIP: {}", Value::Array(lab.services())))
+}
+
+#[test]
+fn a_port_change_keeps_connections_on_the_old_port() {
+    if !require_netns() {
+        return;
+    }
+    // `port: 80` -> `port: 8080`: kube-proxy's rules for :80 go, but the conntrack entries of
+    // connections open on :80 keep their translation; new connections to :80 are refused as to
+    // any unused port, those to :8080 are balanced.
+    let lab = Lab::up_with("svchgprt", &lab_yaml("198.19.2.5"));
+    let both = |port| {
+        format!(
+            "{}---\n{}",
+            svc("api", "ClusterIP", port, "", ""),
+            svc("api-public", "LoadBalancer", port, "", "")
+        )
+    };
+    lab.apply_ok(&both(80), None, None);
+    let cluster_ip = lab.cluster_ip("shop", "api");
+    let vip = vip(&lab, "api-public");
+    curl_until(
+        &lab,
+        CLIENT,
+        &format!("http://{vip}/hostname"),
+        Duration::from_secs(20),
+    );
+    std::thread::scope(|s| {
+        let via_cip = hold(s, &lab, TESTER, (&cluster_ip, 80), 2, "/hostname", "cip");
+        let via_vip = hold(s, &lab, CLIENT, (&vip, 80), 2, "/hostname", "vip");
+        let pod_vip = hold(s, &lab, TESTER, (&vip, 80), 2, "/hostname", "podvip");
+        lab.apply_ok(&both(8080), None, None);
+        let held = [
+            ("ClusterIP", via_cip),
+            ("VIP", via_vip),
+            ("a pod's VIP", pod_vip),
+        ];
+        for (name, h) in held {
+            let before = h.held.clone();
+            assert_eq!(
+                h.again(),
+                before,
+                "{name}: connections open on the old port go on with their pods"
+            );
+        }
+    });
+    for (from, ip) in [(TESTER, &cluster_ip), (CLIENT, &vip)] {
+        let (code, _) = curl_exit(&lab, from, &format!("http://{ip}/hostname"));
+        assert_eq!(code, 7, "{ip}:80 refuses a new connection (curl exit 7)");
+        let (code, body) = curl_exit(&lab, from, &format!("http://{ip}:8080/hostname"));
+        assert!(
+            code == 0 && body.starts_with("api-"),
+            "{ip}:8080: {code} {body:?}"
+        );
+    }
 }
 
 #[test]

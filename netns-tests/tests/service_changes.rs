@@ -240,6 +240,69 @@ fn a_port_change_keeps_connections_on_the_old_port() {
 }
 
 #[test]
+fn a_vip_withdrawn_or_moved_ends_its_connections() {
+    if !require_netns() {
+        return;
+    }
+    // LoadBalancer -> ClusterIP, or a new `loadBalancerIP`: NCP deletes the virtual server and
+    // the T1 stops advertising the VIP, so the upstream router no longer sends its packets here
+    // (as MetalLB withdrawing the address in front of kube-proxy): connections through the old
+    // VIP end, however long conntrack would hold them. Those through the ClusterIP go on.
+    let lab = Lab::up_with("svchgvip", &lab_yaml("198.19.2.5"));
+    let lb = |extra: &str| svc("api", "LoadBalancer", 80, extra, "");
+    lab.apply_ok(&lb(""), None, None);
+    let cluster_ip = lab.cluster_ip("shop", "api");
+    let old = vip(&lab, "api");
+    curl_until(
+        &lab,
+        CLIENT,
+        &format!("http://{old}/hostname"),
+        Duration::from_secs(20),
+    );
+    std::thread::scope(|s| {
+        let via_cip = hold(s, &lab, TESTER, (&cluster_ip, 80), 2, "/hostname", "tcip");
+        let via_vip = hold(s, &lab, CLIENT, (&old, 80), 2, "/hostname", "tvip");
+        lab.apply_ok(&svc("api", "ClusterIP", 80, "", ""), None, None);
+        let before = via_cip.held.clone();
+        assert_eq!(via_cip.again(), before, "the ClusterIP's connections go on");
+        assert_eq!(via_vip.again(), ["none", "none"], "the VIP is gone");
+    });
+    assert_ne!(
+        curl_exit(&lab, CLIENT, &format!("http://{old}/hostname")).0,
+        0
+    );
+    // Back to LoadBalancer, then moved to another address of the ingress pool.
+    lab.apply_ok(&lb(""), None, None);
+    let first = vip(&lab, "api");
+    let moved = if first == "198.19.1.77" {
+        "198.19.1.78"
+    } else {
+        "198.19.1.77"
+    };
+    curl_until(
+        &lab,
+        CLIENT,
+        &format!("http://{first}/hostname"),
+        Duration::from_secs(20),
+    );
+    std::thread::scope(|s| {
+        let via_vip = hold(s, &lab, CLIENT, (&first, 80), 2, "/hostname", "mvip");
+        lab.apply_ok(&lb(&format!("  loadBalancerIP: {moved}\n")), None, None);
+        assert_eq!(via_vip.again(), ["none", "none"], "the old VIP is gone");
+    });
+    assert_eq!(vip(&lab, "api"), moved);
+    let (code, body) = curl_exit(&lab, CLIENT, &format!("http://{moved}/hostname"));
+    assert!(
+        code == 0 && body.starts_with("api-"),
+        "{moved}: {code} {body:?}"
+    );
+    assert_ne!(
+        curl_exit(&lab, CLIENT, &format!("http://{first}/hostname")).0,
+        0
+    );
+}
+
+#[test]
 fn affinity_and_algorithm_changes_keep_open_connections() {
     if !require_netns() {
         return;

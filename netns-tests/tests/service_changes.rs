@@ -15,6 +15,7 @@ use serde_json::Value;
 
 const TESTER: &str = "shop/tester";
 const CLIENT: &str = "ext/client";
+const WEB_IP: &str = "198.51.100.200";
 
 /// The lab: namespace `shop` (egress IP `egress`), 2 api replicas serving HTTP on 9090, a
 /// tester pod, outside hosts `client` and `web`.
@@ -299,6 +300,51 @@ fn a_vip_withdrawn_or_moved_ends_its_connections() {
     assert_ne!(
         curl_exit(&lab, CLIENT, &format!("http://{first}/hostname")).0,
         0
+    );
+}
+
+#[test]
+fn an_egress_ip_change_resets_open_snat_connections() {
+    if !require_netns() {
+        return;
+    }
+    // A new `ncp/static_snat_ip`: the old address goes back to the pool (another namespace may
+    // get it), and the outside host knows the connection by it. As Linux MASQUERADE when its
+    // address changes, the connections translated to the old address end; new ones leave with
+    // the new address.
+    let lab = Lab::up_with("svchgsnt", &lab_yaml("198.19.2.5"));
+    let seen = curl_until(
+        &lab,
+        TESTER,
+        &format!("http://{WEB_IP}/clientip"),
+        Duration::from_secs(20),
+    );
+    assert!(seen.starts_with("198.19.2.5:"), "{seen}");
+    std::thread::scope(|s| {
+        let open = hold(s, &lab, TESTER, (WEB_IP, 80), 2, "/clientip", "snat");
+        assert!(
+            open.held.iter().all(|h| h.starts_with("198.19.2.5:")),
+            "{:?}",
+            open.held
+        );
+        lab.apply_ok(&lab_yaml("198.19.2.6"), None, None);
+        let asked = std::time::Instant::now();
+        assert_eq!(
+            open.again(),
+            ["none", "none"],
+            "the connections on the old address end"
+        );
+        // Reset at once (the hold script waits 3 s for each answer that does not come).
+        assert!(
+            asked.elapsed() < Duration::from_millis(2500),
+            "{:?}",
+            asked.elapsed()
+        );
+    });
+    let (code, body) = curl_exit(&lab, TESTER, &format!("http://{WEB_IP}/clientip"));
+    assert!(
+        code == 0 && body.starts_with("198.19.2.6:"),
+        "{code} {body:?}"
     );
 }
 

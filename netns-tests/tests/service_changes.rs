@@ -248,7 +248,8 @@ fn a_vip_withdrawn_or_moved_ends_its_connections() {
     // LoadBalancer -> ClusterIP, or a new `loadBalancerIP`: NCP deletes the virtual server and
     // the T1 stops advertising the VIP, so the upstream router no longer sends its packets here
     // (as MetalLB withdrawing the address in front of kube-proxy): connections through the old
-    // VIP end, however long conntrack would hold them. Those through the ClusterIP go on.
+    // VIP end, however long conntrack would hold them. Those through the ClusterIP go on, and
+    // so do a pod's through the VIP.
     let lab = Lab::up_with("svchgvip", &lab_yaml("198.19.2.5"));
     let lb = |extra: &str| svc("api", "LoadBalancer", 80, extra, "");
     lab.apply_ok(&lb(""), None, None);
@@ -263,9 +264,18 @@ fn a_vip_withdrawn_or_moved_ends_its_connections() {
     std::thread::scope(|s| {
         let via_cip = hold(s, &lab, TESTER, (&cluster_ip, 80), 2, "/hostname", "tcip");
         let via_vip = hold(s, &lab, CLIENT, (&old, 80), 2, "/hostname", "tvip");
+        let pod_vip = hold(s, &lab, TESTER, (&old, 80), 2, "/hostname", "tpvip");
         lab.apply_ok(&svc("api", "ClusterIP", 80, "", ""), None, None);
         let before = via_cip.held.clone();
         assert_eq!(via_cip.again(), before, "the ClusterIP's connections go on");
+        // A pod's own connections through the VIP never leave the dataplane: as kube-proxy's
+        // in-cluster shortcut for a LoadBalancer IP, conntrack keeps them.
+        let before = pod_vip.held.clone();
+        assert_eq!(
+            pod_vip.again(),
+            before,
+            "a pod's connections via the VIP go on"
+        );
         assert_eq!(via_vip.again(), ["none", "none"], "the VIP is gone");
     });
     assert_ne!(

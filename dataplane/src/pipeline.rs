@@ -1751,6 +1751,11 @@ impl Pipeline {
     ) -> Option<RuleAction> {
         let (dst, dst_port) = path.dnat.unwrap_or((key.dst, key.dst_port));
         let src = path.snat_addr.unwrap_or(key.src);
+        // A pod cannot block access to itself (Kubernetes' NetworkPolicy): a connection that a
+        // ClusterIP or VIP hairpins back to the port it came from is not judged.
+        if path.out_port == port.id && matches!(port.kind, PortKind::Pod { .. }) {
+            return None;
+        }
         let mut verdict = None;
         if let PortKind::Pod { zone, .. } = port.kind {
             let q = DfwQuery {
@@ -2639,6 +2644,43 @@ mod fast_path_tests {
         assert_eq!(
             verdict(RuleAction::Drop),
             Verdict::Drop(DropReason::DfwDeny)
+        );
+    }
+
+    /// A pod cannot block access to itself (Kubernetes' NetworkPolicy): a pod that its own
+    /// policies isolate both ways still reaches itself through its VIP, hairpinned back to its
+    /// own port, while another pod is dropped.
+    #[test]
+    fn a_pod_isolated_both_ways_reaches_itself_through_its_vip() {
+        let mut t = testbed::tables(1, Options::default());
+        use crate::tables::{DfwRule, Ipv4Net};
+        let isolate = |direction, sources, destinations| DfwRule {
+            counter: 90,
+            name: "isolate".into(),
+            section: "ns-0".into(),
+            zone: 0,
+            direction,
+            sources,
+            original_destinations: vec![],
+            destinations,
+            protocol: None,
+            dst_ports: None,
+            action: RuleAction::Drop,
+        };
+        let a2 = vec![Ipv4Net::host(A2_IP)];
+        t.dfw.rules_in[0].insert(0, isolate(Direction::In, vec![], a2.clone()));
+        t.dfw.rules_out[0].insert(0, isolate(Direction::Out, a2, vec![]));
+        let p = Pipeline::new(Arc::new(ArcSwap::from_pointee(t)));
+        let send = |port, src| {
+            let mut pkt = PacketBuf::new();
+            pkt.set_frame(&tcp(src, VIP, 64, (5000, 80), 0x02));
+            p.process(&mut WorkerContext::default(), 1000, port, &mut pkt)
+        };
+        assert_eq!(send(A2, A2_IP), Verdict::Forward, "A2 to itself");
+        assert_eq!(
+            send(A1, A1_IP),
+            Verdict::Drop(DropReason::DfwDeny),
+            "A1 to the isolated A2"
         );
     }
 

@@ -1751,12 +1751,13 @@ fn parse_network_policy(meta: Meta, root: &Field<'_>) -> Res<NetworkPolicyReques
         .get("egress")
         .map(|f| policy_rules(&f, "to"))
         .transpose()?;
-    // Kubernetes' default: Ingress always, Egress when the policy has egress rules.
-    let (is_ingress, is_egress) = match spec.get("policyTypes") {
-        None => (true, egress.is_some()),
-        Some(list) => {
+    // Kubernetes' default, for a missing or empty list: Ingress always, Egress when the
+    // policy has egress rules.
+    let types = spec.get("policyTypes").map(|f| f.seq()).transpose()?;
+    let (is_ingress, is_egress) = match types {
+        Some(list) if !list.is_empty() => {
             let (mut i, mut e) = (false, false);
-            for t in list.seq()? {
+            for t in list {
                 match t.str()? {
                     "Ingress" => i = true,
                     "Egress" => e = true,
@@ -1767,6 +1768,7 @@ fn parse_network_policy(meta: Meta, root: &Field<'_>) -> Res<NetworkPolicyReques
             }
             (i, e)
         }
+        _ => (true, egress.is_some()),
     };
     Ok(NetworkPolicyRequest {
         meta,
@@ -3578,6 +3580,19 @@ spec: {t0Address: 203.0.113.6, peerAddress: 203.0.113.5, prefixLength: 30}
         assert_eq!(p.egress.map(|e| e.len()), Some(1));
         let p = policy("  podSelector: {}\n  policyTypes: [Egress]\n  ingress: [{}]\n");
         assert_eq!((p.ingress, p.egress), (None, Some(vec![])));
+    }
+
+    #[test]
+    fn an_empty_policy_types_list_defaults_as_a_missing_one() {
+        // The API server defaults `policyTypes: []` as it defaults a missing list: the
+        // policy still isolates its pods for Ingress (and for Egress with egress rules).
+        let p = policy("  podSelector: {}\n  policyTypes: []\n");
+        assert_eq!((p.ingress, p.egress), (Some(vec![]), None));
+        let p = policy("  podSelector: {}\n  policyTypes: []\n  egress: [{}]\n");
+        assert_eq!(
+            (p.ingress.map(|i| i.len()), p.egress.map(|e| e.len())),
+            (Some(0), Some(1))
+        );
     }
 
     #[test]

@@ -637,6 +637,7 @@ fn peer_set<'a>(state: &'a State, ns: &str, peers: &[PolicyPeer]) -> (Vec<&'a Po
                 }));
             }
             PolicyPeer::IpBlock { cidr, except } => nets.extend(subtract(*cidr, except)),
+            PolicyPeer::Ipv6Block { .. } => {}
         }
     }
     pods.sort_by_key(|p| p.ip);
@@ -1236,6 +1237,40 @@ spec:
             )
             .0,
             "shop-allow-egress"
+        );
+    }
+
+    /// A dual-stack policy applies as Kubernetes takes it: its IPv6 ipBlock names no address
+    /// Pacific carries, so a rule that has only it allows nothing (not everything), and the
+    /// IPv4 block beside it still allows.
+    #[test]
+    fn an_ipv6_ip_block_allows_no_ipv4_address() {
+        let t = with_policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: out, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: web}}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - ipBlock: {cidr: \"::/0\", except: [\"fd00::/8\"]}
+  - to:
+    - ipBlock: {cidr: 198.51.100.0/24}
+    - ipBlock: {cidr: \"2001:db8::/32\"}
+    ports: [{port: 80}]
+",
+        );
+        let web = "172.211.0.2";
+        let (rule, action) = verdict(&t, SHOP, Direction::Out, &tcp(web, "203.0.113.9", 443));
+        assert_eq!(
+            (rule.as_str(), action),
+            ("shop/out/isolate-egress", RuleAction::Drop)
+        );
+        let (rule, action) = verdict(&t, SHOP, Direction::Out, &tcp(web, "198.51.100.7", 80));
+        assert_eq!(
+            (rule.as_str(), action),
+            ("shop/out/egress-1", RuleAction::Allow)
         );
     }
 

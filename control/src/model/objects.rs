@@ -660,6 +660,8 @@ pub enum PolicyPeer {
         #[serde(serialize_with = "displays")]
         except: Vec<Ipv4Net>,
     },
+    /// An IPv6 `ipBlock` (of a dual-stack policy): no address Pacific carries.
+    Ipv6Block { cidr: String },
 }
 
 /// One `ports[i]` of a NetworkPolicy rule.

@@ -373,3 +373,73 @@ fn network_policies_allow_what_they_name_and_isolate_the_rest() {
         "other-egress, unselected",
     );
 }
+
+/// db isolated both ways, as `policyTypes: [Ingress, Egress]` with no rules does it.
+const DB_DENY_ALL: &str = r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: db-deny-all
+  namespace: shop
+spec:
+  podSelector:
+    matchLabels: {app: db}
+  policyTypes: [Ingress, Egress]
+"#;
+
+/// A dual-stack "egress only to the client host" policy, as users copy it: the IPv6 block
+/// names nothing here, the IPv4 one still allows.
+const OTHER_DUAL_STACK: &str = r#"apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: other-dual-stack
+  namespace: shop
+spec:
+  podSelector:
+    matchLabels: {app: other}
+  policyTypes: [Egress]
+  egress:
+  - to:
+    - ipBlock: {cidr: 198.51.100.20/32}
+    - ipBlock: {cidr: "2001:db8::/64"}
+"#;
+
+/// A pod cannot block access to itself: db, isolated both ways, still reaches itself through
+/// its own ClusterIP, while web does not reach it. A dual-stack policy applies.
+#[test]
+fn an_isolated_pod_reaches_itself_and_a_dual_stack_policy_applies() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("npself", LAB);
+    let db = ip_of(&lab, "shop", "db");
+    let svc_url = format!("http://{}:3306/hostname", lab.cluster_ip("shop", "db"));
+    assert_eq!(
+        curl_until(
+            &lab,
+            "shop/web",
+            &format!("http://{db}:3306/hostname"),
+            Duration::from_secs(20)
+        ),
+        "db",
+        "db's server does not answer"
+    );
+    lab.apply_ok(DB_DENY_ALL, None, None);
+    assert_reaches(&lab, "shop/db", &svc_url, "db", "db-deny-all, db to itself");
+    assert_times_out(&lab, "shop/web", &svc_url, "db-deny-all, web to db");
+
+    let out = lab.apply(OTHER_DUAL_STACK, None, None);
+    assert!(out.status.success(), "{}", describe(&out));
+    assert_reaches(
+        &lab,
+        "shop/other",
+        "http://198.51.100.20/hostname",
+        "client",
+        "other-dual-stack",
+    );
+    assert_times_out(
+        &lab,
+        "shop/other",
+        "http://198.51.100.200/hostname",
+        "other-dual-stack, not named",
+    );
+}

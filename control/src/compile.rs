@@ -1117,6 +1117,33 @@ spec:
         );
     }
 
+    /// The recipe users get wrong: a namespaceSelector and a podSelector in one peer (AND)
+    /// admit only pods of both; as two peers (OR) they admit either.
+    #[test]
+    fn selectors_in_one_peer_and_as_two_peers_differ() {
+        let policy = |from: &str| {
+            with_policy(&format!(
+                "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {{name: db, namespace: shop}}
+spec:
+  podSelector: {{matchLabels: {{app: db}}}}
+  ingress: [{{from: {from}}}]
+"
+            ))
+        };
+        let web_db = tcp("172.211.0.2", "172.211.0.3", 3306);
+        let teller_db = tcp("172.211.0.20", "172.211.0.3", 3306);
+        let and = policy("[{namespaceSelector: {matchLabels: {team: money}}, podSelector: {matchLabels: {app: web}}}]");
+        for q in [&web_db, &teller_db] {
+            assert_eq!(verdict(&and, SHOP, Direction::In, q).1, RuleAction::Drop);
+        }
+        let or = policy("[{namespaceSelector: {matchLabels: {team: money}}}, {podSelector: {matchLabels: {app: web}}}]");
+        for q in [&web_db, &teller_db] {
+            assert_eq!(verdict(&or, SHOP, Direction::In, q).1, RuleAction::Allow);
+        }
+    }
+
     #[test]
     fn policies_add_up_and_a_selector_of_no_pod_allows_nothing() {
         let t = with_policy(

@@ -163,7 +163,8 @@ pub enum Verdict {
 
 macro_rules! drop_reasons {
     ($($variant:ident => $name:literal,)*) => {
-        /// Why a frame was dropped. Each reason is a counter on the ingress port.
+        /// Why a frame was dropped. Each reason is a counter on the ingress port, except
+        /// `link-down`, `tx-queue-full` and `tx-error`: on the port the frame could not leave by.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
         #[repr(u8)]
         pub enum DropReason { $($variant,)* }

@@ -1,0 +1,185 @@
+//! Counters against the traffic sent: `pacific get ports` agrees frame for frame and byte for
+//! byte with `ip -s link` on the pod's `eth0` and the upstream router's `uplink` (GSO frames
+//! counted whole, as the kernel counts them), and a denied ping raises the DFW rule's hits and
+//! the sender's `dfw-deny` by one per packet.
+
+use std::time::Duration;
+
+use pacific_netns_tests::*;
+use serde_json::Value;
+
+const TESTBOX: &str = "ns-dev/testbox";
+const TESTBOX_IP: &str = "172.211.0.20";
+const WORDPRESS: &str = "ns-dev/wordpress";
+const WORDPRESS_IP: &str = "172.211.0.18";
+const UPLINK_IP: &str = "203.0.113.2";
+
+/// RX frames, RX bytes, TX frames, TX bytes.
+type Counts = [u64; 4];
+
+fn delta(after: Counts, before: Counts) -> Counts {
+    [0, 1, 2, 3].map(|i| after[i] - before[i])
+}
+
+/// Pacific's counters of the port with this IP.
+fn port(lab: &Lab, ip: &str) -> Counts {
+    let ports = lab.items("ports", None);
+    let p = ports
+        .iter()
+        .find(|p| p["ip"].as_str() == Some(ip))
+        .unwrap_or_else(|| panic!("no port with IP {ip}: {}", Value::Array(ports.clone())));
+    ["rx_packets", "rx_bytes", "tx_packets", "tx_bytes"].map(|k| {
+        p[k].as_u64()
+            .unwrap_or_else(|| panic!("port {ip} has no {k}: {p}"))
+    })
+}
+
+/// The kernel's counters of an interface (`ip -s -j link`), from its own side.
+fn link(out: &std::process::Output, what: &str) -> Counts {
+    let v: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("ip -s -j link of {what}: {e}:\n{}", describe(out)));
+    let s = &v[0]["stats64"];
+    let n = |dir: &str, k: &str| {
+        s[dir][k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no {dir}.{k} for {what}: {v}"))
+    };
+    [
+        n("rx", "packets"),
+        n("rx", "bytes"),
+        n("tx", "packets"),
+        n("tx", "bytes"),
+    ]
+}
+
+fn pod_eth0(lab: &Lab, pod: &str) -> Counts {
+    let out = lab.exec(pod, &["ip", "-s", "-j", "link", "show", "eth0"]);
+    link(&out, pod)
+}
+
+fn upstream_uplink(lab: &Lab) -> Counts {
+    let out = lab.ip_in(
+        &lab.upstream_netns(),
+        &["-s", "-j", "link", "show", "uplink"],
+    );
+    link(&out, "the upstream router's uplink")
+}
+
+/// What the port received is what the interface at its other end sent, and the other way.
+fn assert_mirrors(port: Counts, peer: Counts, what: &str) {
+    assert_eq!(
+        [port[0], port[1]],
+        [peer[2], peer[3]],
+        "{what}: get ports' RX (frames, bytes) should be the peer's TX"
+    );
+    assert_eq!(
+        [port[2], port[3]],
+        [peer[0], peer[1]],
+        "{what}: get ports' TX (frames, bytes) should be the peer's RX"
+    );
+}
+
+#[test]
+fn port_counters_match_the_pods_and_the_upstreams_interfaces() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("ccount");
+    assert!(
+        ping_until(&lab, TESTBOX, WORDPRESS_IP, Duration::from_secs(10)),
+        "testbox never reached wordpress"
+    );
+    assert!(
+        ping_until(&lab, TESTBOX, "198.51.100.100", Duration::from_secs(10)),
+        "testbox never reached ext/internet"
+    );
+
+    // 20 pings within the segment: counted once on each port, as each pod's eth0 counts them.
+    let (tb0, wp0) = (port(&lab, TESTBOX_IP), port(&lab, WORDPRESS_IP));
+    let (tbl0, wpl0) = (pod_eth0(&lab, TESTBOX), pod_eth0(&lab, WORDPRESS));
+    let r = ping(&lab, TESTBOX, WORDPRESS_IP, 20, &["-i", "0.01"]);
+    assert_eq!(r.received, 20, "testbox -> wordpress: {r:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    let (tb, wp) = (
+        delta(port(&lab, TESTBOX_IP), tb0),
+        delta(port(&lab, WORDPRESS_IP), wp0),
+    );
+    let (tbl, wpl) = (
+        delta(pod_eth0(&lab, TESTBOX), tbl0),
+        delta(pod_eth0(&lab, WORDPRESS), wpl0),
+    );
+    assert_mirrors(tb, tbl, "testbox after 20 pings");
+    assert_mirrors(wp, wpl, "wordpress after 20 pings");
+    assert!(tb[0] >= 20 && tb[1] >= 20 * 98, "testbox's port RX: {tb:?}");
+    assert!(
+        wp[2] >= 20 && wp[3] >= 20 * 98,
+        "wordpress's port TX: {wp:?}"
+    );
+
+    // 2 MB of TCP to the outside, through SNAT, in GSO frames: counted as the kernel counts
+    // them at both ends (a GSO frame is one frame), on the pod's port and on the uplink.
+    let listen = "setsid timeout 20 socat -u TCP-LISTEN:5301,reuseaddr /dev/null >/dev/null 2>&1 &";
+    lab.sh("ext/internet", listen);
+    std::thread::sleep(Duration::from_millis(300));
+    let (tb0, up0) = (port(&lab, TESTBOX_IP), port(&lab, UPLINK_IP));
+    let (tbl0, upl0) = (pod_eth0(&lab, TESTBOX), upstream_uplink(&lab));
+    let send = lab.sh(
+        TESTBOX,
+        "head -c 2000000 /dev/zero | timeout 10 socat -u - TCP:198.51.100.100:5301",
+    );
+    assert!(
+        send.status.success(),
+        "2 MB to ext/internet: {}",
+        describe(&send)
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let (tb, up) = (
+        delta(port(&lab, TESTBOX_IP), tb0),
+        delta(port(&lab, UPLINK_IP), up0),
+    );
+    let (tbl, upl) = (
+        delta(pod_eth0(&lab, TESTBOX), tbl0),
+        delta(upstream_uplink(&lab), upl0),
+    );
+    assert_mirrors(tb, tbl, "testbox after 2 MB");
+    assert_mirrors(up, upl, "the uplink after 2 MB");
+    assert!(tb[1] >= 2_000_000, "testbox's port RX bytes: {tb:?}");
+    // Each frame testbox sent left by the uplink once, as long (SNAT keeps lengths); an ARP
+    // request of testbox's (42 bytes), answered by its gateway, is all that may stay behind.
+    let arps = tb[0] - up[2];
+    assert!(
+        arps <= 2 && tb[1] - up[3] == 42 * arps,
+        "testbox's RX {tb:?} against the uplink's TX {up:?}"
+    );
+}
+
+#[test]
+fn a_denied_ping_counts_once_per_packet_on_the_rule_and_the_senders_port() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("cdeny");
+    // ns-prod's testbox may not reach ns-dev's pods (ns-dev's default deny).
+    let from = "ns-prod/testbox";
+    let from_ip = "172.211.0.132";
+    let r = ping(&lab, from, WORDPRESS_IP, 1, &[]);
+    assert_eq!(r.received, 0, "ns-prod reached ns-dev: {r:?}");
+    let hits0 = lab.dfw_hits("ns-dev", "default-deny-ingress");
+    let drops0 = lab.port_drops(from_ip, "dfw-deny");
+    let rx0 = port(&lab, from_ip);
+    let r = ping(&lab, from, WORDPRESS_IP, 7, &["-i", "0.01"]);
+    assert_eq!(r.received, 0, "ns-prod reached ns-dev: {r:?}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        lab.dfw_hits("ns-dev", "default-deny-ingress") - hits0,
+        7,
+        "each denied ping is judged, and counted, again"
+    );
+    assert_eq!(lab.port_drops(from_ip, "dfw-deny") - drops0, 7);
+    let rx = delta(port(&lab, from_ip), rx0);
+    assert_eq!(
+        rx[0], 7,
+        "the 7 pings are in the sender's port's RX: {rx:?}"
+    );
+    assert_eq!(rx[1], 7 * 98, "and their bytes: {rx:?}");
+}

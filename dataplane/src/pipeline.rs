@@ -998,6 +998,12 @@ impl Pipeline {
                 return Verdict::Drop(DropReason::DfwDeny);
             }
         }
+        // Refused as too big (don't-fragment set): before any connection is made for it, as a
+        // Linux router drops it before its conntrack confirms the flow, so `get nat` lists no
+        // SNAT binding, and holds no port, for a packet that never left.
+        if path.routed && too_big_to_route(pkt) {
+            return self.frag_needed(t, ctx, port, pkt);
+        }
         match self.create(t, now, port.id, key, tcp_flags, &path) {
             Ok(action) => self.transmit_datagram(t, ctx, now, port, ip, &action, pkt),
             Err(reason) => Verdict::Drop(reason),

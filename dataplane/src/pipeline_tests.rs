@@ -3018,3 +3018,49 @@ fn an_established_tcp_connection_outlives_its_vip_port_change() {
     );
     assert!(matches!(rst.l4, L4::Tcp { flags, .. } if flags & 0x04 != 0));
 }
+
+#[test]
+fn a_first_packet_refused_as_too_big_leaves_no_connection_behind() {
+    // a1 raised its MTU to 9000 and its first packet to the outside is 8000 bytes with DF
+    // (ping -M do -s 8000): refused with "fragmentation needed", as a Linux router refuses it
+    // before its conntrack confirms the flow, so no SNAT entry stands for a packet that never
+    // left (`pacific get nat` lists none, and no egress port is taken for it).
+    let mut bed = Bed::new();
+    let jumbo = big_udp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        (A1_IP, 5354),
+        (OUTSIDE_HOST, 53),
+        1,
+        8000,
+    );
+    assert_eq!(
+        bed.send(A1, &with_df(jumbo, true)),
+        Verdict::Drop(DropReason::FragNeeded)
+    );
+    assert_eq!(bed.out().0, A1, "answered to the sender, nothing forwarded");
+    let key = FlowKey {
+        protocol: PROTO_UDP,
+        src: A1_IP,
+        dst: OUTSIDE_HOST,
+        src_port: 5354,
+        dst_port: 53,
+    };
+    assert!(
+        bed.pipeline.conntrack.get(&key).is_none(),
+        "a connection was created for a packet that was refused"
+    );
+    assert_eq!(bed.pipeline.conntrack.snapshot(16).len(), 0);
+    // The same flow at the path MTU then goes, and is tracked once.
+    let fits = big_udp(
+        pod_mac(A1_IP),
+        ROUTER_MAC,
+        (A1_IP, 5354),
+        (OUTSIDE_HOST, 53),
+        2,
+        1500 - 28,
+    );
+    assert_eq!(bed.send(A1, &with_df(fits, true)), Verdict::Forward);
+    assert_eq!(bed.out().0, UPLINK);
+    assert_eq!(bed.pipeline.conntrack.snapshot(16).len(), 1);
+}

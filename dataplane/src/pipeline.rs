@@ -1001,8 +1001,10 @@ impl Pipeline {
         // Refused as too big (don't-fragment set): before any connection is made for it, as a
         // Linux router drops it before its conntrack confirms the flow, so `get nat` lists no
         // SNAT binding, and holds no port, for a packet that never left.
-        if path.routed && too_big_to_route(pkt) {
-            return self.frag_needed(t, ctx, port, pkt);
+        if path.routed && pkt.len > VNET_HDR_LEN + ethernet::HEADER_LEN + PORT_MTU {
+            if let Some(refused) = self.refuse_too_big(t, ctx, port, pkt) {
+                return refused;
+            }
         }
         match self.create(t, now, port.id, key, tcp_flags, &path) {
             Ok(action) => self.transmit_datagram(t, ctx, now, port, ip, &action, pkt),
@@ -1415,6 +1417,21 @@ impl Pipeline {
         } else {
             Verdict::Drop(DropReason::Malformed)
         }
+    }
+
+    /// A first packet past the MTU: refused with [`Pipeline::frag_needed`] when it says
+    /// don't-fragment and is no GSO frame (`None`: it goes on). Out of line, off the way of
+    /// the first packets that fit.
+    #[cold]
+    #[inline(never)]
+    fn refuse_too_big(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        port: &Port,
+        pkt: &PacketBuf,
+    ) -> Option<Verdict> {
+        too_big_to_route(pkt).then(|| self.frag_needed(t, ctx, port, pkt))
     }
 
     /// "Fragmentation needed" (with the gateways' MTU) from the gateway the sender faces,

@@ -165,6 +165,7 @@ fn a_denied_ping_counts_once_per_packet_on_the_rule_and_the_senders_port() {
     let r = ping(&lab, from, WORDPRESS_IP, 1, &[]);
     assert_eq!(r.received, 0, "ns-prod reached ns-dev: {r:?}");
     let hits0 = lab.dfw_hits("ns-dev", "default-deny-ingress");
+    let egress0 = lab.dfw_hits("ns-prod", "allow-egress");
     let drops0 = lab.port_drops(from_ip, "dfw-deny");
     let rx0 = port(&lab, from_ip);
     let r = ping(&lab, from, WORDPRESS_IP, 7, &["-i", "0.01"]);
@@ -174,6 +175,11 @@ fn a_denied_ping_counts_once_per_packet_on_the_rule_and_the_senders_port() {
         lab.dfw_hits("ns-dev", "default-deny-ingress") - hits0,
         7,
         "each denied ping is judged, and counted, again"
+    );
+    assert_eq!(
+        lab.dfw_hits("ns-prod", "allow-egress") - egress0,
+        7,
+        "no connection stands for a denied ping: the sender's egress allow judges each again"
     );
     assert_eq!(lab.port_drops(from_ip, "dfw-deny") - drops0, 7);
     let rx = delta(port(&lab, from_ip), rx0);

@@ -69,7 +69,7 @@ enum Cmd {
         #[command(subcommand)]
         action: LabCmd,
     },
-    /// List objects: namespaces, pods, segments, routes, ports, svc, dfw, nat, outside, deployments, tkc, netpol.
+    /// List objects: namespaces, pods, segments, routes, ports, svc, endpoints, dfw, nat, outside, deployments, tkc, netpol.
     Get(GetArgs),
     /// Create or update objects from YAML manifests (Kubernetes and Pacific kinds).
     Apply(ApplyArgs),
@@ -307,8 +307,8 @@ enum Output {
 
 #[derive(Args, Debug)]
 struct GetArgs {
-    /// namespaces, pods, segments, routes, ports, svc, dfw, nat, outside, deployments or tkc
-    /// (kubectl's short names and plurals too); several as `pods,svc`; `all` for pods,
+    /// namespaces, pods, segments, routes, ports, svc, endpoints, dfw, nat, outside,
+    /// deployments, tkc or netpol (kubectl's short names and plurals too); several as `pods,svc`; `all` for pods,
     /// services, deployments and TKG clusters.
     kind: String,
     /// Objects of that kind, by name (or, as `pod/web svc/web`, KIND/NAME each).
@@ -353,7 +353,8 @@ struct ApplyArgs {
 struct DeleteArgs {
     /// KIND NAME... or KIND/NAME...: the objects to delete, as `kubectl delete ns team` or
     /// `kubectl delete svc/web deploy/web` (instead of -f). KIND:
-    /// namespaces, pods, svc, deployments, endpoints, tkc, outside (short names and plurals too).
+    /// namespaces, pods, svc, deployments, endpoints, tkc, netpol, outside (short names and
+    /// plurals too).
     #[arg(value_name = "KIND NAME", conflicts_with = "filename")]
     objects: Vec<String>,
     /// A manifest file, a directory (its .yaml, .yml and .json files), or - for standard input;
@@ -2160,6 +2161,52 @@ fn routes_text(result: &Value, now: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `pacific --help` and `pacific get --help` name every kind `get` lists, and `delete
+    /// --help` every kind `delete KIND NAME` takes: a user reading only the help finds them.
+    #[test]
+    fn help_names_every_kind_get_and_delete_take() {
+        use clap::CommandFactory;
+        let mut cli = Cli::command();
+        let top = cli.render_help().to_string();
+        let get = cli
+            .find_subcommand_mut("get")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        let delete = cli
+            .find_subcommand_mut("delete")
+            .unwrap()
+            .render_long_help()
+            .to_string();
+        let listed = list_method("nope").unwrap_err();
+        let kinds = listed.split("expected ").nth(1).unwrap();
+        for kind in kinds.replace(" or ", ", ").split(", ") {
+            assert!(list_method(kind).is_ok() || kind == "all", "{kind}");
+            assert!(get.contains(kind), "get --help lacks {kind}:\n{get}");
+            if kind != "all" {
+                assert!(top.contains(kind), "--help lacks {kind}:\n{top}");
+            }
+        }
+        for kind in [
+            "namespaces",
+            "pods",
+            "svc",
+            "deployments",
+            "endpoints",
+            "tkc",
+            "netpol",
+        ] {
+            assert!(
+                manifest_of_names(&[kind.into(), "x".into()]).is_ok(),
+                "{kind}"
+            );
+            assert!(
+                delete.contains(kind),
+                "delete --help lacks {kind}:\n{delete}"
+            );
+        }
+    }
 
     /// Files joined for one request keep their documents' places: an error in the daemon's
     /// count of the whole is found again in its file, whatever the files begin or end with.

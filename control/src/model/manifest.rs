@@ -583,6 +583,23 @@ struct Ctx<'a> {
 /// note instead of failing the whole file. Kinds that would run pods (StatefulSet, DaemonSet,
 /// Job) or shape traffic (Ingress) stay errors: skipping them would hide that
 /// Pacific does not do what they ask.
+/// Kinds that would run pods or shape traffic, refused (not skipped) with what to use instead.
+const REFUSED: &[(&str, &str)] = &[
+    ("StatefulSet", RUNS_PODS),
+    ("DaemonSet", RUNS_PODS),
+    ("ReplicaSet", RUNS_PODS),
+    ("ReplicationController", RUNS_PODS),
+    ("Job", RUNS_PODS),
+    ("CronJob", RUNS_PODS),
+    (
+        "Ingress",
+        "Pacific routes to a Service (ClusterIP, or a LoadBalancer's VIP); use a Service of \
+         type LoadBalancer",
+    ),
+];
+const RUNS_PODS: &str = "Pacific runs pods from Pod, Deployment and TanzuKubernetesCluster only; \
+                         use a Deployment";
+
 pub const NOT_MODELLED: &[(&str, &[&str])] = &[
     ("ConfigMap", &["v1"]),
     ("Secret", &["v1"]),
@@ -1199,15 +1216,21 @@ fn parse_object(
     }
     let kind = Kind::from_kind(kind_str).ok_or_else(|| {
         let known: Vec<&str> = Kind::ALL.iter().map(|k| k.as_str()).collect();
-        root.req("kind").map_or_else(
-            |e| e,
-            |f| {
-                f.err(format!(
-                    "unknown kind {kind_str:?} (Pacific knows {})",
-                    known.join(", ")
-                ))
-            },
-        )
+        let message = if let Some(instead) = REFUSED
+            .iter()
+            .find(|(k, _)| *k == kind_str)
+            .map(|(_, instead)| instead)
+        {
+            format!("{kind_str} is not modelled: {instead}")
+        } else {
+            let hint = closest(kind_str, &known)
+                .map_or(String::new(), |k| format!("did you mean {k:?}? "));
+            format!(
+                "unknown kind {kind_str:?} ({hint}Pacific knows {})",
+                known.join(", ")
+            )
+        };
+        root.req("kind").map_or_else(|e| e, |f| f.err(message))
     })?;
     if !kind.api_versions().contains(&api_version) {
         return Err(root.req("apiVersion")?.err(format!(
@@ -3173,7 +3196,16 @@ spec: {t0Address: 203.0.113.6, peerAddress: 203.0.113.5, prefixLength: 30}
                 &format!("apiVersion: {api}\nkind: {kind}\nmetadata: {{name: a}}\n"),
                 1,
                 "kind",
-                "unknown kind",
+                &format!("{kind} is not modelled: Pacific runs pods from Pod, Deployment"),
+            );
+        }
+        // A typo in a kind names the kind it likely mistypes, as a field's typo does.
+        for (typed, meant) in [("Deploymnet", "Deployment"), ("service", "Service")] {
+            assert_err(
+                &format!("apiVersion: v1\nkind: {typed}\nmetadata: {{name: a}}\n"),
+                1,
+                "kind",
+                &format!("unknown kind {typed:?} (did you mean {meant:?}? Pacific knows"),
             );
         }
     }
@@ -3233,7 +3265,7 @@ spec: {t0Address: 203.0.113.6, peerAddress: 203.0.113.5, prefixLength: 30}
             ),
             2,
             "kind",
-            "unknown kind \"Ingress\"",
+            "Ingress is not modelled: Pacific routes to a Service",
         );
         assert_err(
             &format!(

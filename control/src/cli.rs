@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use pacific_dataplane::conntrack::ConntrackConfig;
 
 use crate::client::{self, CallError};
-use crate::daemon::{record_path_for, Daemon, DaemonConfig};
+use crate::daemon::{log_path_for, record_path_for, Daemon, DaemonConfig};
 use crate::lab::record::{teardown, LabRecord};
 use crate::model::manifest::Kind;
 use crate::netexec::{self, NetexecConfig};
@@ -714,7 +714,7 @@ fn lab_up(
 fn start_daemon(socket: &Path, prefix: &str, daemon: &LabDaemon) -> Result<(), String> {
     let dir = socket.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
-    let log_path = dir.join("pacific-daemon.log");
+    let log_path = log_path_for(socket);
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)

@@ -83,6 +83,18 @@ pub fn record_path_for(socket: &Path) -> PathBuf {
     dir.join(format!("{stem}.lab.json"))
 }
 
+/// Where `lab up` logs the daemon it starts on `socket`: beside it, named after it as its lab
+/// record is (`pacific.sock`: `pacific-daemon.log`), so two labs in one directory keep their
+/// logs apart.
+pub fn log_path_for(socket: &Path) -> PathBuf {
+    let record = record_path_for(socket);
+    let stem = socket
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("pacific");
+    record.with_file_name(format!("{stem}-daemon.log"))
+}
+
 /// What has been realized of one pod.
 struct RealizedPod {
     port: PortId,
@@ -1741,6 +1753,25 @@ fn conntrack_timeouts(config: &ConntrackConfig) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_socket_has_its_own_log_and_record_and_the_default_keeps_its_names() {
+        let default = Path::new("/run/pacific/pacific.sock");
+        assert_eq!(
+            log_path_for(default),
+            Path::new("/run/pacific/pacific-daemon.log")
+        );
+        assert_eq!(
+            record_path_for(default),
+            Path::new("/run/pacific/pacific.lab.json")
+        );
+        let other = Path::new("/run/pacific/other.sock");
+        assert_eq!(
+            log_path_for(other),
+            Path::new("/run/pacific/other-daemon.log")
+        );
+        assert_ne!(record_path_for(other), record_path_for(default));
+    }
 
     #[test]
     fn open_file_limits_rise_to_what_a_big_lab_needs_and_never_fall() {

@@ -1217,6 +1217,11 @@ fn strings_of(result: &Value, field: &str) -> Vec<String> {
 /// `pod/POD` or `deploy/NAME` in NS.
 fn exec_target(target: &str, namespace: Option<&str>) -> Result<String, String> {
     let Some(ns) = namespace else {
+        if !target.contains('/') {
+            return Err(format!(
+                "{target:?}: give NS/POD or ext/HOST (`ns-dev/{target}`), or -n NS {target}"
+            ));
+        }
         return Ok(target.to_string());
     };
     let name = match target.split_once('/') {
@@ -2369,6 +2374,9 @@ mod tests {
         assert_eq!(exec_target("deploy/web", Some("team")).unwrap(), "team/web");
         assert!(exec_target("svc/web", Some("team")).is_err());
         assert!(exec_target("pod/", Some("team")).is_err());
+        // kubectl's habit without -n: the error says both ways to name it.
+        let e = exec_target("web", None).unwrap_err();
+        assert!(e.contains("NS/POD") && e.contains("-n NS web"), "{e}");
         let parsed =
             Cli::try_parse_from(["pacific", "exec", "-it", "-n", "team", "web", "--", "sh"]);
         assert!(parsed.is_ok(), "{parsed:?}");

@@ -123,7 +123,9 @@ pub fn handle_line(
     line: &str,
     mut dispatch: impl FnMut(&str, &Value) -> Result<Value, RpcError>,
 ) -> Option<String> {
-    let request: Value = match serde_json::from_str(line) {
+    // The line's own end is no part of the request: a parse error counts lines and columns
+    // within the request (`line 1 column 33`, not `line 2 column 0`).
+    let request: Value = match serde_json::from_str(line.trim_end_matches(['\n', '\r'])) {
         Ok(v) => v,
         Err(e) => {
             return Some(error_response(
@@ -356,6 +358,11 @@ mod tests {
 
     #[test]
     fn malformed_lines_get_errors_naming_the_problem() {
+        // A request cut short, its line end included: the error points into the request.
+        let out =
+            parse(&handle_line("{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\r\n", echo).unwrap());
+        let message = out["error"]["message"].as_str().unwrap();
+        assert!(message.contains("at line 1 column 33"), "{message}");
         let out = parse(&handle_line("{not json", echo).unwrap());
         assert_eq!(out["error"]["code"], json!(code::PARSE_ERROR));
         let out = parse(&handle_line(r#"{"jsonrpc":"1.0","id":1,"method":"echo"}"#, echo).unwrap());

@@ -72,6 +72,7 @@ enum Cmd {
     /// List objects: namespaces, pods, segments, routes, ports, svc, endpoints, dfw, nat, outside, deployments, tkc, netpol.
     Get(GetArgs),
     /// Create or update objects from YAML manifests (Kubernetes and Pacific kinds).
+    #[command(override_usage = "pacific apply [OPTIONS] -f <FILENAME>...")]
     Apply(ApplyArgs),
     /// Delete the objects named in YAML manifests, or KIND NAME... (`pacific delete ns team`).
     Delete(DeleteArgs),
@@ -339,7 +340,7 @@ struct GetArgs {
 struct ApplyArgs {
     /// A manifest file, a directory (its .yaml, .yml and .json files, in name order), or - for
     /// standard input; repeatable, applied together (all or nothing).
-    #[arg(short = 'f', long, required = true)]
+    #[arg(short = 'f', long, required_unless_present = "without_f")]
     filename: Vec<PathBuf>,
     /// The namespace of objects that name none (one that names another is refused).
     #[arg(short = 'n', long)]
@@ -347,6 +348,22 @@ struct ApplyArgs {
     /// Apply inside this TKG cluster (of the namespace given with -n).
     #[arg(long)]
     cluster: Option<String>,
+    /// Files named without -f (`pacific apply web.yaml`): refused, saying how to give them.
+    #[arg(hide = true, value_name = "FILE")]
+    without_f: Vec<PathBuf>,
+}
+
+impl ApplyArgs {
+    /// The `-f` files; files named without `-f` are an error that shows the command with it.
+    fn files(&self) -> Result<&[PathBuf], String> {
+        match self.without_f.first() {
+            Some(file) => Err(format!(
+                "manifests are given with -f: `pacific apply -f {}`",
+                file.display()
+            )),
+            None => Ok(&self.filename),
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -486,7 +503,7 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
         }
         Cmd::Get(args) => get(&socket, &args),
         Cmd::Apply(args) => {
-            let manifest = read_manifests(&args.filename)?;
+            let manifest = read_manifests(args.files()?)?;
             let (ns, cluster) = (args.namespace.as_deref(), args.cluster.as_deref());
             apply(&socket, "apply", &manifest, ns, cluster, false)
         }
@@ -2169,6 +2186,25 @@ mod tests {
 
     /// `pacific --help` and `pacific get --help` name every kind `get` lists, and `delete
     /// --help` every kind `delete KIND NAME` takes: a user reading only the help finds them.
+    /// `pacific apply web.yaml` (no -f) says how to give the file, as does no file at all.
+    #[test]
+    fn apply_without_f_shows_the_command_with_it() {
+        let args = |argv: &[&str]| match Cli::try_parse_from(argv).map(|c| c.command) {
+            Ok(Cmd::Apply(a)) => Ok(a),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.to_string()),
+        };
+        let stray = args(&["pacific", "apply", "web.yaml"]).unwrap();
+        assert_eq!(
+            stray.files().unwrap_err(),
+            "manifests are given with -f: `pacific apply -f web.yaml`"
+        );
+        let given = args(&["pacific", "apply", "-f", "web.yaml"]).unwrap();
+        assert_eq!(given.files().unwrap(), [PathBuf::from("web.yaml")]);
+        let none = args(&["pacific", "apply"]).unwrap_err();
+        assert!(none.contains("--filename"), "{none}");
+    }
+
     #[test]
     fn help_names_every_kind_get_and_delete_take() {
         use clap::CommandFactory;

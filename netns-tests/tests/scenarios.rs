@@ -254,29 +254,6 @@ spec:
     app: api
 "#;
 
-/// A bash script that holds keep-alive HTTP connections: `hold.sh IP N GO OUT` opens N
-/// connections to IP:80 one after the other, asks `/hostname` on each and appends `held NAME`
-/// to OUT, then waits for the file GO and asks again on each, appending `again NAME` (`none`
-/// when the connection failed). bash's `/dev/tcp` keeps the test free of other tools.
-const HOLD_SCRIPT: &str = r#"ip=$1; n=$2; go=$3; out=$4
-get() {
-  printf 'GET /hostname HTTP/1.1\r\nHost: x\r\n\r\n' >&$1 2>/dev/null || { echo none; return; }
-  local len=0 line body
-  while IFS= read -r -t 3 line <&$1; do
-    line=${line%$'\r'}
-    [ -z "$line" ] && break
-    case "${line,,}" in content-length:*) len=${line#*:}; len=${len// /};; esac
-  done
-  [ "$len" -gt 0 ] 2>/dev/null && IFS= read -r -t 3 -N "$len" body <&$1
-  echo "${body:-none}"
-}
-for i in $(seq 3 $((n+2))); do
-  eval "exec $i<>/dev/tcp/$ip/80" && echo "held $(get $i)" >> "$out" || echo "held none" >> "$out"
-done
-for t in $(seq 400); do [ -e "$go" ] && break; sleep 0.1; done
-for i in $(seq 3 $((n+2))); do echo "again $(get $i)" >> "$out"; done
-"#;
-
 /// The address part of `ip:port` (as `/clientip` answers).
 fn addr_of(seen: &str) -> &str {
     let seen = seen.trim();
@@ -406,7 +383,9 @@ fn hold<'s>(
         "bash".to_string(),
         script.display().to_string(),
         ip.to_string(),
+        "80".to_string(),
         n.to_string(),
+        "/hostname".to_string(),
         go.display().to_string(),
         out.display().to_string(),
     ];

@@ -80,28 +80,6 @@ fn svc(name: &str, kind: &str, port: u16, extra: &str, annotations: &str) -> Str
     )
 }
 
-/// `hold.sh IP PORT N URLPATH GO OUT`: opens N keep-alive HTTP connections to IP:PORT, asks
-/// URLPATH on each and appends `held BODY` to OUT, then waits for the file GO and asks again on
-/// each, appending `again BODY` (`none` when the connection failed or gave no answer in 3 s).
-const HOLD_SCRIPT: &str = r#"ip=$1; port=$2; n=$3; path=$4; go=$5; out=$6
-get() {
-  printf 'GET %s HTTP/1.1\r\nHost: x\r\n\r\n' "$path" >&$1 2>/dev/null || { echo none; return; }
-  local len=0 line body
-  while IFS= read -r -t 3 line <&$1; do
-    line=${line%$'\r'}
-    [ -z "$line" ] && break
-    case "${line,,}" in content-length:*) len=${line#*:}; len=${len// /};; esac
-  done
-  [ "$len" -gt 0 ] 2>/dev/null && IFS= read -r -t 3 -N "$len" body <&$1
-  echo "${body:-none}"
-}
-for i in $(seq 3 $((n+2))); do
-  eval "exec $i<>/dev/tcp/$ip/$port" && echo "held $(get $i)" >> "$out" || echo "held none" >> "$out"
-done
-for t in $(seq 400); do [ -e "$go" ] && break; sleep 0.1; done
-for i in $(seq 3 $((n+2))); do echo "again $(get $i)" >> "$out"; done
-"#;
-
 struct Held<'s> {
     handle: ScopedJoinHandle<'s, std::process::Output>,
     go: PathBuf,

@@ -432,22 +432,30 @@ impl Daemon {
 
     /// Compiles the current state and publishes the tables.
     fn publish(&self, control: &mut Control) {
-        let state = control.store.state().clone();
-        self.publish_state(control, &state);
+        self.publish_state(control, None);
     }
 
-    /// [`Daemon::publish`] of tables compiled from `state` rather than the store's.
-    fn publish_state(&self, control: &mut Control, state: &State) {
-        control.generation += 1;
+    /// [`Daemon::publish`] of tables compiled from `state` when given, else from the store's.
+    fn publish_state(&self, control: &mut Control, state: Option<&State>) {
+        let Control {
+            store,
+            ports,
+            generation,
+            slots,
+            transit,
+            route_since,
+            ..
+        } = control;
+        *generation += 1;
         let tables = compile::compile_with(
-            state,
-            &control.ports,
-            control.generation,
+            state.unwrap_or_else(|| store.state()),
+            ports,
+            *generation,
             &self.counters,
-            &mut control.slots,
-            &mut control.transit,
+            slots,
+            transit,
         );
-        control.route_since = views::route_times(&tables, &control.route_since, unix_now());
+        *route_since = views::route_times(&tables, route_since, unix_now());
         tables.carry_lb_counts(&self.tables.load());
         self.tables.store(Arc::new(tables));
     }
@@ -774,7 +782,7 @@ impl Daemon {
                     }
                 }
             }
-            self.publish_state(control, &draining);
+            self.publish_state(control, Some(&draining));
             let servers: Vec<u32> = stale
                 .iter()
                 .filter_map(|key| control.pods.get_mut(key)?.server.take())

@@ -1655,7 +1655,14 @@ fn show(
                     .collect();
                 json!({ "items": items })
             } else {
-                results.last().map(|(_, r)| r.clone()).unwrap_or_default()
+                let result = results.last().map(|(_, r)| r.clone()).unwrap_or_default();
+                // One object asked for by name (`get svc web`, `get svc/web`): the object
+                // itself, as kubectl prints it, not a list of one.
+                let named = args.names.len() + usize::from(args.kind.contains('/'));
+                match rows(&result).collect::<Vec<_>>()[..] {
+                    [item] if named == 1 => item.clone(),
+                    _ => result,
+                }
             };
             if args.output == Some(Output::Json) {
                 out!(

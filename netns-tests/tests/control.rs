@@ -321,9 +321,25 @@ fn get_of_a_missing_object_fails_in_every_format() {
             describe(&out)
         );
     }
-    let out = lab.pacific(&["get", "pods", "-n", "qa-a", "web", "-o", "yaml"]);
-    assert!(
-        stdout(&out).starts_with("items:\n") && stdout(&out).contains("name: web\n"),
+    // One object by name is printed alone, as kubectl prints it; two are a list.
+    for args in [
+        &["get", "pods", "-n", "qa-a", "web", "-o", "yaml"][..],
+        &["get", "pod/web", "-o", "yaml", "-n", "qa-a"],
+    ] {
+        let out = lab.pacific(args);
+        assert!(
+            out.status.success()
+                && stdout(&out).lines().any(|l| l == "name: web")
+                && !stdout(&out).contains("items:"),
+            "{args:?}: {}",
+            describe(&out)
+        );
+    }
+    let out = lab.pacific(&["get", "pods", "-n", "qa-a", "web", "web", "-o", "json"]);
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    assert_eq!(
+        listed["items"].as_array().map(Vec::len),
+        Some(2),
         "{}",
         describe(&out)
     );

@@ -1877,6 +1877,27 @@ fn a_fragmented_ping_to_a_gateway_is_answered_whole_in_fragments() {
 }
 
 #[test]
+fn the_fragments_of_a_gateways_echo_reply_carry_the_requests_tos() {
+    let mut bed = Bed::new();
+    // ping -Q 0xb9 -s 3000 172.211.0.17: Linux's reply copies the request's TOS, ECN bits
+    // included, into every fragment.
+    let mut frags = big_ping((pod_mac(A1_IP), A1_IP), GW_A, 64, 0x7777, 3000);
+    for f in &mut frags {
+        f[15] = 0xb9;
+        fix_header_checksum(f);
+    }
+    assert_eq!(bed.send(A1, &frags[0]), Verdict::Consumed);
+    assert_eq!(bed.send(A1, &frags[1]), Verdict::Consumed);
+    assert_eq!(bed.send(A1, &frags[2]), Verdict::Reply);
+    assert_eq!(bed.ctx.tx.len(), 3);
+    for tx in &bed.ctx.tx {
+        assert_eq!(bed.ctx.buffer(tx, &bed.pkt).frame()[15], 0xb9);
+    }
+    let (ip, msg) = reassembled_icmp(&bed);
+    assert_eq!((ip.src, ip.dst, msg[0]), (GW_A, A1_IP, 0));
+}
+
+#[test]
 fn a_ping_past_the_mtu_to_a_gateway_is_answered_in_fragments() {
     let mut bed = Bed::new();
     // ping -s 3000 172.211.0.17 from a pod that raised its MTU to 9000: one 3028-byte request

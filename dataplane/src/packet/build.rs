@@ -8,7 +8,8 @@
 //!
 //! What goes into the router's own headers, and why:
 //! - IPv4: identification 0 (an unfragmentable packet needs none, RFC 6864 section 4.1), TTL 64.
-//! - ICMP errors: precedence 6, TOS 0xc0 (RFC 1812 section 4.3.2.5), DF clear so the error can
+//! - ICMP errors: precedence 6 (RFC 1812 section 4.3.2.5) over the offending packet's TOS
+//!   masked with 0x1e, as Linux's `icmp_send` sets it (0xb8 gives 0xd8), DF clear so the error can
 //!   reach its destination whatever the path MTU, at most 576 bytes (RFC 1812 section 4.3.2.3).
 //!   Whether an error may be sent at all (not about an ICMP error, a broadcast, a non-first
 //!   fragment: RFC 1812 section 4.3.2.7) is the caller's decision.
@@ -33,8 +34,11 @@ const L4_AT: usize = ETH_LEN + IP_LEN;
 
 /// The TTL of packets the router originates.
 pub const DEFAULT_TTL: u8 = 64;
-/// TOS of ICMP errors: precedence 6, internetwork control (RFC 1812 section 4.3.2.5).
+/// Precedence of ICMP errors: 6, internetwork control (RFC 1812 section 4.3.2.5).
 pub const ICMP_ERROR_TOS: u8 = 0xc0;
+/// The bits of an offending packet's TOS an ICMP error keeps (Linux's `IPTOS_TOS_MASK`: not the
+/// precedence, nor the low ECN bit).
+const TOS_MASK: u8 = 0x1e;
 /// The most of the original packet an ICMP error quotes: 576 - 20 - 8, so that the error fits in
 /// the 576 bytes every host accepts (RFC 1812 section 4.3.2.3).
 pub const MAX_ICMP_QUOTE: usize = 576 - IP_LEN - icmp::HEADER_LEN;
@@ -210,7 +214,8 @@ fn record_route_echo(options: &mut [u8], answering: Ipv4Addr) {
 /// from its header on, trimmed to its total length. Quotes up to [`MAX_ICMP_QUOTE`] bytes of it
 /// (RFC 1812 section 4.3.2.3: at least the header and 8 bytes; Linux quotes as much as fits in
 /// 576). `next_hop_mtu` is written for "fragmentation needed" (RFC 1191) and ignored otherwise.
-/// TTL 64, DF clear, TOS 0xc0, both checksums computed. `None` if `original` is shorter than an
+/// TTL 64, DF clear, TOS 0xc0 with the original's TOS bits (0xd8 for 0xb8, as Linux), both
+/// checksums computed. `None` if `original` is shorter than an
 /// IP header or `out` is too small.
 #[allow(clippy::too_many_arguments)]
 pub fn build_icmp_error(
@@ -224,6 +229,7 @@ pub fn build_icmp_error(
     original: &[u8],
 ) -> Option<usize> {
     let to_ip = Ipv4Packet::new_unchecked(original.get(..IP_LEN)?).src_addr();
+    let tos = ICMP_ERROR_TOS | (original[1] & TOS_MASK);
     let quote = &original[..original.len().min(MAX_ICMP_QUOTE)];
     let icmp_len = icmp::HEADER_LEN + quote.len();
     let head = Ipv4Head {
@@ -231,7 +237,7 @@ pub fn build_icmp_error(
         dst: to_ip,
         ttl: DEFAULT_TTL,
         protocol: PROTO_ICMP,
-        tos: ICMP_ERROR_TOS,
+        tos,
         dont_frag: false,
     };
     let len = emit_headers(out, src_mac, dst_mac, &head, icmp_len)?;
@@ -253,7 +259,8 @@ pub fn build_icmp_error(
 /// datagram from its header on, as [`crate::reassembly`] puts it together), into `out` as an
 /// Ethernet frame from `router_mac` to `peer_mac`. The reply is cut into fragments of at most
 /// `mtu` bytes of IP (RFC 791 section 3.2: payloads in multiples of 8 bytes, more-fragments on
-/// all but the last), with the request's identification, TTL 64, no options, addresses
+/// all but the last), with the request's identification and TOS (Linux's `icmp_reply` copies
+/// it), TTL 64, no options, addresses
 /// swapped; its ICMP checksum is the request's updated for the type (RFC 1624), as
 /// [`make_echo_reply_in_place`] does. The frame's length and whether it is the last fragment;
 /// `None` past the last, when `request` is no echo request, or when `out` is too small.
@@ -294,6 +301,7 @@ pub fn echo_reply_fragment(
     let ip = &mut frame[ETH_LEN..L4_AT];
     ip.fill(0);
     ip[0] = 0x45;
+    ip[1] = request[1];
     ip[2..4].copy_from_slice(&((IP_LEN + end - start) as u16).to_be_bytes());
     ip[4..6].copy_from_slice(&request[4..6]);
     let more = if last { 0 } else { ipv4::FLAG_MF };
@@ -788,6 +796,28 @@ mod tests {
         )
         .unwrap();
         assert_same_but_ident(&out[..n], &samples::ICMP_PORT_UNREACHABLE);
+    }
+
+    #[test]
+    fn an_icmp_error_keeps_the_tos_bits_of_the_packet_it_answers() {
+        // ping -Q 0xb8 -t 1 through a Linux router: time exceeded comes back with TOS 0xd8
+        // (precedence 6 over 0xb8's TOS bits); precedence and the low ECN bit are not copied,
+        // the other ECN bit is (Linux's mask, 0x1e: 0xbb gives 0xda from a kernel 6.18 router).
+        let mut big = vec![0u8; 200];
+        let n = build_udp(&mut big, MAC_A, MAC_B, A, B, 1, 1, 2, &[7u8; 20]).unwrap();
+        let mut out = [0u8; 300];
+        for (tos, want) in [
+            (0x00, 0xc0),
+            (0xb8, 0xd8),
+            (0xbb, 0xda),
+            (0x10, 0xd0),
+            (0xb6, 0xd6),
+        ] {
+            big[15] = tos;
+            let len = build_icmp_error(&mut out, MAC_B, MAC_A, B, 11, 0, 0, &big[14..n]).unwrap();
+            assert_eq!(out[15], want, "for TOS {tos:#x}");
+            assert_eq!(verify_checksums(&out[..len]).map(|c| c.0), Some(true));
+        }
     }
 
     #[test]

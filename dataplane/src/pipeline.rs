@@ -1342,6 +1342,10 @@ impl Pipeline {
         {
             return self.too_big(t, ctx, port, action, pkt, apply);
         }
+        // IP options (`ping -R`): rare, so looked at only here, off the fast path.
+        if action.routed && pkt.frame().get(ethernet::HEADER_LEN) != Some(&0x45) {
+            record_route(t, port, action, pkt.frame_mut());
+        }
         // The flags byte of the virtio-net header (its first byte) is all this needs.
         let partial = pkt
             .buf
@@ -2343,6 +2347,64 @@ fn lb_count<'t>(t: &'t Tables, conn: &ConnInfo) -> Option<&'t AtomicU64> {
 enum FlowOf {
     Key(FlowKey, u8),
     IcmpError(InnerPacket),
+}
+
+/// Fills the record-route option of a routed packet (`ping -R`) as Linux routers in a row
+/// would: each gateway it crosses, in order, writes the address it sends it from (a T1 its
+/// transit address towards T0 or its segment's gateway address, T0 its uplink address or its
+/// transit address towards the T1). The gateways are found by the routes to the packet's
+/// destination as translated (a reply to an egress IP routes to its pod), at most the
+/// action's TTL steps of them. A packet without the option is left as it is.
+#[cold]
+fn record_route(t: &Tables, in_port: &Port, action: &FlowAction, frame: &mut [u8]) {
+    let Some(header) = frame.get_mut(ethernet::HEADER_LEN..) else {
+        return;
+    };
+    let Some(dst) = header
+        .get(16..20)
+        .map(|d| Ipv4Addr::new(d[0], d[1], d[2], d[3]))
+    else {
+        return;
+    };
+    let dst = action.dnat.map_or(dst, |(ip, _)| ip);
+    let mut gw = match in_port.kind {
+        PortKind::Pod { segment, .. } => match t.segment(segment) {
+            Some(seg) => seg.t1,
+            None => return,
+        },
+        PortKind::Uplink { gateway, .. } => gateway,
+    };
+    let mut addrs = [Ipv4Addr::UNSPECIFIED; 8];
+    let mut n = 0;
+    while n < usize::from(action.ttl_dec).min(addrs.len()) {
+        let Some(g) = t.gateway(gw) else { break };
+        let Some(route) = g.routes.lookup(dst) else {
+            break;
+        };
+        let (from, next) = match route.next_hop {
+            NextHop::Local => break,
+            NextHop::Segment(segment) => match t.segment(segment) {
+                Some(seg) => (seg.gateway_ip, None),
+                None => break,
+            },
+            NextHop::Uplink(out) => match t.port(out).map(|p| &p.kind) {
+                Some(PortKind::Uplink { addr, .. }) => (*addr, None),
+                _ => break,
+            },
+            NextHop::Gateway(next) => match (g.kind, t.gateway(next)) {
+                (GatewayKind::T1, Some(_)) => (g.transit_ip, Some(next)),
+                (GatewayKind::T0, Some(next_g)) => (next_g.transit_peer, Some(next)),
+                (_, None) => break,
+            },
+        };
+        addrs[n] = from;
+        n += 1;
+        match next {
+            Some(next) => gw = next,
+            None => break,
+        }
+    }
+    rewrite::record_route(header, &addrs[..n]);
 }
 
 /// Queues `frame`, an IPv4 packet bigger than [`PORT_MTU`], cut into fragments of at most

@@ -619,6 +619,54 @@ pub fn verify_checksums(frame: &[u8]) -> Option<(bool, bool)> {
     Some((header_ok, l4_ok))
 }
 
+/// Option type of a record route (RFC 791 section 3.1, `ping -R`).
+const OPTION_RECORD_ROUTE: u8 = 7;
+
+/// Records the route of a forwarded packet as Linux routers do (`ip_forward_options`): each
+/// router it crosses writes the address it sends the packet from, `addrs` in order, into the
+/// free slots of a record-route option of `header` (an IPv4 header with its options), and the
+/// header checksum is recomputed. A full option stays as it is (RFC 791: the packet goes on
+/// without), as does a header without one or whose options do not parse. Whether it changed.
+pub fn record_route(header: &mut [u8], addrs: &[Ipv4Addr]) -> bool {
+    let header_len = header.first().map_or(0, |&b| usize::from(b & 0x0f) * 4);
+    if header_len <= ipv4::HEADER_LEN || header.len() < header_len {
+        return false;
+    }
+    let mut at = ipv4::HEADER_LEN;
+    let mut changed = false;
+    while at < header_len {
+        let kind = header[at];
+        let len = match kind {
+            0 => break,
+            1 => 1,
+            _ => usize::from(header.get(at + 1).copied().unwrap_or(0)),
+        };
+        if (kind != 1 && len < 2) || at + len > header_len {
+            break;
+        }
+        if kind == OPTION_RECORD_ROUTE && len >= 3 {
+            for addr in addrs {
+                let pointer = usize::from(header[at + 2]);
+                if pointer < 4 || pointer + 3 > len {
+                    break;
+                }
+                let slot = at + pointer - 1;
+                header[slot..slot + 4].copy_from_slice(&addr.octets());
+                header[at + 2] = header[at + 2].saturating_add(4);
+                changed = true;
+            }
+            break;
+        }
+        at += len;
+    }
+    if changed {
+        header[10..12].fill(0);
+        let sum = checksum::ipv4_header_checksum(&header[..header_len]);
+        header[10..12].copy_from_slice(&sum.to_be_bytes());
+    }
+    changed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -637,6 +685,52 @@ mod tests {
             L3::Ipv4(ip) => ip,
             other => panic!("not IPv4: {other:?}"),
         }
+    }
+
+    #[test]
+    fn record_route_fills_the_free_slots_in_order_and_keeps_the_checksum() {
+        // ping -R from 172.211.0.20: a NOP, then a record route of 9 slots, the first filled.
+        let mut header = vec![0x4f, 0xb8, 0, 124, 0, 1, 0x40, 0, 64, 1, 0, 0];
+        header.extend_from_slice(&[172, 211, 0, 20, 198, 51, 100, 10]);
+        header.extend_from_slice(&[1, 7, 39, 8, 172, 211, 0, 20]);
+        header.resize(60, 0);
+        let sum = checksum::ipv4_header_checksum(&header);
+        header[10..12].copy_from_slice(&sum.to_be_bytes());
+        let t1 = Ipv4Addr::new(100, 64, 0, 1);
+        let t0 = Ipv4Addr::new(203, 0, 113, 2);
+        assert!(record_route(&mut header, &[t1, t0]));
+        assert_eq!(header[23], 16, "pointer past the two recorded");
+        assert_eq!(header[28..32], t1.octets());
+        assert_eq!(header[32..36], t0.octets());
+        assert_eq!(header[36..40], [0; 4]);
+        assert_eq!(header[1], 0xb8, "TOS untouched");
+        assert_eq!(fold(checksum::sum(&header, 0)), 0xffff, "header checksum");
+
+        // The last free slot takes one address; a full option none, the packet unchanged.
+        header[23] = 36;
+        assert!(record_route(&mut header, &[t1, t0]));
+        assert_eq!((header[23], &header[56..60]), (40, &t1.octets()[..]));
+        let full = header.clone();
+        assert!(!record_route(&mut header, &[t0]));
+        assert_eq!(header, full);
+
+        // No option, options that do not parse, a header that is cut short: left as they are.
+        let mut plain = full[..20].to_vec();
+        plain[0] = 0x45;
+        assert!(!record_route(&mut plain, &[t0]));
+        let mut bad = full.clone();
+        bad[21] = 0;
+        assert!(!record_route(&mut bad, &[t0]));
+        let mut bad = full.clone();
+        bad[21..24].copy_from_slice(&[7, 39, 2]);
+        assert!(!record_route(&mut bad, &[t0]));
+        assert!(!record_route(&mut full.clone()[..30], &[t0]));
+        // A timestamp first, then the record route: found behind it.
+        let mut both = full[..20].to_vec();
+        both[0] = 0x48;
+        both.extend_from_slice(&[68, 4, 5, 0, 7, 7, 4, 0, 0, 0, 0, 0]);
+        assert!(record_route(&mut both, &[t0]));
+        assert_eq!((both[26], &both[27..31]), (8, &t0.octets()[..]));
     }
 
     /// Every checksum of the frame recomputed from scratch equals the stored one.

@@ -28,6 +28,7 @@
 //! TTL step at each gateway it crosses back, and an error's quote the steps the packet lost on
 //! its way in ([`build::age_answer`]), as kernel routers in a row would show it.
 
+use std::collections::VecDeque;
 use std::net::Ipv4Addr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
@@ -216,6 +217,25 @@ pub struct WorkerContext {
     fragments_out: Vec<PacketBuf>,
     /// The held fragments a first fragment released, for [`TxSource::Released`].
     released: Vec<PacketBuf>,
+    /// "Host unreachable" errors waiting for their ARP to fail (see [`HeldError`]).
+    pub held: VecDeque<HeldError>,
+}
+
+/// How long a Linux router tries ARP for a neighbour before it answers the packets waiting
+/// for it with "host unreachable": `mcast_solicit` 3 probes, `retrans_time_ms` 1000 apart.
+pub const ARP_FAIL_MS: u64 = 3000;
+
+/// The packets a Linux router queues for one unresolved neighbour at most (`unres_qlen`); a
+/// worker holds this many errors at once, later ones are dropped unanswered.
+pub const HELD_ERRORS_MAX: usize = 101;
+
+/// A "host unreachable" for an address of a segment no pod has, sent once `due` comes (ms of
+/// the worker's clock): a Linux router answers it only after ARP for the address failed, so
+/// `ping` and `connect` report it about 3 s later, not at once.
+pub struct HeldError {
+    pub due: u64,
+    pub port: PortId,
+    pub frame: PacketBuf,
 }
 
 impl WorkerContext {
@@ -286,6 +306,7 @@ impl Default for WorkerContext {
             icmp_errors: IcmpErrorBudget::default(),
             fragments_out: Vec::new(),
             released: Vec::new(),
+            held: VecDeque::new(),
         }
     }
 }
@@ -1999,7 +2020,23 @@ impl Pipeline {
             }
             Walk::Unreachable { from, code, back } => {
                 let error = (icmp::DEST_UNREACHABLE, code);
+                let sent = ctx.tx.len();
                 self.icmp_error(t, ctx, port, parsed, ip, pkt, from, error, back);
+                // No pod has the address: the error waits as long as ARP would have.
+                if code == icmp::HOST_UNREACHABLE && ctx.tx.len() > sent {
+                    ctx.tx.truncate(sent);
+                    if ctx.held.len() < HELD_ERRORS_MAX {
+                        let wire = ctx.scratch.wire();
+                        ctx.held.push_back(HeldError {
+                            due: now.saturating_add(ARP_FAIL_MS),
+                            port: port.id,
+                            frame: PacketBuf {
+                                buf: wire.into(),
+                                len: wire.len(),
+                            },
+                        });
+                    }
+                }
                 Verdict::Drop(DropReason::NoRoute)
             }
             Walk::NoBackend { frontend, back } => {

@@ -460,7 +460,15 @@ impl Worker {
                 thread::yield_now();
                 Some(Duration::ZERO)
             } else {
-                next_expire.map(|at| at.saturating_duration_since(Instant::now()))
+                let held = self.ctx.held.front().map(|h| {
+                    let at = self.epoch + Duration::from_millis(h.due);
+                    at.saturating_duration_since(Instant::now())
+                });
+                let expire = next_expire.map(|at| at.saturating_duration_since(Instant::now()));
+                match (held, expire) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                }
             };
             if let Err(e) = self.poll.poll(&mut events, timeout) {
                 if e.kind() != io::ErrorKind::Interrupted {
@@ -483,12 +491,31 @@ impl Worker {
                 return;
             }
             self.service_ready();
+            self.send_held();
             if let Some(at) = next_expire {
                 let now = Instant::now();
                 if now >= at {
                     self.processor.expire(self.millis(now));
                     next_expire = Some(now + EXPIRE_INTERVAL);
                 }
+            }
+        }
+    }
+
+    /// Sends the held "host unreachable" errors whose time came (see [`crate::pipeline::HeldError`]).
+    fn send_held(&mut self) {
+        let now_ms = self.millis(Instant::now());
+        while self.ctx.held.front().is_some_and(|h| h.due <= now_ms) {
+            let Some(held) = self.ctx.held.pop_front() else {
+                break;
+            };
+            // The port may have gone meanwhile (its pod deleted): nothing to answer then.
+            let Some(out) = self.ports.get(&held.port) else {
+                continue;
+            };
+            let (errors, index) = (&mut self.tx_errors, self.index);
+            if let Some(bytes) = transmit(out, &held.frame, errors, index, held.port) {
+                out.counters.add_tx(1, bytes as u64);
             }
         }
     }

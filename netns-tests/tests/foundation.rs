@@ -317,6 +317,51 @@ fn traceroute_lists_t1_t0_upstream_and_destination() {
 }
 
 #[test]
+fn an_address_no_pod_has_is_host_unreachable_once_arp_would_have_failed() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("qa19arp");
+    // 172.211.0.75 is in ns-dev's TKG segment (routed through the T1), and no node has it. A
+    // Linux router answers "Destination Host Unreachable" once ARP for it failed (3 probes, 1 s
+    // apart), as does a TCP connect's "No route to host": about 3 s later, not at once.
+    let started = std::time::Instant::now();
+    let out = lab.exec(
+        "ns-dev/testbox",
+        &["ping", "-n", "-c", "1", "-W", "6", "172.211.0.75"],
+    );
+    let took = started.elapsed();
+    let ctx = describe(&out);
+    assert!(
+        stdout(&out).contains("From 172.211.0.17 icmp_seq=1 Destination Host Unreachable"),
+        "the T1 must say the host is unreachable:
+{ctx}"
+    );
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_millis(5500),
+        "the error must come once ARP would have failed (~3 s), came after {took:?}:
+{ctx}"
+    );
+    let started = std::time::Instant::now();
+    let out = lab.sh(
+        "ns-dev/testbox",
+        "nc -vz -w 8 172.211.0.76 80 2>&1; echo rc=$?",
+    );
+    let took = started.elapsed();
+    let ctx = describe(&out);
+    assert!(
+        stdout(&out).contains("No route to host"),
+        "connect must fail with no route to host:
+{ctx}"
+    );
+    assert!(
+        took >= Duration::from_millis(2500) && took < Duration::from_millis(6000),
+        "connect must fail once ARP would have failed (~3 s), after {took:?}:
+{ctx}"
+    );
+}
+
+#[test]
 fn lab_down_leaves_nothing() {
     if !require_netns() {
         return;

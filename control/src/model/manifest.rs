@@ -1048,6 +1048,31 @@ pub fn check_dns_label(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// RFC 1123 subdomain as Kubernetes checks it: at most 253 characters, parts of `[a-z0-9-]`
+/// with alphanumeric ends joined by '.' (no length per part: a pod may be 253 `a`s). The names
+/// of pods, deployments and most other kinds.
+fn check_dns_subdomain(name: &str) -> Result<(), String> {
+    if name.len() > 253 {
+        return Err(format!("{name:?} is longer than 253 characters"));
+    }
+    let part_ok = |part: &str| {
+        let alnum =
+            |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+        alnum(part.chars().next())
+            && alnum(part.chars().last())
+            && part
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    };
+    if name.is_empty() || !name.split('.').all(part_ok) {
+        return Err(format!(
+            "{name:?} must consist of lower case alphanumeric characters, '-' or '.', and must \
+             start and end with an alphanumeric character (RFC 1123 subdomain)"
+        ));
+    }
+    Ok(())
+}
+
 /// RFC 1035 label (service names): an RFC 1123 label that starts with a letter.
 fn check_rfc1035_label(name: &str) -> Result<(), String> {
     check_dns_label(name)?;
@@ -1249,10 +1274,18 @@ fn parse_object(
     let name_field = metadata.req("name")?;
     let name = name_field.str()?.to_string();
     *object_name = Some(name.clone());
-    let check_name = if kind == Kind::Service {
-        check_rfc1035_label
-    } else {
-        check_dns_label
+    // As the API server validates each kind's names: a Service's is an RFC 1035 label, a
+    // Namespace's an RFC 1123 label, a Pod's, Deployment's, NetworkPolicy's, Endpoints' and
+    // EndpointSlice's an RFC 1123 subdomain (`web.v2` is a valid pod name); Pacific's own kinds
+    // and TKG clusters, whose names go into node VM names, keep to a label.
+    let check_name = match kind {
+        Kind::Service => check_rfc1035_label,
+        Kind::Pod
+        | Kind::Deployment
+        | Kind::NetworkPolicy
+        | Kind::Endpoints
+        | Kind::EndpointSlice => check_dns_subdomain,
+        _ => check_dns_label,
     };
     check_name(&name).map_err(|m| name_field.err(m))?;
     let labels = metadata
@@ -3309,6 +3342,45 @@ spec: {t0Address: 203.0.113.6, peerAddress: 203.0.113.5, prefixLength: 30}
             1,
             "spec.containers",
             "must be a list",
+        );
+    }
+
+    #[test]
+    fn pod_and_deployment_names_are_subdomains_as_in_kubernetes() {
+        // The API server takes `web.v2` for a pod or deployment (RFC 1123 subdomain, up to 253).
+        let pod = |name: &str| {
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec: {{containers: [{{name: c}}]}}\n")
+        };
+        let deployment = |name: &str| {
+            format!(
+                "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: {name}}}\nspec: {{selector: {{matchLabels: {{app: a}}}}, template: {{metadata: {{labels: {{app: a}}}}, spec: {{containers: [{{name: c}}]}}}}}}\n"
+            )
+        };
+        assert_eq!(parse(&pod("web.v2")).len(), 1);
+        assert_eq!(parse(&pod(&"a".repeat(253))).len(), 1);
+        assert_eq!(parse(&deployment("web.v2")).len(), 1);
+        assert_err(
+            &pod(&"a".repeat(254)),
+            1,
+            "metadata.name",
+            "longer than 253",
+        );
+        assert_err(&pod("web..v2"), 1, "metadata.name", "RFC 1123 subdomain");
+        assert_err(&pod("web.-v2"), 1, "metadata.name", "RFC 1123 subdomain");
+        assert_err(&pod("Web"), 1, "metadata.name", "RFC 1123 subdomain");
+        assert_err(&deployment("wéb"), 1, "metadata.name", "RFC 1123 subdomain");
+        // A Service's name stays an RFC 1035 label, a Namespace's an RFC 1123 label.
+        assert_err(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: web.v2}\nspec: {ports: [{port: 80}]}\n",
+            1,
+            "metadata.name",
+            "RFC 1123 label",
+        );
+        assert_err(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: team.a}\n",
+            1,
+            "metadata.name",
+            "RFC 1123 label",
         );
     }
 

@@ -1889,7 +1889,31 @@ fn parse_service(meta: Meta, root: &Field<'_>, ann: &Annotations<'_, '_>) -> Res
             }
         },
     };
-    let cluster_ip = match spec.get("clusterIP") {
+    // `clusterIPs` (what `kubectl get -o yaml` writes beside `clusterIP`): its first address is
+    // the ClusterIP when `clusterIP` is left out, and must be the same when both are given, as
+    // the API server checks. The pool is IPv4 only: a second (dual-stack) address is refused.
+    let cluster_ips = match spec.get("clusterIPs") {
+        Some(f) => f.seq()?,
+        None => Vec::new(),
+    };
+    if let Some(second) = cluster_ips.get(1) {
+        return Err(second.err(
+            "the service pool is IPv4 only: at most one address (ipFamilyPolicy SingleStack)",
+        ));
+    }
+    if let (Some(ip), Some(first)) = (spec.get("clusterIP"), cluster_ips.first()) {
+        if ip.str()? != first.str()? {
+            return Err(first.err(format!(
+                "{:?} must match spec.clusterIP {:?} when both are given",
+                first.str()?,
+                ip.str()?
+            )));
+        }
+    }
+    let cluster_ip = match spec
+        .get("clusterIP")
+        .or_else(|| cluster_ips.first().cloned())
+    {
         None => ClusterIpRequest::Auto,
         Some(f) => match f.str()? {
             "" => ClusterIpRequest::Auto,
@@ -3342,6 +3366,41 @@ spec: {t0Address: 203.0.113.6, peerAddress: 203.0.113.5, prefixLength: 30}
             1,
             "spec.containers",
             "must be a list",
+        );
+    }
+
+    #[test]
+    fn cluster_ips_pins_the_cluster_ip_or_must_match_it() {
+        let svc = |spec: &str| {
+            format!("apiVersion: v1\nkind: Service\nmetadata: {{name: s}}\nspec: {{{spec}, ports: [{{port: 80}}]}}\n")
+        };
+        let request = |text: &str| match &parse(text)[0] {
+            Manifest::Service(s) => s.cluster_ip,
+            _ => panic!("not a service"),
+        };
+        assert_eq!(
+            request(&svc("clusterIPs: [172.96.7.9]")),
+            ClusterIpRequest::Pinned(ip("172.96.7.9"))
+        );
+        assert_eq!(
+            request(&svc("clusterIP: 172.96.7.9, clusterIPs: [172.96.7.9]")),
+            ClusterIpRequest::Pinned(ip("172.96.7.9"))
+        );
+        assert_eq!(
+            request(&svc("clusterIPs: [None]")),
+            ClusterIpRequest::Headless
+        );
+        assert_err(
+            &svc("clusterIP: 172.96.7.7, clusterIPs: [172.96.7.8]"),
+            1,
+            "spec.clusterIPs[0]",
+            "must match spec.clusterIP",
+        );
+        assert_err(
+            &svc("clusterIPs: [172.96.7.7, \"fd00::7\"]"),
+            1,
+            "spec.clusterIPs[1]",
+            "IPv4 only",
         );
     }
 

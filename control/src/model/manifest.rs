@@ -1201,7 +1201,11 @@ fn parse_object(
     let kind_str = root.req("kind")?.str()?;
     *kind_name = Some(kind_str.to_string());
     let api_version = root.req("apiVersion")?.str()?;
-    if kind_str == "List" && api_version == "v1" {
+    // kubectl applies any list's items: `v1 List` (what `kubectl get -o yaml` writes) and the
+    // API's typed lists (`ServiceList`, `apps/v1 DeploymentList`, as `kubectl get --raw` gives).
+    let typed_list =
+        kind_str.len() > 4 && kind_str.ends_with("List") && root.get("items").is_some();
+    if (kind_str == "List" && api_version == "v1") || typed_list {
         for item in root.req("items")?.seq()? {
             let mut k = None;
             let mut n = None;
@@ -3366,6 +3370,27 @@ spec: {t0Address: 203.0.113.6, peerAddress: 203.0.113.5, prefixLength: 30}
             1,
             "spec.containers",
             "must be a list",
+        );
+    }
+
+    #[test]
+    fn typed_lists_apply_their_items() {
+        let ms = parse(
+            "apiVersion: v1\nkind: ServiceList\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n  spec: {ports: [{port: 80}]}\n- apiVersion: v1\n  kind: Service\n  metadata: {name: b}\n  spec: {ports: [{port: 81}]}\n",
+        );
+        assert_eq!(ms.len(), 2);
+        assert_err(
+            "apiVersion: apps/v1\nkind: DeploymentList\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: B}\n  spec: {ports: [{port: 80}]}\n",
+            1,
+            "items[0].metadata.name",
+            "RFC 1123 label",
+        );
+        // A kind that only ends in "List", with no items, is still an unknown kind.
+        assert_err(
+            "apiVersion: v1\nkind: ServiceList\nmetadata: {name: a}\n",
+            1,
+            "kind",
+            "unknown kind",
         );
     }
 

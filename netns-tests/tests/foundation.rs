@@ -199,8 +199,12 @@ fn a_pod_with_a_bigger_mtu_learns_the_path_mtu_from_its_t1() {
     // most 1500 bytes, as a Linux router cuts what it answers.
     let out = lab.sh(
         WORDPRESS,
-        "f=$(mktemp); timeout 5 tcpdump -l -nn -v -i eth0 -c 3 src host 172.211.0.17 and icmp \
-         >$f 2>/dev/null & sleep 1; ping -n -c 1 -W 2 -s 3000 172.211.0.17; wait; cat $f; rm $f",
+        // The ping goes once tcpdump captures (it says "listening on" then), not after a
+        // guessed second a loaded machine may not give it.
+        "f=$(mktemp); e=$(mktemp); timeout 30 tcpdump -l -nn -v -i eth0 -c 3 \
+         src host 172.211.0.17 and icmp >$f 2>$e & \
+         for i in $(seq 400); do grep -q 'listening on' $e && break; sleep 0.05; done; \
+         ping -n -c 1 -W 5 -s 3000 172.211.0.17; wait; cat $f; rm $f $e",
     );
     let text = stdout(&out);
     assert!(

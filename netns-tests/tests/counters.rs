@@ -65,6 +65,11 @@ fn upstream_uplink(lab: &Lab) -> Counts {
     link(&out, "the upstream router's uplink")
 }
 
+/// True when the port's RX is its peer's TX and the other way (see [`assert_mirrors`]).
+fn mirrors(port: Counts, peer: Counts) -> bool {
+    [port[0], port[1], port[2], port[3]] == [peer[2], peer[3], peer[0], peer[1]]
+}
+
 /// What the port received is what the interface at its other end sent, and the other way.
 fn assert_mirrors(port: Counts, peer: Counts, what: &str) {
     assert_eq!(
@@ -99,15 +104,23 @@ fn port_counters_match_the_pods_and_the_upstreams_interfaces() {
     let (tbl0, wpl0) = (pod_eth0(&lab, TESTBOX), pod_eth0(&lab, WORDPRESS));
     let r = ping(&lab, TESTBOX, WORDPRESS_IP, 20, &["-i", "0.01"]);
     assert_eq!(r.received, 20, "testbox -> wordpress: {r:?}");
-    std::thread::sleep(Duration::from_millis(300));
-    let (tb, wp) = (
-        delta(port(&lab, TESTBOX_IP), tb0),
-        delta(port(&lab, WORDPRESS_IP), wp0),
-    );
-    let (tbl, wpl) = (
-        delta(pod_eth0(&lab, TESTBOX), tbl0),
-        delta(pod_eth0(&lab, WORDPRESS), wpl0),
-    );
+    // Read until both ends agree (a frame may be counted just after its peer saw it), not
+    // after a guessed pause; the assertions below tell what differed when they never do.
+    let read = || {
+        (
+            delta(port(&lab, TESTBOX_IP), tb0),
+            delta(port(&lab, WORDPRESS_IP), wp0),
+            delta(pod_eth0(&lab, TESTBOX), tbl0),
+            delta(pod_eth0(&lab, WORDPRESS), wpl0),
+        )
+    };
+    let mut last = read();
+    wait_until(Duration::from_secs(10), || {
+        last = read();
+        let (tb, wp, tbl, wpl) = last;
+        mirrors(tb, tbl) && mirrors(wp, wpl) && tb[0] >= 20 && wp[2] >= 20
+    });
+    let (tb, wp, tbl, wpl) = last;
     assert_mirrors(tb, tbl, "testbox after 20 pings");
     assert_mirrors(wp, wpl, "wordpress after 20 pings");
     assert!(tb[0] >= 20 && tb[1] >= 20 * 98, "testbox's port RX: {tb:?}");
@@ -120,7 +133,13 @@ fn port_counters_match_the_pods_and_the_upstreams_interfaces() {
     // them at both ends (a GSO frame is one frame), on the pod's port and on the uplink.
     let listen = "setsid timeout 20 socat -u TCP-LISTEN:5301,reuseaddr /dev/null >/dev/null 2>&1 &";
     lab.sh("ext/internet", listen);
-    std::thread::sleep(Duration::from_millis(300));
+    let listening = wait_until(Duration::from_secs(20), || {
+        stdout(&lab.sh("ext/internet", "ss -Hltn 'sport = :5301'")).contains("5301")
+    });
+    assert!(
+        listening,
+        "socat never listened on ext/internet's port 5301"
+    );
     let (tb0, up0) = (port(&lab, TESTBOX_IP), port(&lab, UPLINK_IP));
     let (tbl0, upl0) = (pod_eth0(&lab, TESTBOX), upstream_uplink(&lab));
     let send = lab.sh(
@@ -132,15 +151,21 @@ fn port_counters_match_the_pods_and_the_upstreams_interfaces() {
         "2 MB to ext/internet: {}",
         describe(&send)
     );
-    std::thread::sleep(Duration::from_millis(300));
-    let (tb, up) = (
-        delta(port(&lab, TESTBOX_IP), tb0),
-        delta(port(&lab, UPLINK_IP), up0),
-    );
-    let (tbl, upl) = (
-        delta(pod_eth0(&lab, TESTBOX), tbl0),
-        delta(upstream_uplink(&lab), upl0),
-    );
+    let read = || {
+        (
+            delta(port(&lab, TESTBOX_IP), tb0),
+            delta(port(&lab, UPLINK_IP), up0),
+            delta(pod_eth0(&lab, TESTBOX), tbl0),
+            delta(upstream_uplink(&lab), upl0),
+        )
+    };
+    let mut last = read();
+    wait_until(Duration::from_secs(10), || {
+        last = read();
+        let (tb, up, tbl, upl) = last;
+        mirrors(tb, tbl) && mirrors(up, upl) && tb[1] >= 2_000_000
+    });
+    let (tb, up, tbl, upl) = last;
     assert_mirrors(tb, tbl, "testbox after 2 MB");
     assert_mirrors(up, upl, "the uplink after 2 MB");
     assert!(tb[1] >= 2_000_000, "testbox's port RX bytes: {tb:?}");
@@ -170,7 +195,11 @@ fn a_denied_ping_counts_once_per_packet_on_the_rule_and_the_senders_port() {
     let rx0 = port(&lab, from_ip);
     let r = ping(&lab, from, WORDPRESS_IP, 7, &["-i", "0.01"]);
     assert_eq!(r.received, 0, "ns-prod reached ns-dev: {r:?}");
-    std::thread::sleep(Duration::from_millis(300));
+    // The last ping may still be on its way through the dataplane when ping gives up on it:
+    // wait for its count, not a guessed pause.
+    wait_until(Duration::from_secs(10), || {
+        lab.port_drops(from_ip, "dfw-deny") - drops0 >= 7
+    });
     assert_eq!(
         lab.dfw_hits("ns-dev", "default-deny-ingress") - hits0,
         7,

@@ -876,15 +876,20 @@ pub fn apply_actions(text: &str) -> Vec<(String, String)> {
 /// other tools). `hold.sh IP PORT N URLPATH GO OUT`: opens N keep-alive HTTP connections to IP:PORT, asks
 /// URLPATH on each and appends `held BODY` to OUT, then waits for the file GO and asks again on
 /// each, appending `again BODY` (`none` when the connection failed or gave no answer in 3 s).
+/// Each answer that did not come in 3 s (the connection silent, not closed or reset) also
+/// appends a line `silent` to `OUT.silent`, so a test can tell the two without a clock.
 pub const HOLD_SCRIPT: &str = r#"ip=$1; port=$2; n=$3; path=$4; go=$5; out=$6
+# A write to a closed connection fails (EPIPE), and says none, instead of killing the shell.
+trap '' PIPE
 get() {
   printf 'GET %s HTTP/1.1\r\nHost: x\r\n\r\n' "$path" >&$1 2>/dev/null || { echo none; return; }
-  local len=0 line body
-  while IFS= read -r -t 3 line <&$1; do
+  local len=0 line body rc=0
+  while IFS= read -r -t 3 line <&$1 || { rc=$?; false; }; do
     line=${line%$'\r'}
     [ -z "$line" ] && break
     case "${line,,}" in content-length:*) len=${line#*:}; len=${len// /};; esac
   done
+  [ "$rc" -gt 128 ] && echo silent >> "$out.silent"
   [ "$len" -gt 0 ] 2>/dev/null && IFS= read -r -t 3 -N "$len" body <&$1
   echo "${body:-none}"
 }

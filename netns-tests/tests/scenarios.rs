@@ -948,27 +948,44 @@ fn no_new_connection_goes_to_a_pod_a_scale_down_removes() {
     let cluster_ip = lab.cluster_ip("shop", "api");
     served(&lab, CLIENT, &format!("http://{vip}/hostname"), "VIP");
     let stop = lab.dir.join("drain.stop");
-    let loop_script = |url: String| {
+    // Each loop appends its lines to its own file, so the test can tell it is under way.
+    let loop_script = |url: String, codes: &Path| {
         format!(
             "for i in $(seq 2000); do [ -e {stop} ] && break; \
-             curl -s -o /dev/null -m 5 -w '%{{http_code}} %{{time_connect}}\\n' {url} || echo \" exit $?\"; done",
-            stop = stop.display()
+             curl -s -o /dev/null -m 5 -w '%{{http_code}} %{{time_connect}}\\n' {url} || echo \" exit $?\"; \
+             done >> {codes}; cat {codes}",
+            stop = stop.display(),
+            codes = codes.display()
         )
+    };
+    let (cip_codes, vip_codes) = (lab.dir.join("drain.cip"), lab.dir.join("drain.vip"));
+    let done = |n: usize| {
+        [&cip_codes, &vip_codes]
+            .iter()
+            .all(|f| std::fs::read_to_string(f).is_ok_and(|t| t.lines().count() >= n))
     };
     let retransmitted_before = [syn_retransmissions(TESTER), syn_retransmissions(CLIENT)];
     let (via_cip, via_vip) = std::thread::scope(|s| {
         let cip = s.spawn(|| {
             lab.sh(
                 TESTER,
-                &loop_script(format!("http://{cluster_ip}/hostname")),
+                &loop_script(format!("http://{cluster_ip}/hostname"), &cip_codes),
             )
         });
-        let vip = s.spawn(|| lab.sh(CLIENT, &loop_script(format!("http://{vip}/hostname"))));
-        std::thread::sleep(Duration::from_millis(500));
+        let vip = s.spawn(|| {
+            lab.sh(
+                CLIENT,
+                &loop_script(format!("http://{vip}/hostname"), &vip_codes),
+            )
+        });
+        // The changes come once both loops connect (not after a guessed pause a loaded machine
+        // may not give them), and the loops stop once each made enough connections.
+        wait_until(Duration::from_secs(30), || done(3));
         for replicas in [1, 4, 1] {
             lab.apply_ok(&pools_lab(replicas), None, None);
             std::thread::sleep(Duration::from_millis(700));
         }
+        wait_until(Duration::from_secs(60), || done(21));
         std::fs::write(&stop, "").expect("create the stop file");
         (
             stdout(&cip.join().expect("the ClusterIP loop")),

@@ -18,10 +18,12 @@ impl Namespaces {
         Namespaces::default()
     }
 
-    /// Creates namespace `name` (with `lo` up) and takes charge of removing it.
+    /// Creates namespace `name` (with `lo` up) and takes charge of removing it: from before
+    /// `ip netns add` runs, since a Ctrl-C reaches `ip` too and may end it once the namespace
+    /// is made but before it says so (deleting a namespace that is not there does nothing).
     pub fn add(&mut self, name: &str) -> Result<()> {
-        cmd::run(&["ip", "netns", "add", name])?;
         self.names.push(name.to_string());
+        cmd::run(&["ip", "netns", "add", name])?;
         cmd::run(&["ip", "-n", name, "link", "set", "lo", "up"])?;
         Ok(())
     }

@@ -37,7 +37,7 @@ use crate::lab::outside::{self, OutsideHost as LabOutsideHost, UpstreamRouter};
 use crate::lab::record::{self, LabRecord};
 use crate::model::manifest::{parse_manifests_and_skipped, parse_object_refs_and_skipped};
 use crate::model::objects::{selects, State, Uplink};
-use crate::model::store::{ApplyError, Store};
+use crate::model::store::{ApplyError, ApplyOutcome, Store};
 use crate::netexec;
 use crate::rpc::{self, RpcError};
 use crate::views;
@@ -725,6 +725,10 @@ impl Daemon {
             .cloned()
             .collect();
         let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+        warnings.extend(memberless_guest_load_balancers(
+            control.store.state(),
+            &outcomes,
+        ));
         for (pod, problem) in self.realize(&mut control) {
             if pod.is_some_and(|key| standing.contains(&key)) {
                 warnings.push(problem);
@@ -1523,6 +1527,44 @@ fn workload_args(state: &State, w: &crate::model::objects::ClusterWorkload) -> V
             [flag.to_string(), port.to_string()]
         })
         .collect()
+}
+
+/// A LoadBalancer of a TKG cluster that this request applied, one of whose ports has no nodePort
+/// (`allocateLoadBalancerNodePorts: false` and none named): the SLB reaches a guest's service
+/// only through its nodePort on the nodes, so that port's VIP has no pool member and refuses
+/// every connection. The API server takes such a service, so it is applied, with a warning
+/// rather than in silence (NCP would report it only in the load balancer's status).
+fn memberless_guest_load_balancers(state: &State, outcomes: &[ApplyOutcome]) -> Vec<String> {
+    use crate::model::objects::{cluster_key, ServiceType};
+    let mut warnings = Vec::new();
+    for o in outcomes
+        .iter()
+        .filter(|o| o.kind == "Service" && o.action != "deleted")
+    {
+        let (Some(ns), Some(cluster)) = (o.namespace.as_deref(), o.cluster.as_deref()) else {
+            continue;
+        };
+        let key = (cluster_key(ns, cluster), o.name.clone());
+        let Some(svc) = state.services.get(&key) else {
+            continue;
+        };
+        if svc.service_type != ServiceType::LoadBalancer || svc.tkg_control_plane.is_some() {
+            continue;
+        }
+        for port in svc.ports.iter().filter(|p| p.node_port.is_none()) {
+            let vip = svc
+                .load_balancer_ip
+                .map_or_else(|| "its VIP".to_string(), |v| format!("VIP {v}"));
+            warnings.push(format!(
+                "service {} in TKG cluster {}: port {} has no nodePort \
+                 (allocateLoadBalancerNodePorts: false), so {vip}:{} has no member: \
+                 NSX reaches a guest cluster's services through the nodes' nodePorts; \
+                 name a nodePort or allocate them",
+                o.name, key.0, port.port, port.port
+            ));
+        }
+    }
+    warnings
 }
 
 /// kube-proxy opens a service's nodePort on every node of the cluster (`externalTrafficPolicy:

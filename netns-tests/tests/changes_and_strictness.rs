@@ -536,3 +536,68 @@ fn exec_into_an_unknown_namespace_names_the_namespace() {
         describe(&out)
     );
 }
+
+/// A guest cluster's LoadBalancer with `allocateLoadBalancerNodePorts: false` and no nodePort
+/// named has no SLB member (NSX reaches a guest's services through the nodes' nodePorts): the
+/// API server takes it, so it is applied, but apply warns that its VIP will refuse, naming the
+/// port; a port that names its nodePort is not warned about, and answers.
+#[test]
+fn a_guest_load_balancer_without_node_ports_is_applied_with_a_warning() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("qanonp", &format!("{POOLS}---\n{}", tkc(2)));
+    let svc = "apiVersion: v1
+kind: Service
+metadata: {name: web}
+spec:
+  type: LoadBalancer
+  allocateLoadBalancerNodePorts: false
+  selector: {app: web}
+  ports: [{name: a, port: 80, targetPort: 8080}, {name: b, port: 81, targetPort: 8080, nodePort: 31081}]
+";
+    let app = guest_app("web", "LoadBalancer", None, 2);
+    let deployment = app
+        .split("---\n")
+        .nth(1)
+        .expect("guest_app has a Deployment");
+    let out = lab.apply_ok(
+        &format!("{svc}---\n{deployment}"),
+        Some("team"),
+        Some("guest"),
+    );
+    let warnings: Vec<String> = stderr(&out)
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning, for port 80: {}",
+        describe(&out)
+    );
+    assert!(
+        warnings[0].contains("service web in TKG cluster team/guest: port 80 has no nodePort"),
+        "{}",
+        describe(&out)
+    );
+    let vip = lab
+        .items("svc", Some("team"))
+        .iter()
+        .find(|s| s["name"] == "web")
+        .and_then(|s| s["external_ip"].as_str().map(str::to_string))
+        .unwrap_or_else(|| panic!("web has no VIP: {:?}", lab.items("svc", Some("team"))));
+    let url = format!("http://{vip}:81/hostname");
+    let answered = wait_until(Duration::from_secs(10), || {
+        stdout(&lab.exec("ext/client", &["curl", "-s", "-m", "2", &url])).starts_with("web-")
+    });
+    assert!(answered, "{url} (nodePort 31081) does not answer");
+    // Applying it again warns again: the service still has no member on port 80.
+    let again = lab.apply_ok(svc, Some("team"), Some("guest"));
+    assert!(
+        stderr(&again).contains("port 80 has no nodePort"),
+        "{}",
+        describe(&again)
+    );
+}

@@ -601,3 +601,72 @@ spec:
         describe(&again)
     );
 }
+
+/// The members of a guest LoadBalancer's VIP are the cluster's worker nodes on its nodePort,
+/// every one of them, as the guest's cloud provider selects them all (the seed: "nodePort on
+/// each node"), not only those that run a replica; with `externalTrafficPolicy: Local` only
+/// those. Every connection to the VIP is answered either way.
+#[test]
+fn a_guest_load_balancer_has_every_worker_node_as_member() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("qaslbw", &format!("{POOLS}---\n{}", tkc(3)));
+    lab.apply_ok(
+        &guest_app("web", "LoadBalancer", Some(31090), 1),
+        Some("team"),
+        Some("guest"),
+    );
+    let workers: Vec<String> = lab
+        .items("pods", Some("team"))
+        .iter()
+        .filter(|p| {
+            p["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("guest-workers-"))
+        })
+        .filter_map(|p| p["ip"].as_str().map(|ip| format!("{ip}:31090")))
+        .collect();
+    assert_eq!(workers.len(), 3, "{workers:?}");
+    let members = |lab: &Lab| -> Vec<String> {
+        let eps = lab.items("ep", Some("team"));
+        let web = eps
+            .iter()
+            .find(|e| e["name"] == "web")
+            .unwrap_or_else(|| panic!("no endpoints of web: {eps:?}"));
+        let mut m: Vec<String> = web["endpoints"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.as_str().map(str::to_string))
+            .collect();
+        m.sort();
+        m
+    };
+    let mut sorted = workers.clone();
+    sorted.sort();
+    assert_eq!(members(&lab), sorted, "every worker node is a member");
+    let vip = lab
+        .items("svc", Some("team"))
+        .iter()
+        .find(|s| s["name"] == "web")
+        .and_then(|s| s["external_ip"].as_str().map(str::to_string))
+        .expect("web has a VIP");
+    let url = format!("http://{vip}/hostname");
+    assert!(
+        wait_until(Duration::from_secs(10), || {
+            (0..6).all(|_| {
+                stdout(&lab.exec("ext/client", &["curl", "-s", "-m", "2", &url]))
+                    .starts_with("web-")
+            })
+        }),
+        "{url} does not answer every connection through the nodes"
+    );
+    // Local: only the node of the replica, the others would refuse.
+    let local = guest_app("web", "LoadBalancer", Some(31090), 1).replace(
+        "  type: LoadBalancer\n",
+        "  type: LoadBalancer\n  externalTrafficPolicy: Local\n",
+    );
+    lab.apply_ok(&local, Some("team"), Some("guest"));
+    assert_eq!(members(&lab).len(), 1, "{:?}", members(&lab));
+}

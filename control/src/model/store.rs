@@ -2078,18 +2078,25 @@ impl State {
                         });
                     }
                 } else if let Some(c) = cluster {
-                    // The SLB reaches a guest cluster's service through its nodePort on the nodes
-                    // that run a selected replica.
+                    // The SLB reaches a guest cluster's service through its nodePort on the
+                    // nodes: on every worker node, as the guest's cloud provider selects them
+                    // all for the service (the nodes without a replica relay, as kube-proxy's
+                    // `Cluster` policy does), or, with `externalTrafficPolicy: Local`, on those
+                    // that run a selected replica (the others would refuse). While no replica
+                    // runs, no node can answer: there is no member.
                     if let (Some(selector), Some(node_port)) = (&svc.selector, port.node_port) {
                         let busy: BTreeSet<&str> = self
                             .workloads_in(ns, c)
                             .filter(|w| selects(selector, &w.labels))
                             .map(|w| w.node.as_str())
                             .collect();
-                        for node in self
-                            .tkg_nodes(ns, c)
-                            .filter(|p| busy.contains(p.name.as_str()))
-                        {
+                        let member = |p: &&Pod| {
+                            busy.contains(p.name.as_str())
+                                || (!busy.is_empty()
+                                    && !svc.external_traffic_local
+                                    && p.tkg_node == Some(TkgNodeRole::Worker))
+                        };
+                        for node in self.tkg_nodes(ns, c).filter(member) {
                             endpoints.push(Endpoint {
                                 ip: node.ip,
                                 port: node_port,
@@ -2453,8 +2460,10 @@ mod tests {
     }
 
     #[test]
-    fn tkg_services_reach_only_nodes_running_a_replica() {
+    fn tkg_services_reach_every_worker_node_while_a_replica_runs() {
         let mut store = seeded();
+        let members =
+            |st: &State| endpoint_ips(st, "ns-dev/tkg-cluster-01", "hello-kubernetes").len();
         let one = HELLO_KUBERNETES.replace("replicas: 3", "replicas: 1");
         store
             .apply(
@@ -2462,20 +2471,30 @@ mod tests {
                 NOW,
             )
             .unwrap();
-        assert_eq!(
-            endpoint_ips(store.state(), "ns-dev/tkg-cluster-01", "hello-kubernetes").len(),
-            1
-        );
-        // Scaling the cluster's workers spreads nothing new (1 replica) but keeps the service up.
+        // One replica, two workers: both are members (the other relays, kube-proxy's Cluster).
+        assert_eq!(members(store.state()), 2);
+        // Scaling the cluster's workers spreads nothing new (1 replica); the new worker joins.
         let tkc = crate_tkc(3);
         apply(&mut store, &tkc, None).unwrap();
         let st = store.state();
         assert_eq!(st.tkg_nodes("ns-dev", "tkg-cluster-01").count(), 4);
-        assert_eq!(
-            endpoint_ips(st, "ns-dev/tkg-cluster-01", "hello-kubernetes").len(),
-            1
-        );
+        assert_eq!(members(st), 3);
+        // No replica: no node could answer, so there is no member.
+        let none = HELLO_KUBERNETES.replace("replicas: 3", "replicas: 0");
+        store
+            .apply(
+                parse_manifests(&none, Some("ns-dev"), Some("tkg-cluster-01")).unwrap(),
+                NOW,
+            )
+            .unwrap();
+        assert_eq!(members(store.state()), 0);
         // Workers to zero while a replica runs there: refused.
+        store
+            .apply(
+                parse_manifests(&one, Some("ns-dev"), Some("tkg-cluster-01")).unwrap(),
+                NOW,
+            )
+            .unwrap();
         let e = apply(&mut store, &crate_tkc(0), None).unwrap_err();
         assert_eq!(e.code, ErrorCode::Conflict);
     }

@@ -670,3 +670,46 @@ fn a_guest_load_balancer_has_every_worker_node_as_member() {
     lab.apply_ok(&local, Some("team"), Some("guest"));
     assert_eq!(members(&lab).len(), 1, "{:?}", members(&lab));
 }
+
+/// `sessionAffinity: ClientIP` in a guest cluster holds per node: the SLB keeps each client on
+/// one node, so its members are the nodes that run a replica (a node without one would relay
+/// the client's connections to the replicas in turn). With one replica per node, every client
+/// gets one replica, connection after connection.
+#[test]
+fn a_guest_client_ip_affinity_keeps_each_client_on_one_replica() {
+    if !require_netns() {
+        return;
+    }
+    let hosts: String = (21..=24)
+        .map(|i| {
+            format!(
+                "---\napiVersion: pacific.dev/v1\nkind: OutsideHost\nmetadata: {{name: c{i}}}\n\
+                 spec: {{address: 198.51.100.{i}/24}}\n"
+            )
+        })
+        .collect();
+    let lab = Lab::up_with("qaslbaff", &format!("{POOLS}---\n{}{hosts}", tkc(3)));
+    let app = guest_app("web", "LoadBalancer", None, 2).replace(
+        "  type: LoadBalancer\n",
+        "  type: LoadBalancer\n  sessionAffinity: ClientIP\n",
+    );
+    lab.apply_ok(&app, Some("team"), Some("guest"));
+    let vip = lab
+        .items("svc", Some("team"))
+        .iter()
+        .find(|s| s["name"] == "web")
+        .and_then(|s| s["external_ip"].as_str().map(str::to_string))
+        .expect("web has a VIP");
+    let url = format!("http://{vip}/hostname");
+    for i in 21..=24 {
+        let host = format!("ext/c{i}");
+        let answers: Vec<String> = (0..6)
+            .map(|_| stdout(&lab.exec(&host, &["curl", "-s", "-m", "2", &url])))
+            .collect();
+        let distinct: std::collections::BTreeSet<&String> = answers.iter().collect();
+        assert!(
+            distinct.len() == 1 && answers[0].starts_with("web-"),
+            "{host} got {answers:?}"
+        );
+    }
+}

@@ -2082,8 +2082,10 @@ impl State {
                     // nodes: on every worker node, as the guest's cloud provider selects them
                     // all for the service (the nodes without a replica relay, as kube-proxy's
                     // `Cluster` policy does), or, with `externalTrafficPolicy: Local`, on those
-                    // that run a selected replica (the others would refuse). While no replica
-                    // runs, no node can answer: there is no member.
+                    // that run a selected replica (the others would refuse). With
+                    // `sessionAffinity: ClientIP` also only those: the SLB keeps a client on
+                    // its node, and a relaying node would spread it over the others' replicas.
+                    // While no replica runs, no node can answer: there is no member.
                     if let (Some(selector), Some(node_port)) = (&svc.selector, port.node_port) {
                         let busy: BTreeSet<&str> = self
                             .workloads_in(ns, c)
@@ -2094,6 +2096,7 @@ impl State {
                             busy.contains(p.name.as_str())
                                 || (!busy.is_empty()
                                     && !svc.external_traffic_local
+                                    && svc.session_affinity.is_none()
                                     && p.tkg_node == Some(TkgNodeRole::Worker))
                         };
                         for node in self.tkg_nodes(ns, c).filter(member) {

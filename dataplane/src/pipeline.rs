@@ -198,6 +198,7 @@ drop_reasons! {
     ConntrackInvalid => "conntrack-invalid",
     Fragment => "fragment",
     FragNeeded => "frag-needed",
+    BadIpOptions => "bad-ip-options",
     TxQueueFull => "tx-queue-full",
     LinkDown => "link-down",
     TxError => "tx-error",
@@ -707,6 +708,15 @@ impl Pipeline {
         ip: &Ipv4Info,
         pkt: &mut PacketBuf,
     ) -> Verdict {
+        // IP options (a header longer than 20 bytes, which the fast path never takes): checked
+        // on receipt, as a Linux router does, by the gateway the sender faces. A frame switched
+        // inside its segment meets no router, and is not looked at.
+        if ip.header_len > ipv4::HEADER_LEN && parsed.dst_mac == t.router_mac {
+            let header = pkt.frame().get(ip.offset..ip.l4_offset());
+            if let Some(pointer) = header.and_then(parse::ip_options_problem) {
+                return self.bad_ip_options(t, ctx, now, port, parsed, ip, pkt, pointer);
+            }
+        }
         // A later fragment has no ports to look up: it goes where its first fragment went.
         if ip.is_fragment && !ip.is_first_fragment {
             return self.later_fragment(t, ctx, now, port, ip, pkt);
@@ -720,6 +730,34 @@ impl Pipeline {
         };
         let verdict = self.ipv4_packet(t, ctx, now, port, parsed, ip, pkt);
         self.first_fragment_done(t, ctx, now, port, id, verdict)
+    }
+
+    /// A packet whose IP options do not hold (`pointer` at the bad octet): dropped, and
+    /// answered with an ICMP parameter problem from the gateway the sender faces (its segment's
+    /// gateway address, or the uplink's), as a Linux router answers it (`ip_options_compile`).
+    #[cold]
+    #[allow(clippy::too_many_arguments)]
+    fn bad_ip_options(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        now: u64,
+        port: &Port,
+        parsed: &ParsedFrame,
+        ip: &Ipv4Info,
+        pkt: &PacketBuf,
+        pointer: u8,
+    ) -> Verdict {
+        let from = match port.kind {
+            PortKind::Pod { segment, .. } => t.segment(segment).map(|seg| seg.gateway_ip),
+            PortKind::Uplink { addr, .. } => Some(addr),
+        };
+        if let Some(from) = from {
+            ctx.icmp_errors.now = now;
+            let error = (icmp::PARAM_PROBLEM, 0, u16::from(pointer));
+            self.icmp_error_with(t, ctx, port, parsed, ip, pkt, from, error, 0);
+        }
+        Verdict::Drop(DropReason::BadIpOptions)
     }
 
     /// A packet, or a datagram's first fragment, through the connection table and the walk.
@@ -2177,6 +2215,24 @@ impl Pipeline {
         (icmp_type, code): (u8, u8),
         back: u8,
     ) {
+        let error = (icmp_type, code, 0);
+        self.icmp_error_with(t, ctx, port, parsed, ip, pkt, from, error, back);
+    }
+
+    /// [`Pipeline::icmp_error`] with the error's `info` (see [`build::build_icmp_error`]).
+    #[allow(clippy::too_many_arguments)]
+    fn icmp_error_with(
+        &self,
+        t: &Tables,
+        ctx: &mut WorkerContext,
+        port: &Port,
+        parsed: &ParsedFrame,
+        ip: &Ipv4Info,
+        pkt: &PacketBuf,
+        from: Ipv4Addr,
+        (icmp_type, code, info): (u8, u8, u16),
+        back: u8,
+    ) {
         if matches!(ip.l4, L4::IcmpError { .. }) || !ctx.icmp_errors.take() {
             return;
         }
@@ -2195,7 +2251,7 @@ impl Pipeline {
             from,
             icmp_type,
             code,
-            0,
+            info,
             original,
         ) {
             let to = ip_of(out, ethernet::HEADER_LEN + 16);

@@ -62,3 +62,89 @@ fn ping_record_route_lists_t1_and_t0_as_linux_routers_would() {
         assert_eq!(seen, want, "ping -R -s {size} 198.51.100.10");
     }
 }
+
+/// Sends from `run`'s namespace one echo request to `dst` whose header carries `options` (hex,
+/// a multiple of 4 bytes), through a raw socket that writes the header as given, and prints the
+/// first ICMP parameter problem about it that comes back within 3 s as "SRC POINTER", or
+/// nothing.
+fn param_problem_script(dst: &str, options: &str) -> String {
+    format!(
+        "import socket, struct, time\n\
+         opts = bytes.fromhex('{options}')\n\
+         def csum(b):\n\
+         \x20   s = sum(struct.unpack('!%dH' % (len(b) // 2), b))\n\
+         \x20   while s >> 16: s = (s & 0xffff) + (s >> 16)\n\
+         \x20   return ~s & 0xffff\n\
+         echo = struct.pack('!BBHHH', 8, 0, 0, 0x5151, 1) + b'pacific-options'\n\
+         echo = echo[:2] + struct.pack('!H', csum(echo + b'\\0')) + echo[4:]\n\
+         ihl = 5 + len(opts) // 4\n\
+         total = ihl * 4 + len(echo)\n\
+         hdr = struct.pack('!BBHHHBBH4s4s', 0x40 | ihl, 0, total, 0x4242, 0, 64, 1, 0,\n\
+         \x20   bytes(4), socket.inet_aton('{dst}')) + opts\n\
+         rx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)\n\
+         tx = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n\
+         tx.sendto(hdr + echo, ('{dst}', 0))\n\
+         end = time.time() + 3\n\
+         while time.time() < end:\n\
+         \x20   rx.settimeout(max(0.01, end - time.time()))\n\
+         \x20   try:\n\
+         \x20       pkt, (src, _) = rx.recvfrom(2000)\n\
+         \x20   except OSError:\n\
+         \x20       break\n\
+         \x20   icmp = pkt[(pkt[0] & 15) * 4:]\n\
+         \x20   if icmp[0] == 12 and icmp[1] == 0 and icmp[12:14] == b'\\x42\\x42':\n\
+         \x20       print(src, icmp[4])\n\
+         \x20       break\n"
+    )
+}
+
+/// Malformed options a Linux router answers with a parameter problem pointing at the bad
+/// octet, and drops: a record route whose pointer is below 4, an option of length 0, a
+/// timestamp too short for its pointer and flags.
+const BAD_OPTIONS: [(&str, &str, &str); 3] = [
+    ("record route, pointer 3", "0707030000000000", "22"),
+    ("option length 0", "07000000", "20"),
+    ("timestamp of length 3", "44030500", "21"),
+];
+
+#[test]
+fn malformed_ip_options_get_a_parameter_problem_as_from_a_linux_router() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("qa20bad");
+    let run_in_ns = |ns: &str, script: &str| {
+        let mut cmd = std::process::Command::new("ip");
+        cmd.args(["netns", "exec", ns, "python3", "-c", script]);
+        stdout(&run_bounded(cmd, None, std::time::Duration::from_secs(10)))
+    };
+    for (what, options, pointer) in BAD_OPTIONS {
+        // The Linux upstream router, the first router a packet from the outside host meets.
+        let script = param_problem_script("203.0.113.2", options);
+        let linux = stdout(&lab.exec("ext/hop", &["python3", "-c", &script]));
+        assert_eq!(
+            linux.trim(),
+            format!("198.51.100.1 {pointer}"),
+            "Linux: {what}"
+        );
+        // T1 to a pod (its segment's gateway), T0 to the upstream router (its uplink): the same
+        // answer, from the gateway the sender faces, whether the packet was for an outside host
+        // or for the gateway itself.
+        let script = param_problem_script("198.51.100.10", options);
+        let t1 = stdout(&lab.exec("ns-dev/testbox", &["python3", "-c", &script]));
+        assert_eq!(t1.trim(), format!("172.211.0.17 {pointer}"), "T1: {what}");
+        let script = param_problem_script("172.211.0.17", options);
+        let t1 = stdout(&lab.exec("ns-dev/testbox", &["python3", "-c", &script]));
+        assert_eq!(
+            t1.trim(),
+            format!("172.211.0.17 {pointer}"),
+            "T1 itself: {what}"
+        );
+        let script = param_problem_script("172.211.0.20", options);
+        let t0 = run_in_ns(&lab.upstream_netns(), &script);
+        assert_eq!(t0.trim(), format!("203.0.113.2 {pointer}"), "T0: {what}");
+    }
+    // Dropped, not forwarded: counted on the port each came in by.
+    assert_eq!(lab.port_drops("172.211.0.20", "bad-ip-options"), 6);
+    assert_eq!(lab.port_drops("203.0.113.2", "bad-ip-options"), 3);
+}

@@ -213,7 +213,8 @@ fn record_route_echo(options: &mut [u8], answering: Ipv4Addr) {
 /// An ICMP error (RFC 792) from `from_ip` to the source of `original`, the offending IP packet
 /// from its header on, trimmed to its total length. Quotes up to [`MAX_ICMP_QUOTE`] bytes of it
 /// (RFC 1812 section 4.3.2.3: at least the header and 8 bytes; Linux quotes as much as fits in
-/// 576). `next_hop_mtu` is written for "fragmentation needed" (RFC 1191) and ignored otherwise.
+/// 576). `info` is the next-hop MTU of a "fragmentation needed" (RFC 1191), the pointer of a
+/// parameter problem (its low byte, the offset of the bad octet), and ignored otherwise.
 /// TTL 64, DF clear, TOS 0xc0 with the original's TOS bits (0xd8 for 0xb8, as Linux), both
 /// checksums computed. `None` if `original` is shorter than an
 /// IP header or `out` is too small.
@@ -225,7 +226,7 @@ pub fn build_icmp_error(
     from_ip: Ipv4Addr,
     icmp_type: u8,
     code: u8,
-    next_hop_mtu: u16,
+    info: u16,
     original: &[u8],
 ) -> Option<usize> {
     let to_ip = Ipv4Packet::new_unchecked(original.get(..IP_LEN)?).src_addr();
@@ -245,13 +246,17 @@ pub fn build_icmp_error(
     msg.set_msg_type(icmp_type);
     msg.set_msg_code(code);
     let mtu = if (icmp_type, code) == (DEST_UNREACHABLE, FRAG_NEEDED) {
-        next_hop_mtu
+        info
     } else {
         0
     };
     msg.set_next_hop_mtu(mtu);
     msg.data_mut().copy_from_slice(quote);
-    msg.fill_checksum();
+    if icmp_type == icmp::PARAM_PROBLEM {
+        // The pointer: the first of the four type-specific bytes (RFC 792).
+        out[L4_AT + 4] = info.to_be_bytes()[1];
+    }
+    IcmpPacket::new_unchecked(&mut out[L4_AT..len]).fill_checksum();
     Some(len)
 }
 

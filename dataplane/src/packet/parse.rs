@@ -343,6 +343,89 @@ fn parse_l4(frame: &[u8], l4_offset: usize, protocol: u8, payload: &[u8]) -> Res
     })
 }
 
+/// Option types a router checks on receipt (RFC 791 section 3.1).
+const OPTION_END: u8 = 0;
+const OPTION_NOP: u8 = 1;
+const OPTION_RECORD_ROUTE: u8 = 7;
+const OPTION_TIMESTAMP: u8 = 68;
+const OPTION_LOOSE_ROUTE: u8 = 131;
+const OPTION_STRICT_ROUTE: u8 = 137;
+const OPTION_ROUTER_ALERT: u8 = 148;
+
+/// Where the options of `header` (an IPv4 header with its options, IHL * 4 bytes) go wrong, as
+/// Linux judges them on receipt (`__ip_options_compile` with a packet): the offset of the bad
+/// octet from the header's start, the pointer of the ICMP parameter problem a Linux router
+/// answers with before it drops the packet. `None` for options that hold (unknown types are
+/// passed over by their length, as Linux does), or a header of 20 bytes.
+pub fn ip_options_problem(header: &[u8]) -> Option<u8> {
+    let bad = |at: usize| Some(u8::try_from(at).unwrap_or(u8::MAX));
+    let end = header.len().min(60);
+    let (mut rr, mut ts, mut srr) = (false, false, false);
+    let mut at = ipv4::HEADER_LEN;
+    while at < end {
+        let kind = header[at];
+        match kind {
+            OPTION_END => return None,
+            OPTION_NOP => {
+                at += 1;
+                continue;
+            }
+            _ => {}
+        }
+        let Some(&len) = header.get(at + 1).filter(|_| at + 1 < end) else {
+            return bad(at);
+        };
+        let len = usize::from(len);
+        if len < 2 || at + len > end {
+            return bad(at);
+        }
+        let pointer = header.get(at + 2).map(|&p| usize::from(p));
+        match kind {
+            OPTION_LOOSE_ROUTE | OPTION_STRICT_ROUTE => match pointer {
+                _ if len < 3 => return bad(at + 1),
+                Some(p) if p < 4 => return bad(at + 2),
+                _ if srr => return bad(at),
+                _ => srr = true,
+            },
+            OPTION_RECORD_ROUTE => match pointer {
+                _ if rr => return bad(at),
+                _ if len < 3 => return bad(at + 1),
+                Some(p) if p < 4 || (p <= len && p + 3 > len) => return bad(at + 2),
+                _ => rr = true,
+            },
+            OPTION_TIMESTAMP => {
+                if ts {
+                    return bad(at);
+                }
+                if len < 4 {
+                    return bad(at + 1);
+                }
+                let p = pointer.unwrap_or(0);
+                let flags = header[at + 3];
+                if p < 5 {
+                    return bad(at + 2);
+                }
+                if p <= len {
+                    // Room for the next entry: a time, or an address and a time.
+                    let entry = if flags & 0x0f == 0 { 4 } else { 8 };
+                    let known = matches!(flags & 0x0f, 0 | 1 | 3);
+                    if p + 3 > len || (known && p + entry - 1 > len) {
+                        return bad(at + 2);
+                    }
+                } else if flags & 0x0f != 3 && flags >> 4 == 15 {
+                    // Full, and its overflow count can go no higher.
+                    return bad(at + 3);
+                }
+                ts = true;
+            }
+            OPTION_ROUTER_ALERT if len < 4 => return bad(at + 1),
+            _ => {}
+        }
+        at += len;
+    }
+    None
+}
+
 /// `quote` is the data of an ICMP error, found at `offset` in the frame.
 fn parse_inner(frame: &[u8], offset: usize, quote: &[u8]) -> Result<InnerPacket, WireError> {
     debug_assert_eq!(frame.get(offset..offset + quote.len()), Some(quote));
@@ -392,6 +475,77 @@ pub(crate) mod tests {
 
     const A: Ipv4Addr = Ipv4Addr::new(172, 211, 0, 18);
     const B: Ipv4Addr = Ipv4Addr::new(172, 211, 0, 17);
+
+    /// A 20-byte header followed by `options`, IHL set to match (a multiple of 4).
+    fn with_options(options: &[u8]) -> Vec<u8> {
+        let mut h = vec![
+            0x45, 0, 0, 0, 0, 1, 0x40, 0, 64, 1, 0, 0, 172, 211, 0, 20, 198, 51, 100, 10,
+        ];
+        h.extend_from_slice(options);
+        h[0] = 0x40 | u8::try_from(h.len() / 4).unwrap();
+        h
+    }
+
+    #[test]
+    fn ip_options_that_hold_have_no_problem() {
+        assert_eq!(ip_options_problem(&with_options(&[])), None);
+        // ping -R: a NOP, then a record route of 9 slots, empty, full, or in between.
+        let mut rr = vec![1, 7, 39, 4];
+        rr.resize(40, 0);
+        assert_eq!(ip_options_problem(&with_options(&rr)), None);
+        rr[3] = 40;
+        assert_eq!(ip_options_problem(&with_options(&rr)), None);
+        rr[3] = 24;
+        assert_eq!(ip_options_problem(&with_options(&rr)), None);
+        // ping -T tsonly and tsandaddr, a router alert, an unknown option, End then garbage.
+        let mut ts = vec![68, 40, 5, 0];
+        ts.resize(40, 0);
+        assert_eq!(ip_options_problem(&with_options(&ts)), None);
+        let mut ts = vec![68, 36, 5, 1];
+        ts.resize(36, 0);
+        assert_eq!(ip_options_problem(&with_options(&ts)), None);
+        assert_eq!(ip_options_problem(&with_options(&[148, 4, 0, 0])), None);
+        assert_eq!(ip_options_problem(&with_options(&[30, 4, 9, 9])), None);
+        assert_eq!(ip_options_problem(&with_options(&[0, 7, 0, 1])), None);
+    }
+
+    #[test]
+    fn bad_ip_options_point_at_the_octet_linux_points_at() {
+        let problem = |o: &[u8]| ip_options_problem(&with_options(o));
+        // A record route whose pointer is below 4, or whose next slot runs past it.
+        assert_eq!(problem(&[7, 7, 3, 0, 0, 0, 0, 0]), Some(22));
+        assert_eq!(problem(&[1, 7, 7, 2, 0, 0, 0, 0]), Some(23));
+        assert_eq!(problem(&[7, 7, 5, 0, 0, 0, 0, 0]), Some(22));
+        assert_eq!(problem(&[7, 2, 0, 0]), Some(21), "too short for a pointer");
+        // Its length past the header; an option length of 0 or 1, or past the header.
+        assert_eq!(problem(&[7, 39, 4, 0, 0, 0, 0, 0]), Some(20));
+        assert_eq!(problem(&[1, 1, 30, 0]), Some(22));
+        assert_eq!(problem(&[30, 1, 0, 0]), Some(20));
+        assert_eq!(problem(&[30, 9, 0, 0]), Some(20));
+        assert_eq!(problem(&[1, 1, 1, 30]), Some(23), "no room for a length");
+        // Two record routes.
+        assert_eq!(problem(&[7, 3, 4, 7, 3, 4, 0, 0]), Some(23));
+        // Timestamps: too short, pointer below 5, no room for the next entry, overflow spent.
+        assert_eq!(problem(&[68, 3, 5, 0]), Some(21));
+        assert_eq!(problem(&[68, 8, 4, 0, 0, 0, 0, 0]), Some(22));
+        assert_eq!(problem(&[68, 8, 6, 0, 0, 0, 0, 0]), Some(22));
+        assert_eq!(
+            problem(&[68, 8, 5, 1, 0, 0, 0, 0]),
+            Some(22),
+            "no room for address and time"
+        );
+        assert_eq!(problem(&[68, 8, 9, 0xf0, 0, 0, 0, 0]), Some(23));
+        assert_eq!(
+            problem(&[68, 8, 9, 0xe0, 0, 0, 0, 0]),
+            None,
+            "full, overflow counted"
+        );
+        // A router alert too short; a header cut short of its IHL finds the length missing.
+        assert_eq!(problem(&[148, 2, 0, 0]), Some(21));
+        let mut cut = with_options(&[7, 7, 4, 0, 0, 0, 0, 0]);
+        cut.truncate(24);
+        assert_eq!(ip_options_problem(&cut), Some(20));
+    }
 
     /// Recomputes the IP header checksum of a frame edited by a test.
     pub(crate) fn fix_ip_checksum(frame: &mut [u8]) {

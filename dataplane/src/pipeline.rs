@@ -55,8 +55,8 @@ use crate::packet::MacAddr;
 use crate::packet::{icmp, ipv4};
 use crate::reassembly::{Added, Reassembly};
 use crate::tables::{
-    Backend, DfwQuery, Direction, FrontendKey, GatewayKind, LbAlgorithm, NextHop, Port, PortId,
-    PortKind, RuleAction, Tables, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
+    Backend, DfwQuery, Direction, FrontendKey, GatewayId, GatewayKind, LbAlgorithm, NextHop, Port,
+    PortId, PortKind, RuleAction, Tables, PROTO_ICMP, PROTO_TCP, PROTO_UDP,
 };
 
 /// Bytes reserved in front of every frame for the virtio-net header (`struct virtio_net_hdr`,
@@ -2116,7 +2116,15 @@ impl Pipeline {
                     } = ip.l4
                     {
                         let frame = pkt.frame_mut();
-                        if let Some(n) = build::make_echo_reply_in_place(frame, ip, t.router_mac) {
+                        let answer = |frame: &mut [u8]| {
+                            build::make_echo_reply_in_place(frame, ip, t.router_mac)
+                        };
+                        let reply = if back > 0 && ip.header_len > ipv4::HEADER_LEN {
+                            record_route_answered(t, port, ip, back, frame, answer)
+                        } else {
+                            answer(frame)
+                        };
+                        if let Some(n) = reply {
                             build::set_ident(&mut frame[..n], self.idents.next(ip.src));
                             build::age_answer(&mut frame[..n], back);
                             // An echo reply leaves with a plain header: no offloads pending.
@@ -2460,44 +2468,106 @@ fn record_route(t: &Tables, in_port: &Port, action: &FlowAction, frame: &mut [u8
         return;
     };
     let dst = action.dnat.map_or(dst, |(ip, _)| ip);
-    let mut gw = match in_port.kind {
-        PortKind::Pod { segment, .. } => match t.segment(segment) {
-            Some(seg) => seg.t1,
-            None => return,
+    let crossed = Crossed::towards(t, in_port, dst, action.ttl_dec);
+    rewrite::record_route(header, crossed.addrs());
+}
+
+/// The gateways a packet from `in_port` to `dst` crosses, in order (at most 8), each with
+/// the address it sends the packet on from: what each writes in a record route.
+struct Crossed {
+    gateways: [GatewayId; 8],
+    from: [Ipv4Addr; 8],
+    n: usize,
+}
+
+impl Crossed {
+    /// At most `max` of them; the walk stops before a gateway that takes the packet itself.
+    fn towards(t: &Tables, in_port: &Port, dst: Ipv4Addr, max: u8) -> Crossed {
+        let mut crossed = Crossed {
+            gateways: [0; 8],
+            from: [Ipv4Addr::UNSPECIFIED; 8],
+            n: 0,
+        };
+        let mut gw = match in_port.kind {
+            PortKind::Pod { segment, .. } => match t.segment(segment) {
+                Some(seg) => seg.t1,
+                None => return crossed,
+            },
+            PortKind::Uplink { gateway, .. } => gateway,
+        };
+        while crossed.n < usize::from(max).min(crossed.from.len()) {
+            let Some((from, next)) = sends_from(t, gw, dst) else {
+                break;
+            };
+            crossed.gateways[crossed.n] = gw;
+            crossed.from[crossed.n] = from;
+            crossed.n += 1;
+            match next {
+                Some(next) => gw = next,
+                None => break,
+            }
+        }
+        crossed
+    }
+
+    fn addrs(&self) -> &[Ipv4Addr] {
+        &self.from[..self.n]
+    }
+}
+
+/// The address gateway `gw` sends a packet for `dst` from, and the gateway it sends it to
+/// (none when it leaves by a segment or the uplink). `None` for an address it takes itself,
+/// or one it has no route for.
+fn sends_from(t: &Tables, gw: GatewayId, dst: Ipv4Addr) -> Option<(Ipv4Addr, Option<GatewayId>)> {
+    let g = t.gateway(gw)?;
+    let route = g.routes.lookup(dst)?;
+    match route.next_hop {
+        NextHop::Local => None,
+        NextHop::Segment(segment) => t.segment(segment).map(|seg| (seg.gateway_ip, None)),
+        NextHop::Uplink(out) => match t.port(out).map(|p| &p.kind) {
+            Some(PortKind::Uplink { addr, .. }) => Some((*addr, None)),
+            _ => None,
         },
-        PortKind::Uplink { gateway, .. } => gateway,
-    };
-    let mut addrs = [Ipv4Addr::UNSPECIFIED; 8];
-    let mut n = 0;
-    while n < usize::from(action.ttl_dec).min(addrs.len()) {
-        let Some(g) = t.gateway(gw) else { break };
-        let Some(route) = g.routes.lookup(dst) else {
+        NextHop::Gateway(next) => match (g.kind, t.gateway(next)) {
+            (GatewayKind::T1, Some(_)) => Some((g.transit_ip, Some(next))),
+            (GatewayKind::T0, Some(next_g)) => Some((next_g.transit_peer, Some(next))),
+            (_, None) => None,
+        },
+    }
+}
+
+/// The record route of an echo request a gateway `back` gateways in answers, and of its
+/// reply, as Linux routers in a row fill them: the gateways crossed on the way in write the
+/// addresses they send it on from into the request (before `answer` turns it into the
+/// reply), the same gateways on the way back, in reverse, theirs towards the sender into the
+/// reply. A frame without the option is left as it is.
+#[cold]
+fn record_route_answered(
+    t: &Tables,
+    in_port: &Port,
+    ip: &Ipv4Info,
+    back: u8,
+    frame: &mut [u8],
+    answer: impl FnOnce(&mut [u8]) -> Option<usize>,
+) -> Option<usize> {
+    let crossed = Crossed::towards(t, in_port, ip.dst, back);
+    if let Some(header) = frame.get_mut(ip.offset..) {
+        rewrite::record_route(header, crossed.addrs());
+    }
+    let n = answer(frame)?;
+    let mut back_addrs = [Ipv4Addr::UNSPECIFIED; 8];
+    let mut k = 0;
+    for &gw in crossed.gateways[..crossed.n].iter().rev() {
+        let Some((from, _)) = sends_from(t, gw, ip.src) else {
             break;
         };
-        let (from, next) = match route.next_hop {
-            NextHop::Local => break,
-            NextHop::Segment(segment) => match t.segment(segment) {
-                Some(seg) => (seg.gateway_ip, None),
-                None => break,
-            },
-            NextHop::Uplink(out) => match t.port(out).map(|p| &p.kind) {
-                Some(PortKind::Uplink { addr, .. }) => (*addr, None),
-                _ => break,
-            },
-            NextHop::Gateway(next) => match (g.kind, t.gateway(next)) {
-                (GatewayKind::T1, Some(_)) => (g.transit_ip, Some(next)),
-                (GatewayKind::T0, Some(next_g)) => (next_g.transit_peer, Some(next)),
-                (_, None) => break,
-            },
-        };
-        addrs[n] = from;
-        n += 1;
-        match next {
-            Some(next) => gw = next,
-            None => break,
-        }
+        back_addrs[k] = from;
+        k += 1;
     }
-    rewrite::record_route(header, &addrs[..n]);
+    if let Some(header) = frame.get_mut(ip.offset..n) {
+        rewrite::record_route(header, &back_addrs[..k]);
+    }
+    Some(n)
 }
 
 /// Queues `frame`, an IPv4 packet bigger than [`PORT_MTU`], cut into fragments of at most

@@ -148,3 +148,56 @@ fn malformed_ip_options_get_a_parameter_problem_as_from_a_linux_router() {
     assert_eq!(lab.port_drops("172.211.0.20", "bad-ip-options"), 6);
     assert_eq!(lab.port_drops("203.0.113.2", "bad-ip-options"), 3);
 }
+
+/// `ping -R` to an address a gateway answers itself, past others: each gateway crossed on the
+/// way in and back writes its address, as Linux routers in a row do, around the answering
+/// gateway's own (twice, on receipt and in the reply), and the sender's at both ends.
+#[test]
+fn ping_record_route_to_a_gateway_lists_the_gateways_crossed_to_it() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("qa20rra");
+    let vip = lab.service_vip("wordpress").expect("wordpress has a VIP");
+    let cases = [
+        // T0's uplink address from a pod: T1 in (transit 100.64.0.1), T1 back (segment gateway).
+        (
+            "ns-dev/testbox",
+            "203.0.113.2".to_string(),
+            vec![
+                "172.211.0.20",
+                "100.64.0.1",
+                "203.0.113.2",
+                "203.0.113.2",
+                "172.211.0.17",
+                "172.211.0.20",
+            ],
+        ),
+        // A VIP from the outside host: the Linux upstream router and T0 (transit 100.64.0.0) in,
+        // T0 (uplink) and the upstream router back.
+        (
+            "ext/hop",
+            vip.clone(),
+            vec![
+                "198.51.100.10",
+                "203.0.113.1",
+                "100.64.0.0",
+                &vip,
+                &vip,
+                "203.0.113.2",
+                "198.51.100.1",
+                "198.51.100.10",
+            ],
+        ),
+    ];
+    for (from, dst, want) in cases {
+        let mut seen = Vec::new();
+        let answered = wait_until(std::time::Duration::from_secs(10), || {
+            let o = lab.exec(from, &["ping", "-n", "-R", "-c", "1", "-W", "1", &dst]);
+            seen = record_route(&stdout(&o));
+            o.status.success()
+        });
+        assert!(answered, "ping -R {dst} from {from} never answered");
+        assert_eq!(seen, want, "ping -R {dst} from {from}");
+    }
+}

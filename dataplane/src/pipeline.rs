@@ -2470,13 +2470,25 @@ fn record_route(t: &Tables, in_port: &Port, action: &FlowAction, frame: &mut [u8
     let dst = action.dnat.map_or(dst, |(ip, _)| ip);
     let crossed = Crossed::towards(t, in_port, dst, action.ttl_dec);
     rewrite::record_route(header, crossed.addrs());
+    rewrite::timestamp(header, &crossed.into[..crossed.n], ms_since_midnight_utc());
+}
+
+/// What an internet timestamp holds (RFC 791): milliseconds since midnight UTC, as Linux's
+/// `inet_current_timestamp` gives them.
+fn ms_since_midnight_utc() -> u32 {
+    let since_epoch = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u32::try_from(since_epoch.as_millis() % 86_400_000).unwrap_or(0)
 }
 
 /// The gateways a packet from `in_port` to `dst` crosses, in order (at most 8), each with
-/// the address it sends the packet on from: what each writes in a record route.
+/// the address it sends the packet on from (what each writes in a record route) and the
+/// address it receives it on (what each writes before its time in a timestamp).
 struct Crossed {
     gateways: [GatewayId; 8],
     from: [Ipv4Addr; 8],
+    into: [Ipv4Addr; 8],
     n: usize,
 }
 
@@ -2486,14 +2498,15 @@ impl Crossed {
         let mut crossed = Crossed {
             gateways: [0; 8],
             from: [Ipv4Addr::UNSPECIFIED; 8],
+            into: [Ipv4Addr::UNSPECIFIED; 8],
             n: 0,
         };
-        let mut gw = match in_port.kind {
+        let (mut gw, mut into) = match in_port.kind {
             PortKind::Pod { segment, .. } => match t.segment(segment) {
-                Some(seg) => seg.t1,
+                Some(seg) => (seg.t1, seg.gateway_ip),
                 None => return crossed,
             },
-            PortKind::Uplink { gateway, .. } => gateway,
+            PortKind::Uplink { gateway, addr, .. } => (gateway, addr),
         };
         while crossed.n < usize::from(max).min(crossed.from.len()) {
             let Some((from, next)) = sends_from(t, gw, dst) else {
@@ -2501,11 +2514,16 @@ impl Crossed {
             };
             crossed.gateways[crossed.n] = gw;
             crossed.from[crossed.n] = from;
+            crossed.into[crossed.n] = into;
             crossed.n += 1;
-            match next {
-                Some(next) => gw = next,
-                None => break,
-            }
+            let Some(next) = next else { break };
+            // The next gateway receives it on its end of the transit link between the two.
+            into = match (t.gateway(gw), t.gateway(next)) {
+                (Some(g), Some(n)) if n.kind == GatewayKind::T0 => g.transit_peer,
+                (_, Some(n)) => n.transit_ip,
+                _ => break,
+            };
+            gw = next;
         }
         crossed
     }

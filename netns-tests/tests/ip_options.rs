@@ -201,3 +201,69 @@ fn ping_record_route_to_a_gateway_lists_the_gateways_crossed_to_it() {
         assert_eq!(seen, want, "ping -R {dst} from {from}");
     }
 }
+
+/// The lines `ping -T` lists under `TS:`, each split into its words, and its count of
+/// unrecorded hops.
+fn timestamps(out: &str) -> (Vec<Vec<String>>, Option<String>) {
+    let Some(at) = out.find("TS:") else {
+        return (Vec::new(), None);
+    };
+    let entries = out[at + 3..]
+        .lines()
+        .take_while(|l| !l.trim().is_empty() && !l.starts_with("Unrecorded"))
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect();
+    let unrecorded = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Unrecorded hops: "))
+        .map(String::from);
+    (entries, unrecorded)
+}
+
+/// `ping -T` to an outside host: T1 and T0 stamp it, as the Linux upstream router after
+/// them does, both ways; with addresses, each the one it received the packet on.
+#[test]
+fn ping_timestamps_are_stamped_by_t1_and_t0_as_by_linux_routers() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("qa20ts");
+    let ping = |mode: &str| {
+        let mut seen = (Vec::new(), None);
+        let answered = wait_until(std::time::Duration::from_secs(10), || {
+            let o = lab.exec(
+                "ns-dev/testbox",
+                &[
+                    "ping",
+                    "-n",
+                    "-T",
+                    mode,
+                    "-c",
+                    "1",
+                    "-W",
+                    "1",
+                    "198.51.100.10",
+                ],
+            );
+            seen = timestamps(&stdout(&o));
+            o.status.success()
+        });
+        assert!(answered, "ping -T {mode} never answered");
+        seen
+    };
+    // Four entries of address and time: the testbox's own, T1's (its segment's gateway), T0's
+    // (its end of the transit link), the upstream router's; the 5 hops after find it full.
+    let (entries, unrecorded) = ping("tsandaddr");
+    let addrs: Vec<&str> = entries.iter().map(|e| e[0].as_str()).collect();
+    assert_eq!(
+        addrs,
+        ["172.211.0.20", "172.211.0.17", "100.64.0.0", "203.0.113.1"],
+        "{entries:?}"
+    );
+    assert_eq!(unrecorded.as_deref(), Some("5"), "{entries:?}");
+    // Nine times: the testbox, T1, T0, the upstream router, the host twice, and back; the
+    // testbox's receipt alone is left unrecorded.
+    let (entries, unrecorded) = ping("tsonly");
+    assert_eq!(entries.len(), 9, "{entries:?}");
+    assert_eq!(unrecorded.as_deref(), Some("1"), "{entries:?}");
+}

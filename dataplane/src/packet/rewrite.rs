@@ -667,6 +667,73 @@ pub fn record_route(header: &mut [u8], addrs: &[Ipv4Addr]) -> bool {
     changed
 }
 
+/// Option type of an internet timestamp (RFC 791 section 3.1, `ping -T`).
+const OPTION_TIMESTAMP: u8 = 68;
+
+/// Stamps the timestamp option of a packet as the Linux routers it crosses would on receipt
+/// (`ip_options_compile`): for each router, `ms` (milliseconds since midnight UTC) in the next
+/// free entry, after the address it received the packet on (`addrs`, in order) when the
+/// option asks for addresses too (`ping -T tsandaddr`); once full, its overflow count goes up
+/// instead, at most to 15. Prespecified addresses (`tsprespec`) are left as they are, as is
+/// a header without the option or whose options do not parse; the header checksum is
+/// recomputed. Whether it changed.
+pub fn timestamp(header: &mut [u8], addrs: &[Ipv4Addr], ms: u32) -> bool {
+    let header_len = header.first().map_or(0, |&b| usize::from(b & 0x0f) * 4);
+    if header_len <= ipv4::HEADER_LEN || header.len() < header_len {
+        return false;
+    }
+    let mut at = ipv4::HEADER_LEN;
+    let mut changed = false;
+    while at < header_len {
+        let kind = header[at];
+        let len = match kind {
+            0 => break,
+            1 => 1,
+            _ => usize::from(header.get(at + 1).copied().unwrap_or(0)),
+        };
+        if (kind != 1 && len < 2) || at + len > header_len {
+            break;
+        }
+        if kind == OPTION_TIMESTAMP && len >= 4 {
+            let flags = header[at + 3] & 0x0f;
+            let entry = match flags {
+                0 => 4,
+                1 => 8,
+                _ => break,
+            };
+            for addr in addrs {
+                let pointer = usize::from(header[at + 2]);
+                if pointer < 5 {
+                    break;
+                }
+                if pointer + entry - 1 > len {
+                    let overflow = header[at + 3] >> 4;
+                    if overflow == 15 {
+                        break;
+                    }
+                    header[at + 3] = ((overflow + 1) << 4) | flags;
+                } else {
+                    let slot = at + pointer - 1;
+                    if entry == 8 {
+                        header[slot..slot + 4].copy_from_slice(&addr.octets());
+                    }
+                    header[slot + entry - 4..slot + entry].copy_from_slice(&ms.to_be_bytes());
+                    header[at + 2] = header[at + 2].saturating_add(entry as u8);
+                }
+                changed = true;
+            }
+            break;
+        }
+        at += len;
+    }
+    if changed {
+        header[10..12].fill(0);
+        let sum = checksum::ipv4_header_checksum(&header[..header_len]);
+        header[10..12].copy_from_slice(&sum.to_be_bytes());
+    }
+    changed
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -685,6 +752,46 @@ mod tests {
             L3::Ipv4(ip) => ip,
             other => panic!("not IPv4: {other:?}"),
         }
+    }
+
+    #[test]
+    fn timestamp_stamps_each_router_then_counts_the_overflow() {
+        // ping -T tsandaddr: 4 entries of address and time, the first taken by the sender.
+        let mut header = vec![0x4e, 0, 0, 56, 0, 1, 0x40, 0, 64, 1, 0, 0];
+        header.extend_from_slice(&[172, 211, 0, 20, 198, 51, 100, 10]);
+        header.extend_from_slice(&[68, 36, 13, 1, 172, 211, 0, 20, 0, 0, 0, 9]);
+        header.resize(56, 0);
+        let t1 = Ipv4Addr::new(172, 211, 0, 17);
+        let t0 = Ipv4Addr::new(100, 64, 0, 0);
+        let ms = 0x0102_0304;
+        assert!(timestamp(&mut header, &[t1, t0], ms));
+        assert_eq!(header[22], 29, "pointer past the two stamped");
+        assert_eq!(header[32..40], [172, 211, 0, 17, 1, 2, 3, 4]);
+        assert_eq!(header[40..48], [100, 64, 0, 0, 1, 2, 3, 4]);
+        assert_eq!(fold(checksum::sum(&header, 0)), 0xffff, "header checksum");
+        // One entry left: the next router takes it, the one after counts itself as overflow.
+        assert!(timestamp(&mut header, &[t1, t0], ms));
+        assert_eq!((header[22], header[23]), (37, 0x11));
+        assert_eq!(header[48..56], [172, 211, 0, 17, 1, 2, 3, 4]);
+        header[23] = 0xf1;
+        let full = header.clone();
+        assert!(!timestamp(&mut header, &[t0], ms), "overflow spent");
+        assert_eq!(header, full);
+
+        // tsonly: times only; tsprespec and no option at all: left as they are.
+        let mut only = full[..20].to_vec();
+        only[0] = 0x47;
+        only.extend_from_slice(&[68, 8, 5, 0, 0, 0, 0, 0]);
+        assert!(timestamp(&mut only, &[t1], ms));
+        assert_eq!((only[22], &only[24..28]), (9, &[1, 2, 3, 4][..]));
+        let mut prespec = only.clone();
+        prespec[22..24].copy_from_slice(&[5, 3]);
+        let before = prespec.clone();
+        assert!(!timestamp(&mut prespec, &[t1], ms));
+        assert_eq!(prespec, before);
+        let mut plain = full[..20].to_vec();
+        plain[0] = 0x45;
+        assert!(!timestamp(&mut plain, &[t1], ms));
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Stateful behaviour: the distributed load balancer's spread, session affinity and endpoint
 //! removal; an empty service refusing at once; the stateful firewall dropping unsolicited SYNs;
 //! ICMP errors finding their way back through SNAT; SpoofGuard; a simultaneous open (TCP hole
-//! punching), a blind RST, a forged ICMP error
-//! and an ICMP error about GRE through SNAT.
+//! punching), a blind RST, a forged ICMP error,
+//! an ICMP error about GRE through SNAT, and a full connection table making room from
+//! half-closed connections.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -768,5 +769,65 @@ fn an_icmp_error_about_gre_through_snat_reaches_the_pod() {
             && text.contains("172.211.0.18 > 198.51.100.100: GRE"),
         "the pod should see the host's protocol unreachable, quoting its own address: {}",
         describe(&seen)
+    );
+}
+
+/// A connection table full of the pod's connections to a server that never closes its end
+/// (`--conntrack-max 200`): new connections are refused and counted (`conntrack-full`), the
+/// open ones stay, and once the pod closes them (half-closed: FIN_WAIT, the server's end still
+/// open) new ones connect at once, as a Linux router's full table drops closing connections
+/// for new ones (`tcp_can_early_drop`). The half-closed ones were kept as established, and every
+/// new connection was refused for the 120 s of FIN_WAIT.
+#[test]
+fn a_full_table_makes_room_from_half_closed_connections() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with_options("ctfullhc", None, &["--conntrack-max", "200"]);
+    let internet = "ext/internet";
+    let server = "import socket\n\
+                  s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n\
+                  s.bind(('0.0.0.0', 7001)); s.listen(1024); held = []\n\
+                  while True:\n\
+                  \x20   held.append(s.accept()[0])\n";
+    let out = lab.sh(
+        internet,
+        &format!("setsid timeout 90 python3 -c \"{server}\" >/dev/null 2>&1 &"),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_listening(&lab, internet, "-t", 7001);
+    // Fills the table, tries a few more, closes its end of all of them, tries again.
+    let client = "import socket, time\n\
+                  def tries(n):\n\
+                  \x20   got = []\n\
+                  \x20   for i in range(n):\n\
+                  \x20       s = socket.socket(); s.settimeout(0.5)\n\
+                  \x20       try:\n\
+                  \x20           s.connect(('198.51.100.100', 7001)); got.append(s)\n\
+                  \x20       except OSError:\n\
+                  \x20           s.close()\n\
+                  \x20   return got\n\
+                  held = tries(200)\n\
+                  over = tries(5)\n\
+                  for s in held + over: s.close()\n\
+                  time.sleep(0.5)\n\
+                  after = tries(20)\n\
+                  print(len(held), len(over), len(after))\n";
+    let out = lab.exec("ns-dev/testbox", &["python3", "-c", client]);
+    let counts: Vec<u32> = stdout(&out)
+        .split_whitespace()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    assert_eq!(counts.len(), 3, "{}", describe(&out));
+    assert_eq!(counts[0], 200, "the table's 200 connections: {counts:?}");
+    assert_eq!(counts[1], 0, "past the table's size: {counts:?}");
+    assert!(
+        lab.port_drops("172.211.0.20", "conntrack-full") >= 5,
+        "{}",
+        stdout(&lab.pacific(&["get", "ports"]))
+    );
+    assert_eq!(
+        counts[2], 20,
+        "new connections once the pod closed its end of the others: {counts:?}"
     );
 }

@@ -1023,10 +1023,13 @@ impl Conntrack {
     }
 
     /// The handle of the connection in `slot` if one lives there that a full table may evict:
-    /// not a TCP connection past its handshake and not yet closing, nor a UDP (or other
-    /// portless) flow that has been answered. Half-open connections, unanswered flows and those
-    /// in TIME_WAIT or CLOSE may go. One look at the connection's state, under its mutex: this
-    /// runs for every new connection a full table sees.
+    /// not an established TCP connection, nor a UDP (or other portless) flow that has been
+    /// answered. Half-open connections, unanswered flows and closing ones (a FIN seen: FIN_WAIT,
+    /// CLOSE_WAIT, LAST_ACK, TIME_WAIT, CLOSE) may go, as Linux's `tcp_can_early_drop` lets its
+    /// full table drop them: kept, a table full of connections half-closed towards a peer that
+    /// never closes its end refused every new one for the 120 s of FIN_WAIT. One look at the
+    /// connection's state, under its mutex: this runs for every new connection a full table
+    /// sees.
     fn evictable_id(&self, slot: u32) -> Option<ConnId> {
         if !self.table.is_live(slot) {
             return None;
@@ -1036,11 +1039,14 @@ impl Conntrack {
         // Other protocols than TCP stay in the state a connection starts with (SYN_SENT), where
         // a TCP connection is never replied: a SYN-ACK makes it SYN_RECV.
         let established = match cold.slow.tcp {
-            TcpState::Established | TcpState::FinWait | TcpState::CloseWait | TcpState::LastAck => {
-                true
-            }
+            TcpState::Established => true,
             TcpState::SynSent => replied,
-            TcpState::SynRecv | TcpState::TimeWait | TcpState::Close => false,
+            TcpState::SynRecv
+            | TcpState::FinWait
+            | TcpState::CloseWait
+            | TcpState::LastAck
+            | TcpState::TimeWait
+            | TcpState::Close => false,
         };
         (cold.live && !established).then_some(ConnId {
             slot,
@@ -1895,7 +1901,7 @@ mod tests {
     }
 
     /// A table full of established connections refuses a new one (counted) instead of evicting
-    /// one of them; once one closes, it is the one that goes.
+    /// one of them; once one closes, or is half-closed, it is the one that goes.
     #[test]
     fn a_full_table_keeps_its_established_connections_and_refuses_new_ones() {
         let ct = Conntrack::new(ConntrackConfig {
@@ -1935,8 +1941,23 @@ mod tests {
         ct.insert(new_conn(conn(200)), 1, TCP_SYN, 30).unwrap();
         assert!(ct.get(&closing).is_none());
         assert_eq!(ct.stats.evicted.load(Relaxed), 1);
+        ct.track(&conn(200).reversed(), TCP_SYN | TCP_ACK, 31);
+        ct.track(&conn(200), TCP_ACK, 32);
         assert!(ct.get(&udp).is_some());
         for port in (0..63u16).filter(|&p| p != 7) {
+            assert_eq!(state(&ct, &conn(port)), TcpState::Established, "{port}");
+        }
+        // One is closed by the pod only (its FIN acknowledged, the server's end still open):
+        // a new connection takes its place too, as Linux drops a closing one.
+        let half_closed = conn(8);
+        ct.track(&half_closed, TCP_FIN | TCP_ACK, 40);
+        ct.track(&half_closed.reversed(), TCP_ACK, 41);
+        assert_ne!(state(&ct, &half_closed), TcpState::Established);
+        ct.insert(new_conn(conn(201)), 1, TCP_SYN, 50).unwrap();
+        assert!(ct.get(&half_closed).is_none());
+        assert_eq!(ct.stats.evicted.load(Relaxed), 2);
+        assert!(ct.get(&udp).is_some());
+        for port in (0..63u16).filter(|&p| p != 7 && p != 8).chain([200]) {
             assert_eq!(state(&ct, &conn(port)), TcpState::Established, "{port}");
         }
     }

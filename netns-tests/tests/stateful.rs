@@ -2,8 +2,8 @@
 //! removal; an empty service refusing at once; the stateful firewall dropping unsolicited SYNs;
 //! ICMP errors finding their way back through SNAT; SpoofGuard; a simultaneous open (TCP hole
 //! punching), a blind RST, a forged ICMP error,
-//! an ICMP error about GRE through SNAT, and a full connection table making room from
-//! half-closed connections.
+//! an ICMP error about GRE through SNAT, a full connection table making room from
+//! half-closed connections, and two pods sharing one source port through SNAT.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
@@ -830,4 +830,73 @@ fn a_full_table_makes_room_from_half_closed_connections() {
         counts[2], 20,
         "new connections once the pod closed its end of the others: {counts:?}"
     );
+}
+
+/// Two pods of ns-dev (one egress IP) talk to the same outside server port at once from the
+/// same source port (TCP, UDP) or with the same echo identifier: both are answered, as through
+/// Linux's MASQUERADE, and `get nat` shows the second on another port (identifier) of the
+/// egress IP.
+#[test]
+fn two_pods_with_one_source_port_share_the_egress_ip() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("snatsame");
+    let internet = "ext/internet";
+    let out = lab.sh(
+        internet,
+        "setsid timeout 60 socat TCP-LISTEN:7002,reuseaddr,fork EXEC:cat >/dev/null 2>&1 & \
+         setsid timeout 60 socat UDP-LISTEN:7002,reuseaddr,fork EXEC:cat >/dev/null 2>&1 &",
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    wait_listening(&lab, internet, "-t", 7002);
+    wait_listening(&lab, internet, "-u", 7002);
+    let pods = [
+        ("ns-dev/wordpress", "172.211.0.18"),
+        ("ns-dev/testbox", "172.211.0.20"),
+    ];
+    let cases = [
+        ("tcp", "(echo hi; sleep 2) | timeout 10 socat -t 3 - TCP:198.51.100.100:7002,sourceport=44000,reuseaddr"),
+        ("udp", "(echo hi; sleep 2) | timeout 10 socat -t 3 - UDP:198.51.100.100:7002,sourceport=44000"),
+        ("icmp", "ping -n -c 3 -i 0.5 -W 2 -e 4242 198.51.100.100 | grep -c ' from '"),
+    ];
+    for (proto, script) in cases {
+        let lab = &lab;
+        let outs = std::thread::scope(|s| {
+            let runs: Vec<_> = pods
+                .iter()
+                .map(|(pod, _)| s.spawn(move || lab.sh(pod, script)))
+                .collect();
+            // While both run: the second flow was given another port of the egress IP.
+            std::thread::sleep(Duration::from_millis(800));
+            let nat = lab.items("nat", Some("ns-dev"));
+            let runs: Vec<_> = runs.into_iter().map(|r| r.join().expect("run")).collect();
+            (nat, runs)
+        });
+        let (nat, runs) = outs;
+        for ((pod, _), out) in pods.iter().zip(&runs) {
+            let text = stdout(out);
+            let answered = if proto == "icmp" {
+                text.trim() == "3"
+            } else {
+                text.trim() == "hi"
+            };
+            assert!(answered, "{proto} from {pod}: {}", describe(out));
+        }
+        let translated: BTreeSet<String> = nat
+            .iter()
+            .filter(|n| n["protocol"] == proto)
+            .filter(|n| {
+                let original = n["original"].as_str().unwrap_or_default();
+                original.contains("-> 198.51.100.100")
+                    && pods.iter().any(|(_, ip)| original.starts_with(ip))
+            })
+            .filter_map(|n| n["translated"].as_str().map(str::to_string))
+            .collect();
+        assert_eq!(translated.len(), 2, "{proto}: {nat:?}");
+        assert!(
+            translated.iter().all(|t| t.starts_with("172.60.96.2")),
+            "{proto}: {translated:?}"
+        );
+    }
 }

@@ -189,18 +189,19 @@ fn control_socket_refuses_bad_bytes_stray_params_and_unknown_namespaces() {
     assert!(resp["result"]["items"].is_array(), "{resp}");
 }
 
-/// A pod's test server answers with the MESSAGE the pod has now: an apply that changes it (and
-/// says `configured`) restarts the server, as a change of ports already did.
+/// A bare pod's spec is fixed once it runs, as the API server holds it: a re-apply that changes
+/// its MESSAGE is refused, naming the field, and the running server still answers as before; a
+/// label change is taken. A Deployment's template change reaches its replica's server.
 #[test]
-fn a_changed_message_reaches_the_running_pod() {
+fn a_changed_message_is_refused_for_a_pod_and_reaches_a_deployment() {
     if !require_netns() {
         return;
     }
-    let pod = |message: &str| {
+    let pod = |message: &str, label: &str| {
         format!(
             "apiVersion: v1
 kind: Pod
-metadata: {{name: msg, namespace: team}}
+metadata: {{name: msg, namespace: team, labels: {{v: {label}}}}}
 spec:
   containers:
   - name: c
@@ -210,13 +211,36 @@ spec:
 "
         )
     };
-    let lab = Lab::up_with("qamsg", &format!("{POOLS}---\n{}", pod("first")));
-    let ip = lab
-        .items("pods", Some("team"))
-        .iter()
-        .find(|p| p["name"] == "msg")
-        .and_then(|p| p["ip"].as_str().map(str::to_string))
-        .expect("pod msg has an address");
+    let deploy = |message: &str| {
+        format!(
+            "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: dmsg, namespace: team}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: dmsg}}}}
+  template:
+    metadata: {{labels: {{app: dmsg}}}}
+    spec:
+      containers:
+      - name: c
+        image: x
+        ports: [{{containerPort: 80}}]
+        env: [{{name: MESSAGE, value: {message}}}]
+"
+        )
+    };
+    let lab = Lab::up_with(
+        "qamsg",
+        &format!("{POOLS}---\n{}---\n{}", pod("first", "a"), deploy("one")),
+    );
+    let ip_of = |prefix: &str| {
+        lab.items("pods", Some("team"))
+            .iter()
+            .find(|p| p["name"].as_str().is_some_and(|n| n.starts_with(prefix)))
+            .and_then(|p| p["ip"].as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
     // From a neighbour on the segment.
     let tester = "apiVersion: v1
 kind: Pod
@@ -225,22 +249,38 @@ spec:
   containers: [{name: c, image: x}]
 ";
     lab.apply_ok(tester, None, None);
-    let url = format!("http://{ip}/");
-    let seen = || {
+    let seen = |prefix: &str| {
+        let url = format!("http://{}/", ip_of(prefix));
         stdout(&lab.exec("team/tester", &["curl", "-s", "-m", "2", &url]))
             .trim()
             .to_string()
     };
     assert!(
-        wait_until(Duration::from_secs(10), || seen() == "first"),
-        "{url}: {:?}",
-        seen()
+        wait_until(Duration::from_secs(10), || seen("msg") == "first"),
+        "pod msg: {:?}",
+        seen("msg")
     );
-    lab.apply_ok(&pod("second"), None, None);
+    let out = lab.apply(&pod("second", "a"), None, None);
+    assert!(!out.status.success(), "{}", describe(&out));
+    let said = stderr(&out);
     assert!(
-        wait_until(Duration::from_secs(10), || seen() == "second"),
-        "after the MESSAGE changed, {url} still says {:?}",
-        seen()
+        said.contains("spec.containers[0].env")
+            && said.contains("Forbidden: pod updates may not change fields other than"),
+        "{said}"
+    );
+    let out = lab.apply_ok(&pod("first", "b"), None, None);
+    assert_eq!(stdout(&out).trim(), "pod/msg configured");
+    assert_eq!(seen("msg"), "first", "the refused MESSAGE reached the pod");
+    assert!(
+        wait_until(Duration::from_secs(10), || seen("dmsg") == "one"),
+        "deployment dmsg: {:?}",
+        seen("dmsg")
+    );
+    lab.apply_ok(&deploy("two"), None, None);
+    assert!(
+        wait_until(Duration::from_secs(10), || seen("dmsg") == "two"),
+        "after the template's MESSAGE changed, dmsg still says {:?}",
+        seen("dmsg")
     );
 }
 

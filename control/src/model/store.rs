@@ -608,6 +608,33 @@ fn place_hosts(
     Ok(placed)
 }
 
+/// The API server's words for a pod update that changes more than it may.
+const POD_UPDATE_FORBIDDEN: &str = "pod updates may not change fields other than \
+    `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, \
+    `spec.tolerations` (only additions to existing tolerations), \
+    `spec.terminationGracePeriodSeconds`";
+
+/// The first field of a pod's spec that a re-apply `r` changes and the API server would not
+/// let change: every container field but its image, the containers themselves, `nodeName`.
+/// Labels and annotations may change.
+fn forbidden_pod_update(old: &Pod, r: &PodRequest, hostname: &str) -> Option<String> {
+    if old.containers.len() != r.containers.len() {
+        return Some("spec.containers".into());
+    }
+    for (i, (o, n)) in old.containers.iter().zip(&r.containers).enumerate() {
+        if o.name != n.name {
+            return Some(format!("spec.containers[{i}].name"));
+        }
+        if o.ports != n.ports {
+            return Some(format!("spec.containers[{i}].ports"));
+        }
+        if o.env != n.env {
+            return Some(format!("spec.containers[{i}].env"));
+        }
+    }
+    (old.node != r.node.as_deref().unwrap_or(hostname)).then(|| "spec.nodeName".into())
+}
+
 /// An apply in progress: the state being built and what the request pins.
 struct Txn<'a> {
     st: State,
@@ -1065,6 +1092,14 @@ impl Txn<'_> {
                     m,
                     "metadata.name",
                     format!("pod {} is a node VM of TanzuKubernetesCluster {c}", m.name),
+                ));
+            }
+            if let Some(field) = forbidden_pod_update(o, r, self.hostname) {
+                return Err(err(
+                    ErrorCode::Invalid,
+                    m,
+                    field,
+                    format!("Forbidden: {POD_UPDATE_FORBIDDEN} (delete the pod to change it)"),
                 ));
             }
         }
@@ -3193,6 +3228,81 @@ endpoints: [{addresses: [198.51.100.100], targetRef: {name: internet}}]
     /// apps/v1 holds a Deployment's `spec.selector` immutable: a re-apply that changes it is
     /// refused, naming the field, and nothing else of the request is applied (it re-labelled
     /// the pods under the new selector).
+    #[test]
+    fn a_pod_spec_cannot_change_but_its_image_and_labels_can() {
+        let mut store = seeded();
+        let pod = |labels: &str, image: &str, ports: &str, extra: &str| {
+            format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: tool, namespace: ns-dev, labels: {{{labels}}}}}\nspec:\n  containers:\n  - {{name: c, image: {image}, ports: [{ports}]}}\n{extra}")
+        };
+        apply(
+            &mut store,
+            &pod("app: a", "nginx", "{containerPort: 8080}", ""),
+            None,
+        )
+        .unwrap();
+        let before = store.state().clone();
+        let refused = [
+            (
+                pod("app: a", "nginx", "{containerPort: 9090}", ""),
+                "spec.containers[0].ports",
+            ),
+            (
+                pod(
+                    "app: a",
+                    "nginx",
+                    "{containerPort: 8080}",
+                    "  - {name: side, image: busybox}\n",
+                ),
+                "spec.containers",
+            ),
+            (
+                pod(
+                    "app: a",
+                    "nginx",
+                    "{containerPort: 8080}",
+                    "  nodeName: elsewhere\n",
+                ),
+                "spec.nodeName",
+            ),
+        ];
+        for (text, field) in refused {
+            // With a namespace before it: the whole request is refused, not only the pod.
+            let request =
+                format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: ns-new}}\n---\n{text}");
+            let e = apply(&mut store, &request, None).unwrap_err();
+            assert_eq!(
+                (e.code, e.field.as_str(), e.document),
+                (ErrorCode::Invalid, field, Some(2)),
+                "{e}"
+            );
+            assert!(
+                e.message.starts_with("Forbidden: pod updates may not change fields other than `spec.containers[*].image`"),
+                "{e}"
+            );
+            assert_eq!(
+                store.state(),
+                &before,
+                "a refused request changed the state: {e}"
+            );
+        }
+        // The image, labels and annotations may change; the pod keeps its address and age.
+        let out = apply(
+            &mut store,
+            &pod("app: b", "nginx:1.27", "{containerPort: 8080}", ""),
+            None,
+        )
+        .unwrap();
+        assert_eq!(out[0].action, "configured");
+        let (old, new) = (
+            before.pod("ns-dev", "tool").unwrap(),
+            store.state().pod("ns-dev", "tool").unwrap(),
+        );
+        assert_eq!(
+            (new.ip, new.created, new.labels["app"].as_str()),
+            (old.ip, old.created, "b")
+        );
+    }
+
     #[test]
     fn a_deployment_selector_cannot_change() {
         let mut store = seeded();

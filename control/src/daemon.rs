@@ -754,8 +754,18 @@ impl Daemon {
         let mut problems = Vec::new();
         let mut pod_problems = Vec::new();
         let state = control.store.state().clone();
-        // Pods that went away or changed address.
-        let stale: Vec<(String, String)> = control
+        // Pods that went away or changed address. A pod that went away while pods that replace
+        // it (a rollout's, with addresses of their own) come serves until they do, as a rolling
+        // update's old pods do: it goes once they listen. One whose address changed, or whose
+        // address a new pod takes, goes first.
+        let taken: BTreeSet<std::net::Ipv4Addr> = state
+            .pods
+            .iter()
+            .filter(|(key, p)| control.pods.get(*key).is_none_or(|r| r.pod.ip != p.ip))
+            .map(|(_, p)| p.ip)
+            .collect();
+        type Retiring = Vec<((String, String), bool)>;
+        let (first, later): (Retiring, Retiring) = control
             .pods
             .iter()
             .filter(|(key, r)| {
@@ -764,58 +774,16 @@ impl Daemon {
                     .get(*key)
                     .is_none_or(|p| p.ip != r.pod.ip || p.mac != r.pod.mac)
             })
-            .map(|(key, _)| key.clone())
-            .collect();
-        if !stale.is_empty() {
-            // Tables without them as endpoints first, then their servers drain, then their
-            // ports and namespaces go. Published after, a scale-down's new connections were sent,
-            // for that while, to a pod already gone (curl timed out, or waited for its SYN to be
-            // sent again). Gone with their pods at once, the requests in flight to them were
-            // lost with their interfaces, and their clients waited in vain. A deleted pod keeps
-            // its port (its address, no endpoint) while it drains, as a terminating pod does; one
-            // whose address changed loses it at once, the new address wanting the key.
-            let mut draining = state.clone();
-            for key in &stale {
-                let owner = PortOwner::Pod(key.0.clone(), key.1.clone());
-                match control.pods.get(key) {
-                    Some(r) if !state.pods.contains_key(key) => {
-                        draining.pods.insert(key.clone(), r.pod.clone());
-                    }
-                    _ => {
-                        control.ports.remove(&owner);
-                    }
-                }
-            }
-            self.publish_state(control, Some(&draining));
-            let servers: Vec<u32> = stale
-                .iter()
-                .filter_map(|key| control.pods.get_mut(key)?.server.take())
-                .collect();
-            netns::terminate_pids(&servers, SERVER_DRAIN_GRACE);
-            for key in &stale {
-                control
-                    .ports
-                    .remove(&PortOwner::Pod(key.0.clone(), key.1.clone()));
-            }
-            self.publish(control);
-        }
-        for key in stale {
-            if let Some(r) = control.pods.remove(&key) {
-                self.dataplane.lock().remove_port(r.port);
-                control.gone_ports.push(r.port);
-                control
-                    .ports
-                    .remove(&PortOwner::Pod(key.0.clone(), key.1.clone()));
-                if let Err(e) = netns::delete_netns(&r.netns) {
-                    problems.push(e.to_string());
-                }
-                control.record.namespaces.retain(|n| *n != r.netns);
-                // Workloads that ran on this node went with its namespace.
-                control
-                    .workloads
-                    .retain(|_, (pid, _)| netns::pid_alive(*pid));
-            }
-        }
+            .map(|(key, r)| {
+                (
+                    key.clone(),
+                    state.pods.contains_key(key) || taken.contains(&r.pod.ip),
+                )
+            })
+            .partition(|(_, now)| *now);
+        let first: Vec<(String, String)> = first.into_iter().map(|(k, _)| k).collect();
+        let later: Vec<(String, String)> = later.into_iter().map(|(k, _)| k).collect();
+        self.retire_pods(control, &state, first, &mut problems);
         // New pods.
         for (key, pod) in &state.pods {
             if control.pods.contains_key(key) {
@@ -885,6 +853,7 @@ impl Daemon {
                 ));
             }
         }
+        self.retire_pods(control, &state, later, &mut problems);
         self.realize_workloads(control, &state, &mut problems);
         self.realize_outside(control, &state, &mut problems);
         let problems: Vec<(Option<(String, String)>, String)> = pod_problems
@@ -896,6 +865,67 @@ impl Daemon {
             log(p);
         }
         problems
+    }
+
+    /// Takes pods that went away or changed address out of the dataplane: out of the tables
+    /// first, then their servers drain, then their ports and namespaces go.
+    fn retire_pods(
+        &self,
+        control: &mut Control,
+        state: &State,
+        stale: Vec<(String, String)>,
+        problems: &mut Vec<String>,
+    ) {
+        if !stale.is_empty() {
+            // Tables without them as endpoints first, then their servers drain, then their
+            // ports and namespaces go. Published after, a scale-down's new connections were sent,
+            // for that while, to a pod already gone (curl timed out, or waited for its SYN to be
+            // sent again). Gone with their pods at once, the requests in flight to them were
+            // lost with their interfaces, and their clients waited in vain. A deleted pod keeps
+            // its port (its address, no endpoint) while it drains, as a terminating pod does; one
+            // whose address changed loses it at once, the new address wanting the key.
+            let mut draining = state.clone();
+            for key in &stale {
+                let owner = PortOwner::Pod(key.0.clone(), key.1.clone());
+                match control.pods.get(key) {
+                    Some(r) if !state.pods.contains_key(key) => {
+                        draining.pods.insert(key.clone(), r.pod.clone());
+                    }
+                    _ => {
+                        control.ports.remove(&owner);
+                    }
+                }
+            }
+            self.publish_state(control, Some(&draining));
+            let servers: Vec<u32> = stale
+                .iter()
+                .filter_map(|key| control.pods.get_mut(key)?.server.take())
+                .collect();
+            netns::terminate_pids(&servers, SERVER_DRAIN_GRACE);
+            for key in &stale {
+                control
+                    .ports
+                    .remove(&PortOwner::Pod(key.0.clone(), key.1.clone()));
+            }
+            self.publish(control);
+        }
+        for key in stale {
+            if let Some(r) = control.pods.remove(&key) {
+                self.dataplane.lock().remove_port(r.port);
+                control.gone_ports.push(r.port);
+                control
+                    .ports
+                    .remove(&PortOwner::Pod(key.0.clone(), key.1.clone()));
+                if let Err(e) = netns::delete_netns(&r.netns) {
+                    problems.push(e.to_string());
+                }
+                control.record.namespaces.retain(|n| *n != r.netns);
+                // Workloads that ran on this node went with its namespace.
+                control
+                    .workloads
+                    .retain(|_, (pid, _)| netns::pid_alive(*pid));
+            }
+        }
     }
 
     /// A name for a new namespace standing for `key`: `base` unless it is too long or another

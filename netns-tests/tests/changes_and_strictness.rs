@@ -284,6 +284,100 @@ spec:
     );
 }
 
+/// A Deployment whose template changes (its containerPort, and the service's targetPort with
+/// it) rolls its replicas, as Kubernetes does: new pods, with new names and addresses, answer
+/// on the new port, and the service answers every request throughout.
+#[test]
+fn a_template_change_rolls_the_replicas_without_a_gap() {
+    if !require_netns() {
+        return;
+    }
+    let app = |port: u16| {
+        format!(
+            "apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: roll, namespace: team}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: roll}}}}
+  template:
+    metadata: {{labels: {{app: roll}}}}
+    spec:
+      containers: [{{name: c, image: x, ports: [{{containerPort: {port}}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: roll, namespace: team}}
+spec:
+  selector: {{app: roll}}
+  ports: [{{port: 80, targetPort: {port}}}]
+"
+        )
+    };
+    let tester = "apiVersion: v1\nkind: Pod\nmetadata: {name: tester, namespace: team}\nspec:\n  containers: [{name: c, image: x}]\n";
+    let lab = Lab::up_with("qaroll", &format!("{POOLS}---\n{}---\n{tester}", app(8080)));
+    let pods = || -> Vec<(String, String)> {
+        lab.items("pods", Some("team"))
+            .iter()
+            .filter(|p| p["name"].as_str().is_some_and(|n| n.starts_with("roll-")))
+            .map(|p| {
+                (
+                    p["name"].as_str().unwrap_or("").to_string(),
+                    p["ip"].as_str().unwrap_or("").to_string(),
+                )
+            })
+            .collect()
+    };
+    let old = pods();
+    let cip = lab.cluster_ip("team", "roll");
+    let out_file = format!("/tmp/qaroll-{}.out", std::process::id());
+    // 40 requests, 0.1 s apart, from before the change to well after it.
+    let script = format!(
+        "(for i in $(seq 40); do curl -s -m 1 http://{cip}/hostname || echo -n FAIL; echo; sleep 0.1; done) \
+         > {out_file} 2>&1 < /dev/null &"
+    );
+    assert!(lab.sh("team/tester", &script).status.success());
+    std::thread::sleep(Duration::from_millis(800));
+    lab.apply_ok(&app(9090), None, None);
+    let new = pods();
+    assert!(
+        wait_until(Duration::from_secs(10), || std::fs::read_to_string(
+            &out_file
+        )
+        .is_ok_and(|s| s.lines().count() >= 40)),
+        "the requests did not end"
+    );
+    let answers = std::fs::read_to_string(&out_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_file);
+    assert_eq!(new.len(), 2, "{new:?}");
+    for (name, ip) in &new {
+        assert!(
+            old.iter().all(|(n, i)| n != name && i != ip),
+            "{old:?} -> {new:?}"
+        );
+        let url = format!("http://{ip}:9090/hostname");
+        assert_eq!(
+            stdout(&lab.exec("team/tester", &["curl", "-s", "-m", "2", &url])),
+            *name
+        );
+    }
+    let lines: Vec<&str> = answers.lines().collect();
+    assert!(
+        lines.iter().all(|l| !l.contains("FAIL") && !l.is_empty()),
+        "a request failed:\n{answers}"
+    );
+    assert!(
+        lines.iter().any(|l| old.iter().any(|(n, _)| n == l)),
+        "{answers}"
+    );
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| new.iter().any(|(n, _)| n == l)),
+        "{answers}"
+    );
+}
+
 /// kube-proxy opens a service's nodePort on every node of a guest cluster: a node without a
 /// replica passes the connection on to one with (`externalTrafficPolicy: Cluster`).
 #[test]

@@ -291,9 +291,20 @@ fn indexed_names(base: &str, seed: &str, count: usize) -> Vec<String> {
 }
 
 /// Replica names of a deployment, like kubectl's: `wordpress-<10-char hash>-<5 chars>`.
-/// `namespace` is the key namespace ("ns" or "ns/cluster").
-pub fn replica_names(namespace: &str, deployment: &str, count: usize) -> Vec<String> {
-    let seed = format!("{namespace}/{deployment}");
+/// `namespace` is the key namespace ("ns" or "ns/cluster"); `template` stands for the pod
+/// template, whose hash is in the name as `pod-template-hash` is: a changed template gives new
+/// names, so its pods are replaced (rolled), while a changed replica count keeps them.
+pub fn replica_names(
+    namespace: &str,
+    deployment: &str,
+    template: &str,
+    count: usize,
+) -> Vec<String> {
+    let seed = if template.is_empty() {
+        format!("{namespace}/{deployment}")
+    } else {
+        format!("{namespace}/{deployment}/{template}")
+    };
     indexed_names(&format!("{deployment}-{}-", name_hash(&seed)), &seed, count)
 }
 
@@ -487,10 +498,10 @@ mod tests {
 
     #[test]
     fn generated_names_are_stable_and_kubectl_like() {
-        let names = replica_names("ns-dev", "wordpress", 3);
-        assert_eq!(names, replica_names("ns-dev", "wordpress", 3));
+        let names = replica_names("ns-dev", "wordpress", "", 3);
+        assert_eq!(names, replica_names("ns-dev", "wordpress", "", 3));
         // Scaling keeps the lower names.
-        assert_eq!(replica_names("ns-dev", "wordpress", 2), names[..2]);
+        assert_eq!(replica_names("ns-dev", "wordpress", "", 2), names[..2]);
         let hash = name_hash("ns-dev/wordpress");
         for n in &names {
             let rest = n.strip_prefix("wordpress-").unwrap();
@@ -500,12 +511,12 @@ mod tests {
             assert!(suffix[1..].bytes().all(|b| SAFE_ALPHABET.contains(&b)));
         }
         assert_ne!(
-            replica_names("ns-prod", "wordpress", 1),
-            replica_names("ns-dev", "wordpress", 1)
+            replica_names("ns-prod", "wordpress", "", 1),
+            replica_names("ns-dev", "wordpress", "", 1)
         );
         // Long names are cut to an RFC 1123 label.
         let long = "a".repeat(63);
-        assert_eq!(replica_names("ns", &long, 1)[0].len(), 63);
+        assert_eq!(replica_names("ns", &long, "", 1)[0].len(), 63);
         let pool = |name: &str, replicas| NodePool {
             name: name.to_string(),
             replicas,
@@ -537,7 +548,7 @@ mod tests {
 
     #[test]
     fn many_replicas_get_distinct_names() {
-        let names = replica_names("ns", "web", 2000);
+        let names = replica_names("ns", "web", "", 2000);
         let set: BTreeSet<&String> = names.iter().collect();
         assert_eq!(set.len(), 2000);
     }

@@ -238,6 +238,13 @@ pub struct Deployment {
     pub cluster: Option<String>,
 }
 
+impl Deployment {
+    /// What the pod template holds (its labels and containers), for the replicas' names.
+    pub fn pod_template(&self) -> String {
+        format!("{:?}/{:?}", self.template_labels, self.containers)
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct TkgCluster {
     pub namespace: String,

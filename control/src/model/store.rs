@@ -1196,7 +1196,7 @@ impl Txn<'_> {
         ns: &Namespace,
         d: &Deployment,
     ) -> Result<(), ApplyError> {
-        let names = ipam::replica_names(&ns.name, &d.name, d.replicas as usize);
+        let names = ipam::replica_names(&ns.name, &d.name, &d.pod_template(), d.replicas as usize);
         let wanted: BTreeSet<&String> = names.iter().collect();
         let stale: Vec<(String, String)> = self
             .st
@@ -1204,9 +1204,6 @@ impl Txn<'_> {
             .filter(|p| p.owner.as_deref() == Some(d.name.as_str()) && !wanted.contains(&p.name))
             .map(|p| (p.namespace.clone(), p.name.clone()))
             .collect();
-        for k in stale {
-            self.st.pods.remove(&k);
-        }
         let mut mine = BTreeSet::new();
         let mut wishes = Vec::with_capacity(names.len());
         for pod_name in &names {
@@ -1231,13 +1228,23 @@ impl Txn<'_> {
             wishes.push(HostWish { pin: None, keep });
             mine.insert(k);
         }
-        let mut used = segment_hosts(&self.st, &ns.segment.name, &mine);
         let owners: Vec<String> = names
             .iter()
             .map(|n| format!("pod {}/{n}", ns.name))
             .collect();
-        let ips = place_hosts(&ns.segment, &wishes, &mut used, &owners, &self.claims.ips)
-            .map_err(|(_, e)| ipam_err(e, m, "spec.replicas"))?;
+        // New replicas take addresses the old ones do not have, when the segment has them, so
+        // that the old ones serve until the new ones do (a rollout), as a rolling update's
+        // surge has both at once; else the old ones' addresses.
+        let mut used = segment_hosts(&self.st, &ns.segment.name, &mine);
+        let mut placed = place_hosts(&ns.segment, &wishes, &mut used, &owners, &self.claims.ips);
+        for k in &stale {
+            self.st.pods.remove(k);
+        }
+        if placed.is_err() && !stale.is_empty() {
+            let mut used = segment_hosts(&self.st, &ns.segment.name, &mine);
+            placed = place_hosts(&ns.segment, &wishes, &mut used, &owners, &self.claims.ips);
+        }
+        let ips = placed.map_err(|(_, e)| ipam_err(e, m, "spec.replicas"))?;
         for (pod_name, ip) in names.into_iter().zip(ips) {
             let k = (ns.name.clone(), pod_name.clone());
             let created = self.st.pods.get(&k).map_or(self.now, |p| p.created);
@@ -1292,7 +1299,7 @@ impl Txn<'_> {
                 ),
             ));
         }
-        let names = ipam::replica_names(&key_ns, &d.name, d.replicas as usize);
+        let names = ipam::replica_names(&key_ns, &d.name, "", d.replicas as usize);
         let wanted: BTreeSet<&String> = names.iter().collect();
         self.st.cluster_workloads.retain(|(k, n), w| {
             !(k == &key_ns && w.owner.as_deref() == Some(d.name.as_str()) && !wanted.contains(n))
@@ -2273,7 +2280,11 @@ mod tests {
 
     /// The pods of a deployment, in replica order.
     fn replicas<'a>(st: &'a State, ns: &'a str, deployment: &str) -> Vec<&'a Pod> {
-        let names = ipam::replica_names(ns, deployment, 100);
+        let template = st
+            .deployments
+            .get(&(ns.to_string(), deployment.to_string()))
+            .map_or_else(String::new, |d| d.pod_template());
+        let names = ipam::replica_names(ns, deployment, &template, 100);
         let mut pods: Vec<&Pod> = st
             .pods_in(ns)
             .filter(|p| p.owner.as_deref() == Some(deployment))
@@ -3301,6 +3312,55 @@ endpoints: [{addresses: [198.51.100.100], targetRef: {name: internet}}]
             (new.ip, new.created, new.labels["app"].as_str()),
             (old.ip, old.created, "b")
         );
+    }
+
+    #[test]
+    fn a_template_change_rolls_the_replicas_and_a_replica_count_keeps_them() {
+        let mut store = seeded();
+        let deploy = |replicas: u32, port: u16| {
+            format!("apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: api, namespace: ns-dev}}\nspec:\n  replicas: {replicas}\n  selector: {{matchLabels: {{app: api}}}}\n  template:\n    metadata: {{labels: {{app: api}}}}\n    spec: {{containers: [{{name: c, image: nginx, ports: [{{containerPort: {port}}}]}}]}}\n")
+        };
+        let pods = |store: &Store| -> Vec<(String, Ipv4Addr, u64)> {
+            replicas(store.state(), "ns-dev", "api")
+                .iter()
+                .map(|p| (p.name.clone(), p.ip, p.created))
+                .collect()
+        };
+        apply(&mut store, &deploy(2, 8080), None).unwrap();
+        let first = pods(&store);
+        // More replicas: the two running ones stay as they are.
+        store
+            .apply(
+                parse_manifests(&deploy(3, 8080), None, None).unwrap(),
+                NOW + 5,
+            )
+            .unwrap();
+        let scaled = pods(&store);
+        assert_eq!(scaled.len(), 3);
+        assert!(
+            first.iter().all(|p| scaled.contains(p)),
+            "{first:?} -> {scaled:?}"
+        );
+        // A changed port: new replicas, new names and addresses, none of the old left.
+        let out = store
+            .apply(
+                parse_manifests(&deploy(3, 9090), None, None).unwrap(),
+                NOW + 9,
+            )
+            .unwrap();
+        assert_eq!(out[0].action, "configured");
+        let rolled = pods(&store);
+        assert_eq!(rolled.len(), 3);
+        for (name, ip, created) in &rolled {
+            assert!(
+                scaled.iter().all(|(n, i, _)| n != name && i != ip),
+                "{scaled:?} -> {rolled:?}"
+            );
+            assert_eq!(*created, NOW + 9);
+        }
+        let hash = |n: &str| n.rsplit_once('-').map(|(h, _)| h.to_string());
+        assert_ne!(hash(&rolled[0].0), hash(&scaled[0].0));
+        assert!(rolled.iter().all(|p| hash(&p.0) == hash(&rolled[0].0)));
     }
 
     #[test]

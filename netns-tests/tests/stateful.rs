@@ -843,10 +843,12 @@ fn two_pods_with_one_source_port_share_the_egress_ip() {
     }
     let lab = Lab::up("snatsame");
     let internet = "ext/internet";
+    // UDP-RECVFROM answers each datagram to whoever sent it (UDP-LISTEN's fork may give the
+    // second pod's datagram to the child serving the first).
     let out = lab.sh(
         internet,
         "setsid timeout 60 socat TCP-LISTEN:7002,reuseaddr,fork EXEC:cat >/dev/null 2>&1 & \
-         setsid timeout 60 socat UDP-LISTEN:7002,reuseaddr,fork EXEC:cat >/dev/null 2>&1 &",
+         setsid timeout 60 socat UDP-RECVFROM:7002,fork EXEC:cat >/dev/null 2>&1 &",
     );
     assert!(out.status.success(), "{}", describe(&out));
     wait_listening(&lab, internet, "-t", 7002);

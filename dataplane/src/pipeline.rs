@@ -460,6 +460,50 @@ pub struct Pipeline {
     pub affinity: Affinity,
     /// The IP identifications of the echo replies and ICMP errors the router sends.
     pub idents: Idents,
+    /// The flows a destination's DFW dropped after the sender's egress allowed them.
+    pub denied: DeniedFlows,
+}
+
+/// The flows the sender's egress rules allowed and the destination's ingress rules dropped,
+/// each for as long as an unanswered first packet of its protocol is remembered: NSX's DFW keeps
+/// a state table at each vNIC, so the sender's side holds such a flow and its next packets (a
+/// retransmitted SYN, the next ping of one `ping`) pass there on that state, counted again only
+/// on the destination's drop rule. A fixed array of slots, a fingerprint of the flow's hash and
+/// the second it is forgotten in each: a flow that a collision pushes out counts once more, at
+/// worst, and the memory never grows with what a sender tries.
+#[derive(Debug)]
+pub struct DeniedFlows {
+    slots: Box<[AtomicU64]>,
+}
+
+impl DeniedFlows {
+    const SLOTS: usize = 4096;
+
+    /// Remembers the flow of `hash` until `until_ms`; true if it was remembered already, at
+    /// `now_ms`.
+    pub fn seen(&self, hash: u64, now_ms: u64, until_ms: u64) -> bool {
+        let Some(slot) = self.slots.get(hash as usize % Self::SLOTS) else {
+            return false;
+        };
+        let fingerprint = (hash >> 32) | 1;
+        let old = slot.load(Relaxed);
+        let held = old >> 32 == fingerprint && (old & 0xffff_ffff) > now_ms / 1000;
+        if !held {
+            slot.store(
+                fingerprint << 32 | (until_ms / 1000).min(0xffff_ffff),
+                Relaxed,
+            );
+        }
+        held
+    }
+}
+
+impl Default for DeniedFlows {
+    fn default() -> Self {
+        DeniedFlows {
+            slots: (0..Self::SLOTS).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
 }
 
 impl Pipeline {
@@ -475,6 +519,7 @@ impl Pipeline {
             reassembly: Reassembly::default(),
             affinity: Affinity::default(),
             idents: Idents::default(),
+            denied: DeniedFlows::default(),
         }
     }
 
@@ -1052,7 +1097,7 @@ impl Pipeline {
         let Walk::Deliver(path) = walk else {
             return self.answer_walk(t, ctx, now, port, parsed, ip, pkt, walk);
         };
-        if let Some(rule_action) = self.dfw_verdict(t, port, key, &path, true) {
+        if let Some(rule_action) = self.dfw_verdict(t, port, key, &path, Some(now)) {
             if rule_action != RuleAction::Allow {
                 return Verdict::Drop(DropReason::DfwDeny);
             }
@@ -1823,8 +1868,10 @@ impl Pipeline {
     }
 
     /// The DFW's say on a new flow: the source zone's egress rules, then the destination zone's
-    /// ingress rules; the first matching rule of each counts, when `count` (a connection
-    /// judged again under new tables is no new connection: its rule's hits stay as they are).
+    /// ingress rules; the first matching rule of each counts, when `count` is the time now (a
+    /// connection judged again under new tables is no new connection: its rule's hits stay as
+    /// they are). A flow the egress allows and the ingress drops counts on the egress allow
+    /// once, as NSX's sender-side state holds it ([`DeniedFlows`]), and on the drop each time.
     /// Both judge the destination after a DLB or SLB translated it (a NetworkPolicy names the
     /// pods behind a ClusterIP, not the ClusterIP), `original_dst` as the client addressed it.
     /// `None`: no rule matched (allowed).
@@ -1834,7 +1881,7 @@ impl Pipeline {
         port: &Port,
         key: &FlowKey,
         path: &Path,
-        count: bool,
+        count: Option<u64>,
     ) -> Option<RuleAction> {
         let (dst, dst_port) = path.dnat.unwrap_or((key.dst, key.dst_port));
         let src = path.snat_addr.unwrap_or(key.src);
@@ -1844,6 +1891,7 @@ impl Pipeline {
             return None;
         }
         let mut verdict = None;
+        let mut egress_allow = None;
         if let PortKind::Pod { zone, .. } = port.kind {
             let q = DfwQuery {
                 src: key.src,
@@ -1853,13 +1901,14 @@ impl Pipeline {
                 dst_port,
             };
             if let Some(rule) = t.dfw.evaluate(zone, Direction::Out, &q) {
-                if count {
-                    t.rule_counters.hit(rule.counter);
-                }
                 if rule.action != RuleAction::Allow {
+                    if count.is_some() {
+                        t.rule_counters.hit(rule.counter);
+                    }
                     return Some(rule.action);
                 }
                 verdict = Some(RuleAction::Allow);
+                egress_allow = Some(rule.counter);
             }
         }
         if let Some(PortKind::Pod { zone, .. }) = t.port(path.out_port).map(|p| &p.kind) {
@@ -1871,11 +1920,24 @@ impl Pipeline {
                 dst_port,
             };
             if let Some(rule) = t.dfw.evaluate(*zone, Direction::In, &q) {
-                if count {
+                if let Some(now) = count {
                     t.rule_counters.hit(rule.counter);
+                    if let Some(allow) = egress_allow {
+                        let held = rule.action != RuleAction::Allow && {
+                            let until =
+                                now.saturating_add(self.conntrack.first_packet_timeout(key));
+                            self.denied.seen(self.conntrack.hash_key(key), now, until)
+                        };
+                        if !held {
+                            t.rule_counters.hit(allow);
+                        }
+                    }
                 }
                 return Some(rule.action);
             }
+        }
+        if let (Some(_), Some(allow)) = (count, egress_allow) {
+            t.rule_counters.hit(allow);
         }
         verdict
     }
@@ -2007,7 +2069,7 @@ impl Pipeline {
             return None;
         }
         let port = t.port(conn.in_port)?;
-        if let Some(action) = self.dfw_verdict(t, port, &conn.original, &path, false) {
+        if let Some(action) = self.dfw_verdict(t, port, &conn.original, &path, None) {
             if action != RuleAction::Allow {
                 return None;
             }
@@ -2361,12 +2423,11 @@ impl Pipeline {
             return Verdict::Drop(DropReason::NoRoute);
         };
         if self
-            .dfw_verdict(t, port, &key, &path, true)
+            .dfw_verdict(t, port, &key, &path, Some(now))
             .is_some_and(|a| a != RuleAction::Allow)
         {
             return Verdict::Drop(DropReason::DfwDeny);
         }
-        let _ = now;
         let action = FlowAction {
             out_port: path.out_port,
             routed: path.routed,

@@ -3094,3 +3094,46 @@ fn a_first_packet_refused_as_too_big_leaves_no_connection_behind() {
     assert_eq!(bed.out().0, UPLINK);
     assert_eq!(bed.pipeline.conntrack.snapshot(16).len(), 1);
 }
+
+#[test]
+fn a_flow_the_destination_denies_counts_once_on_the_senders_egress_allow() {
+    // b1 -> a1 is dropped by ns-a's default deny. NSX's sender-side state holds the flow its
+    // egress allowed, so the SYN's retransmits count on the drop rule each time and on the
+    // sender's egress allow once; another flow (a new source port) counts there again.
+    let mut bed = Bed::new();
+    let deny_slot = bed.tables.load().dfw.rules_in[0]
+        .iter()
+        .find(|r| r.name == "default-deny-ingress")
+        .unwrap()
+        .counter;
+    let egress_slot = bed.tables.load().dfw.rules_out[1]
+        .iter()
+        .find(|r| r.name == "allow-egress")
+        .unwrap()
+        .counter;
+    let syn = |sport| tcp(pod_mac(B1_IP), ROUTER_MAC, B1_IP, A1_IP, sport, 80, SYN);
+    for _ in 0..3 {
+        assert_eq!(
+            bed.send(B1, &syn(40000)),
+            Verdict::Drop(DropReason::DfwDeny)
+        );
+    }
+    let counters = &bed.tables.load().rule_counters;
+    assert_eq!(
+        (counters.get(deny_slot), counters.get(egress_slot)),
+        (3, 1),
+        "three SYNs of one flow: the drop each time, the egress allow once"
+    );
+    assert_eq!(
+        bed.send(B1, &syn(40001)),
+        Verdict::Drop(DropReason::DfwDeny)
+    );
+    // Past the SYN_SENT timeout the sender's state is gone, and the flow counts anew.
+    bed.now += bed.pipeline.conntrack.config().timeouts.tcp_syn_sent + 1000;
+    assert_eq!(
+        bed.send(B1, &syn(40000)),
+        Verdict::Drop(DropReason::DfwDeny)
+    );
+    let counters = &bed.tables.load().rule_counters;
+    assert_eq!((counters.get(deny_slot), counters.get(egress_slot)), (5, 3));
+}

@@ -599,6 +599,18 @@ impl Conntrack {
         &self.config
     }
 
+    /// How long a flow's first packet, unanswered, is remembered (milliseconds): a SYN's
+    /// `tcp_syn_sent`, a UDP datagram's `udp`, an echo's `icmp`, any other's `generic`.
+    pub fn first_packet_timeout(&self, key: &FlowKey) -> u64 {
+        let t = &self.config.timeouts;
+        match key.protocol {
+            PROTO_TCP => t.tcp_syn_sent,
+            PROTO_UDP => t.udp,
+            PROTO_ICMP => t.icmp,
+            _ => t.generic,
+        }
+    }
+
     /// Hashes a key with fixed seeds (for callers that spread work by flow: the DLB, NAT ports).
     pub fn hash_key(&self, key: &FlowKey) -> u64 {
         self.hasher.hash_one(key)

@@ -1097,6 +1097,11 @@ impl Pipeline {
         let Walk::Deliver(path) = walk else {
             return self.answer_walk(t, ctx, now, port, parsed, ip, pkt, walk);
         };
+        // A routed TCP segment that cannot open a connection is conntrack INVALID on a Linux
+        // router, and kube-proxy's FORWARD drops it: no connection, no SNAT binding, no rule hit.
+        if path.routed && key.protocol == PROTO_TCP && !crate::conntrack::tcp_opens(tcp_flags) {
+            return Verdict::Drop(DropReason::ConntrackInvalid);
+        }
         if let Some(rule_action) = self.dfw_verdict(t, port, key, &path, Some(now)) {
             if rule_action != RuleAction::Allow {
                 return Verdict::Drop(DropReason::DfwDeny);

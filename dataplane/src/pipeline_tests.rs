@@ -3137,3 +3137,48 @@ fn a_flow_the_destination_denies_counts_once_on_the_senders_egress_allow() {
     let counters = &bed.tables.load().rule_counters;
     assert_eq!((counters.get(deny_slot), counters.get(egress_slot)), (5, 3));
 }
+
+#[test]
+fn a_routed_tcp_segment_that_opens_nothing_is_dropped_as_conntrack_invalid() {
+    // a1 -> outside with no connection: a RST, a FIN-ACK, a SYN-ACK, SYN+FIN and no flags are
+    // conntrack INVALID on a Linux router (kube-proxy's FORWARD drops them); a SYN and a bare
+    // ACK (picked up midway) open a connection and leave by the uplink.
+    let mut bed = Bed::new();
+    for (flags, sport) in [
+        (0x04, 41000),
+        (0x11, 41001),
+        (0x12, 41002),
+        (0x03, 41003),
+        (0, 41004),
+    ] {
+        let seg = tcp(
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            A1_IP,
+            OUTSIDE_HOST,
+            sport,
+            80,
+            flags,
+        );
+        assert_eq!(
+            bed.send(A1, &seg),
+            Verdict::Drop(DropReason::ConntrackInvalid),
+            "flags {flags:#04x}"
+        );
+        assert!(bed.ctx.tx.is_empty(), "flags {flags:#04x} left");
+    }
+    assert_eq!(bed.pipeline.conntrack.len(), 0, "no connection was made");
+    for (flags, sport) in [(SYN, 41005), (ACK, 41006), (ACK | 0x08, 41007)] {
+        let seg = tcp(
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            A1_IP,
+            OUTSIDE_HOST,
+            sport,
+            80,
+            flags,
+        );
+        assert_eq!(bed.send(A1, &seg), Verdict::Forward, "flags {flags:#04x}");
+        assert_eq!(bed.out().0, UPLINK);
+    }
+}

@@ -1226,6 +1226,15 @@ pub const TCP_SYN: u8 = 0x02;
 pub const TCP_RST: u8 = 0x04;
 pub const TCP_ACK: u8 = 0x10;
 
+/// Whether a TCP segment of no connection may open one, as Linux's conntrack has it: a SYN, or
+/// an ACK (a connection picked up midway, `nf_conntrack_tcp_loose`); PSH, URG, ECE and CWR
+/// aside. Anything else (a RST, a FIN, a SYN-ACK, SYN with FIN or RST, no flags at all) is
+/// INVALID, and makes no connection.
+pub fn tcp_opens(flags: u8) -> bool {
+    let f = flags & (TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK);
+    f == TCP_SYN || f == TCP_ACK
+}
+
 /// Advances a TCP connection with one segment's flags. `None`: the segment is invalid in this
 /// state (conntrack INVALID) and must be dropped without changing anything.
 /// `fresh`: no packet has been counted yet.

@@ -3182,3 +3182,38 @@ fn a_routed_tcp_segment_that_opens_nothing_is_dropped_as_conntrack_invalid() {
         assert_eq!(bed.out().0, UPLINK);
     }
 }
+
+#[test]
+fn runts_and_broken_ipv4_headers_are_dropped_as_malformed_and_never_answered() {
+    // What `pacific get ports` counts under `malformed`: a frame shorter than an Ethernet
+    // header, an IPv4 header cut short, one with a wrong checksum, one whose IHL is below 5.
+    let mut bed = Bed::new();
+    let good = ping(pod_mac(A1_IP), ROUTER_MAC, A1_IP, OUTSIDE_HOST, 64, 7);
+    assert_eq!(
+        bed.send(A1, &good),
+        Verdict::Forward,
+        "the unbroken ping passes"
+    );
+    bed.ctx.tx.clear();
+    let mut broken: Vec<(String, Vec<u8>)> = (0..14)
+        .map(|n| (format!("{n}-byte frame"), good[..n].to_vec()))
+        .collect();
+    broken.push((
+        "IPv4 header cut at 12 bytes".into(),
+        good[..14 + 12].to_vec(),
+    ));
+    let mut checksum = good.clone();
+    checksum[14 + 10] ^= 0x55;
+    broken.push(("bad header checksum".into(), checksum));
+    let mut ihl = good.clone();
+    ihl[14] = 0x44;
+    broken.push(("IHL 4".into(), ihl));
+    for (what, frame) in broken {
+        assert_eq!(
+            bed.send(A1, &frame),
+            Verdict::Drop(DropReason::Malformed),
+            "{what}"
+        );
+        assert!(bed.ctx.tx.is_empty(), "{what}: {:?}", bed.ctx.tx);
+    }
+}

@@ -219,3 +219,107 @@ fn a_denied_ping_counts_once_per_packet_on_the_rule_and_the_senders_port() {
     );
     assert_eq!(rx[1], 7 * 98, "and their bytes: {rx:?}");
 }
+
+/// Every port's RX, TX and drop counters, by name.
+fn all_counters(lab: &Lab) -> std::collections::BTreeMap<String, u64> {
+    let mut all = std::collections::BTreeMap::new();
+    for p in lab.items("ports", None) {
+        let name = p["name"].as_str().unwrap_or("?").to_string();
+        for k in ["rx_packets", "rx_bytes", "tx_packets", "tx_bytes"] {
+            all.insert(format!("{name} {k}"), p[k].as_u64().unwrap_or(0));
+        }
+        if let Some(drops) = p["drops"].as_object() {
+            for (reason, n) in drops {
+                all.insert(format!("{name} {reason}"), n.as_u64().unwrap_or(0));
+            }
+        }
+    }
+    all
+}
+
+/// Sends COUNT copies of a raw frame from the pod's `eth0` to its gateway: KIND is a broken
+/// IPv4 header (`cut`, `checksum`, `ihl`) or a TCP segment of no connection to an outside host
+/// that cannot open one (`rst`, `synfin`, `finack`, `null`).
+const RAW_SCRIPT: &str = r#"
+import socket, struct, sys
+kind, n, gw = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3].replace(':', ''))
+def csum(b):
+    s = sum(struct.unpack('!%dH' % (len(b) // 2), b)); s = (s >> 16) + (s & 0xffff); s += s >> 16
+    return ~s & 0xffff
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW); s.bind(('eth0', 0))
+me = s.getsockname()[4]
+src, dst = socket.inet_aton('172.211.0.20'), socket.inet_aton('198.51.100.100')
+flags = {'rst': 0x04, 'synfin': 0x03, 'finack': 0x11, 'null': 0}.get(kind)
+if flags is None:
+    l4, proto = struct.pack('!BBHHH', 8, 0, 0xf7bd, 0x4242, 0), 1
+else:
+    t = struct.pack('!HHIIBBHHH', 40100 + flags, 80, 1, 1, 0x50, flags, 1024, 0, 0)
+    c = csum(src + dst + struct.pack('!BBH', 0, 6, len(t)) + t)
+    l4, proto = t[:16] + struct.pack('!H', c) + t[18:], 6
+h = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(l4), 1, 0, 64, proto, 0, src, dst)
+h = h[:10] + struct.pack('!H', csum(h)) + h[12:]
+if kind == 'checksum': h = h[:10] + bytes([h[10] ^ 0x55, h[11]]) + h[12:]
+if kind == 'ihl': h = b'\x44' + h[1:]
+frame = gw + me + b'\x08\x00' + h + l4
+if kind == 'cut': frame = frame[:14 + 12]
+for _ in range(n): s.send(frame)
+"#;
+
+#[test]
+fn each_broken_frame_moves_its_own_drop_counter_on_the_senders_port_and_nothing_else() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("qa25brk");
+    let r = ping(&lab, TESTBOX, "172.211.0.17", 1, &[]);
+    assert_eq!(r.received, 1, "testbox reaches its gateway: {r:?}");
+    let gw_mac = stdout(&lab.sh(
+        TESTBOX,
+        "ip neigh show 172.211.0.17 | sed -n 's/.*lladdr \\([0-9a-f:]*\\).*/\\1/p'",
+    ));
+    let gw_mac = gw_mac.trim();
+    assert_eq!(
+        gw_mac.len(),
+        17,
+        "testbox knows its gateway's MAC: {gw_mac:?}"
+    );
+    let cases = [
+        ("cut", 3, 26, "malformed"),
+        ("checksum", 4, 42, "malformed"),
+        ("ihl", 5, 42, "malformed"),
+        ("rst", 6, 54, "conntrack-invalid"),
+        ("synfin", 2, 54, "conntrack-invalid"),
+        ("finack", 3, 54, "conntrack-invalid"),
+        ("null", 4, 54, "conntrack-invalid"),
+    ];
+    let port = "ns-dev/testbox";
+    for (kind, n, len, reason) in cases {
+        let before = all_counters(&lab);
+        let out = lab.exec(
+            TESTBOX,
+            &["python3", "-c", RAW_SCRIPT, kind, &n.to_string(), gw_mac],
+        );
+        assert!(out.status.success(), "{kind}: {out:?}");
+        let rx = format!("{port} rx_packets");
+        wait_until(Duration::from_secs(5), || {
+            all_counters(&lab)[&rx] - before[&rx] >= n
+        });
+        let after = all_counters(&lab);
+        let moved: Vec<String> = after
+            .iter()
+            .filter(|(k, v)| before.get(*k).copied().unwrap_or(0) != **v)
+            .map(|(k, v)| format!("{k} +{}", v - before.get(k).copied().unwrap_or(0)))
+            .collect();
+        let mut expected = vec![
+            format!("{port} rx_bytes +{}", n * len),
+            format!("{port} rx_packets +{n}"),
+            format!("{port} {reason} +{n}"),
+        ];
+        expected.sort();
+        let mut moved_sorted = moved.clone();
+        moved_sorted.sort();
+        assert_eq!(moved_sorted, expected, "{kind} x{n}");
+    }
+    // No rule judged the segments that open nothing (the gateway ping is no rule's either).
+    assert_eq!(lab.dfw_hits("ns-dev", "allow-egress"), 0);
+}

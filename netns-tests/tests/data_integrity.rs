@@ -115,6 +115,51 @@ fn files() -> Files {
     Files { data, echo, sha256 }
 }
 
+/// The TCP segments from `src` in the pcap file `path` (Ethernet link type) whose checksum is
+/// neither complete nor a partial checksum (the folded pseudo-header sum, which the kernel or
+/// a NIC completes later: virtio `NEEDS_CSUM`) for their own addresses, and how many were seen.
+fn tcp_checksums_wrong(path: &std::path::Path, src: [u8; 4]) -> (usize, Vec<String>) {
+    let b = std::fs::read(path).expect("read the capture");
+    let sum = |data: &[u8], mut acc: u32| {
+        for w in data.chunks(2) {
+            acc += u32::from(w[0]) << 8 | u32::from(*w.get(1).unwrap_or(&0));
+        }
+        while acc >> 16 != 0 {
+            acc = (acc & 0xffff) + (acc >> 16);
+        }
+        acc
+    };
+    let (mut seen, mut wrong) = (0, Vec::new());
+    let mut at = 24;
+    while at + 16 <= b.len() {
+        let le = |i: usize| u32::from_le_bytes([b[i], b[i + 1], b[i + 2], b[i + 3]]) as usize;
+        let (caplen, len) = (le(at + 8), le(at + 12));
+        let frame = &b[(at + 16).min(b.len())..(at + 16 + caplen).min(b.len())];
+        at += 16 + caplen;
+        if caplen != len || frame.len() < 34 || frame[12..14] != [8, 0] || frame[23] != 6 {
+            continue;
+        }
+        let ip = &frame[14..];
+        let ihl = usize::from(ip[0] & 15) * 4;
+        let total = usize::from(u16::from_be_bytes([ip[2], ip[3]])).min(ip.len());
+        if ip[12..16] != src || total < ihl + 20 {
+            continue;
+        }
+        let seg = &ip[ihl..total];
+        let l4_len = u32::try_from(seg.len()).unwrap_or(0);
+        let pseudo = sum(&ip[12..20], 6 + l4_len);
+        let field = u32::from(u16::from_be_bytes([seg[16], seg[17]]));
+        seen += 1;
+        if sum(seg, pseudo) != 0xffff && field != pseudo {
+            wrong.push(format!(
+                "{} bytes, checksum {field:#06x}, pseudo-header sum {pseudo:#06x}",
+                seg.len()
+            ));
+        }
+    }
+    (seen, wrong)
+}
+
 /// The sha256 of what `receiver` reads on TCP port `port` while `sender` sends the data file
 /// to `dst:port` (which a translation may map to `port` on `receiver`).
 fn upload(lab: &Lab, f: &Files, sender: &str, receiver: &str, dst: &str, port: u16) -> String {
@@ -243,11 +288,42 @@ fn bytes_arrive_intact_through_nat_hairpin_jumbo_and_offload_off_pods() {
     let tb = "ns-dev/testbox";
     let wp = "ns-dev/wordpress";
     let my = "ns-dev/wordpress-mysql";
+    // The first upload is also captured where it leaves Pacific, on the upstream router's
+    // side of the uplink: each segment, translated to the egress IP, must carry a checksum
+    // that holds for its new address (complete, or partial to be completed by the kernel).
+    let pcap = f.data.with_extension("pcap");
+    let upstream = lab.upstream_netns();
+    let snat_up = std::thread::scope(|s| {
+        let cap = s.spawn(|| {
+            let mut c = std::process::Command::new("ip");
+            c.args([
+                "netns", "exec", &upstream, "timeout", "30", "tcpdump", "-i", "uplink",
+            ]);
+            c.args(["-s", "0", "-c", "100", "-U", "-w"]).arg(&pcap);
+            c.arg("tcp and src host 172.60.96.2 and port 5003");
+            run_bounded(c, None, EXEC_TIMEOUT)
+        });
+        assert!(
+            wait_until(std::time::Duration::from_secs(10), || pcap.exists()),
+            "tcpdump did not start"
+        );
+        let got = upload(&lab, &f, tb, "ext/internet", "198.51.100.100", 5003);
+        let _ = cap.join();
+        got
+    });
+    let (seen, wrong) = tcp_checksums_wrong(&pcap, [172, 60, 96, 2]);
+    let _ = std::fs::remove_file(&pcap);
+    assert!(
+        seen >= 50,
+        "only {seen} segments captured from the egress IP"
+    );
+    assert!(
+        wrong.is_empty(),
+        "segments with a wrong checksum after SNAT: {wrong:?}"
+    );
+
     let cases: [(&str, String); 9] = [
-        (
-            "jumbo pod -> outside (SNAT)",
-            upload(&lab, &f, tb, "ext/internet", "198.51.100.100", 5003),
-        ),
+        ("jumbo pod -> outside (SNAT)", snat_up),
         (
             "outside -> jumbo pod (SNAT reply)",
             download(&lab, &f, "ext/internet", tb, "198.51.100.100", 5003),

@@ -729,6 +729,7 @@ fn lab_up(
 /// Starts `pacific daemon` in the background, detached, logging beside the socket, and waits
 /// for it to answer.
 fn start_daemon(socket: &Path, prefix: &str, daemon: &LabDaemon) -> Result<(), String> {
+    crate::daemon::check_socket_path(socket)?;
     let dir = socket.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
     let log_path = log_path_for(socket);
@@ -849,7 +850,8 @@ fn lab_down(socket: &Path, given_prefix: Option<&str>) -> Result<ExitCode, Strin
         }
     }
     let summary = teardown(&record_path, &prefix, &keep).map_err(|e| e.to_string())?;
-    if !client::daemon_answers(socket) {
+    // Only a dead daemon's socket: a file a mistyped `--socket` names stays.
+    if !client::daemon_answers(socket) && crate::daemon::check_socket_path(socket).is_ok() {
         let _ = std::fs::remove_file(socket);
     }
     let remaining =

@@ -259,6 +259,7 @@ impl Daemon {
         // Before anything is touched: the lab record, the upstream router and its uplink belong
         // to the daemon that answers there.
         refuse_if_answered(&config.socket)?;
+        check_socket_path(&config.socket)?;
         let open_files = raise_open_file_limit();
         if open_files < OPEN_FILES_WANTED {
             log(format!(
@@ -465,6 +466,7 @@ impl Daemon {
     pub fn serve(self: &Arc<Daemon>) -> Result<(), String> {
         let path = &self.config.socket;
         refuse_if_answered(path)?;
+        check_socket_path(path)?;
         let _ = std::fs::remove_file(path);
         let listener = UnixListener::bind(path)
             .map_err(|e| format!("cannot listen on {}: {e}", path.display()))?;
@@ -1655,6 +1657,40 @@ fn nodeport_relays(state: &State) -> BTreeMap<(String, String), Vec<netexec::For
 
 /// An error when a daemon already answers on `socket`: a second one would take over its lab
 /// record and its upstream router's uplink.
+/// Whether a daemon may listen on `socket`: a path short enough for a Unix socket's address,
+/// where nothing but a socket (a dead daemon's, which it then replaces) or nothing at all is.
+/// A regular file there (a mistyped `--socket`) is refused rather than deleted.
+pub fn check_socket_path(socket: &Path) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::FileTypeExt;
+    // sockaddr_un's sun_path: 108 bytes, the last one the terminating NUL.
+    const SUN_PATH_MAX: usize = 107;
+    let len = socket.as_os_str().as_bytes().len();
+    if len > SUN_PATH_MAX {
+        return Err(format!(
+            "the socket path {} is {len} bytes; a Unix socket's path is at most {SUN_PATH_MAX}: \
+             give a shorter --socket",
+            socket.display()
+        ));
+    }
+    match std::fs::symlink_metadata(socket) {
+        Ok(meta) if !meta.file_type().is_socket() => {
+            let what = if meta.is_dir() {
+                "a directory"
+            } else if meta.is_file() {
+                "a regular file"
+            } else {
+                "not a socket"
+            };
+            Err(format!(
+                "{} is {what}, not a daemon's socket: give another --socket (or remove it)",
+                socket.display()
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 fn refuse_if_answered(socket: &Path) -> Result<(), String> {
     if UnixStream::connect(socket).is_err() {
         return Ok(());

@@ -254,3 +254,59 @@ fn a_second_socket_with_a_running_labs_prefix_leaves_that_lab_alone() {
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(lab.leftovers(), Vec::<String>::new());
 }
+
+/// A `--socket` that names a regular file (a typo, `--socket notes.txt`): `pacific daemon`,
+/// `lab up` and `lab down` each deleted the file (a daemon took it for a dead one's socket,
+/// `lab down` for its own) and the lab came up on its name. They now refuse it, naming it, and
+/// the file stays. A path too long for a Unix socket's address is refused as too long, with
+/// nothing made, rather than after the daemon started as `path must be shorter than SUN_LEN`.
+#[test]
+fn a_socket_path_that_is_a_file_or_too_long_is_refused_and_the_file_kept() {
+    if !require_netns() {
+        return;
+    }
+    let own = OwnDaemon::new("qa24sock");
+    let prefix = own.prefix.clone();
+    std::fs::write(&own.socket, "my notes\n").expect("a regular file");
+    for args in [
+        vec!["daemon", "--prefix", &prefix],
+        vec!["lab", "up", "--prefix", &prefix],
+        vec!["lab", "down", "--prefix", &prefix],
+    ] {
+        let out = run_bounded(own.command(&args), None, Duration::from_secs(60));
+        assert_eq!(
+            std::fs::read_to_string(&own.socket).ok().as_deref(),
+            Some("my notes\n"),
+            "pacific {args:?} deleted the file at the socket path:\n{}",
+            describe(&out)
+        );
+        assert_eq!(netns_with_prefix(&prefix), Vec::<String>::new());
+        if args[0] != "lab" || args[1] != "down" {
+            assert!(
+                !out.status.success(),
+                "pacific {args:?}: {}",
+                describe(&out)
+            );
+            assert!(
+                stderr(&out).contains("is a regular file, not a daemon's socket"),
+                "pacific {args:?}: {}",
+                describe(&out)
+            );
+        }
+    }
+    let long = own.dir.join(format!("{}.sock", "s".repeat(110)));
+    let mut cmd = Command::new(pacific_bin());
+    cmd.arg("--socket")
+        .arg(&long)
+        .args(["lab", "up", "--prefix", &prefix])
+        .env_remove("PACIFIC_SOCKET")
+        .env_remove("PACIFIC_PREFIX");
+    let out = run_bounded(cmd, None, Duration::from_secs(60));
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("a Unix socket's path is at most 107"),
+        "{}",
+        describe(&out)
+    );
+    assert_eq!(netns_with_prefix(&prefix), Vec::<String>::new());
+}

@@ -686,7 +686,7 @@ fn lab_up(
             from_names: false,
         },
     };
-    match client::call(socket, "daemon.status", json!({})) {
+    let started = match client::call(socket, "daemon.status", json!({})) {
         Ok(status) => {
             refuse_other_prefix(socket, prefix, status["prefix"].as_str())?;
             if daemon.given() {
@@ -696,6 +696,7 @@ fn lab_up(
                     socket.display()
                 );
             }
+            false
         }
         Err(_) => {
             // The daemon clears what a dead one left (`record::clear_stale`); said here too, where
@@ -708,11 +709,25 @@ fn lab_up(
                     socket.display()
                 );
             }
-            start_daemon(socket, prefix.unwrap_or(DEFAULT_PREFIX), daemon)?
+            start_daemon(socket, prefix.unwrap_or(DEFAULT_PREFIX), daemon)?;
+            true
         }
-    }
-    let result = client::call(socket, "apply", json!({ "manifest": manifest.text }))
-        .map_err(|e| manifest.error("apply", e))?;
+    };
+    let result = match client::call(socket, "apply", json!({ "manifest": manifest.text })) {
+        Ok(result) => result,
+        Err(e) => {
+            let error = manifest.error("apply", e);
+            if !started {
+                return Err(error);
+            }
+            // Nothing of the file was applied: the daemon this `lab up` started, and its
+            // upstream router, would be all there is of the lab. They go, as they came.
+            stop_started_daemon(socket, prefix.unwrap_or(DEFAULT_PREFIX));
+            return Err(format!(
+                "{error}\n(nothing applied: the daemon `lab up` started is stopped again)"
+            ));
+        }
+    };
     let code = print_apply(&result);
     print_summary(socket)?;
     let problems = strings_of(&result, "errors");
@@ -724,6 +739,18 @@ fn lab_up(
         );
     }
     Ok(code)
+}
+
+/// Stops the daemon `lab up` just started on `socket`, as `lab down` would, and waits for it.
+fn stop_started_daemon(socket: &Path, prefix: &str) {
+    let pid = client::call(socket, "daemon.status", json!({}))
+        .ok()
+        .and_then(|status| status.get("pid").and_then(Value::as_u64))
+        .and_then(|pid| u32::try_from(pid).ok());
+    let _ = client::call(socket, "daemon.shutdown", json!({}));
+    if let Some(pid) = pid {
+        wait_for_shutdown(pid, prefix);
+    }
 }
 
 /// Starts `pacific daemon` in the background, detached, logging beside the socket, and waits

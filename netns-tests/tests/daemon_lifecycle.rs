@@ -310,3 +310,83 @@ fn a_socket_path_that_is_a_file_or_too_long_is_refused_and_the_file_kept() {
     );
     assert_eq!(netns_with_prefix(&prefix), Vec::<String>::new());
 }
+
+/// `lab up FILE` with a FILE the daemon refuses (a mistyped field): the request failed with a
+/// clear error, but the daemon `lab up` had just started stayed, with its upstream router's
+/// namespace and the lab record: a lab of nothing the user did not know was up. It is stopped
+/// again now; a lab that was up before keeps running through a refused `lab up`.
+#[test]
+fn lab_up_with_a_refused_file_leaves_no_daemon_it_started() {
+    if !require_netns() {
+        return;
+    }
+    let own = OwnDaemon::new("qa24bad");
+    let prefix = own.prefix.clone();
+    let bad = own.dir.join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n---\napiVersion: v1\n\
+         kind: Pod\nmetadata:\n  name: web\n  namespace: team\nspec:\n  containers:\n  \
+         - name: web\n    image: nginx\n    prots: [{containerPort: 80}]\n",
+    )
+    .expect("a manifest");
+    let good = own.dir.join("good.yaml");
+    std::fs::write(
+        &good,
+        "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: team\n",
+    )
+    .expect("a manifest");
+    let bad_arg = bad.display().to_string();
+    let lab_up_bad = || {
+        run_bounded(
+            own.command(&["lab", "up", "--prefix", &prefix, &bad_arg]),
+            None,
+            Duration::from_secs(60),
+        )
+    };
+    let out = lab_up_bad();
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(stderr(&out).contains("prots"), "{}", describe(&out));
+    assert!(
+        wait_until(Duration::from_secs(10), || netns_with_prefix(&prefix)
+            .is_empty()),
+        "lab up of a refused file left {:?}",
+        netns_with_prefix(&prefix)
+    );
+    assert!(
+        std::os::unix::net::UnixStream::connect(&own.socket).is_err(),
+        "a daemon still answers after a refused lab up"
+    );
+    assert!(!own.record().exists(), "a lab record was left");
+    // A lab that is up stays up through a refused file.
+    let out = run_bounded(
+        own.command(&[
+            "lab",
+            "up",
+            "--prefix",
+            &prefix,
+            &good.display().to_string(),
+        ]),
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = lab_up_bad();
+    assert!(!out.status.success(), "{}", describe(&out));
+    let status = run_bounded(
+        own.command(&["rpc", "daemon.status"]),
+        None,
+        Duration::from_secs(10),
+    );
+    assert!(
+        status.status.success(),
+        "the running lab went: {}",
+        describe(&status)
+    );
+    let out = run_bounded(
+        own.command(&["lab", "down", "--prefix", &prefix]),
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+}

@@ -1329,8 +1329,16 @@ fn print_summary(socket: &Path) -> Result<(), String> {
     }
     out!("Pods:");
     for p in rows(&pods) {
+        // A pod the daemon could not build says so here, where the user looks for it.
+        let status = match p["status"].as_str() {
+            Some(status) if !running(p) => match p["message"].as_str() {
+                Some(why) => format!("   {status}: {why}"),
+                None => format!("   {status}"),
+            },
+            _ => String::new(),
+        };
         out!(
-            "  {:<48} {}",
+            "  {:<48} {}{status}",
             format!("{}/{}", s(&p["namespace"]), s(&p["name"])),
             s(&p["ip"])
         );
@@ -1392,6 +1400,8 @@ fn try_commands(
         .collect();
     let mut workload: Vec<&Value> = rows(pods)
         .filter(|p| !supervisor.contains(&s(&p["namespace"])) && p["tkg_node"].is_null())
+        // A pod that was not built would answer nothing.
+        .filter(|p| running(p))
         .collect();
     // Pods of deployments first: they are the ones with services.
     workload.sort_by_key(|p| p["owner"].is_null());
@@ -1451,6 +1461,13 @@ fn try_commands(
         tries.push(format!("{} -- traceroute -n {ip}", target(a)));
     }
     tries
+}
+
+/// Whether `pods.list` shows the pod running (a row without a status counts as running).
+fn running(pod: &Value) -> bool {
+    pod["status"]
+        .as_str()
+        .is_none_or(|status| status == "Running")
 }
 
 fn rows(v: &Value) -> impl Iterator<Item = &Value> {

@@ -390,3 +390,67 @@ fn lab_up_with_a_refused_file_leaves_no_daemon_it_started() {
     );
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+/// `lab up` of a file with a pod the daemon cannot build (its namespace already holds an
+/// `eth0`): the error named the pod, but the summary after it listed the pod with its address
+/// as if it ran, and `Try:` offered pinging it from its neighbour. The summary now gives its
+/// status and why, and suggests only pods that run.
+#[test]
+fn lab_up_summary_shows_a_pod_it_could_not_build_and_suggests_no_ping_to_it() {
+    if !require_netns() {
+        return;
+    }
+    let own = OwnDaemon::new("qa24half");
+    let prefix = own.prefix.clone();
+    let taken = format!("{prefix}-team-web");
+    let made = Command::new("ip").args(["netns", "add", &taken]).status();
+    assert!(made.is_ok_and(|s| s.success()), "ip netns add {taken}");
+    let dummy = Command::new("ip")
+        .args(["-n", &taken, "tuntap", "add", "dev", "eth0", "mode", "tap"])
+        .status();
+    assert!(dummy.is_ok_and(|s| s.success()), "an eth0 in {taken}");
+    let file = own.dir.join("half.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n---\napiVersion: v1\n\
+         kind: Pod\nmetadata: {name: web, namespace: team}\n\
+         spec: {containers: [{name: web, image: nginx}]}\n---\napiVersion: v1\nkind: Pod\n\
+         metadata: {name: ok, namespace: team}\n\
+         spec: {containers: [{name: web, image: nginx}]}\n",
+    )
+    .expect("a manifest");
+    let out = run_bounded(
+        own.command(&[
+            "lab",
+            "up",
+            "--prefix",
+            &prefix,
+            &file.display().to_string(),
+        ]),
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(stderr(&out).contains("pod team/web"), "{}", describe(&out));
+    let text = stdout(&out);
+    let web = text
+        .lines()
+        .find(|l| l.trim_start().starts_with("team/web "))
+        .unwrap_or_else(|| panic!("no team/web in the summary:\n{text}"));
+    assert!(web.contains("CreateContainerError"), "{web}");
+    let web_ip = web
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        !text.contains(&format!("ping -c1 {web_ip}")),
+        "the summary suggests pinging the pod that was not built:\n{text}"
+    );
+    let out = run_bounded(
+        own.command(&["lab", "down", "--prefix", &prefix]),
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+}

@@ -786,7 +786,13 @@ fn start_daemon(socket: &Path, prefix: &str, daemon: &LabDaemon) -> Result<(), S
             std::mem::forget(child);
             return Ok(());
         }
+        // A daemon another `lab up` started at the same time holds the socket's lock, and
+        // ours gave way to it: that one answers soon.
         if let Ok(Some(status)) = child.try_wait() {
+            if matches!(crate::daemon::lock_socket(socket), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(50));
+                continue;
+            }
             let tail = std::fs::read_to_string(&log_path).unwrap_or_default();
             let tail: Vec<&str> = tail.lines().rev().take(5).collect();
             return Err(format!(

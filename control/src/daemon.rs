@@ -83,6 +83,36 @@ pub fn record_path_for(socket: &Path) -> PathBuf {
     dir.join(format!("{stem}.lab.json"))
 }
 
+/// The lock a daemon holds on `socket` while it lives (beside it, named after it).
+pub fn lock_path_for(socket: &Path) -> PathBuf {
+    let stem = socket
+        .file_stem()
+        .and_then(|s| s.to_str())
+        .unwrap_or("pacific");
+    record_path_for(socket).with_file_name(format!("{stem}.lock"))
+}
+
+/// Takes the lock of the daemon on `socket` (creating its directory and file): `None` when
+/// another process holds it, a daemon that runs or is starting there.
+pub fn lock_socket(socket: &Path) -> Result<Option<std::fs::File>, String> {
+    let path = lock_path_for(socket);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(format!("cannot lock {}: {e}", path.display())),
+    }
+}
+
 /// Where `lab up` logs the daemon it starts on `socket`: beside it, named after it as its lab
 /// record is (`pacific.sock`: `pacific-daemon.log`), so two labs in one directory keep their
 /// logs apart.
@@ -260,6 +290,21 @@ impl Daemon {
         // to the daemon that answers there.
         refuse_if_answered(&config.socket)?;
         check_socket_path(&config.socket)?;
+        // Two daemons started on one socket at once (two `lab up`s) both found no one answering;
+        // the second then failed on the T0 uplink and, cleaning up, deleted the first one's
+        // upstream router. The lock beside the socket is held as long as this process lives.
+        match lock_socket(&config.socket)? {
+            Some(lock) => std::mem::forget(lock),
+            None => {
+                return Err(format!(
+                    "another daemon is starting on {} (it holds {}): wait for it, or give this \
+                     one another --socket",
+                    config.socket.display(),
+                    lock_path_for(&config.socket).display()
+                ))
+            }
+        }
+        refuse_if_answered(&config.socket)?;
         let open_files = raise_open_file_limit();
         if open_files < OPEN_FILES_WANTED {
             log(format!(

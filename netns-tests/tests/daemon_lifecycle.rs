@@ -454,3 +454,58 @@ fn lab_up_summary_shows_a_pod_it_could_not_build_and_suggests_no_ping_to_it() {
     );
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+/// Two `lab up`s on one fresh socket at once (two terminals, a script run twice): each found
+/// no daemon and started one. The second daemon failed on the T0 uplink and, cleaning up after
+/// itself, deleted the upstream router's namespace of the first, which went on running without
+/// it: both `lab up`s said the lab was up, and no pod reached the upstream router. The second
+/// daemon now gives way to the first (a lock beside the socket) and both `lab up`s apply to it.
+#[test]
+fn two_lab_ups_at_once_on_one_socket_share_one_daemon_and_its_upstream_router() {
+    if !require_netns() {
+        return;
+    }
+    let own = OwnDaemon::new("qa24race");
+    let prefix = own.prefix.clone();
+    let file = own.dir.join("lab.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n---\napiVersion: v1\n\
+         kind: Pod\nmetadata: {name: ok, namespace: team}\n\
+         spec: {containers: [{name: web, image: nginx}]}\n",
+    )
+    .expect("a manifest");
+    let file = file.display().to_string();
+    let ups: Vec<_> = (0..2)
+        .map(|_| {
+            let cmd = own.command(&["lab", "up", "--prefix", &prefix, &file]);
+            std::thread::spawn(move || run_bounded(cmd, None, Duration::from_secs(60)))
+        })
+        .collect();
+    for up in ups {
+        let out = up.join().expect("lab up");
+        assert!(out.status.success(), "{}", describe(&out));
+    }
+    let upstream = format!("{prefix}-upstream");
+    assert!(
+        netns_with_prefix(&prefix).contains(&upstream),
+        "the upstream router's namespace is gone: {:?}",
+        netns_with_prefix(&prefix)
+    );
+    let ping = run_bounded(
+        own.command(&["exec", "team/ok", "--", "ping", "-c1", "-W2", "203.0.113.1"]),
+        None,
+        Duration::from_secs(20),
+    );
+    assert!(
+        ping.status.success(),
+        "a pod does not reach the upstream router: {}",
+        describe(&ping)
+    );
+    let out = run_bounded(
+        own.command(&["lab", "down", "--prefix", &prefix]),
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+}

@@ -620,6 +620,9 @@ fn install_signal_handlers(daemon: Arc<Daemon>) -> Result<(), String> {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        // The terminal `pacific daemon` runs in closes (an ssh session ends): stopped as by
+        // Ctrl-C, not killed with the lab left behind.
+        signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| format!("cannot install signal handlers: {e}"))?;
     std::thread::Builder::new()

@@ -509,3 +509,48 @@ fn two_lab_ups_at_once_on_one_socket_share_one_daemon_and_its_upstream_router() 
     );
     assert!(out.status.success(), "{}", describe(&out));
 }
+
+/// `pacific daemon` run in a terminal that closes (an ssh session ending) gets SIGHUP, whose
+/// default killed it where it stood: the pods' namespaces and processes, the upstream router,
+/// the socket and the lab record all stayed. SIGHUP now stops it as SIGTERM and SIGINT do.
+#[test]
+fn a_daemon_whose_terminal_hangs_up_removes_its_lab() {
+    if !require_netns() {
+        return;
+    }
+    let own = OwnDaemon::new("qa24hup");
+    let prefix = own.prefix.clone();
+    let mut child = own
+        .command(&["daemon", "--prefix", &prefix])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("pacific daemon");
+    let answered = wait_until(Duration::from_secs(30), || {
+        std::os::unix::net::UnixStream::connect(&own.socket).is_ok()
+    });
+    assert!(answered, "the daemon never answered");
+    let out = run_bounded(
+        own.command(&["apply", "-f", "-"]),
+        Some(
+            "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n---\napiVersion: v1\n\
+             kind: Pod\nmetadata: {name: ok, namespace: team}\n\
+             spec: {containers: [{name: web, image: nginx}]}\n",
+        ),
+        Duration::from_secs(30),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        netns_with_prefix(&prefix).len() >= 2,
+        "the pod's namespace was not made"
+    );
+    signal(child.id(), libc::SIGHUP);
+    let ended = wait_until(Duration::from_secs(15), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    assert!(ended, "the daemon did not end on SIGHUP");
+    assert_eq!(netns_with_prefix(&prefix), Vec::<String>::new());
+    assert!(!own.socket.exists(), "the socket was left behind");
+    assert!(!own.record().exists(), "the lab record was left behind");
+}

@@ -834,10 +834,34 @@ fn refuse_other_prefix(
     }
 }
 
+/// How long `lab down` waits for a daemon's status before it takes the daemon for hung.
+const HUNG_AFTER: Duration = Duration::from_secs(10);
+
 fn lab_down(socket: &Path, given_prefix: Option<&str>) -> Result<ExitCode, String> {
     let record_path = record_path_for(socket);
     let record = LabRecord::load(&record_path).ok().flatten();
-    let status = client::call(socket, "daemon.status", json!({})).ok();
+    // A daemon that is hung (stopped, deadlocked) kept `lab down` waiting for minutes on end.
+    let mut killed = false;
+    let status = match client::call_within(socket, "daemon.status", json!({}), HUNG_AFTER) {
+        Err(CallError::NoAnswer(why)) => {
+            let hung = record
+                .as_ref()
+                .filter(|r| r.daemon_started_by_lab && r.daemon_lives())
+                .and_then(|r| r.daemon_pid);
+            let Some(pid) = hung else {
+                return Err(format!(
+                    "{why}: nothing done (it was not started by `lab up`)"
+                ));
+            };
+            // The lab's own daemon: ended as a dead one, and what it left removed from the
+            // record as after a SIGKILL.
+            eprintln!("note: {why}: its process {pid} is ended");
+            crate::lab::netns::terminate_pids(&[pid], Duration::from_secs(1));
+            killed = true;
+            None
+        }
+        other => other.ok(),
+    };
     let found = status
         .as_ref()
         .and_then(|s| s["prefix"].as_str())
@@ -851,6 +875,13 @@ fn lab_down(socket: &Path, given_prefix: Option<&str>) -> Result<ExitCode, Strin
             r.prefix.clone()
         }
     });
+    if killed {
+        // Its threads close its TAPs (the T0 uplink too) as they exit, after it is a zombie.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while served_elsewhere(&prefix, record.as_ref()) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     if status.is_none() && served_elsewhere(&prefix, record.as_ref()) {
         return Err(format!(
             "no daemon answers on {}, but one of the prefix {prefix} runs (its T0 uplink in \

@@ -40,13 +40,23 @@ const ANSWER_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Calls `method` with `params` on the daemon at `socket`.
 pub fn call(socket: &Path, method: &str, params: Value) -> Result<Value, CallError> {
+    call_within(socket, method, params, ANSWER_TIMEOUT)
+}
+
+/// [`call`], waiting at most `timeout` for the answer.
+pub fn call_within(
+    socket: &Path,
+    method: &str,
+    params: Value,
+    timeout: Duration,
+) -> Result<Value, CallError> {
     let stream = UnixStream::connect(socket).map_err(|e| {
         CallError::Unreachable(format!(
             "no daemon answers on {} ({e}); start one with `pacific lab up` or `pacific daemon`",
             socket.display()
         ))
     })?;
-    let _ = stream.set_read_timeout(Some(ANSWER_TIMEOUT));
+    let _ = stream.set_read_timeout(Some(timeout));
     let mut writer = stream
         .try_clone()
         .map_err(|e| CallError::Unreachable(e.to_string()))?;
@@ -63,7 +73,7 @@ pub fn call(socket: &Path, method: &str, params: Value) -> Result<Value, CallErr
             CallError::NoAnswer(format!(
                 "the daemon on {} did not answer {method} within {} s",
                 socket.display(),
-                ANSWER_TIMEOUT.as_secs()
+                timeout.as_secs()
             ))
         } else {
             CallError::Protocol(e.to_string())

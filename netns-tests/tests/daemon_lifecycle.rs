@@ -554,3 +554,55 @@ fn a_daemon_whose_terminal_hangs_up_removes_its_lab() {
     assert!(!own.socket.exists(), "the socket was left behind");
     assert!(!own.record().exists(), "the lab record was left behind");
 }
+
+/// `lab down` of a lab whose daemon hangs (stopped with SIGSTOP here, as a deadlock would
+/// leave it): `lab down` waited five minutes for its status, then as long again for each
+/// request after it. It now gives a daemon `lab up` started 10 s, then ends it and removes the
+/// lab from its record, as after a SIGKILL.
+#[test]
+fn lab_down_of_a_hung_daemon_ends_it_and_removes_the_lab() {
+    if !require_netns() {
+        return;
+    }
+    let own = OwnDaemon::new("qa24hung");
+    let prefix = own.prefix.clone();
+    let file = own.dir.join("lab.yaml");
+    std::fs::write(
+        &file,
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: team}\n---\napiVersion: v1\n\
+         kind: Pod\nmetadata: {name: ok, namespace: team}\n\
+         spec: {containers: [{name: web, image: nginx}]}\n",
+    )
+    .expect("a manifest");
+    let out = run_bounded(
+        own.command(&[
+            "lab",
+            "up",
+            "--prefix",
+            &prefix,
+            &file.display().to_string(),
+        ]),
+        None,
+        Duration::from_secs(60),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    let record: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(own.record()).expect("the lab record"))
+            .expect("the record is JSON");
+    let pid = record["daemon_pid"].as_u64().expect("the daemon's pid") as u32;
+    signal(pid, libc::SIGSTOP);
+    let started = std::time::Instant::now();
+    let out = run_bounded(
+        own.command(&["lab", "down", "--prefix", &prefix]),
+        None,
+        Duration::from_secs(45),
+    );
+    assert!(out.status.success(), "{}", describe(&out));
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "lab down took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(netns_with_prefix(&prefix), Vec::<String>::new());
+    assert!(!own.socket.exists(), "the socket was left behind");
+}

@@ -293,16 +293,23 @@ impl Daemon {
         // Two daemons started on one socket at once (two `lab up`s) both found no one answering;
         // the second then failed on the T0 uplink and, cleaning up, deleted the first one's
         // upstream router. The lock beside the socket is held as long as this process lives.
-        match lock_socket(&config.socket)? {
-            Some(lock) => std::mem::forget(lock),
-            None => {
-                return Err(format!(
-                    "another daemon is starting on {} (it holds {}): wait for it, or give this \
-                     one another --socket",
-                    config.socket.display(),
-                    lock_path_for(&config.socket).display()
-                ))
+        // A daemon just killed holds it until its last thread is gone; one starting answers soon.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(lock) = lock_socket(&config.socket)? {
+                std::mem::forget(lock);
+                break;
             }
+            refuse_if_answered(&config.socket)?;
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "another daemon holds {} and does not answer on {}: stop it, or give this \
+                     one another --socket",
+                    lock_path_for(&config.socket).display(),
+                    config.socket.display()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
         }
         refuse_if_answered(&config.socket)?;
         let open_files = raise_open_file_limit();

@@ -1301,6 +1301,41 @@ spec:
         );
     }
 
+    /// Kubernetes defaults policyTypes by `len(spec.egress) != 0`: an empty `egress: []`
+    /// without policyTypes makes an Ingress policy, and leaves the pods' egress alone.
+    #[test]
+    fn an_empty_egress_list_without_policy_types_isolates_ingress_only() {
+        let t = with_policy(
+            "apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: db, namespace: shop}
+spec:
+  podSelector: {matchLabels: {app: db}}
+  ingress: []
+  egress: []
+",
+        );
+        assert_eq!(
+            verdict(
+                &t,
+                SHOP,
+                Direction::Out,
+                &tcp("172.211.0.3", "198.51.100.1", 80)
+            )
+            .0,
+            "shop-allow-egress"
+        );
+        assert_eq!(
+            verdict(
+                &t,
+                SHOP,
+                Direction::In,
+                &tcp("172.211.0.2", "172.211.0.3", 3306)
+            ),
+            ("shop/db/isolate-ingress".into(), RuleAction::Drop)
+        );
+    }
+
     #[test]
     fn a_policy_of_every_pod_leaves_the_tkg_node_vms_alone() {
         let mut store = Store::new("node-1");

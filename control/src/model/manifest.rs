@@ -1848,7 +1848,7 @@ fn parse_network_policy(meta: Meta, root: &Field<'_>) -> Res<NetworkPolicyReques
         .map(|f| policy_rules(&f, "to"))
         .transpose()?;
     // Kubernetes' default, for a missing or empty list: Ingress always, Egress when the
-    // policy has egress rules.
+    // policy has egress rules (`len(spec.egress) != 0`: an empty `egress: []` is no rule).
     let types = spec.get("policyTypes").map(|f| f.seq()).transpose()?;
     let (is_ingress, is_egress) = match types {
         Some(list) if !list.is_empty() => {
@@ -1864,7 +1864,7 @@ fn parse_network_policy(meta: Meta, root: &Field<'_>) -> Res<NetworkPolicyReques
             }
             (i, e)
         }
-        _ => (true, egress.is_some()),
+        _ => (true, egress.as_ref().is_some_and(|rules| !rules.is_empty())),
     };
     Ok(NetworkPolicyRequest {
         meta,

@@ -443,3 +443,152 @@ fn an_isolated_pod_reaches_itself_and_a_dual_stack_policy_applies() {
         "other-dual-stack, not named",
     );
 }
+
+/// A default deny of both directions for shop, DNS-like UDP 53 out of every pod, UDP 5000-5353
+/// into dns, an ipBlock (less one host) into db, whose LoadBalancer keeps the client's address.
+const UDP_AND_VIP: &str = r#"apiVersion: v1
+kind: Pod
+metadata:
+  name: dns
+  namespace: shop
+  labels: {app: dns}
+spec:
+  containers:
+  - name: dns
+    ports:
+    - {name: dns, containerPort: 53, protocol: UDP}
+    - {containerPort: 5353, protocol: UDP}
+    - {containerPort: 6000, protocol: UDP}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: db-lb
+  namespace: shop
+spec:
+  type: LoadBalancer
+  externalTrafficPolicy: Local
+  selector: {app: db}
+  ports:
+  - port: 80
+    targetPort: 3306
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: default-deny
+  namespace: shop
+spec:
+  podSelector: {}
+  policyTypes: [Ingress, Egress]
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: allow-dns
+  namespace: shop
+spec:
+  podSelector: {}
+  policyTypes: [Egress]
+  egress:
+  - ports:
+    - {protocol: UDP, port: 53}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: dns-in
+  namespace: shop
+spec:
+  podSelector:
+    matchLabels: {app: dns}
+  ingress:
+  - from:
+    - namespaceSelector: {}
+    ports:
+    - {protocol: UDP, port: dns}
+    - {protocol: UDP, port: 5000, endPort: 5353}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: db-from-outside
+  namespace: shop
+spec:
+  podSelector:
+    matchLabels: {app: db}
+  ingress:
+  - from:
+    - ipBlock: {cidr: 198.51.100.0/24, except: [198.51.100.200/32]}
+"#;
+
+/// One datagram from `from` to IP:PORT: what dns's UDP echo sends back (empty: nothing).
+fn udp_echo(lab: &Lab, from: &str, ip: &str, port: u16) -> String {
+    let out = lab.sh(
+        from,
+        &format!("echo ping-{port} | timeout 3 nc -u -w 1 {ip} {port}"),
+    );
+    stdout(&out).trim().to_string()
+}
+
+#[test]
+fn a_default_deny_lets_udp_53_out_and_a_local_vip_in_from_its_ip_block() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("npudp", LAB);
+    let db = ip_of(&lab, "shop", "db");
+    assert_eq!(
+        curl_until(
+            &lab,
+            "shop/web",
+            &format!("http://{db}:3306/hostname"),
+            Duration::from_secs(20)
+        ),
+        "db",
+        "db's server does not answer"
+    );
+    lab.apply_ok(UDP_AND_VIP, None, None);
+    let dns = ip_of(&lab, "shop", "dns");
+    let vip = lab.service_vip("db-lb").unwrap_or_default();
+    let echoed = wait_until(Duration::from_secs(10), || {
+        udp_echo(&lab, "shop/web", &dns, 53) == "ping-53"
+    });
+    assert!(echoed, "web's UDP 53 to dns is allowed both ways");
+    // Web's egress allows only UDP 53; dns takes 5000-5353 from any namespace.
+    assert_eq!(
+        udp_echo(&lab, "shop/web", &dns, 5353),
+        "",
+        "web's egress to 5353"
+    );
+    assert_eq!(
+        udp_echo(&lab, "bank/teller", &dns, 5353),
+        "ping-5353",
+        "endPort"
+    );
+    assert_eq!(
+        udp_echo(&lab, "bank/teller", &dns, 6000),
+        "",
+        "past endPort"
+    );
+    assert_times_out(
+        &lab,
+        "shop/web",
+        &format!("http://{db}:3306/hostname"),
+        "TCP out of web",
+    );
+    // db's egress is denied, yet its replies to an allowed client pass: policies are stateful.
+    assert!(!vip.is_empty(), "db-lb has no VIP");
+    let (body, rc) = curl_rc(&lab, "ext/client", &format!("http://{vip}/clientip"));
+    assert_eq!(rc, 0, "client through the Local VIP, in the ipBlock");
+    assert!(
+        body.starts_with("198.51.100.20:"),
+        "db sees the client: {body}"
+    );
+    assert_times_out(
+        &lab,
+        "ext/web",
+        &format!("http://{vip}/hostname"),
+        "the excepted host",
+    );
+}

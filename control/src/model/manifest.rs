@@ -803,6 +803,21 @@ impl<'a> Field<'a> {
         parse_cidr(s).map_err(|m| self.err(m))
     }
 
+    /// A NetworkPolicy ipBlock's CIDR, host bits and all (`198.51.100.7/24`), as the API
+    /// server takes it: the prefix it lies in, as Go's `net.ParseCIDR` gives it to the
+    /// implementations.
+    fn ipv4_block(&self) -> Res<Ipv4Net> {
+        let s = self.str()?;
+        match s
+            .split_once('/')
+            .map(|(a, l)| (a.parse::<Ipv4Addr>(), l.parse::<u8>()))
+        {
+            Some((Ok(addr), Ok(len))) => Ipv4Net::new(addr, len)
+                .ok_or_else(|| self.err(format!("{s:?}: prefix length over 32"))),
+            _ => self.ipv4_net(),
+        }
+    }
+
     fn protocol(&self) -> Res<Protocol> {
         match self.str()? {
             "TCP" => Ok(Protocol::Tcp),
@@ -1721,11 +1736,11 @@ fn policy_peer(p: &Field<'_>) -> Res<PolicyPeer> {
             if let Some(v6) = ipv6_prefix(cidr_field.str()?) {
                 return ipv6_block(&block, v6.map_err(|m| cidr_field.err(m))?);
             }
-            let cidr = cidr_field.ipv4_net()?;
+            let cidr = cidr_field.ipv4_block()?;
             let mut except = Vec::new();
             if let Some(list) = block.get("except") {
                 for e in list.seq()? {
-                    let net = e.ipv4_net()?;
+                    let net = e.ipv4_block()?;
                     if !(cidr.contains(net.network()) && net.prefix_len() > cidr.prefix_len()) {
                         return Err(e.err(format!("must be a strict subset of `cidr` {cidr}")));
                     }
@@ -3816,6 +3831,26 @@ spec: {t0Address: 203.0.113.6, peerAddress: 203.0.113.5, prefixLength: 30}
         assert_eq!(
             (p.ingress.map(|i| i.len()), p.egress.map(|e| e.len())),
             (Some(0), Some(1))
+        );
+    }
+
+    /// An ipBlock with host bits set is the prefix it lies in, as the API server takes it
+    /// (where a segment's CIDR with host bits is an error: Pacific allocates from it).
+    #[test]
+    fn an_ip_block_with_host_bits_is_the_prefix_it_lies_in() {
+        let p = policy(
+            "  podSelector: {}
+  ingress:
+  - from:
+    - ipBlock: {cidr: 198.51.100.7/24, except: [198.51.100.200/25]}
+",
+        );
+        assert_eq!(
+            p.ingress.unwrap()[0].peers[0],
+            PolicyPeer::IpBlock {
+                cidr: "198.51.100.0/24".parse().unwrap(),
+                except: vec!["198.51.100.128/25".parse().unwrap()],
+            }
         );
     }
 

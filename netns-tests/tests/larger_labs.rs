@@ -201,3 +201,55 @@ fn twenty_namespaces_each_egress_vip_clusterip_and_isolation() {
         netns_with_prefix(&lab.prefix)
     );
 }
+
+/// `lab down` on drop, for a lab this test started by hand.
+struct DownOnDrop(std::path::PathBuf, String);
+
+impl Drop for DownOnDrop {
+    fn drop(&mut self) {
+        let mut cmd = std::process::Command::new(pacific_bin());
+        cmd.arg("--socket")
+            .arg(&self.0)
+            .args(["lab", "down", "--prefix", &self.1]);
+        run_bounded(cmd, None, Duration::from_secs(60));
+        delete_netns_with_prefix(&self.1);
+    }
+}
+
+#[test]
+fn a_lab_up_the_pools_cannot_hold_leaves_nothing_running() {
+    if !require_netns() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("pacific-test-lgfull-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a test directory");
+    let socket = dir.join("pacific.sock");
+    let prefix = format!("paclgfullp{}", std::process::id());
+    let _down = DownOnDrop(socket.clone(), prefix.clone());
+    // 20 namespaces, 20 egress IPs: a /28 of egress holds 14.
+    let yaml = lab_yaml().replace("egress: 198.19.2.0/27", "egress: 198.19.2.0/28");
+    let file = dir.join("lab.yaml");
+    std::fs::write(&file, yaml).expect("the lab file");
+    let mut cmd = std::process::Command::new(pacific_bin());
+    cmd.arg("--socket")
+        .arg(&socket)
+        .arg("lab")
+        .arg("up")
+        .arg(&file)
+        .args(["--prefix", &prefix, "--workers", "1"]);
+    let out = run_bounded(cmd, None, Duration::from_secs(60));
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("egress pool 198.19.2.0/28 has no free address left"),
+        "{}",
+        describe(&out)
+    );
+    // Nothing of it runs: no daemon answers, no namespace of its prefix (the upstream router's
+    // neither).
+    assert!(
+        std::os::unix::net::UnixStream::connect(&socket).is_err(),
+        "a daemon still answers on {}",
+        socket.display()
+    );
+    assert_eq!(netns_with_prefix(&prefix), Vec::<String>::new());
+}

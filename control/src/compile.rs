@@ -373,7 +373,7 @@ pub fn compile_with(
                     DpAlgorithm::ConnectionHash,
                 );
                 lb.client_affinity = svc.session_affinity;
-                t.cluster_ips.insert(
+                t.add_cluster_ip(
                     FrontendKey {
                         protocol,
                         ip: cip,

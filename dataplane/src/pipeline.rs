@@ -193,6 +193,7 @@ drop_reasons! {
     TtlExceeded => "ttl-exceeded",
     DfwDeny => "dfw-deny",
     NoBackend => "no-backend",
+    NoService => "no-service",
     NatExhausted => "nat-port-exhausted",
     ConntrackFull => "conntrack-full",
     ConntrackInvalid => "conntrack-invalid",
@@ -2150,6 +2151,12 @@ impl Pipeline {
                 self.refuse(t, ctx, port, parsed, ip, pkt, frontend, back);
                 Verdict::Drop(DropReason::NoBackend)
             }
+            // An address of the service pool that no ClusterIP has: nothing there to refuse
+            // or answer, so nothing is sent (kube-proxy's "Drop traffic to unallocated
+            // ClusterIPs"); a ClusterIP's port it lacks is refused below, as kube-proxy rejects.
+            Walk::Local {
+                addr, owned: false, ..
+            } if !t.cluster_ip_addrs.contains(&addr) => Verdict::Drop(DropReason::NoService),
             // A fragmented datagram to the router: put together, then answered (`reassembly`):
             // a ping to a gateway's address, or one to a port nothing listens on.
             Walk::Local { owned, back, .. }

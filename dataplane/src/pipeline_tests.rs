@@ -1066,6 +1066,29 @@ fn a_cluster_ip_without_backends_refuses_at_once() {
     assert_reset_from_the_cluster_ip(&frame);
 }
 
+/// A port the ClusterIP's service lacks is refused, as kube-proxy rejects it; an address of the
+/// service pool that no ClusterIP has is dropped without a word and counted, as kube-proxy's
+/// nftables mode drops it ("Drop traffic to unallocated ClusterIPs").
+#[test]
+fn a_cluster_ip_refuses_a_port_it_lacks_and_an_unallocated_one_is_silent() {
+    let mut bed = Bed::new();
+    let to =
+        |dst: Ipv4Addr, dport: u16| tcp(pod_mac(A1_IP), ROUTER_MAC, A1_IP, dst, 40000, dport, SYN);
+    assert_eq!(bed.send(A1, &to(CLUSTER_IP, 81)), Verdict::Reply);
+    let (port, frame) = bed.out();
+    assert_eq!(port, A1);
+    assert_reset_from_the_cluster_ip(&frame);
+    let unallocated = Ipv4Addr::new(172, 96, 9, 9);
+    assert_eq!(
+        bed.send(A1, &to(unallocated, 80)),
+        Verdict::Drop(DropReason::NoService)
+    );
+    assert!(bed.ctx.tx.is_empty(), "{:?}", bed.ctx.tx);
+    let echo = ping(pod_mac(A1_IP), ROUTER_MAC, A1_IP, unallocated, 64, 7);
+    assert_eq!(bed.send(A1, &echo), Verdict::Drop(DropReason::NoService));
+    assert!(bed.ctx.tx.is_empty(), "{:?}", bed.ctx.tx);
+}
+
 /// The frame is a TCP reset from the ClusterIP to a1.
 fn assert_reset_from_the_cluster_ip(frame: &[u8]) {
     let ip = check(frame);
@@ -2687,7 +2710,7 @@ fn tables_with_backends(generation: u64, backends: &[Ipv4Addr], counters: &Table
         } else {
             t.services.push(service);
         }
-        t.cluster_ips.insert(
+        t.add_cluster_ip(
             crate::tables::FrontendKey {
                 protocol,
                 ip: CLUSTER_IP,
@@ -2896,6 +2919,7 @@ fn an_established_tcp_connection_outlives_its_cluster_ip_service() {
     assert_eq!(bed.send(A1, &from_a1(sport, ACK)), Verdict::Forward);
     let mut next = testbed::tables(2, Options::default());
     next.cluster_ips.clear();
+    next.cluster_ip_addrs.clear();
     bed.tables.store(Arc::new(next));
     assert_eq!(bed.send(A1, &from_a1(sport, ACK | 0x08)), Verdict::Forward);
     let (out_port, frame) = bed.out();

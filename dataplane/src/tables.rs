@@ -11,7 +11,7 @@
 //! to the physical network. Gateways and their routes are plain data here; the walk through them
 //! is in `pipeline`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::str::FromStr;
@@ -790,6 +790,10 @@ pub struct Tables {
     pub gateway_addrs: HashMap<Ipv4Addr, GatewayId, ahash::RandomState>,
     /// The DLB: ClusterIP frontends, applied at the source vNIC.
     pub cluster_ips: HashMap<FrontendKey, usize, ahash::RandomState>,
+    /// The addresses of `cluster_ips`: a packet to another address of the service pool has no
+    /// service at all, and is dropped silently (kube-proxy's "Drop traffic to unallocated
+    /// ClusterIPs"), where one to a port a ClusterIP lacks is refused.
+    pub cluster_ip_addrs: HashSet<Ipv4Addr, ahash::RandomState>,
     /// The SLB: VIP frontends, applied at the T1 that owns the VIP (`vip_owner`).
     pub vips: HashMap<FrontendKey, usize, ahash::RandomState>,
     pub vip_owner: HashMap<Ipv4Addr, GatewayId, ahash::RandomState>,
@@ -800,6 +804,12 @@ pub struct Tables {
 }
 
 impl Tables {
+    /// Puts a ClusterIP frontend in the DLB, naming service `svc` (an index of `services`).
+    pub fn add_cluster_ip(&mut self, frontend: FrontendKey, svc: usize) {
+        self.cluster_ip_addrs.insert(frontend.ip);
+        self.cluster_ips.insert(frontend, svc);
+    }
+
     /// The `sessionAffinity: ClientIP` timeout (s) of the service at a ClusterIP or VIP
     /// frontend; `None` when no service there has affinity.
     pub fn affinity_timeout(&self, frontend: &FrontendKey) -> Option<u32> {

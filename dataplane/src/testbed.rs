@@ -209,7 +209,7 @@ pub fn tables(generation: u64, opts: Options) -> Tables {
         vec![b(A2_IP, 80), b(A3_IP, 80)],
         LbAlgorithm::ConnectionHash,
     );
-    t.cluster_ips.insert(
+    t.add_cluster_ip(
         FrontendKey {
             protocol: PROTO_TCP,
             ip: CLUSTER_IP,
@@ -238,7 +238,7 @@ pub fn tables(generation: u64, opts: Options) -> Tables {
     t.services.push(vip);
     for i in 0..opts.extra_services {
         let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 96, 128, 0)) + i as u32);
-        t.cluster_ips.insert(
+        t.add_cluster_ip(
             FrontendKey {
                 protocol: PROTO_TCP,
                 ip,

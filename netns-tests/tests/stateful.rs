@@ -902,3 +902,32 @@ fn two_pods_with_one_source_port_share_the_egress_ip() {
         );
     }
 }
+
+/// A ClusterIP's port that its service lacks is refused at once (curl: connection refused),
+/// as kube-proxy rejects it; an address of the service pool that no ClusterIP holds gets no
+/// answer at all (curl times out), as kube-proxy's nftables mode drops it, and the drop is
+/// counted `no-service` on the pod's port.
+#[test]
+fn an_unallocated_cluster_ip_is_silent_where_a_port_its_service_lacks_is_refused() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("nosvccip");
+    let pod = "ns-dev/testbox";
+    let cip = lab.cluster_ip("ns-dev", "wordpress");
+    let out = lab.sh(pod, &format!("curl -s -m 3 http://{cip}:81/; echo rc=$?"));
+    assert!(
+        stdout(&out).trim_end().ends_with("rc=7"),
+        "a missing port is refused: {}",
+        describe(&out)
+    );
+    let before = lab.port_drops("172.211.0.20", "no-service");
+    let out = lab.sh(pod, "curl -s -m 2 http://172.96.200.200/; echo rc=$?");
+    assert!(
+        stdout(&out).trim_end().ends_with("rc=28"),
+        "an unallocated ClusterIP is silent: {}",
+        describe(&out)
+    );
+    let dropped = lab.port_drops("172.211.0.20", "no-service") - before;
+    assert!(dropped >= 1, "no-service drops: {dropped}");
+}

@@ -1433,4 +1433,174 @@ mod tests {
             }
         }
     }
+
+    /// A small xorshift generator, seeded, so that the cases below are the same on every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u8 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            (self.0 >> 24) as u8
+        }
+    }
+
+    /// Options of `len` bytes, most of them options a router looks at, with lengths, pointers
+    /// and overflow counts that fit, nearly fit or are anything from 0 to 255.
+    fn arbitrary_options(rng: &mut Rng, len: usize) -> Vec<u8> {
+        let mut o = Vec::with_capacity(len);
+        while o.len() < len {
+            let kinds = [0, 1, 7, 7, 7, 68, 68, 68, 131, 137, 148, rng.next()];
+            let kind = kinds[usize::from(rng.next() % 12)];
+            let room = u8::try_from(len - o.len()).unwrap();
+            let opt_len = match rng.next() % 8 {
+                0 => rng.next(),
+                1 => room.saturating_sub(rng.next() % 3),
+                _ => 2 + rng.next() % room.saturating_sub(1).max(1),
+            };
+            let pointer = match rng.next() % 4 {
+                0 => rng.next(),
+                1 => opt_len.wrapping_add(rng.next() % 8).wrapping_sub(4),
+                _ => 4 + u8::from(kind == 68) + 4 * (rng.next() % (opt_len / 4).max(1)),
+            };
+            let flags = [0, 1, 3, rng.next()][usize::from(rng.next() % 4)] & 0x0f;
+            let overflow = if rng.next() & 1 == 0 {
+                15
+            } else {
+                rng.next() >> 4
+            };
+            o.extend_from_slice(&[kind, opt_len, pointer, (overflow << 4) | flags]);
+            for _ in 4..usize::from(opt_len).min(12) {
+                o.push(rng.next());
+            }
+        }
+        o.truncate(len);
+        o
+    }
+
+    /// Where each option of `header` starts and ends, walked as the router walks them, up to
+    /// the end-of-options or the first that does not parse.
+    fn option_spans(header: &[u8]) -> Vec<(usize, usize)> {
+        let end = usize::from(header[0] & 0x0f) * 4;
+        let mut spans = Vec::new();
+        let mut at = 20;
+        while at < end && header[at] != 0 {
+            let len = if header[at] == 1 {
+                1
+            } else {
+                usize::from(header.get(at + 1).copied().unwrap_or(0))
+            };
+            if len == 0 || (header[at] != 1 && len < 2) || at + len > end {
+                break;
+            }
+            spans.push((at, at + len));
+            at += len;
+        }
+        spans
+    }
+
+    /// What must hold after `record_route` or `timestamp` changed `before` into `after`: the
+    /// header length, every byte outside the value part of one option of `kind` (past its
+    /// type, length) and the checksum, and the payload unchanged; the header checksum right.
+    /// The span of the option changed.
+    fn only_the_option_changed(before: &[u8], after: &[u8], kind: u8) -> (usize, usize) {
+        let header_len = usize::from(before[0] & 0x0f) * 4;
+        assert_eq!(after.len(), before.len());
+        assert_eq!(after[0], before[0], "header length");
+        assert_eq!(after[header_len..], before[header_len..], "payload");
+        assert_eq!(
+            fold(checksum::sum(&after[..header_len], 0)),
+            0xffff,
+            "header checksum"
+        );
+        let changed: Vec<usize> = (0..header_len)
+            .filter(|&i| !(10..12).contains(&i) && after[i] != before[i])
+            .collect();
+        let span = option_spans(before)
+            .into_iter()
+            .find(|&(s, e)| before[s] == kind && changed.iter().all(|&i| i >= s + 2 && i < e));
+        span.unwrap_or_else(|| {
+            panic!("bytes {changed:?} changed outside an option {kind}: {before:?}")
+        })
+    }
+
+    #[test]
+    fn record_route_and_timestamp_keep_every_other_byte_of_arbitrary_headers() {
+        let mut rng = Rng(0x5eed_0000_7ac1_f1c0);
+        let addrs: Vec<Ipv4Addr> = (1..=8).map(|i| Ipv4Addr::new(100, 64, i, 1)).collect();
+        let ms = 0x0102_0304;
+        let mut stamped = [0usize; 2];
+        for ihl in 6..=15u8 {
+            for case in 0..3000 {
+                let header_len = usize::from(ihl) * 4;
+                let mut before = vec![0x40 | ihl, 0, 0, 0, 0, 1, 0x40, 0, 64, 17, 0, 0];
+                before.extend_from_slice(&[172, 211, 0, 20, 198, 51, 100, 10]);
+                before.extend(arbitrary_options(&mut rng, header_len - 20));
+                before[3] = u8::try_from(header_len + 8).unwrap();
+                let sum = checksum::ipv4_header_checksum(&before[..header_len]);
+                before[10..12].copy_from_slice(&sum.to_be_bytes());
+                before.extend_from_slice(&[0x9c, 0x40, 0, 53, 0, 8, 0, 0]);
+                let n = case % (addrs.len() + 1);
+                let problem = crate::packet::parse::ip_options_problem(&before[..header_len]);
+                if let Some(p) = problem {
+                    assert!((20..header_len).contains(&usize::from(p)), "{p} {before:?}");
+                }
+
+                let mut after = before.clone();
+                if record_route(&mut after, &addrs[..n]) {
+                    let (s, _) = only_the_option_changed(&before, &after, OPTION_RECORD_ROUTE);
+                    let (from, to) = (usize::from(before[s + 2]), usize::from(after[s + 2]));
+                    assert!(to > from && (to - from).is_multiple_of(4) && (to - from) / 4 <= n);
+                    let recorded: Vec<u8> = addrs.iter().flat_map(|a| a.octets()).collect();
+                    assert_eq!(after[s + from - 1..s + to - 1], recorded[..to - from]);
+                    stamped[0] += 1;
+                } else {
+                    assert_eq!(after, before);
+                    // A record route that holds and has room takes the first address.
+                    let rr = option_spans(&before)
+                        .into_iter()
+                        .find(|&(s, _)| before[s] == 7);
+                    if let (None, Some((s, e)), true) = (problem, rr, n > 0) {
+                        assert!(usize::from(before[s + 2]) > e - s, "not filled: {before:?}");
+                    }
+                }
+
+                let mut after = before.clone();
+                if timestamp(&mut after, &addrs[..n], ms) {
+                    let (s, _) = only_the_option_changed(&before, &after, OPTION_TIMESTAMP);
+                    assert!(after[s + 2] >= before[s + 2], "pointer went back");
+                    assert_eq!(after[s + 3] & 0x0f, before[s + 3] & 0x0f, "flags");
+                    assert!(
+                        after[s + 3] >> 4 >= before[s + 3] >> 4,
+                        "overflow went back"
+                    );
+                    stamped[1] += 1;
+                } else {
+                    assert_eq!(after, before);
+                }
+
+                // The parameter problem a bad option is answered with points at its octet.
+                if let Some(p) = problem {
+                    let mut out = [0u8; 256];
+                    let mac = MacAddr([2, 0, 0, 0, 0, 1]);
+                    let len = build::build_icmp_error(
+                        &mut out,
+                        mac,
+                        mac,
+                        B,
+                        icmp::PARAM_PROBLEM,
+                        0,
+                        u16::from(p),
+                        &before,
+                    )
+                    .expect("an error fits");
+                    assert_eq!(out[34 + 4], p, "pointer");
+                    assert_eq!(verify_checksums(&out[..len]), Some((true, true)));
+                }
+            }
+        }
+        // The generator reaches both rewrites often, or the properties above say little.
+        assert!(stamped.iter().all(|&k| k > 1000), "{stamped:?}");
+    }
 }

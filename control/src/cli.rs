@@ -1872,21 +1872,28 @@ fn fetch(
     } else {
         method
     };
-    let mut result = client::call(socket, rpc, params).map_err(|e| match e {
-        // As kubectl names a namespace that is not there.
-        CallError::Rpc { code, data, .. }
+    let mut result = match client::call(socket, rpc, params) {
+        Ok(result) => result,
+        // A namespace that is not there holds nothing: as kubectl, `get pods -n missing` is
+        // `No resources found in missing namespace.` (exit 0), `-o json` an empty list, and
+        // `get pod web -n missing` is `pods "web" not found`. Routes are one namespace's
+        // gateway, no list of objects: a namespace not there has none to show.
+        Err(CallError::Rpc { code, data, .. })
             if code == crate::rpc::code::NOT_FOUND
                 && data
                     .as_ref()
                     .is_some_and(|d| d["field"] == "params.namespace") =>
         {
-            format!(
-                "Error from server (NotFound): namespaces {:?} not found",
-                namespace.map_or("", String::as_str)
-            )
+            if method == "routes.list" {
+                return Err(format!(
+                    "Error from server (NotFound): namespaces {:?} not found",
+                    namespace.map_or("", String::as_str)
+                ));
+            }
+            json!({ "items": [] })
         }
-        other => other.to_string(),
-    })?;
+        Err(other) => return Err(other.to_string()),
+    };
     if let (Some(name), Some(items)) = (pick, result["items"].as_array_mut()) {
         items.retain(|item| item["name"].as_str() == Some(name));
     }

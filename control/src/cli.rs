@@ -1332,11 +1332,55 @@ fn exec(socket: &Path, target: &str, command: &[String]) -> Result<ExitCode, Str
         .ok_or("the daemon named no namespace")?;
     // Through `sh -c 'exec "$@"'`, so a command that cannot run exits as a shell says it: 127
     // not found, 126 not executable (`ip netns exec` itself says 1 or 255).
-    let status = Command::new("ip")
+    // SIGINT, SIGTERM, SIGHUP or SIGQUIT sent to `pacific exec` alone (`kill -INT`, a
+    // script's `timeout`) go on to the command, as kubectl's stream closing ends it: never
+    // left running in the pod after `pacific exec` is gone.
+    let forwarded = [
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+        signal_hook::consts::SIGQUIT,
+    ];
+    let mut signals = signal_hook::iterator::Signals::new(forwarded)
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    let handle = signals.handle();
+    let mut child = Command::new("ip")
         .args(["netns", "exec", netns, "sh", "-c", "exec \"$@\"", "sh"])
         .args(command)
-        .status()
+        .spawn()
         .map_err(|e| format!("cannot run ip netns exec: {e}"))?;
+    let pid = child.id() as libc::pid_t;
+    let forwarder = std::thread::Builder::new()
+        .name("pacific-exec-signals".into())
+        .spawn(move || {
+            for sig in signals.forever() {
+                // SAFETY: kill(2) on our own child's pid, which is not reaped before this
+                // thread is stopped (below), so the pid names no other process.
+                unsafe { libc::kill(pid, sig) };
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    // Wait for the command to end without reaping it (WNOWAIT), stop forwarding, then reap.
+    loop {
+        // SAFETY: a zeroed siginfo_t is valid for waitid(2) to fill.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid(2) on our own child with a valid siginfo_t pointer.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break;
+        }
+    }
+    handle.close();
+    let _ = forwarder.join();
+    let status = child.wait();
+    let status = status.map_err(|e| format!("cannot wait for the command: {e}"))?;
     Ok(exit_code_of(status))
 }
 

@@ -4,6 +4,9 @@
 //! Address plan: pods 198.18.0.0/16, services 198.19.0.0/24, ingress 198.19.1.0/24, egress
 //! 198.19.2.0/24 (RFC 2544); the T0 uplink 203.0.113.0/24.
 
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
 use pacific_netns_tests::*;
 
 const LAB: &str = "\
@@ -67,4 +70,62 @@ fn a_namespace_not_there_lists_nothing_as_kubectl_does() {
     // The namespace that is there still lists its pod.
     let o = lab.pacific(&["get", "pods", "-n", "team", "-o", "name"]);
     assert_eq!(stdout(&o).trim(), "pod/web", "{}", describe(&o));
+}
+
+/// SIGINT sent to `pacific exec` alone (a script's `kill -INT`, `timeout -s INT`) ended
+/// `pacific exec` and left the command running in the pod: it is passed on, the command ends
+/// and `pacific exec` exits 130, as the shell reports a command ended by SIGINT. Standard
+/// input is piped through and exit codes pass through.
+#[test]
+fn exec_passes_stdin_exit_codes_and_sigint_through() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("kscexec", LAB);
+    let o = lab.pacific_stdin(&["exec", "team/web", "--", "cat"], Some("hi\n"));
+    assert_eq!(stdout(&o), "hi\n", "{}", describe(&o));
+    let o = lab.exec("team/web", &["sh", "-c", "exit 7"]);
+    assert_eq!(o.status.code(), Some(7), "{}", describe(&o));
+    let o = lab.exec("team/web", &["timeout", "1", "sleep", "5"]);
+    assert_eq!(o.status.code(), Some(124), "{}", describe(&o));
+    let o = lab.exec("team/web", &["nosuchcommand"]);
+    assert_eq!(o.status.code(), Some(127), "{}", describe(&o));
+    assert!(stderr(&o).contains("nosuchcommand"), "{}", describe(&o));
+
+    let mut child = Command::new(pacific_bin())
+        .arg("--socket")
+        .arg(&lab.socket)
+        .args(["exec", "team/web", "--", "sleep", "4077"])
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("pacific exec");
+    // The command itself (not `pacific exec`, whose command line holds it too).
+    let sleeps = || {
+        pids_with_cmdline("sleep 4077")
+            .into_iter()
+            .filter(|&pid| cmdline(pid).is_some_and(|c| c.trim() == "sleep 4077"))
+            .collect::<Vec<_>>()
+    };
+    let running = || !sleeps().is_empty();
+    assert!(
+        wait_until(Duration::from_secs(10), running),
+        "the command never started"
+    );
+    signal(child.id(), libc::SIGINT);
+    let ended = wait_until(Duration::from_secs(5), || {
+        matches!(child.try_wait(), Ok(Some(_)))
+    });
+    // The command's end is its own (SIGINT delivered): a moment to go.
+    wait_until(Duration::from_secs(2), || sleeps().is_empty());
+    let left = sleeps();
+    for pid in &left {
+        signal(*pid, libc::SIGKILL);
+    }
+    if !ended {
+        let _ = child.kill();
+    }
+    let status = child.wait().expect("wait");
+    assert!(ended, "pacific exec did not end on SIGINT");
+    assert!(left.is_empty(), "the command was left running: {left:?}");
+    assert_eq!(status.code(), Some(130));
 }

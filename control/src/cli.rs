@@ -442,7 +442,13 @@ fn manifest_of_names(objects: &[String]) -> Result<String, String> {
 }
 
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return usage_exit_code(&e);
+        }
+    };
     match run(cli) {
         Ok(code) => code,
         // kubectl's `Error from server (NotFound): ...` stands as it is.
@@ -454,6 +460,17 @@ pub fn main() -> ExitCode {
             eprintln!("error: {message}");
             ExitCode::from(1)
         }
+    }
+}
+
+/// A command line that does not parse (an unknown flag, a missing argument, `get` with no
+/// kind) exits 1, as kubectl's, not clap's 2: a script tells it from success the same way, and
+/// nothing was done. `--help` and `--version` exit 0.
+fn usage_exit_code(e: &clap::Error) -> ExitCode {
+    if e.use_stderr() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
     }
 }
 
@@ -2633,6 +2650,27 @@ mod tests {
 
     /// `pacific exec` reports a command killed by a signal as a shell does, 128 + the signal
     /// (it said 137, SIGKILL's, whatever the signal).
+    /// Usage errors exited 2 (clap's): kubectl exits 1.
+    #[test]
+    fn usage_errors_exit_1_as_kubectl_help_exits_0() {
+        for args in [
+            &["pacific", "get", "--bogus", "pods"][..],
+            &["pacific", "get"],
+            &["pacific", "exec", "ns-dev/testbox"],
+            &["pacific", "apply"],
+            &["pacific", "get", "pods", "-n"],
+            &["pacific", "frobnicate"],
+            &["pacific", "apply", "--dry-run=client", "-f", "x.yaml"],
+        ] {
+            let e = Cli::try_parse_from(args).expect_err("a usage error");
+            assert_eq!(usage_exit_code(&e), ExitCode::from(1), "{args:?}");
+        }
+        for args in [&["pacific", "--help"][..], &["pacific", "get", "--help"]] {
+            let e = Cli::try_parse_from(args).expect_err("help");
+            assert_eq!(usage_exit_code(&e), ExitCode::SUCCESS, "{args:?}");
+        }
+    }
+
     #[test]
     fn exec_exit_codes_follow_the_shell() {
         let code = |script: &str| {

@@ -75,8 +75,8 @@ fn daemon_options_out_of_range_are_refused_naming_the_option() {
         let out = run_bounded(cmd, None, Duration::from_secs(30));
         assert_eq!(
             out.status.code(),
-            Some(2),
-            "pacific daemon {option} {value}:\n{}",
+            Some(1),
+            "pacific daemon {option} {value} (a usage error, exit 1 as kubectl's):\n{}",
             describe(&out)
         );
         let err = stderr(&out);

@@ -1273,8 +1273,31 @@ fn apply(
         params["cluster"] = json!(c);
     }
     let verb = if method == "delete" { "delet" } else { "apply" };
-    let result = client::call(socket, method, params).map_err(|e| manifest.error(verb, e))?;
+    let mut result = client::call(socket, method, params).map_err(|e| manifest.error(verb, e))?;
+    if method == "delete" {
+        if let Some(lines) = result.get_mut("results").and_then(Value::as_array_mut) {
+            for line in lines.iter_mut() {
+                if let Some(text) = line.as_str().map(deleted_as_kubectl_says) {
+                    *line = json!(text);
+                }
+            }
+        }
+    }
     Ok(print_apply(&result))
+}
+
+/// kubectl's `pod "web" deleted` for the daemon's `pod/web deleted` (`-o name` is kubectl's
+/// only `pod/web` form); any other line as it is.
+fn deleted_as_kubectl_says(line: &str) -> String {
+    match line
+        .strip_suffix(" deleted")
+        .and_then(|object| object.split_once('/'))
+    {
+        Some((resource, name)) if !resource.contains(' ') && !name.contains(' ') => {
+            format!("{resource} {name:?} deleted")
+        }
+        _ => line.to_string(),
+    }
 }
 
 /// Prints what the daemon did with each object, then what it could not build of them (a pod
@@ -2650,6 +2673,23 @@ mod tests {
 
     /// `pacific exec` reports a command killed by a signal as a shell does, 128 + the signal
     /// (it said 137, SIGKILL's, whatever the signal).
+    /// `delete` said `pod/web deleted`: kubectl says `pod "web" deleted`.
+    #[test]
+    fn deletions_read_as_kubectl_prints_them() {
+        assert_eq!(
+            deleted_as_kubectl_says("pod/web deleted"),
+            r#"pod "web" deleted"#
+        );
+        assert_eq!(
+            deleted_as_kubectl_says("deployment.apps/web deleted"),
+            r#"deployment.apps "web" deleted"#
+        );
+        assert_eq!(
+            deleted_as_kubectl_says("configmap/x skipped: not modelled"),
+            "configmap/x skipped: not modelled"
+        );
+    }
+
     /// Usage errors exited 2 (clap's): kubectl exits 1.
     #[test]
     fn usage_errors_exit_1_as_kubectl_help_exits_0() {

@@ -152,7 +152,8 @@ fn delete_ignore_not_found_tears_down_what_is_left() {
     assert!(out.status.success(), "{}", describe(&out));
     let said = stdout(&out);
     assert!(
-        said.contains("namespace/team0 deleted") && said.contains("deployment.apps/web deleted"),
+        said.contains(r#"namespace "team0" deleted"#)
+            && said.contains(r#"deployment.apps "web" deleted"#),
         "{said}"
     );
     assert!(!said.contains("service/web"), "{said}");
@@ -201,7 +202,7 @@ fn delete_by_kind_and_name_as_kubectl() {
     lab.apply_ok(&team(1), None, None);
     let out = lab.pacific(&["delete", "svc", "web", "-n", "team0"]);
     assert!(out.status.success(), "{}", describe(&out));
-    assert_eq!(stdout(&out).trim(), "service/web deleted");
+    assert_eq!(stdout(&out).trim(), r#"service "web" deleted"#);
     assert!(lab.items("svc", Some("team0")).is_empty());
     let out = lab.pacific(&["delete", "svc", "web", "-n", "team0"]);
     assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
@@ -240,7 +241,7 @@ fn delete_by_kind_slash_name_as_kubectl() {
     assert!(out.status.success(), "{}", describe(&out));
     assert_eq!(
         stdout(&out).trim(),
-        "service/web deleted\ndeployment.apps/web deleted"
+        "service \"web\" deleted\ndeployment.apps \"web\" deleted"
     );
     assert!(lab.items("svc", Some("team0")).is_empty());
     assert!(lab.items("deployments", Some("team0")).is_empty());

@@ -109,8 +109,8 @@ fn apply_and_delete_take_directories_and_several_files() {
     let out = lab.pacific(&["delete", "-f", &d, "-f", &one]);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(
-        stdout(&out).contains("namespace/ledger deleted")
-            && stdout(&out).contains("pod/one deleted"),
+        stdout(&out).contains(r#"namespace "ledger" deleted"#)
+            && stdout(&out).contains(r#"pod "one" deleted"#),
         "{}",
         describe(&out)
     );
@@ -120,7 +120,7 @@ fn apply_and_delete_take_directories_and_several_files() {
     // Named twice, deleted once (the second was found missing, and nothing deleted).
     let out = lab.pacific(&["delete", "pod", "two", "two", "-n", "payments"]);
     assert!(out.status.success(), "{}", describe(&out));
-    assert_eq!(stdout(&out), "pod/two deleted\n");
+    assert_eq!(stdout(&out), "pod \"two\" deleted\n");
     assert!(pod_names(&lab, "payments").is_empty());
 
     // kubectl's words for what is not there, with the kind as kubectl names it, not as typed.
@@ -409,7 +409,7 @@ spec:
     assert_eq!(shown.trim(), "deployment.apps/api");
     let out = lab.pacific(&["delete", name.trim(), "-n", "payments"]);
     assert!(out.status.success(), "{}", describe(&out));
-    assert_eq!(stdout(&out).trim(), "deployment.apps/api deleted");
+    assert_eq!(stdout(&out).trim(), r#"deployment.apps "api" deleted"#);
 }
 
 /// A pod that could not be built serves nothing: it is no endpoint of its service, in the

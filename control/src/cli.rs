@@ -1834,6 +1834,7 @@ fn show(
                     _ => result,
                 }
             };
+            let answer = as_kubectl_list(answer);
             if args.output == Some(Output::Json) {
                 out!(
                     "{}",
@@ -1908,6 +1909,18 @@ fn show(
     let between = if args.no_headers { "" } else { "\n" };
     out_raw!("{}", tables.join(between));
     Ok(ExitCode::SUCCESS)
+}
+
+/// A listing as kubectl prints one with `-o json`/`-o yaml`, empty or not: `kind: List`,
+/// `apiVersion: v1` and `metadata` beside its `items` (an object asked for by name as it is).
+fn as_kubectl_list(mut answer: Value) -> Value {
+    if let Some(map) = answer.as_object_mut().filter(|m| m.contains_key("items")) {
+        map.entry("apiVersion").or_insert(json!("v1"));
+        map.entry("kind").or_insert(json!("List"));
+        map.entry("metadata")
+            .or_insert(json!({ "resourceVersion": "" }));
+    }
+    answer
 }
 
 /// kubectl's words for an empty listing (on stderr, exit 0).
@@ -2673,6 +2686,18 @@ mod tests {
 
     /// `pacific exec` reports a command killed by a signal as a shell does, 128 + the signal
     /// (it said 137, SIGKILL's, whatever the signal).
+    /// `get pods -o json` with nothing was `{"items": []}`: kubectl's is a `List`.
+    #[test]
+    fn listings_print_as_kubectl_lists() {
+        assert_eq!(
+            as_kubectl_list(json!({"items": []})),
+            json!({"apiVersion": "v1", "kind": "List", "items": [],
+                   "metadata": {"resourceVersion": ""}})
+        );
+        let pod = json!({"name": "web", "namespace": "team"});
+        assert_eq!(as_kubectl_list(pod.clone()), pod);
+    }
+
     /// `delete` said `pod/web deleted`: kubectl says `pod "web" deleted`.
     #[test]
     fn deletions_read_as_kubectl_prints_them() {

@@ -60,6 +60,7 @@ fn a_namespace_not_there_lists_nothing_as_kubectl_does() {
     assert!(o.status.success(), "{}", describe(&o));
     let list: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
     assert_eq!(list["items"], serde_json::json!([]), "{}", describe(&o));
+    assert_eq!(list["kind"], "List", "{}", describe(&o));
 
     let o = lab.pacific(&["get", "pod", "web", "-n", "missing"]);
     assert_eq!(o.status.code(), Some(1), "{}", describe(&o));

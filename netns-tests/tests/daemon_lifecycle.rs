@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use pacific_netns_tests::*;
@@ -37,6 +37,11 @@ impl OwnDaemon {
             .env_remove("PACIFIC_SOCKET")
             .env_remove("PACIFIC_PREFIX");
         cmd
+    }
+
+    /// `pacific --socket SOCKET ARGS...`, given at most `secs` seconds.
+    fn run(&self, args: &[&str], secs: u64) -> Output {
+        run_bounded(self.command(args), None, Duration::from_secs(secs))
     }
 
     fn record(&self) -> PathBuf {
@@ -218,16 +223,8 @@ fn a_second_socket_with_a_running_labs_prefix_leaves_that_lab_alone() {
     assert!(curl_until(&lab, "ext/hop", vip, Duration::from_secs(10)).starts_with("wordpress-"));
     let namespaces = netns_with_prefix(&lab.prefix);
     let other = OwnDaemon::new("qa3pfo");
-    let daemon = run_bounded(
-        other.command(&["daemon", "--prefix", &lab.prefix, "--workers", "2"]),
-        None,
-        Duration::from_secs(30),
-    );
-    let down = run_bounded(
-        other.command(&["lab", "down", "--prefix", &lab.prefix]),
-        None,
-        Duration::from_secs(60),
-    );
+    let daemon = other.run(&["daemon", "--prefix", &lab.prefix, "--workers", "2"], 30);
+    let down = other.run(&["lab", "down", "--prefix", &lab.prefix], 60);
     assert_eq!(netns_with_prefix(&lab.prefix), namespaces);
     assert!(
         curl(&lab, "ext/hop", vip).starts_with("wordpress-"),
@@ -273,7 +270,7 @@ fn a_socket_path_that_is_a_file_or_too_long_is_refused_and_the_file_kept() {
         vec!["lab", "up", "--prefix", &prefix],
         vec!["lab", "down", "--prefix", &prefix],
     ] {
-        let out = run_bounded(own.command(&args), None, Duration::from_secs(60));
+        let out = own.run(&args, 60);
         assert_eq!(
             std::fs::read_to_string(&own.socket).ok().as_deref(),
             Some("my notes\n"),
@@ -337,13 +334,7 @@ fn lab_up_with_a_refused_file_leaves_no_daemon_it_started() {
     )
     .expect("a manifest");
     let bad_arg = bad.display().to_string();
-    let lab_up_bad = || {
-        run_bounded(
-            own.command(&["lab", "up", "--prefix", &prefix, &bad_arg]),
-            None,
-            Duration::from_secs(60),
-        )
-    };
+    let lab_up_bad = || own.run(&["lab", "up", "--prefix", &prefix, &bad_arg], 60);
     let out = lab_up_bad();
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(stderr(&out).contains("prots"), "{}", describe(&out));
@@ -359,35 +350,26 @@ fn lab_up_with_a_refused_file_leaves_no_daemon_it_started() {
     );
     assert!(!own.record().exists(), "a lab record was left");
     // A lab that is up stays up through a refused file.
-    let out = run_bounded(
-        own.command(&[
+    let out = own.run(
+        &[
             "lab",
             "up",
             "--prefix",
             &prefix,
             &good.display().to_string(),
-        ]),
-        None,
-        Duration::from_secs(60),
+        ],
+        60,
     );
     assert!(out.status.success(), "{}", describe(&out));
     let out = lab_up_bad();
     assert!(!out.status.success(), "{}", describe(&out));
-    let status = run_bounded(
-        own.command(&["rpc", "daemon.status"]),
-        None,
-        Duration::from_secs(10),
-    );
+    let status = own.run(&["rpc", "daemon.status"], 10);
     assert!(
         status.status.success(),
         "the running lab went: {}",
         describe(&status)
     );
-    let out = run_bounded(
-        own.command(&["lab", "down", "--prefix", &prefix]),
-        None,
-        Duration::from_secs(60),
-    );
+    let out = own.run(&["lab", "down", "--prefix", &prefix], 60);
     assert!(out.status.success(), "{}", describe(&out));
 }
 
@@ -419,16 +401,15 @@ fn lab_up_summary_shows_a_pod_it_could_not_build_and_suggests_no_ping_to_it() {
          spec: {containers: [{name: web, image: nginx}]}\n",
     )
     .expect("a manifest");
-    let out = run_bounded(
-        own.command(&[
+    let out = own.run(
+        &[
             "lab",
             "up",
             "--prefix",
             &prefix,
             &file.display().to_string(),
-        ]),
-        None,
-        Duration::from_secs(60),
+        ],
+        60,
     );
     assert!(!out.status.success(), "{}", describe(&out));
     assert!(stderr(&out).contains("pod team/web"), "{}", describe(&out));
@@ -447,11 +428,7 @@ fn lab_up_summary_shows_a_pod_it_could_not_build_and_suggests_no_ping_to_it() {
         !text.contains(&format!("ping -c1 {web_ip}")),
         "the summary suggests pinging the pod that was not built:\n{text}"
     );
-    let out = run_bounded(
-        own.command(&["lab", "down", "--prefix", &prefix]),
-        None,
-        Duration::from_secs(60),
-    );
+    let out = own.run(&["lab", "down", "--prefix", &prefix], 60);
     assert!(out.status.success(), "{}", describe(&out));
 }
 
@@ -492,21 +469,16 @@ fn two_lab_ups_at_once_on_one_socket_share_one_daemon_and_its_upstream_router() 
         "the upstream router's namespace is gone: {:?}",
         netns_with_prefix(&prefix)
     );
-    let ping = run_bounded(
-        own.command(&["exec", "team/ok", "--", "ping", "-c1", "-W2", "203.0.113.1"]),
-        None,
-        Duration::from_secs(20),
+    let ping = own.run(
+        &["exec", "team/ok", "--", "ping", "-c1", "-W2", "203.0.113.1"],
+        20,
     );
     assert!(
         ping.status.success(),
         "a pod does not reach the upstream router: {}",
         describe(&ping)
     );
-    let out = run_bounded(
-        own.command(&["lab", "down", "--prefix", &prefix]),
-        None,
-        Duration::from_secs(60),
-    );
+    let out = own.run(&["lab", "down", "--prefix", &prefix], 60);
     assert!(out.status.success(), "{}", describe(&out));
 }
 
@@ -574,16 +546,15 @@ fn lab_down_of_a_hung_daemon_ends_it_and_removes_the_lab() {
          spec: {containers: [{name: web, image: nginx}]}\n",
     )
     .expect("a manifest");
-    let out = run_bounded(
-        own.command(&[
+    let out = own.run(
+        &[
             "lab",
             "up",
             "--prefix",
             &prefix,
             &file.display().to_string(),
-        ]),
-        None,
-        Duration::from_secs(60),
+        ],
+        60,
     );
     assert!(out.status.success(), "{}", describe(&out));
     let record: serde_json::Value =
@@ -592,11 +563,7 @@ fn lab_down_of_a_hung_daemon_ends_it_and_removes_the_lab() {
     let pid = record["daemon_pid"].as_u64().expect("the daemon's pid") as u32;
     signal(pid, libc::SIGSTOP);
     let started = std::time::Instant::now();
-    let out = run_bounded(
-        own.command(&["lab", "down", "--prefix", &prefix]),
-        None,
-        Duration::from_secs(45),
-    );
+    let out = own.run(&["lab", "down", "--prefix", &prefix], 45);
     assert!(out.status.success(), "{}", describe(&out));
     assert!(
         started.elapsed() < Duration::from_secs(30),

@@ -628,43 +628,58 @@ const OPTION_RECORD_ROUTE: u8 = 7;
 /// header checksum is recomputed. A full option stays as it is (RFC 791: the packet goes on
 /// without), as does a header without one or whose options do not parse. Whether it changed.
 pub fn record_route(header: &mut [u8], addrs: &[Ipv4Addr]) -> bool {
-    let header_len = header.first().map_or(0, |&b| usize::from(b & 0x0f) * 4);
-    if header_len <= ipv4::HEADER_LEN || header.len() < header_len {
+    let Some((at, len, header_len)) = find_option(header, OPTION_RECORD_ROUTE, 3) else {
         return false;
+    };
+    let mut changed = false;
+    for addr in addrs {
+        let pointer = usize::from(header[at + 2]);
+        if pointer < 4 || pointer + 3 > len {
+            break;
+        }
+        let slot = at + pointer - 1;
+        header[slot..slot + 4].copy_from_slice(&addr.octets());
+        header[at + 2] = header[at + 2].saturating_add(4);
+        changed = true;
+    }
+    if changed {
+        refresh_header_checksum(header, header_len);
+    }
+    changed
+}
+
+/// The first option of type `kind` and at least `min_len` bytes in `header` (an IPv4 header
+/// with its options): its offset, its length and the header's length. `None` when there is
+/// none, or the options before it do not parse (the walk stops at the end-of-options mark).
+fn find_option(header: &[u8], kind: u8, min_len: usize) -> Option<(usize, usize, usize)> {
+    let header_len = usize::from(header.first()? & 0x0f) * 4;
+    if header_len <= ipv4::HEADER_LEN || header.len() < header_len {
+        return None;
     }
     let mut at = ipv4::HEADER_LEN;
-    let mut changed = false;
     while at < header_len {
-        let kind = header[at];
-        let len = match kind {
-            0 => break,
+        let this = header[at];
+        let len = match this {
+            0 => return None,
             1 => 1,
             _ => usize::from(header.get(at + 1).copied().unwrap_or(0)),
         };
-        if (kind != 1 && len < 2) || at + len > header_len {
-            break;
+        if (this != 1 && len < 2) || at + len > header_len {
+            return None;
         }
-        if kind == OPTION_RECORD_ROUTE && len >= 3 {
-            for addr in addrs {
-                let pointer = usize::from(header[at + 2]);
-                if pointer < 4 || pointer + 3 > len {
-                    break;
-                }
-                let slot = at + pointer - 1;
-                header[slot..slot + 4].copy_from_slice(&addr.octets());
-                header[at + 2] = header[at + 2].saturating_add(4);
-                changed = true;
-            }
-            break;
+        if this == kind {
+            return (len >= min_len).then_some((at, len, header_len));
         }
         at += len;
     }
-    if changed {
-        header[10..12].fill(0);
-        let sum = checksum::ipv4_header_checksum(&header[..header_len]);
-        header[10..12].copy_from_slice(&sum.to_be_bytes());
-    }
-    changed
+    None
+}
+
+/// Recomputes the checksum of an IPv4 header `header_len` bytes long.
+fn refresh_header_checksum(header: &mut [u8], header_len: usize) {
+    header[10..12].fill(0);
+    let sum = checksum::ipv4_header_checksum(&header[..header_len]);
+    header[10..12].copy_from_slice(&sum.to_be_bytes());
 }
 
 /// Option type of an internet timestamp (RFC 791 section 3.1, `ping -T`).
@@ -678,58 +693,39 @@ const OPTION_TIMESTAMP: u8 = 68;
 /// a header without the option or whose options do not parse; the header checksum is
 /// recomputed. Whether it changed.
 pub fn timestamp(header: &mut [u8], addrs: &[Ipv4Addr], ms: u32) -> bool {
-    let header_len = header.first().map_or(0, |&b| usize::from(b & 0x0f) * 4);
-    if header_len <= ipv4::HEADER_LEN || header.len() < header_len {
+    let Some((at, len, header_len)) = find_option(header, OPTION_TIMESTAMP, 4) else {
         return false;
-    }
-    let mut at = ipv4::HEADER_LEN;
+    };
+    let flags = header[at + 3] & 0x0f;
+    let entry = match flags {
+        0 => 4,
+        1 => 8,
+        _ => return false,
+    };
     let mut changed = false;
-    while at < header_len {
-        let kind = header[at];
-        let len = match kind {
-            0 => break,
-            1 => 1,
-            _ => usize::from(header.get(at + 1).copied().unwrap_or(0)),
-        };
-        if (kind != 1 && len < 2) || at + len > header_len {
+    for addr in addrs {
+        let pointer = usize::from(header[at + 2]);
+        if pointer < 5 {
             break;
         }
-        if kind == OPTION_TIMESTAMP && len >= 4 {
-            let flags = header[at + 3] & 0x0f;
-            let entry = match flags {
-                0 => 4,
-                1 => 8,
-                _ => break,
-            };
-            for addr in addrs {
-                let pointer = usize::from(header[at + 2]);
-                if pointer < 5 {
-                    break;
-                }
-                if pointer + entry - 1 > len {
-                    let overflow = header[at + 3] >> 4;
-                    if overflow == 15 {
-                        break;
-                    }
-                    header[at + 3] = ((overflow + 1) << 4) | flags;
-                } else {
-                    let slot = at + pointer - 1;
-                    if entry == 8 {
-                        header[slot..slot + 4].copy_from_slice(&addr.octets());
-                    }
-                    header[slot + entry - 4..slot + entry].copy_from_slice(&ms.to_be_bytes());
-                    header[at + 2] = header[at + 2].saturating_add(entry as u8);
-                }
-                changed = true;
+        if pointer + entry - 1 > len {
+            let overflow = header[at + 3] >> 4;
+            if overflow == 15 {
+                break;
             }
-            break;
+            header[at + 3] = ((overflow + 1) << 4) | flags;
+        } else {
+            let slot = at + pointer - 1;
+            if entry == 8 {
+                header[slot..slot + 4].copy_from_slice(&addr.octets());
+            }
+            header[slot + entry - 4..slot + entry].copy_from_slice(&ms.to_be_bytes());
+            header[at + 2] = header[at + 2].saturating_add(entry as u8);
         }
-        at += len;
+        changed = true;
     }
     if changed {
-        header[10..12].fill(0);
-        let sum = checksum::ipv4_header_checksum(&header[..header_len]);
-        header[10..12].copy_from_slice(&sum.to_be_bytes());
+        refresh_header_checksum(header, header_len);
     }
     changed
 }

@@ -169,10 +169,13 @@ fn control_socket_refuses_bad_bytes_stray_params_and_unknown_namespaces() {
         let resp = conn.call(method, serde_json::json!({"namespace": "nope"}));
         assert_refused(&resp, -32002, "params.namespace", method);
     }
+    // The CLI lists nothing there, as kubectl does for a namespace that is not there.
     for kind in ["tkc", "nat"] {
         let out = lab.pacific(&["get", kind, "-n", "nope"]);
         assert!(
-            !out.status.success(),
+            out.status.success()
+                && stdout(&out).is_empty()
+                && stderr(&out).contains("No resources found in nope namespace."),
             "get {kind} -n nope: {}",
             describe(&out)
         );
@@ -502,7 +505,7 @@ spec:
 }
 
 /// `pacific get ports -n NS` lists that namespace's pod ports, as `-n` does for every other
-/// namespaced kind (it listed every port), and an unknown namespace is an error.
+/// namespaced kind (it listed every port), and an unknown namespace lists nothing, as kubectl.
 #[test]
 fn get_ports_takes_a_namespace() {
     if !require_netns() {
@@ -520,8 +523,10 @@ fn get_ports_takes_a_namespace() {
     );
     let out = lab.pacific(&["get", "ports", "-n", "nosuch"]);
     assert!(
-        !out.status.success(),
-        "get ports -n nosuch succeeded:\n{}",
+        out.status.success()
+            && stdout(&out).is_empty()
+            && stderr(&out).contains("No resources found in nosuch namespace."),
+        "get ports -n nosuch lists nothing, as kubectl:\n{}",
         describe(&out)
     );
 }

@@ -858,15 +858,21 @@ pub fn parse_traceroute(text: &str) -> Vec<Option<String>> {
         .collect()
 }
 
-/// The lines of `text` that are kubectl-style apply results (`kind/name ACTION`).
+/// The lines of `text` that are kubectl-style apply results (`kind/name ACTION`), and delete's
+/// (`kind "name" deleted`, given as `kind/name`).
 pub fn apply_actions(text: &str) -> Vec<(String, String)> {
     text.lines()
         .filter_map(|l| {
             let mut w = l.split_whitespace();
             let (obj, action) = (w.next()?, w.next()?);
+            if let Some(name) = action.strip_prefix('"').and_then(|n| n.strip_suffix('"')) {
+                // `delete` prints as kubectl does: `pod "web" deleted`.
+                return (w.next() == Some("deleted") && w.next().is_none())
+                    .then(|| (format!("{obj}/{name}"), "deleted".to_string()));
+            }
             (w.next().is_none()
                 && obj.contains('/')
-                && ["created", "configured", "unchanged", "deleted"].contains(&action))
+                && ["created", "configured", "unchanged"].contains(&action))
             .then(|| (obj.to_string(), action.to_string()))
         })
         .collect()

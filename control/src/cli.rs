@@ -1948,9 +1948,10 @@ fn fetch(
     let pick = (method == "outside.list")
         .then_some(name.map(String::as_str))
         .flatten();
-    // As kubectl: `-A` lists every namespace even when `-n` names one.
+    // As kubectl: `-A` lists every namespace even when `-n` names one; namespaces and outside
+    // hosts are in no namespace, and `-n` does not narrow them (`get ns -n x` lists them all).
     if let Some(ns) = namespace {
-        if method != "outside.list" {
+        if !matches!(method, "outside.list" | "namespaces.list") {
             params["namespace"] = json!(ns);
         }
     }

@@ -71,6 +71,13 @@ fn a_namespace_not_there_lists_nothing_as_kubectl_does() {
     // The namespace that is there still lists its pod.
     let o = lab.pacific(&["get", "pods", "-n", "team", "-o", "name"]);
     assert_eq!(stdout(&o).trim(), "pod/web", "{}", describe(&o));
+    // Namespaces are in no namespace: `-n` does not narrow them, as kubectl lists them all.
+    let o = lab.pacific(&["get", "ns", "-n", "missing", "-o", "name"]);
+    assert!(
+        o.status.success() && stdout(&o).lines().any(|l| l == "namespace/team"),
+        "{}",
+        describe(&o)
+    );
 }
 
 /// SIGINT sent to `pacific exec` alone (a script's `kill -INT`, `timeout -s INT`) ended

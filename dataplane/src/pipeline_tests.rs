@@ -10,7 +10,7 @@ use super::*;
 use crate::packet::build;
 use crate::packet::checksum;
 use crate::packet::parse::{parse_frame, L3, L4};
-use crate::tables::{MacAddr, Tables, PROTO_TCP, PROTO_UDP};
+use crate::tables::{Direction, MacAddr, Tables, PROTO_TCP, PROTO_UDP};
 use crate::testbed::{self, *};
 
 struct Bed {
@@ -52,6 +52,20 @@ impl Bed {
         );
         let (port, frame) = self.out();
         (port, check(&frame).dst)
+    }
+
+    /// The counter slot of the DFW rule `name` of `zone`'s rules in direction `dir`.
+    fn rule_counter(&self, dir: Direction, zone: usize, name: &str) -> usize {
+        let t = self.tables.load();
+        let rules = match dir {
+            Direction::In => &t.dfw.rules_in,
+            Direction::Out => &t.dfw.rules_out,
+        };
+        rules[zone]
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("no rule {name} in zone {zone}"))
+            .counter
     }
 
     /// The one frame transmitted, and where.
@@ -797,11 +811,7 @@ fn pod_to_pod_is_never_translated() {
 #[test]
 fn the_dfw_denies_outside_and_other_namespaces_and_counts_it() {
     let mut bed = Bed::new();
-    let deny_slot = bed.tables.load().dfw.rules_in[0]
-        .iter()
-        .find(|r| r.name == "default-deny-ingress")
-        .unwrap()
-        .counter;
+    let deny_slot = bed.rule_counter(Direction::In, 0, "default-deny-ingress");
     let syn = tcp(
         UPLINK_PEER_MAC,
         ROUTER_MAC,
@@ -1207,11 +1217,7 @@ fn a_checksum_partial_frame_keeps_its_partial_sum_consistent_through_snat() {
 #[test]
 fn switched_frames_are_tracked_and_judged_once_per_connection() {
     let mut bed = Bed::new();
-    let allow_slot = bed.tables.load().dfw.rules_in[0]
-        .iter()
-        .find(|r| r.name == "allow-intra-namespace")
-        .unwrap()
-        .counter;
+    let allow_slot = bed.rule_counter(Direction::In, 0, "allow-intra-namespace");
     // a1 talks to a2 directly (a2's MAC, learned by ARP suppression): no TTL step, MACs kept.
     for _ in 0..5 {
         let frame = udp(pod_mac(A1_IP), pod_mac(A2_IP), A1_IP, A2_IP, 64, 9000, 9001);
@@ -2803,16 +2809,8 @@ fn a_connection_judged_again_under_new_tables_is_not_counted_again_by_the_dfw() 
     // `get dfw` counts connections: one a2 -> a1 connection, and three unrelated changes of
     // the tables while it carries data, leave its rule at one hit.
     let mut bed = Bed::new();
-    let allow_slot = bed.tables.load().dfw.rules_in[0]
-        .iter()
-        .find(|r| r.name == "allow-intra-namespace")
-        .unwrap()
-        .counter;
-    let egress_slot = bed.tables.load().dfw.rules_out[0]
-        .iter()
-        .find(|r| r.name == "allow-egress")
-        .unwrap()
-        .counter;
+    let allow_slot = bed.rule_counter(Direction::In, 0, "allow-intra-namespace");
+    let egress_slot = bed.rule_counter(Direction::Out, 0, "allow-egress");
     let from_a2 = |flags| tcp(pod_mac(A2_IP), ROUTER_MAC, A2_IP, A1_IP, 40000, 80, flags);
     assert_eq!(bed.send(A2, &from_a2(SYN)), Verdict::Forward);
     for generation in 2..5 {
@@ -3125,16 +3123,8 @@ fn a_flow_the_destination_denies_counts_once_on_the_senders_egress_allow() {
     // egress allowed, so the SYN's retransmits count on the drop rule each time and on the
     // sender's egress allow once; another flow (a new source port) counts there again.
     let mut bed = Bed::new();
-    let deny_slot = bed.tables.load().dfw.rules_in[0]
-        .iter()
-        .find(|r| r.name == "default-deny-ingress")
-        .unwrap()
-        .counter;
-    let egress_slot = bed.tables.load().dfw.rules_out[1]
-        .iter()
-        .find(|r| r.name == "allow-egress")
-        .unwrap()
-        .counter;
+    let deny_slot = bed.rule_counter(Direction::In, 0, "default-deny-ingress");
+    let egress_slot = bed.rule_counter(Direction::Out, 1, "allow-egress");
     let syn = |sport| tcp(pod_mac(B1_IP), ROUTER_MAC, B1_IP, A1_IP, sport, 80, SYN);
     for _ in 0..3 {
         assert_eq!(

@@ -10,7 +10,8 @@
 //! - [`conntrack`]: the connection table shared by the workers; the fast path.
 //! - [`affinity`]: the backends clients of `sessionAffinity: ClientIP` services were given.
 //! - [`packet`]: zero-copy packet views, checksums (RFC 1071/1624) and frame builders.
-//! - [`tap`]: TAP devices (the only `unsafe` in the crate).
+//! - [`tap`]: TAP devices; [`zeroed`]: the connection table's memory, on huge pages (the only
+//!   `unsafe` in the crate).
 //! - [`ports`]: worker threads that move frames between TAP queues and the pipeline.
 //! - [`log`]: the daemon's log lines, stamped with the time.
 
@@ -27,3 +28,4 @@ pub mod reassembly;
 pub mod tables;
 pub mod tap;
 pub mod testbed;
+pub mod zeroed;

@@ -259,7 +259,8 @@ pub struct ConntrackConfig {
 
 impl ConntrackConfig {
     /// The largest `max_connections` a table is built for (its index, 32 bytes a connection,
-    /// is allocated whole when the table is: 512 MiB at this size).
+    /// and its slab, 128, are mapped whole when the table is, 2.5 GiB of address space at this
+    /// size, and take memory only as connections fill them).
     pub const MAX_CONNECTIONS: usize = 1 << 24;
 }
 

@@ -11,10 +11,12 @@
 //! get along with programming language memory models?", 2012). What only slow packets touch
 //! (the TCP state machine, the load-balancer binding, the ingress port) is in a [`Cold`] record
 //! under a mutex beside the entry; every writer of an entry holds that mutex, so writers never
-//! race each other. Entries live in chunks of [`CHUNK`] allocated when first needed (an idle
-//! daemon does not hold a table sized for a million connections) and are reused through a free
-//! list; a slot's *incarnation* counts its reuses, so a handle ([`ConnId`]) to a connection that
-//! ended finds nothing instead of its successor.
+//! race each other. Entries live in one array for the table's capacity, whose pages the kernel
+//! supplies as they are first written (an idle daemon does not hold a table sized for a million
+//! connections), on 2 MiB pages where it has them ([`crate::zeroed`]); cold parts live in
+//! chunks of [`CHUNK`] allocated when first needed. Slots are reused through a free list; a
+//! slot's *incarnation* counts its reuses, so a handle ([`ConnId`]) to a connection that ended
+//! finds nothing instead of its successor.
 //!
 //! **Index.** Buckets of one cache line: seven slot words and an overflow count. A slot word
 //! names an entry and a direction and carries 32 bits of the key's hash as a tag, so a lookup
@@ -44,6 +46,7 @@ use parking_lot::{Mutex, MutexGuard};
 
 use super::{Dir, FlowKey, LbBinding, SlowState};
 use crate::tables::PortId;
+use crate::zeroed::{Zeroable, ZeroedArray};
 
 /// Lock stripes of the index (a key's stripe is its home bucket modulo this).
 pub(super) const STRIPES: usize = 64;
@@ -135,9 +138,12 @@ pub(super) struct Cold {
     pub slow: SlowState,
 }
 
-/// Arrays of exactly [`CHUNK`], so that indexing them by `slot % CHUNK` needs no bounds check.
+// SAFETY: an entry is atomics only; all zeros is a free entry (`Entry::default`).
+unsafe impl Zeroable for Entry {}
+
+/// The cold parts of [`CHUNK`] entries: an array of exactly that, so that indexing it by
+/// `slot % CHUNK` needs no bounds check.
 struct Chunk {
-    entries: Box<[Entry; CHUNK]>,
     cold: Box<[Mutex<Cold>; CHUNK]>,
 }
 
@@ -151,7 +157,6 @@ impl Chunk {
             }
         }
         Chunk {
-            entries: array(|_| Entry::default()),
             cold: array(|_| Mutex::new(Cold::default())),
         }
     }
@@ -165,6 +170,9 @@ struct Bucket {
     /// 0: empty. Else `tag << 32 | dir << 31 | (entry + 1)`.
     slots: [AtomicU64; SLOTS],
 }
+
+// SAFETY: a bucket is atomics only; all zeros is an empty bucket.
+unsafe impl Zeroable for Bucket {}
 
 #[repr(align(64))]
 struct StripeLock(Mutex<()>);
@@ -242,7 +250,11 @@ pub(super) struct Whole {
 }
 
 pub(super) struct Table {
-    buckets: Box<[Bucket]>,
+    /// The index, on huge pages where the kernel has them (see [`crate::zeroed`]).
+    buckets: ZeroedArray<Bucket>,
+    /// The slab of entries, one per connection the table can hold, likewise; the kernel
+    /// supplies its pages as they are first written.
+    entries: ZeroedArray<Entry>,
     bucket_mask: usize,
     stripes: Box<[StripeLock]>,
     chunks: Box<[OnceLock<Chunk>]>,
@@ -330,12 +342,8 @@ impl Table {
         // Seeded per table: flooding one stripe takes knowing the seeds.
         let random = ahash::RandomState::new();
         Table {
-            buckets: (0..buckets)
-                .map(|_| Bucket {
-                    overflow: AtomicU64::new(0),
-                    slots: std::array::from_fn(|_| AtomicU64::new(0)),
-                })
-                .collect(),
+            buckets: ZeroedArray::new(buckets),
+            entries: ZeroedArray::new(capacity),
             bucket_mask: buckets - 1,
             stripes: (0..STRIPES).map(|_| StripeLock(Mutex::new(()))).collect(),
             chunks: (0..capacity.div_ceil(CHUNK))
@@ -403,7 +411,7 @@ impl Table {
             .take(self.buckets.len() / STRIPES)
     }
 
-    /// The chunk holding `slot`, if allocated, and the slot's place in it.
+    /// The chunk holding the cold part of `slot`, if allocated, and the slot's place in it.
     #[inline(always)]
     fn chunk(&self, slot: u32) -> Option<(&Chunk, usize)> {
         let slot = slot as usize;
@@ -413,7 +421,7 @@ impl Table {
 
     #[inline(always)]
     fn entry(&self, slot: u32) -> Option<&Entry> {
-        self.chunk(slot).map(|(c, i)| &c.entries[i])
+        self.entries.get(slot as usize)
     }
 
     pub fn cold(&self, slot: u32) -> Option<MutexGuard<'_, Cold>> {
@@ -450,7 +458,7 @@ impl Table {
 
     /// Finds the connection holding the key and reads what its packet needs, without a lock.
     /// `hint`: what [`Table::warm_entry`] returned for the key, tried first.
-    #[inline]
+    #[inline(always)]
     pub fn find<'t>(&'t self, h: &FlowHash, hint: Hint<'t>) -> Option<Hot<'t>> {
         let tag = Self::tag(h);
         if let Some(e) = hint.entry {

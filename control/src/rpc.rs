@@ -7,7 +7,7 @@
 use serde::de::DeserializeOwned;
 use serde_json::{json, Map, Value};
 
-use crate::model::manifest::ManifestError;
+use crate::model::manifest::{closest, ManifestError};
 use crate::model::store::{ApplyError, ErrorCode};
 
 /// JSON-RPC's reserved codes (section 5.1) and ours (-32000 and below).
@@ -150,6 +150,9 @@ pub fn handle_line(
     }
 }
 
+/// The members of a JSON-RPC 2.0 request object.
+const MEMBERS: &[&str] = &["jsonrpc", "id", "method", "params"];
+
 /// One request of a line or a batch: its answer, `None` for a notification.
 fn handle_request(
     request: &Value,
@@ -191,6 +194,25 @@ fn handle_request(
         return Some(error_value(
             &reply_id,
             &RpcError::with_field(code::INVALID_REQUEST, "jsonrpc", "must be \"2.0\""),
+        ));
+    }
+    // A request has these four members and no others (section 4): one it does not know is a
+    // typo, most likely, and `"parms": {"namespace": "x"}` served as a request without
+    // params listed every namespace.
+    if let Some(member) = obj.keys().find(|k| !MEMBERS.contains(&k.as_str())) {
+        let hint = closest(member, MEMBERS)
+            .map(|m| format!("; did you mean {m:?}?"))
+            .unwrap_or_default();
+        return Some(error_value(
+            &reply_id,
+            &RpcError::with_field(
+                code::INVALID_REQUEST,
+                member,
+                format!(
+                    "unknown member of a request (a request has {}){hint}",
+                    MEMBERS.join(", ")
+                ),
+            ),
         ));
     }
     let Some(method) = obj.get("method").and_then(Value::as_str) else {
@@ -426,6 +448,36 @@ mod tests {
         );
         let out = parse(&handle_line("[]", echo).unwrap());
         assert_eq!(out["error"]["code"], json!(code::INVALID_REQUEST));
+    }
+
+    /// `"parms"` for `"params"` was served as a request without params: `pods.list` listed every
+    /// namespace's pods, not the one asked for. A member a request does not have is refused,
+    /// naming it and the one it likely mistypes, and the method is not called.
+    #[test]
+    fn an_unknown_member_of_a_request_is_refused_and_not_dispatched() {
+        let mut calls = 0;
+        let mut counting = |m: &str, p: &Value| {
+            calls += 1;
+            echo(m, p)
+        };
+        let line = r#"{"jsonrpc":"2.0","id":3,"method":"echo","parms":{"namespace":"x"}}"#;
+        let out = parse(&handle_line(line, &mut counting).unwrap());
+        assert_eq!(out["id"], json!(3), "{out}");
+        assert_eq!(out["error"]["code"], json!(code::INVALID_REQUEST), "{out}");
+        assert_eq!(out["error"]["data"]["field"], json!("parms"), "{out}");
+        let message = out["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains("did you mean \"params\""), "{message}");
+        // In a batch, and as a notification, too: refused, never run.
+        let line = r#"[{"jsonrpc":"2.0","method":"echo","namespace":"x"},
+                       {"jsonrpc":"2.0","id":4,"method":"echo","params":{}}]"#;
+        let out = parse(&handle_line(line, &mut counting).unwrap());
+        assert_eq!(
+            out[0]["error"]["data"]["field"],
+            json!("namespace"),
+            "{out}"
+        );
+        assert_eq!(out[1]["result"], json!({}), "{out}");
+        assert_eq!(calls, 1);
     }
 
     #[test]

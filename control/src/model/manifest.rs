@@ -995,7 +995,7 @@ const OUTSIDE_HOST_SPEC: &[&str] = &["address", "httpPorts", "udpPorts"];
 
 /// The known key `key` is most likely a typo of: the same but for case, or at most two edits
 /// away (Levenshtein).
-fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+pub(crate) fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
     let distance = |a: &str, b: &str| {
         let b: Vec<char> = b.chars().collect();
         let mut row: Vec<usize> = (0..=b.len()).collect();

@@ -575,8 +575,12 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Rpc { method, params } => {
-            let params: Value =
-                serde_json::from_str(&params).map_err(|e| format!("params are not JSON: {e}"))?;
+            // A member twice is refused here as the daemon refuses it, not sent with one of them.
+            let params =
+                crate::rpc::parse_strict(&params).map_err(|(path, e)| match path.as_str() {
+                    "" => format!("params are not JSON: {e}"),
+                    _ => format!("params.{e}"),
+                })?;
             let result = call(&socket, &method, params)?;
             out!(
                 "{}",

@@ -4,7 +4,9 @@
 //! `data` the field at fault (and, for manifests, the document, kind and name), so that scripts
 //! can point at the exact spot. A malformed line never closes the connection.
 
-use serde::de::DeserializeOwned;
+use serde::de::{
+    DeserializeOwned, DeserializeSeed, Deserializer, Error as _, MapAccess, SeqAccess, Visitor,
+};
 use serde_json::{json, Map, Value};
 
 use crate::model::manifest::{closest, ManifestError};
@@ -114,6 +116,99 @@ fn error_value(id: &Value, e: &RpcError) -> Value {
     json!({"jsonrpc": "2.0", "id": id, "error": Value::Object(error)})
 }
 
+/// Parses JSON text as [`Value`] does, but refuses an object with a member twice
+/// (`{"namespace": "a", "namespace": "b"}`), which `Value` would silently keep the last of:
+/// `Err((path, error))`, `path` the member's (`params.namespace`, `[1].id` in a batch), empty
+/// for a syntax error.
+pub fn parse_strict(text: &str) -> Result<Value, (String, serde_json::Error)> {
+    let duplicate = std::cell::RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_str(text);
+    let parsed = Strict {
+        path: String::new(),
+        duplicate: &duplicate,
+    }
+    .deserialize(&mut de)
+    .and_then(|v| de.end().map(|()| v));
+    parsed.map_err(|e| (duplicate.take().unwrap_or_default(), e))
+}
+
+/// A [`Value`] deserializer that knows where it is, to name a duplicate member.
+struct Strict<'a> {
+    path: String,
+    duplicate: &'a std::cell::RefCell<Option<String>>,
+}
+
+impl Strict<'_> {
+    fn at(&self, step: String) -> Self {
+        Strict {
+            path: step,
+            duplicate: self.duplicate,
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(v) =
+            seq.next_element_seed(self.at(format!("{}[{}]", self.path, items.len())))?
+        {
+            items.push(v);
+        }
+        Ok(Value::Array(items))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut obj = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let path = if self.path.is_empty() {
+                key.clone()
+            } else {
+                format!("{}.{key}", self.path)
+            };
+            if obj.contains_key(&key) {
+                let e = A::Error::custom(format!("{path}: member {key:?} given twice"));
+                *self.duplicate.borrow_mut() = Some(path);
+                return Err(e);
+            }
+            let value = map.next_value_seed(self.at(path))?;
+            obj.insert(key, value);
+        }
+        Ok(Value::Object(obj))
+    }
+}
+
 /// Handles one request line with `dispatch(method, params)`. `None` for a notification (a
 /// request without `id`), which JSON-RPC answers with nothing. A line may also be a batch (a
 /// JSON array of requests, JSON-RPC 2.0 section 6): its requests are handled in order and
@@ -125,13 +220,29 @@ pub fn handle_line(
 ) -> Option<String> {
     // The line's own end is no part of the request: a parse error counts lines and columns
     // within the request (`line 1 column 33`, not `line 2 column 0`).
-    let request: Value = match serde_json::from_str(line.trim_end_matches(['\n', '\r'])) {
+    let text = line.trim_end_matches(['\n', '\r']);
+    let request: Value = match parse_strict(text) {
         Ok(v) => v,
-        Err(e) => {
+        Err((path, e)) if path.is_empty() => {
             return Some(error_response(
                 &Value::Null,
                 &RpcError::new(code::PARSE_ERROR, format!("parse error: {e}")),
             ))
+        }
+        // A member given twice is a request that says two things: refused whole, naming it
+        // (and answered with the request's id, when that is not what was given twice).
+        Err((path, e)) => {
+            let id = serde_json::from_str::<Value>(text)
+                .ok()
+                .filter(|_| path != "id")
+                .and_then(|v| v.get("id").cloned())
+                .filter(|id| {
+                    matches!(id, Value::Number(n) if n.is_i64() || n.is_u64()) || id.is_string()
+                })
+                .unwrap_or(Value::Null);
+            let mut error = RpcError::new(code::INVALID_REQUEST, e.to_string());
+            error.data = Some(json!({ "field": path }));
+            return Some(error_response(&id, &error));
         }
     };
     match request {
@@ -478,6 +589,52 @@ mod tests {
         );
         assert_eq!(out[1]["result"], json!({}), "{out}");
         assert_eq!(calls, 1);
+    }
+
+    /// `"namespace"` twice in params was served with the last one, `"id"` twice answered with the
+    /// last: a request that says two things is refused whole, naming the member, and not run.
+    #[test]
+    fn a_member_given_twice_is_refused_and_not_dispatched() {
+        let mut calls = 0;
+        let mut counting = |m: &str, p: &Value| {
+            calls += 1;
+            echo(m, p)
+        };
+        for (line, field, id) in [
+            (
+                r#"{"jsonrpc":"2.0","id":5,"method":"echo","params":{"namespace":"a","namespace":"b"}}"#,
+                "params.namespace",
+                json!(5),
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":5,"method":"echo","id":6}"#,
+                "id",
+                Value::Null,
+            ),
+            (
+                r#"{"jsonrpc":"2.0","id":"m","method":"echo","method":"nope"}"#,
+                "method",
+                json!("m"),
+            ),
+            (
+                r#"[{"jsonrpc":"2.0","id":1,"method":"echo"},{"jsonrpc":"2.0","id":2,"method":"echo","params":{"a":{"b":1,"b":2}}}]"#,
+                "[1].params.a.b",
+                Value::Null,
+            ),
+        ] {
+            let out = parse(&handle_line(line, &mut counting).unwrap());
+            assert_eq!(out["error"]["code"], json!(code::INVALID_REQUEST), "{out}");
+            assert_eq!(out["error"]["data"]["field"], json!(field), "{out}");
+            assert_eq!(out["id"], id, "{out}");
+        }
+        // The same member in two objects is no duplicate; numbers and ids come back as before.
+        let line = r#"{"jsonrpc":"2.0","id":18446744073709551615,"method":"echo","params":{"a":{"x":1.5},"b":{"x":-1}}}"#;
+        let out = parse(&handle_line(line, &mut counting).unwrap());
+        assert_eq!(
+            out,
+            json!({"jsonrpc":"2.0","id":18446744073709551615u64,"result":{"a":{"x":1.5},"b":{"x":-1}}})
+        );
+        assert_eq!(calls, 1, "only the request without a member twice was run");
     }
 
     #[test]

@@ -431,3 +431,82 @@ fn lab_commands_with_another_labs_prefix_do_nothing() {
         assert_eq!(visible_state(&lab), before, "{args:?} changed the lab");
     }
 }
+
+/// A request with a member JSON-RPC's request has not (`"parms"`, or `namespace` beside
+/// `params`), or with a member given twice, was run as if that member were not there, or with
+/// the last of the two: `"parms": {"namespace": "ns-prod"}` listed every namespace's pods, and
+/// an apply with two manifests applied the second. Both are refused whole, naming the member,
+/// and change nothing; the connection and `pacific rpc` say the same.
+#[test]
+fn unknown_and_repeated_request_members_are_refused_and_change_nothing() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("cmemb");
+    let mut conn = lab.connect();
+    let ns = |name: &str| format!("apiVersion: v1\nkind: Namespace\nmetadata: {{name: {name}}}\n");
+    let manifest = |name: &str| serde_json::to_string(&ns(name)).unwrap_or_default();
+    let cases = [
+        (
+            r#"{"jsonrpc":"2.0","id":1,"method":"pods.list","parms":{"namespace":"ns-prod"}}"#
+                .to_string(),
+            "parms",
+            json!(1),
+        ),
+        (
+            format!(
+                r#"{{"jsonrpc":"2.0","id":2,"method":"apply","params":{{"manifest":{}}},"namespace":"ns-dev"}}"#,
+                manifest("memba")
+            ),
+            "namespace",
+            json!(2),
+        ),
+        (
+            format!(
+                r#"{{"jsonrpc":"2.0","id":3,"method":"apply","params":{{"manifest":{},"manifest":{}}}}}"#,
+                manifest("membb"),
+                manifest("membc")
+            ),
+            "params.manifest",
+            json!(3),
+        ),
+    ];
+    for (line, field, id) in cases {
+        let resp = conn.roundtrip_raw(&line);
+        assert_eq!(
+            (
+                resp["id"].clone(),
+                resp["error"]["code"].clone(),
+                resp["error"]["data"]["field"].clone()
+            ),
+            (id, json!(-32600), json!(field)),
+            "{line}: {resp}"
+        );
+    }
+    let names: Vec<Value> = lab
+        .items("namespaces", None)
+        .iter()
+        .map(|n| n["name"].clone())
+        .collect();
+    for name in ["memba", "membb", "membc"] {
+        assert!(
+            !names.contains(&json!(name)),
+            "{name} was applied: {names:?}"
+        );
+    }
+    // The same connection still serves.
+    let resp = conn.call("pods.list", json!({"namespace": "ns-prod"}));
+    assert!(resp["result"]["items"].is_array(), "{resp}");
+    // `pacific rpc` refuses a parameter given twice rather than sending one of them.
+    let out = lab.pacific(&[
+        "rpc",
+        "pods.list",
+        r#"{"namespace":"ns-dev","namespace":"nope"}"#,
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("params.namespace: member \"namespace\" given twice"),
+        "{}",
+        describe(&out)
+    );
+}

@@ -207,6 +207,8 @@ impl fmt::Display for Kind {
 pub struct Meta {
     /// 1-based position in the request's text (0 when built by hand).
     pub document: usize,
+    /// Its place in that document: empty, or `items[2]` for an item of a `List`.
+    pub item: String,
     pub kind: Kind,
     pub name: String,
     /// The supervisor namespace, for namespaced kinds.
@@ -535,7 +537,9 @@ fn json_stream(text: &str) -> Option<Vec<Value>> {
 
 /// Two requests for the same object in one request are an error (which one would win?).
 pub(crate) fn reject_duplicates(manifests: &[Manifest]) -> Result<(), ManifestError> {
-    let mut seen: BTreeMap<(Kind, Option<String>, Option<String>, String), usize> = BTreeMap::new();
+    // Kind, namespace, cluster, name.
+    type Key = (Kind, Option<String>, Option<String>, String);
+    let mut seen: BTreeMap<Key, &Meta> = BTreeMap::new();
     for m in manifests {
         let meta = m.meta();
         // There is one Pools and one Uplink, whatever they are called.
@@ -550,17 +554,27 @@ pub(crate) fn reject_duplicates(manifests: &[Manifest]) -> Result<(), ManifestEr
             meta.cluster.clone(),
             name,
         );
-        if let Some(first) = seen.insert(key, meta.document) {
+        if let Some(first) = seen.insert(key, meta) {
             let what = match &meta.namespace {
                 Some(ns) => format!("{}/{}", ns, meta.name),
                 None => meta.name.clone(),
+            };
+            // Two items of one List are told apart by their `items[i]`, not "document 1 ...
+            // also in document 1".
+            let at = |m: &Meta, what: &str| match m.item.as_str() {
+                "" => what.to_string(),
+                item => format!("{item}.{what}"),
+            };
+            let first = match first.item.as_str() {
+                "" => format!("document {}", first.document),
+                item => format!("document {}, {item}", first.document),
             };
             return Err(ManifestError {
                 document: meta.document,
                 kind: Some(meta.kind.to_string()),
                 name: Some(meta.name.clone()),
-                field: "metadata.name".into(),
-                message: format!("duplicate {} {what} (also in document {first})", meta.kind),
+                field: at(meta, "metadata.name"),
+                message: format!("duplicate {} {what} (also in {first})", meta.kind),
             });
         }
     }
@@ -1326,6 +1340,7 @@ fn parse_object(
     let (namespace, cluster) = resolve_namespace(kind, &metadata, ctx)?;
     let meta = Meta {
         document,
+        item: root.path.clone(),
         kind,
         name,
         namespace,
@@ -3707,6 +3722,28 @@ spec: {t0Address: 203.0.113.6, peerAddress: 203.0.113.5, prefixLength: 30}
         assert!(
             e.message
                 .contains("duplicate Namespace ok (also in document 1)"),
+            "{e}"
+        );
+        // Within one List, the items are named by their place.
+        let list = "apiVersion: v1\nkind: List\nitems:\n- {apiVersion: v1, kind: Namespace, metadata: {name: ok}}\n- {apiVersion: v1, kind: Namespace, metadata: {name: ok}}\n";
+        let e = parse_err(&format!("{NS}{list}"));
+        assert_eq!(
+            (e.document, e.field.as_str()),
+            (2, "items[0].metadata.name")
+        );
+        assert!(
+            e.message
+                .contains("duplicate Namespace ok (also in document 1)"),
+            "{e}"
+        );
+        let e = parse_err(list);
+        assert_eq!(
+            (e.document, e.field.as_str()),
+            (1, "items[1].metadata.name")
+        );
+        assert!(
+            e.message
+                .contains("duplicate Namespace ok (also in document 1, items[0])"),
             "{e}"
         );
         // Same name, different kinds or namespaces: fine.

@@ -1031,6 +1031,7 @@ impl Txn<'_> {
         let service = ServiceRequest {
             meta: Meta {
                 document: m.document,
+                item: m.item.clone(),
                 kind: Kind::Service,
                 name: format!("{name}-control-plane-service"),
                 namespace: Some(ns.name.clone()),

@@ -347,12 +347,18 @@ fn err(
     field: impl Into<String>,
     message: impl Into<String>,
 ) -> ApplyError {
+    // An item of a List is named by its place, as a parse error names it (`items[2].spec...`).
+    let field = match (meta.item.as_str(), field.into()) {
+        ("", field) => field,
+        (item, field) if field.is_empty() => item.to_string(),
+        (item, field) => format!("{item}.{field}"),
+    };
     ApplyError {
         code,
         document: Some(meta.document),
         kind: Some(meta.kind.to_string()),
         name: Some(meta.name.clone()),
-        field: field.into(),
+        field,
         message: message.into(),
     }
 }
@@ -2787,6 +2793,17 @@ spec:
                 ErrorCode::Conflict,
                 "172.80.88.5 is in use by service ns-dev/wordpress"
             )
+        );
+        // Inside a List, the item at fault is named by its place, as a parse error names it.
+        let list = "apiVersion: v1\nkind: List\nitems:\n\
+            - {apiVersion: v1, kind: Namespace, metadata: {name: listed}}\n\
+            - {apiVersion: v1, kind: Service, metadata: {name: a, namespace: listed}, \
+               spec: {type: LoadBalancer, loadBalancerIP: 172.80.88.5, ports: [{port: 80}]}}\n";
+        let e = apply(&mut store, list, None).unwrap_err();
+        assert_eq!(
+            (e.code, e.document, e.field.as_str()),
+            (ErrorCode::Conflict, Some(1), "items[1].spec.loadBalancerIP"),
+            "{e}"
         );
         let e = apply(
             &mut store,

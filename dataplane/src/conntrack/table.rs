@@ -460,12 +460,13 @@ impl Table {
     /// `hint`: what [`Table::warm_entry`] returned for the key, tried first.
     #[inline(always)]
     pub fn find<'t>(&'t self, h: &FlowHash, hint: Hint<'t>) -> Option<Hot<'t>> {
-        let tag = Self::tag(h);
         if let Some(e) = hint.entry {
             if let Some(hot) = Self::read_entry(e, slot_entry(hint.word), slot_dir(hint.word), h) {
                 return Some(hot);
             }
         }
+        // Worked out after the hint: on its hit the tag is not needed.
+        let tag = Self::tag(h);
         for b in self.probe(self.home(h)) {
             let bucket = &self.buckets[b];
             for slot in &bucket.slots {

@@ -339,6 +339,24 @@ struct FastFrame<'t> {
     hint: Hint<'t>,
 }
 
+/// The out port the fast path last forwarded a frame to, in a batch (the tables cannot change
+/// within it), with the twelve bytes a routed frame gets there: the port's peer as the
+/// destination, the router as the source. A run of frames to one port looks the port up and
+/// assembles its MACs once.
+#[derive(Debug, Clone, Copy)]
+struct OutHead {
+    /// The port's id; `u64::MAX`, no port's, before the first frame.
+    port: u64,
+    macs: [u8; 12],
+}
+
+impl OutHead {
+    const NONE: OutHead = OutHead {
+        port: u64::MAX,
+        macs: [0; 12],
+    };
+}
+
 /// What [`Pipeline::fast_frame`] checks the head of a frame from one port against, worked out
 /// once for a batch: the router's MAC as the destination and, on a pod's port, the pod's MAC as
 /// the source and its IP as the source address (SpoofGuard). The twelve bytes of MACs are
@@ -582,7 +600,8 @@ impl Pipeline {
         let guard = FastGuard::new(tables, port);
         if let Some(ff) = self.fast_frame(&guard, pkt.frame()).filter(|_| fast) {
             let deadlines = || self.conntrack.deadlines(now);
-            return self.fast_path(tables, ctx, now, deadlines, port, &ff, pkt);
+            let mut out = OutHead::NONE;
+            return self.fast_path(tables, ctx, now, deadlines, port, &ff, &mut out, pkt);
         }
         self.general_path(tables, ctx, now, port, pkt)
     }
@@ -614,6 +633,7 @@ impl Pipeline {
         let port = tables.port(in_port);
         let guard = port.map(|port| FastGuard::new(tables, port));
         let deadlines = self.conntrack.deadlines(now);
+        let mut out = OutHead::NONE;
         let mut done = 0;
         for batch in pkts.chunks_mut(BATCH) {
             let mut prepared: [Option<FastFrame>; BATCH] = [None; BATCH];
@@ -621,7 +641,10 @@ impl Pipeline {
                 for (pkt, slot) in batch.iter().zip(prepared.iter_mut()) {
                     // Stored only when taken: a store of the option on both outcomes would
                     // assemble it on the stack first.
-                    if let Some(ff) = self.fast_frame(guard, pkt.frame()) {
+                    // The frame as `frame()` gives it, but a frame shorter than the virtio-net header
+                    // (which `frame()` makes empty, and the fast path refuses) is refused at once.
+                    let frame = pkt.buf.get(VNET_HDR_LEN..pkt.len);
+                    if let Some(ff) = frame.and_then(|frame| self.fast_frame(guard, frame)) {
                         self.conntrack.warm_bucket(&ff.hash);
                         *slot = Some(ff);
                     }
@@ -635,7 +658,7 @@ impl Pipeline {
                 let verdict = match (port, prep) {
                     (None, _) => Verdict::Drop(DropReason::UnknownPort),
                     (Some(port), Some(ff)) => {
-                        self.fast_path(tables, ctx, now, || deadlines, port, ff, pkt)
+                        self.fast_path(tables, ctx, now, || deadlines, port, ff, &mut out, pkt)
                     }
                     // A frame shorter than its header is empty there: dropped as malformed.
                     (Some(port), None) => self.general_path(tables, ctx, now, port, pkt),
@@ -911,6 +934,7 @@ impl Pipeline {
         deadlines: impl Fn() -> Deadlines + Copy,
         port: &Port,
         ff: &FastFrame,
+        out: &mut OutHead,
         pkt: &mut PacketBuf,
     ) -> Verdict {
         // Ethernet pads short frames; the IP total length is the truth (STYLE.md 3).
@@ -938,7 +962,7 @@ impl Pipeline {
             let stands = (generation ^ t.generation) | u64::from(opened.cast_unsigned()) == 0;
             let past_mtu = pkt.len > VNET_HDR_LEN + ethernet::HEADER_LEN + PORT_MTU;
             if stands && !(action.routed() & ((ff.ttl <= action.ttl_dec()) | past_mtu)) {
-                return Self::forward_v4(t, &mut ctx.tx, action, protocol != PROTO_TCP, pkt);
+                return Self::forward_v4(t, &mut ctx.tx, out, action, protocol != PROTO_TCP, pkt);
             }
         }
         let tracked = tracked.map(|(dir, advanced)| (dir, advanced.unpack()));
@@ -987,14 +1011,24 @@ impl Pipeline {
     fn forward_v4(
         t: &Tables,
         tx: &mut Vec<Tx>,
+        out: &mut OutHead,
         action: PackedAction,
         udp: bool,
         pkt: &mut PacketBuf,
     ) -> Verdict {
         let out_port = action.out_port();
-        let Some(out) = t.port(out_port) else {
-            return Verdict::Drop(DropReason::NoRoute);
-        };
+        if u64::from(out_port) != out.port {
+            let Some(port) = t.port(out_port) else {
+                return Verdict::Drop(DropReason::NoRoute);
+            };
+            let mut macs = [0u8; 12];
+            macs[..6].copy_from_slice(&port.peer_mac.0);
+            macs[6..].copy_from_slice(&t.router_mac.0);
+            *out = OutHead {
+                port: u64::from(out_port),
+                macs,
+            };
+        }
         let Some((vnet, frame)) = pkt
             .buf
             .get_mut(..pkt.len)
@@ -1008,9 +1042,15 @@ impl Pipeline {
             ttl_dec: action.ttl_dec(),
             snat: action.snat(),
             dnat: action.dnat(),
-            macs: action.routed().then_some((&t.router_mac, &out.peer_mac)),
+            macs: None,
         };
         rewrite::apply_action_v4(frame, udp, &rewrite, partial);
+        // The MACs as `apply_action_v4` would set them, as two words.
+        if action.routed() {
+            if let Some(head) = frame.first_chunk_mut::<12>() {
+                *head = out.macs;
+            }
+        }
         tx.push(Tx {
             port: out_port,
             source: TxSource::Packet,

@@ -39,7 +39,7 @@ use arc_swap::ArcSwap;
 use crate::affinity::Affinity;
 use crate::conntrack::{
     Advanced, Conn, ConnInfo, Conntrack, ConntrackConfig, Deadlines, Dir, FlowAction, FlowHash,
-    FlowKey, Hint, InsertError, Inserted, LbBinding, PackedAction, Tracked,
+    FlowKey, Hint, Home, InsertError, Inserted, LbBinding, PackedAction, Tracked,
 };
 use crate::fragments::{DatagramId, Fate, Fragments};
 use crate::idents::Idents;
@@ -636,7 +636,7 @@ impl Pipeline {
         let mut out = OutHead::NONE;
         let mut done = 0;
         for batch in pkts.chunks_mut(BATCH) {
-            let mut prepared: [Option<FastFrame>; BATCH] = [None; BATCH];
+            let mut prepared: [Option<(FastFrame, Home)>; BATCH] = [None; BATCH];
             if let Some(guard) = &guard {
                 for (pkt, slot) in batch.iter().zip(prepared.iter_mut()) {
                     // Stored only when taken: a store of the option on both outcomes would
@@ -645,19 +645,19 @@ impl Pipeline {
                     // (which `frame()` makes empty, and the fast path refuses) is refused at once.
                     let frame = pkt.buf.get(VNET_HDR_LEN..pkt.len);
                     if let Some(ff) = frame.and_then(|frame| self.fast_frame(guard, frame)) {
-                        self.conntrack.warm_bucket(&ff.hash);
-                        *slot = Some(ff);
+                        let home = self.conntrack.warm_bucket(&ff.hash);
+                        *slot = Some((ff, home));
                     }
                 }
             }
-            for ff in prepared.iter_mut().flatten() {
-                ff.hint = self.conntrack.warm_entry(&ff.hash);
+            for (ff, home) in prepared.iter_mut().flatten() {
+                ff.hint = self.conntrack.warm_entry(*home, &ff.hash);
             }
             for (i, (pkt, prep)) in batch.iter_mut().zip(prepared.iter()).enumerate() {
                 ctx.tx.clear();
                 let verdict = match (port, prep) {
                     (None, _) => Verdict::Drop(DropReason::UnknownPort),
-                    (Some(port), Some(ff)) => {
+                    (Some(port), Some((ff, _))) => {
                         self.fast_path(tables, ctx, now, || deadlines, port, ff, &mut out, pkt)
                     }
                     // A frame shorter than its header is empty there: dropped as malformed.

@@ -34,7 +34,7 @@ use ahash::RandomState;
 use crate::tables::{PortId, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 #[cfg(test)]
 use table::Cold;
-pub use table::{ConnId, FlowHash, Hint};
+pub use table::{ConnId, FlowHash, Hint, Home};
 use table::{Hot, Table};
 
 /// A connection's tuple in one direction. For ICMP echo, `src_port` is the identifier and
@@ -631,17 +631,18 @@ impl Conntrack {
             .hash_words(table::pack_wire(protocol, addresses, ports))
     }
 
-    /// First stage of a batch: brings the key's index bucket towards the cache.
+    /// First stage of a batch: brings the key's index bucket towards the cache, and hands it on
+    /// to [`Conntrack::warm_entry`].
     #[inline(always)]
-    pub fn warm_bucket(&self, h: &FlowHash) {
+    pub fn warm_bucket(&self, h: &FlowHash) -> Home<'_> {
         self.table.warm_bucket(h)
     }
 
     /// Second stage of a batch, after [`Conntrack::warm_bucket`]: brings the entry the bucket
     /// points at towards the cache, and says where it is for [`Conntrack::track_hashed`].
     #[inline(always)]
-    pub fn warm_entry(&self, h: &FlowHash) -> Hint<'_> {
-        self.table.warm_entry(h)
+    pub fn warm_entry<'t>(&'t self, home: Home<'t>, h: &FlowHash) -> Hint<'t> {
+        self.table.warm_entry(home, h)
     }
 
     /// The expiry words of the quick path for packets at `now` (see [`Deadlines`]).

@@ -200,6 +200,11 @@ pub struct Hint<'t> {
     word: u64,
 }
 
+/// A key's home bucket, as the first stage of a batch found it: the second reads it again
+/// without working out where it is.
+#[derive(Clone, Copy)]
+pub struct Home<'t>(&'t Bucket);
+
 impl Hint<'static> {
     pub const NONE: Hint<'static> = Hint {
         entry: None,
@@ -431,16 +436,19 @@ impl Table {
     /// Touches the key's home bucket, so that a lookup a little later finds it in the cache
     /// (the first stage of a batch; see `Pipeline::process_batch`).
     #[inline(always)]
-    pub fn warm_bucket(&self, h: &FlowHash) {
-        std::hint::black_box(self.buckets[self.home(h)].slots[0].load(Relaxed));
+    pub fn warm_bucket(&self, h: &FlowHash) -> Home<'_> {
+        let bucket = &self.buckets[self.home(h)];
+        std::hint::black_box(bucket.slots[0].load(Relaxed));
+        Home(bucket)
     }
 
     /// Touches the entry the home bucket's tags point at (the second stage of a batch), and
     /// returns the slot word that names it: a hint for [`Table::find`].
     #[inline(always)]
-    pub fn warm_entry(&self, h: &FlowHash) -> Hint<'_> {
+    pub fn warm_entry<'t>(&'t self, home: Home<'t>, h: &FlowHash) -> Hint<'t> {
         let tag = Self::tag(h);
-        let Some(w) = self.buckets[self.home(h)]
+        let Some(w) = home
+            .0
             .slots
             .iter()
             .map(|slot| slot.load(Relaxed))

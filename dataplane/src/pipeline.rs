@@ -2156,7 +2156,14 @@ impl Pipeline {
             // Past the first gateway, a packet too big for the link after it stopped there: a
             // Linux router checks the TTL, then the MTU, hop by hop, so tracepath learns the
             // path MTU at the hop where it shrinks.
-            Walk::TtlExceeded { back, .. } if back > 0 && too_big_to_route(pkt) => {
+            // So does one for a gateway past the first (a ping to the T0 or another T1, an
+            // address of another segment): the first gateway forwards it over a 1500 link.
+            Walk::TtlExceeded { back, .. }
+            | Walk::Local { back, .. }
+            | Walk::Unreachable { back, .. }
+            | Walk::NoBackend { back, .. }
+                if back > 0 && too_big_to_route(pkt) =>
+            {
                 self.frag_needed(t, ctx, port, pkt)
             }
             Walk::TtlExceeded { from, back } => {

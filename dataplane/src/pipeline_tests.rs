@@ -1932,7 +1932,7 @@ fn a_ping_past_the_mtu_to_a_gateway_is_answered_in_fragments() {
     // ping -s 3000 172.211.0.17 from a pod that raised its MTU to 9000: one 3028-byte request
     // (DF set, as ping sends it), a reply cut to the gateway's MTU of 1500 as Linux cuts it.
     let payload: Vec<u8> = (0..3000).map(|i| (i * 13 % 251) as u8).collect();
-    for (dst, ttl) in [(GW_A, 64), (T0_TRANSIT_A, 63)] {
+    for (dst, ttl) in [(GW_A, 64), (T1_TRANSIT_A, 64)] {
         let mut b = vec![0u8; 3100];
         let n = build::build_icmp_echo(
             &mut b,
@@ -2660,6 +2660,46 @@ fn a_directed_broadcast_is_dropped_silently_where_an_absent_host_is_unreachable(
     assert_eq!(&error[30..34], &A1_IP.octets(), "to the sender");
     // What the error quotes is the ping itself.
     assert_eq!(&error[42 + 16..42 + 20], &[172, 211, 0, 140]);
+}
+
+#[test]
+fn a_ping_past_the_mtu_to_a_gateway_past_the_first_gets_fragmentation_needed() {
+    let mut bed = Bed::new();
+    // ping -M do -s 3000 100.64.0.0 (the T0; or its uplink, or another namespace's T1) from
+    // a pod with MTU 9000: its T1 would forward it over the 1500 transit link, so the T1
+    // refuses it, as a Linux router does, and tracepath to the T0 learns 1500 as it does to
+    // anything past it.
+    let payload = [7u8; 3000];
+    for dst in [T0_TRANSIT_A, T0_UPLINK_IP, GW_B] {
+        let mut b = vec![0u8; 3100];
+        let n = build::build_icmp_echo(
+            &mut b,
+            pod_mac(A1_IP),
+            ROUTER_MAC,
+            A1_IP,
+            dst,
+            64,
+            true,
+            78,
+            1,
+            &payload,
+        )
+        .unwrap();
+        assert_eq!(
+            bed.send(A1, &b[..n]),
+            Verdict::Drop(DropReason::FragNeeded),
+            "to {dst}"
+        );
+        let (port, error) = bed.out();
+        assert_eq!(port, A1);
+        let ip = check(&error);
+        assert_eq!(
+            (ip.src, error[34], error[35]),
+            (GW_A, 3, 4),
+            "to {dst}: fragmentation needed from the T1, not an echo reply"
+        );
+        assert_eq!(u16::from_be_bytes([error[40], error[41]]), 1500);
+    }
 }
 
 #[test]

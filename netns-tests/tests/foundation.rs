@@ -228,6 +228,47 @@ fn a_pod_with_a_bigger_mtu_learns_the_path_mtu_from_its_t1() {
     }
 }
 
+/// A pod with MTU 9000 pinging or tracing a gateway past its T1 (the T0, another namespace's
+/// T1) learns 1500 from its T1, as behind Linux routers: the T1 forwards it over a 1500 link,
+/// so it refuses a bigger don't-fragment packet rather than let the T0 answer it whole.
+#[test]
+fn tracepath_to_the_t0_from_a_bigger_mtu_learns_1500_at_the_t1() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("qa36pmtu");
+    assert!(
+        ping_until(&lab, WORDPRESS, "100.64.0.0", Duration::from_secs(10)),
+        "wordpress never reached the T0"
+    );
+    let out = lab.exec(WORDPRESS, &["ip", "link", "set", "eth0", "mtu", "9000"]);
+    assert!(out.status.success(), "{}", describe(&out));
+    let out = lab.exec(
+        WORDPRESS,
+        &["timeout", "20", "tracepath", "-n", "-m", "4", "100.64.0.0"],
+    );
+    let text = stdout(&out);
+    assert!(
+        text.contains("172.211.0.17") && text.contains("Resume: pmtu 1500 hops 2 back 2"),
+        "hop 1 the T1, the T0 reached at hop 2 with the path MTU 1500: {}",
+        describe(&out)
+    );
+    for dst in ["203.0.113.2", "172.211.0.129"] {
+        let out = lab.exec(
+            WORDPRESS,
+            &[
+                "ping", "-n", "-c", "1", "-W", "1", "-M", "do", "-s", "3000", dst,
+            ],
+        );
+        assert!(
+            stdout(&out)
+                .contains("From 172.211.0.17 icmp_seq=1 Frag needed and DF set (mtu = 1500)"),
+            "{dst}: {}",
+            describe(&out)
+        );
+    }
+}
+
 /// `ping -R` to a gateway: the reply's record route lists the gateway twice (recorded on
 /// receipt and on sending) and no NOP, as a Linux router answers it.
 #[test]

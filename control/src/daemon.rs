@@ -726,7 +726,7 @@ impl Daemon {
         };
         // Objects of kinds Pacific does not model (ConfigMap, Secret...) are reported, not
         // applied; a file of nothing else changes nothing.
-        let (outcomes, skipped) = if delete {
+        let (outcomes, skipped, before) = if delete {
             let (refs, skipped) = parse_object_refs_and_skipped(&p.manifest, namespace, cluster)
                 .map_err(|e| RpcError::manifest(&e))?;
             if refs.is_empty() {
@@ -735,12 +735,10 @@ impl Daemon {
                 }
                 return Ok(json!({"results": skipped, "errors": [], "warnings": []}));
             }
-            let deleted = self
-                .control
-                .lock()
-                .store
-                .delete_refs_with(refs, now, ignore_not_found);
-            (deleted, skipped)
+            let mut control = self.control.lock();
+            let before = control.store.state().generation;
+            let deleted = control.store.delete_refs_with(refs, now, ignore_not_found);
+            (deleted, skipped, before)
         } else {
             let (manifests, skipped) = parse_manifests_and_skipped(&p.manifest, namespace, cluster)
                 .map_err(|e| RpcError::manifest(&e))?;
@@ -750,7 +748,9 @@ impl Daemon {
                 }
                 return Ok(json!({"results": skipped, "errors": [], "warnings": []}));
             }
-            (self.control.lock().store.apply(manifests, now), skipped)
+            let mut control = self.control.lock();
+            let before = control.store.state().generation;
+            (control.store.apply(manifests, now), skipped, before)
         };
         let outcomes = outcomes.map_err(|e: ApplyError| RpcError::apply(&e))?;
         let mut control = self.control.lock();
@@ -779,6 +779,7 @@ impl Daemon {
             .cloned()
             .collect();
         let (mut errors, mut warnings) = (Vec::new(), Vec::new());
+        let ports_before = control.ports.clone();
         warnings.extend(memberless_guest_load_balancers(
             control.store.state(),
             &outcomes,
@@ -790,7 +791,12 @@ impl Daemon {
                 errors.push(problem);
             }
         }
-        self.publish(&mut control);
+        // Tables of the same state and ports are the tables in force: an apply that changed
+        // nothing keeps their generation (kubectl's metadata.generation does not move on an
+        // unchanged apply either), and connections are not looked at again for it.
+        if control.store.state().generation != before || control.ports != ports_before {
+            self.publish(&mut control);
+        }
         let gone = std::mem::take(&mut control.gone_ports);
         drop(control);
         self.forget_connections_of(&gone);

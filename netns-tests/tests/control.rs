@@ -510,3 +510,28 @@ fn unknown_and_repeated_request_members_are_refused_and_change_nothing() {
         describe(&out)
     );
 }
+
+/// An apply that changes nothing leaves `daemon.status`'s generation where it was (kubectl's
+/// metadata.generation does not move on a no-op apply either); one that changes something
+/// moves it.
+#[test]
+fn an_unchanged_apply_keeps_the_generation() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("qa35gen");
+    let ns = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: gen-a\n";
+    let generation = |lab: &Lab| lab.rpc_ok("daemon.status", &json!({}))["generation"].clone();
+    lab.apply_ok(ns, None, None);
+    let before = generation(&lab);
+    let out = lab.apply_ok(ns, None, None);
+    assert!(stdout(&out).contains("unchanged"), "{}", describe(&out));
+    assert_eq!(
+        generation(&lab),
+        before,
+        "an unchanged apply moved the generation"
+    );
+    let out = lab.apply_ok(&format!("{ns}  labels: {{a: b}}\n"), None, None);
+    assert!(stdout(&out).contains("configured"), "{}", describe(&out));
+    assert_ne!(generation(&lab), before, "a change left the generation");
+}

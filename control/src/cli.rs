@@ -7,6 +7,7 @@ use std::process::{Command, ExitCode, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use clap::builder::NonEmptyStringValueParser;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 
@@ -81,7 +82,7 @@ enum Cmd {
         /// NS/POD, NS/DEPLOYMENT, ext/HOST; with -n, POD or kubectl's pod/POD, deploy/NAME.
         target: String,
         /// The namespace of a target that names none (`pacific exec -n team web -- ...`).
-        #[arg(short = 'n', long)]
+        #[arg(short = 'n', long, value_parser = NonEmptyStringValueParser::new())]
         namespace: Option<String>,
         /// kubectl's -i (--stdin): accepted; the command always has the caller's standard input.
         #[arg(short = 'i', long = "stdin")]
@@ -316,7 +317,7 @@ struct GetArgs {
     #[arg(value_name = "NAME")]
     names: Vec<String>,
     /// Only this namespace (for routes: its T1's table instead of T0's).
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, value_parser = NonEmptyStringValueParser::new())]
     namespace: Option<String>,
     /// All namespaces (the default when -n is not given; with -n too, as kubectl has it).
     #[arg(short = 'A', long)]
@@ -343,10 +344,10 @@ struct ApplyArgs {
     #[arg(short = 'f', long, required_unless_present = "without_f")]
     filename: Vec<PathBuf>,
     /// The namespace of objects that name none (one that names another is refused).
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, value_parser = NonEmptyStringValueParser::new())]
     namespace: Option<String>,
     /// Apply inside this TKG cluster (of the namespace given with -n).
-    #[arg(long)]
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
     cluster: Option<String>,
     /// Files named without -f (`pacific apply web.yaml`): refused, saying how to give them.
     #[arg(hide = true, value_name = "FILE")]
@@ -379,10 +380,10 @@ struct DeleteArgs {
     #[arg(short = 'f', long, required_unless_present = "objects")]
     filename: Vec<PathBuf>,
     /// The namespace of objects that name none (one that names another is refused).
-    #[arg(short = 'n', long)]
+    #[arg(short = 'n', long, value_parser = NonEmptyStringValueParser::new())]
     namespace: Option<String>,
     /// Delete inside this TKG cluster (of the namespace given with -n).
-    #[arg(long)]
+    #[arg(long, value_parser = NonEmptyStringValueParser::new())]
     cluster: Option<String>,
     /// Pass over objects that are not there instead of failing (and deleting nothing), as
     /// kubectl's --ignore-not-found: a teardown deletes what is left.

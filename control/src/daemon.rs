@@ -716,6 +716,12 @@ impl Daemon {
                 "only delete takes ignore_not_found",
             ));
         }
+        // Blamed on the request, not on the manifest's metadata.namespace it would fill in.
+        for (member, value) in [("namespace", &p.namespace), ("cluster", &p.cluster)] {
+            if value.as_deref() == Some("") {
+                return Err(RpcError::invalid_params(member, "must not be empty"));
+            }
+        }
         let ignore_not_found = p.ignore_not_found.unwrap_or(false);
         let (namespace, cluster) = (p.namespace.as_deref(), p.cluster.as_deref());
         let now = unix_now();

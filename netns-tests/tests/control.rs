@@ -535,3 +535,35 @@ fn an_unchanged_apply_keeps_the_generation() {
     assert!(stdout(&out).contains("configured"), "{}", describe(&out));
     assert_ne!(generation(&lab), before, "a change left the generation");
 }
+
+/// `-n ''` is refused naming --namespace, not answered "No resources found in  namespace."; an
+/// empty namespace or cluster in apply's params is blamed on params.namespace (params.cluster),
+/// not on the manifest's metadata.namespace (or its kind).
+#[test]
+fn an_empty_namespace_is_refused_naming_it() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("qa35ens");
+    let out = lab.pacific(&["get", "pods", "-n", ""]);
+    assert_ne!(out.status.code(), Some(0), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("a value is required for '--namespace"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!stdout(&out).contains("No resources"), "{}", describe(&out));
+    let svc = "apiVersion: v1\nkind: Service\nmetadata:\n  name: x\nspec:\n  ports: [{port: 80}]\n";
+    for member in ["namespace", "cluster"] {
+        let out = lab.rpc(
+            "apply",
+            &json!({"manifest": svc, "namespace": "ns-dev", member: ""}),
+        );
+        let err = stderr(&out) + &stdout(&out);
+        assert!(
+            err.contains(&format!("params.{member}")) && err.contains("must not be empty"),
+            "{member}: {}",
+            describe(&out)
+        );
+    }
+}

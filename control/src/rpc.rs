@@ -275,7 +275,17 @@ fn handle_request(
             &RpcError::invalid_request("a request must be a JSON object"),
         ));
     };
-    let id = obj.get("id").cloned();
+    let mut id = obj.get("id").cloned();
+    // `-0` is an integer in JSON's grammar, but serde_json reads it as the float -0.0: it is
+    // the id 0 (which every client compares equal to it), not a fractional id to refuse.
+    let negative_zero = |f: f64| f == 0.0 && f.is_sign_negative();
+    if id
+        .as_ref()
+        .and_then(Value::as_f64)
+        .is_some_and(negative_zero)
+    {
+        id = Some(Value::from(0));
+    }
     let reply_id = id.clone().unwrap_or(Value::Null);
     if !matches!(reply_id, Value::Null | Value::Number(_) | Value::String(_)) {
         return Some(error_value(
@@ -480,13 +490,23 @@ mod tests {
             let out = handle_line(&line, echo).unwrap();
             assert!(out.contains(&format!("\"id\":{id}")), "{out}");
         }
-        for id in ["123456789012345678901234567890", "1.5", "1e3"] {
+        for id in ["123456789012345678901234567890", "1.5", "1e3", "0.0"] {
             let line = format!(r#"{{"jsonrpc":"2.0","id":{id},"method":"echo"}}"#);
             let out = parse(&handle_line(&line, echo).unwrap());
             assert_eq!(out["error"]["code"], json!(code::INVALID_REQUEST), "{id}");
             assert_eq!(out["error"]["data"]["field"], json!("id"), "{id}");
             assert_eq!(out["id"], Value::Null);
         }
+    }
+
+    /// `-0` is an integer in JSON's grammar (serde_json reads it as the float -0.0): it is
+    /// answered, with id 0, not refused as "must be an integer".
+    #[test]
+    fn a_negative_zero_id_is_answered_as_zero() {
+        let out =
+            parse(&handle_line(r#"{"jsonrpc":"2.0","id":-0,"method":"echo"}"#, echo).unwrap());
+        assert_eq!(out["id"], json!(0), "{out}");
+        assert!(out.get("error").is_none(), "{out}");
     }
 
     #[test]

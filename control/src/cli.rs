@@ -1163,6 +1163,11 @@ impl ManifestText {
 /// standard input. One file is sent as it is; several are joined, each after a `---` of its
 /// own, so that each document keeps its place and an error can name its file.
 fn read_manifests(paths: &[PathBuf]) -> Result<ManifestText, String> {
+    // As kubectl: standard input is read once; a second `-` would get nothing (or be taken as
+    // another copy of the same objects).
+    if paths.iter().filter(|p| *p == Path::new("-")).count() > 1 {
+        return Err("standard input cannot be used for multiple arguments".to_string());
+    }
     let mut files: Vec<(String, String)> = Vec::new();
     let mut from_directory = false;
     for path in paths {
@@ -2390,6 +2395,17 @@ mod tests {
     /// `pacific --help` and `pacific get --help` name every kind `get` lists, and `delete
     /// --help` every kind `delete KIND NAME` takes: a user reading only the help finds them.
     /// `pacific apply web.yaml` (no -f) says how to give the file, as does no file at all.
+    /// `-f - -f -`: standard input is read once, as kubectl has it ("standard input cannot be
+    /// used for multiple arguments"), not its text sent again as a second file (or nothing).
+    #[test]
+    fn standard_input_given_twice_is_refused() {
+        let e = read_manifests(&[PathBuf::from("-"), PathBuf::from("-")]).unwrap_err();
+        assert!(
+            e.contains("standard input cannot be used for multiple arguments"),
+            "{e}"
+        );
+    }
+
     #[test]
     fn apply_without_f_shows_the_command_with_it() {
         let args = |argv: &[&str]| match Cli::try_parse_from(argv).map(|c| c.command) {

@@ -1823,6 +1823,9 @@ fn serve_client(
                 ),
             )),
         };
+        // Answered: a client that does not read its answer (the write blocks) is no longer in a
+        // request, and its slot may go to a new connection as an idle one's does.
+        busy(false);
         if let Some(response) = response {
             if writeln!(writer, "{response}")
                 .and_then(|_| writer.flush())
@@ -2006,6 +2009,41 @@ mod tests {
         assert!(
             done_rx.recv_timeout(Duration::from_secs(10)).is_ok(),
             "the client's thread is still blocked writing to a client that does not read"
+        );
+        drop(client);
+    }
+
+    /// 256 clients that pipeline requests and never read their answers locked every CLI out
+    /// (busy, -32004) until the write timeout: blocked writing an answer, each counted as in a
+    /// request. Answered, it is idle, and a new connection may take its slot.
+    #[test]
+    fn a_client_blocked_writing_its_answer_is_not_in_a_request() {
+        let (server, client) = UnixStream::pair().unwrap();
+        let state = Arc::new(Mutex::new(Vec::new()));
+        let seen = Arc::clone(&state);
+        std::thread::spawn(move || {
+            let shutdown = AtomicBool::new(false);
+            serve_client(
+                server,
+                Duration::from_secs(5),
+                &shutdown,
+                move |busy| seen.lock().push(busy),
+                |_, _| Ok(json!("x".repeat(64 << 10))),
+            );
+        });
+        let mut writer = client.try_clone().unwrap();
+        let request = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"m\"}\n";
+        for _ in 0..20 {
+            writer.write_all(request.as_bytes()).unwrap();
+        }
+        // The answers (64 KiB each) fill the socket: the server blocks writing one.
+        std::thread::sleep(Duration::from_millis(500));
+        let calls = state.lock().clone();
+        assert!(calls.contains(&true), "no request was served: {calls:?}");
+        assert_eq!(
+            calls.last(),
+            Some(&false),
+            "a client blocked writing its answer still counts as in a request"
         );
         drop(client);
     }

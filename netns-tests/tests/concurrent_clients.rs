@@ -247,3 +247,36 @@ fn delete_by_kind_slash_name_as_kubectl() {
     assert!(lab.items("deployments", Some("team0")).is_empty());
     assert!(lab.items("pods", Some("team0")).is_empty());
 }
+
+/// 300 clients that send requests and never read their answers (each blocked writing one) do
+/// not lock the CLI out with busy (-32004) until the write timeout: `get ns` still answers.
+#[test]
+fn clients_that_never_read_do_not_lock_the_cli_out() {
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("qa35fl");
+    let requests = "{\"jsonrpc\":\"2.0\",\"id\":1,\"method\":\"daemon.status\"}\n".repeat(2000);
+    let mut clients = Vec::new();
+    for _ in 0..300 {
+        let Ok(mut c) = UnixStream::connect(&lab.socket) else {
+            continue;
+        };
+        let _ = c.set_nonblocking(true);
+        let _ = c.write(requests.as_bytes());
+        clients.push(c);
+    }
+    // Their answers fill their sockets: the daemon blocks writing to each.
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    let started = std::time::Instant::now();
+    let out = lab.pacific(&["get", "ns"]);
+    assert!(
+        out.status.success() && stdout(&out).contains("ns-dev"),
+        "`get ns` beside 300 clients that never read:\n{}",
+        describe(&out)
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    drop(clients);
+}

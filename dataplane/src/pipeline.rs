@@ -601,7 +601,7 @@ impl Pipeline {
         if let Some(ff) = self.fast_frame(&guard, pkt.frame()).filter(|_| fast) {
             let deadlines = || self.conntrack.deadlines(now);
             let mut out = OutHead::NONE;
-            return self.fast_path(tables, ctx, now, deadlines, port, &ff, &mut out, pkt);
+            return self.fast_path::<false>(tables, ctx, now, deadlines, port, &ff, &mut out, pkt);
         }
         self.general_path(tables, ctx, now, port, pkt)
     }
@@ -658,7 +658,8 @@ impl Pipeline {
                 let verdict = match (port, prep) {
                     (None, _) => Verdict::Drop(DropReason::UnknownPort),
                     (Some(port), Some((ff, _))) => {
-                        self.fast_path(tables, ctx, now, || deadlines, port, ff, &mut out, pkt)
+                        let deadlines = || deadlines;
+                        self.fast_path::<true>(tables, ctx, now, deadlines, port, ff, &mut out, pkt)
                     }
                     // A frame shorter than its header is empty there: dropped as malformed.
                     (Some(port), None) => self.general_path(tables, ctx, now, port, pkt),
@@ -923,10 +924,11 @@ impl Pipeline {
     /// [`Pipeline::ipv4`] does for such a frame (a hit applies the cached action, a miss is
     /// walked as a new flow); the common case, a packet of an established connection whose
     /// action stands, goes straight to [`rewrite::apply_action_v4`], and only the rare branches
-    /// parse the frame again for the general machinery.
+    /// parse the frame again for the general machinery. `KEEP`: `out` lives across the frames
+    /// of a batch (see [`OutHead`]); without it the MACs are written from the out port.
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    fn fast_path(
+    fn fast_path<const KEEP: bool>(
         &self,
         t: &Tables,
         ctx: &mut WorkerContext,
@@ -962,7 +964,8 @@ impl Pipeline {
             let stands = (generation ^ t.generation) | u64::from(opened.cast_unsigned()) == 0;
             let past_mtu = pkt.len > VNET_HDR_LEN + ethernet::HEADER_LEN + PORT_MTU;
             if stands && !(action.routed() & ((ff.ttl <= action.ttl_dec()) | past_mtu)) {
-                return Self::forward_v4(t, &mut ctx.tx, out, action, protocol != PROTO_TCP, pkt);
+                let udp = protocol != PROTO_TCP;
+                return Self::forward_v4::<KEEP>(t, &mut ctx.tx, out, action, udp, pkt);
             }
         }
         let tracked = tracked.map(|(dir, advanced)| (dir, advanced.unpack()));
@@ -1008,7 +1011,7 @@ impl Pipeline {
     /// action read from its packed words and the MACs taken from where the tables hold them:
     /// what goes through registers instead of a [`rewrite::Action`] assembled in memory.
     #[inline(always)]
-    fn forward_v4(
+    fn forward_v4<const KEEP: bool>(
         t: &Tables,
         tx: &mut Vec<Tx>,
         out: &mut OutHead,
@@ -1017,18 +1020,28 @@ impl Pipeline {
         pkt: &mut PacketBuf,
     ) -> Verdict {
         let out_port = action.out_port();
-        if u64::from(out_port) != out.port {
+        // A batch keeps the port's MACs in `out`; one frame (`KEEP` false) writes them from the
+        // port, as the keeping would always miss.
+        let direct = if KEEP {
+            if u64::from(out_port) != out.port {
+                let Some(port) = t.port(out_port) else {
+                    return Verdict::Drop(DropReason::NoRoute);
+                };
+                let mut macs = [0u8; 12];
+                macs[..6].copy_from_slice(&port.peer_mac.0);
+                macs[6..].copy_from_slice(&t.router_mac.0);
+                *out = OutHead {
+                    port: u64::from(out_port),
+                    macs,
+                };
+            }
+            None
+        } else {
             let Some(port) = t.port(out_port) else {
                 return Verdict::Drop(DropReason::NoRoute);
             };
-            let mut macs = [0u8; 12];
-            macs[..6].copy_from_slice(&port.peer_mac.0);
-            macs[6..].copy_from_slice(&t.router_mac.0);
-            *out = OutHead {
-                port: u64::from(out_port),
-                macs,
-            };
-        }
+            Some(port)
+        };
         let Some((vnet, frame)) = pkt
             .buf
             .get_mut(..pkt.len)
@@ -1045,10 +1058,17 @@ impl Pipeline {
             macs: None,
         };
         rewrite::apply_action_v4(frame, udp, &rewrite, partial);
-        // The MACs as `apply_action_v4` would set them, as two words.
+        // The MACs as `apply_action_v4` would set them: as two words kept for the batch, or
+        // from the port.
         if action.routed() {
             if let Some(head) = frame.first_chunk_mut::<12>() {
-                *head = out.macs;
+                match direct {
+                    None => *head = out.macs,
+                    Some(port) => {
+                        head[..6].copy_from_slice(&port.peer_mac.0);
+                        head[6..].copy_from_slice(&t.router_mac.0);
+                    }
+                }
             }
         }
         tx.push(Tx {

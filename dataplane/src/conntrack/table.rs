@@ -64,6 +64,9 @@ const GENERATION: usize = 2;
 const KEY: [usize; 2] = [3, 8]; // two words per direction
 const ACTION: [usize; 2] = [5, 10]; // three words per direction
 const PACKETS: [usize; 2] = [13, 14];
+/// How far the reply direction's key and action words lie past the original's.
+const DIR_STRIDE: usize = KEY[1] - KEY[0];
+const _: () = assert!(ACTION[1] - ACTION[0] == DIR_STRIDE);
 const CREATED: usize = 15; // when the connection was made (ms of the same clock as `now`)
 
 /// Set in the second word of every packed key, so a live key is never all zeros (the words of
@@ -503,16 +506,21 @@ impl Table {
     #[inline(always)]
     fn read_entry<'t>(e: &'t Entry, slot: u32, dir: Dir, h: &FlowHash) -> Option<Hot<'t>> {
         let key = h.words;
-        let d = dir as usize;
+        // The direction's key and action words from one offset (`KEY[d]` and `ACTION[d]` each
+        // worked out from `d` cost an address computation apiece).
+        let at = DIR_STRIDE * dir as usize;
         loop {
             let before = e.w[META].load(Acquire);
-            let k = [e.w[KEY[d]].load(Relaxed), e.w[KEY[d] + 1].load(Relaxed)];
+            let k = [
+                e.w[KEY[0] + at].load(Relaxed),
+                e.w[KEY[0] + at + 1].load(Relaxed),
+            ];
             let clock = e.w[CLOCK].load(Relaxed);
             let generation = e.w[GENERATION].load(Relaxed);
             let action = [
-                e.w[ACTION[d]].load(Relaxed),
-                e.w[ACTION[d] + 1].load(Relaxed),
-                e.w[ACTION[d] + 2].load(Relaxed),
+                e.w[ACTION[0] + at].load(Relaxed),
+                e.w[ACTION[0] + at + 1].load(Relaxed),
+                e.w[ACTION[0] + at + 2].load(Relaxed),
             ];
             fence(Acquire);
             if before & 1 == 0 && e.w[META].load(Relaxed) == before {

@@ -941,9 +941,14 @@ impl Pipeline {
     ) -> Verdict {
         // Ethernet pads short frames; the IP total length is the truth (STYLE.md 3).
         let end = VNET_HDR_LEN + ethernet::HEADER_LEN + usize::from(ff.end);
-        if end < pkt.len {
-            pkt.len = end;
+        // The fast parse checked the total length against the frame: `end` is never past it.
+        if end > pkt.len {
+            return Verdict::Drop(DropReason::Malformed);
         }
+        pkt.len = end;
+        // The length in a register (and known to hold the virtio-net header): the connection
+        // table's atomics below would have it read from the packet again.
+        let len = end;
         let protocol = ff.hash.protocol();
         let tracked =
             self.conntrack
@@ -962,10 +967,10 @@ impl Pipeline {
             // TTL lasts, and a routed packet fits the gateways' MTU (a bigger one, a GSO batch
             // or a jumbo frame, is judged by `transmit`).
             let stands = (generation ^ t.generation) | u64::from(opened.cast_unsigned()) == 0;
-            let past_mtu = pkt.len > VNET_HDR_LEN + ethernet::HEADER_LEN + PORT_MTU;
+            let past_mtu = len > VNET_HDR_LEN + ethernet::HEADER_LEN + PORT_MTU;
             if stands && !(action.routed() & ((ff.ttl <= action.ttl_dec()) | past_mtu)) {
                 let udp = protocol != PROTO_TCP;
-                return Self::forward_v4::<KEEP>(t, &mut ctx.tx, out, action, udp, pkt);
+                return Self::forward_v4::<KEEP>(t, &mut ctx.tx, out, action, udp, len, pkt);
             }
         }
         let tracked = tracked.map(|(dir, advanced)| (dir, advanced.unpack()));
@@ -1010,6 +1015,7 @@ impl Pipeline {
     /// [`Pipeline::transmit`] for the fast path's frame (see [`rewrite::apply_action_v4`]), the
     /// action read from its packed words and the MACs taken from where the tables hold them:
     /// what goes through registers instead of a [`rewrite::Action`] assembled in memory.
+    /// `len`: the packet's length, as the fast path trimmed it.
     #[inline(always)]
     fn forward_v4<const KEEP: bool>(
         t: &Tables,
@@ -1017,6 +1023,7 @@ impl Pipeline {
         out: &mut OutHead,
         action: PackedAction,
         udp: bool,
+        len: usize,
         pkt: &mut PacketBuf,
     ) -> Verdict {
         let out_port = action.out_port();
@@ -1044,7 +1051,7 @@ impl Pipeline {
         };
         let Some((vnet, frame)) = pkt
             .buf
-            .get_mut(..pkt.len)
+            .get_mut(..len)
             .and_then(|b| b.split_first_chunk_mut::<VNET_HDR_LEN>())
         else {
             return Verdict::Drop(DropReason::Malformed);

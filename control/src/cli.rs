@@ -546,11 +546,17 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             namespace,
             command,
             ..
-        } => exec(
-            &socket,
-            &exec_target(&target, namespace.as_deref())?,
-            &command,
-        ),
+        } => {
+            let resolved = match exec_deployment(&target, namespace.as_deref()) {
+                Some((ns, name)) => {
+                    let pods = call(&socket, "pods.list", json!({ "namespace": ns }))?;
+                    deployment_pod(&pods, name)
+                        .map_or_else(|| format!("{ns}/{name}"), |pod| format!("{ns}/{pod}"))
+                }
+                None => exec_target(&target, namespace.as_deref())?,
+            };
+            exec(&socket, &resolved, &command)
+        }
         Cmd::Netexec {
             http,
             udp,
@@ -1372,6 +1378,29 @@ fn exec_target(target: &str, namespace: Option<&str>) -> Result<String, String> 
         },
     };
     Ok(format!("{ns}/{name}"))
+}
+
+/// `exec -n NS deploy/NAME`: the namespace and the deployment's name.
+fn exec_deployment<'a>(target: &'a str, namespace: Option<&'a str>) -> Option<(&'a str, &'a str)> {
+    let (kind, name) = target.split_once('/')?;
+    match Kind::parse(kind) {
+        Some(Kind::Deployment) if !name.is_empty() => Some((namespace?, name)),
+        _ => None,
+    }
+}
+
+/// The pod `kubectl exec deploy/NAME` runs in: one of the deployment's running pods, the
+/// oldest (then the first by name), as kubectl picks the most active; `None` when it has none
+/// running, so that the daemon says why.
+fn deployment_pod(pods: &Value, deployment: &str) -> Option<String> {
+    pods.get("items")?
+        .as_array()?
+        .iter()
+        .filter(|p| p["owner"].as_str() == Some(deployment))
+        .filter(|p| p["status"].as_str() == Some("Running"))
+        .filter_map(|p| Some((p["created"].as_u64().unwrap_or(0), p["name"].as_str()?)))
+        .min()
+        .map(|(_, name)| name.to_string())
 }
 
 fn exec(socket: &Path, target: &str, command: &[String]) -> Result<ExitCode, String> {
@@ -2627,6 +2656,16 @@ mod tests {
         assert_eq!(exec_target("web", Some("team")).unwrap(), "team/web");
         assert_eq!(exec_target("pod/web", Some("team")).unwrap(), "team/web");
         assert_eq!(exec_target("deploy/web", Some("team")).unwrap(), "team/web");
+        assert_eq!(
+            exec_deployment("deploy/web", Some("team")),
+            Some(("team", "web"))
+        );
+        assert_eq!(
+            exec_deployment("deployment.apps/web", Some("team")),
+            Some(("team", "web"))
+        );
+        assert_eq!(exec_deployment("pod/web", Some("team")), None);
+        assert_eq!(exec_deployment("team/web", None), None);
         assert!(exec_target("svc/web", Some("team")).is_err());
         assert!(exec_target("pod/", Some("team")).is_err());
         // kubectl's habit without -n: the error says both ways to name it.

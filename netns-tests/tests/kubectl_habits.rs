@@ -464,3 +464,44 @@ fn a_pod_that_could_not_be_built_is_no_endpoint() {
     let answers: Vec<&str> = answers.lines().filter(|l| !l.is_empty()).collect();
     assert_eq!(answers, vec!["good"; 16]);
 }
+
+/// `exec -n NS deploy/NAME` of a deployment with two replicas was refused (`"web" matches 2 pods
+/// in "payments"; name one`): kubectl runs the command in one of the deployment's pods.
+#[test]
+fn exec_into_a_deployment_of_several_replicas_picks_one() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up_with("khexecd", LAB);
+    lab.apply_ok(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: payments}\n\
+         spec:\n  replicas: 2\n  selector: {matchLabels: {app: web}}\n  template:\n    \
+         metadata: {labels: {app: web}}\n    spec: {containers: [{name: c, image: busybox}]}\n",
+        None,
+        None,
+    );
+    let replicas: Vec<String> = lab
+        .items("pods", Some("payments"))
+        .iter()
+        .filter_map(|p| p["ip"].as_str().map(str::to_string))
+        .collect();
+    assert_eq!(replicas.len(), 2, "{replicas:?}");
+    for target in ["deploy/web", "deployment.apps/web"] {
+        let out = lab.pacific(&[
+            "exec", "-n", "payments", target, "--", "ip", "-4", "-o", "addr", "show", "eth0",
+        ]);
+        assert!(out.status.success(), "{target}: {}", describe(&out));
+        let text = stdout(&out);
+        assert!(
+            replicas.iter().any(|ip| text.contains(&format!(" {ip}/"))),
+            "{target}: ran outside the replicas {replicas:?}: {text}"
+        );
+    }
+    let out = lab.pacific(&["exec", "-n", "payments", "deploy/nosuch", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+    assert!(
+        stderr(&out).contains("no pod \"nosuch\""),
+        "{}",
+        describe(&out)
+    );
+}

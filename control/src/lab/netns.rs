@@ -340,17 +340,20 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
-/// Waits until the network namespace of `pid` has a TCP listener on each of `tcp` and a socket
-/// bound to each of `udp` (as `/proc/PID/net/tcp` and `udp` show them), or until `deadline`, or
-/// until `pid` is gone. True when they are all there.
+/// Waits until process `pid` has a TCP listener of its own on each of `tcp` and a socket of its
+/// own bound to each of `udp` (as `/proc/PID/net/tcp` and `udp` show them, among the sockets of
+/// its file descriptors), or until `deadline`, or until `pid` is gone. True when they are all
+/// there. Its own: the old server it replaces may still listen on the same ports in the same
+/// namespace (SO_REUSEPORT), and is no sign that the new one does.
 pub fn wait_listening(pid: u32, tcp: &[u16], udp: &[u16], deadline: Instant) -> bool {
     let all_there = || {
         let table = |proto: &str| std::fs::read_to_string(format!("/proc/{pid}/net/{proto}"));
         let (Ok(tcp_table), Ok(udp_table)) = (table("tcp"), table("udp")) else {
             return false;
         };
-        let listening = socket_table_ports(&tcp_table, Some(TCP_LISTEN));
-        let bound = socket_table_ports(&udp_table, None);
+        let own = socket_inodes(pid);
+        let listening = socket_table_ports(&tcp_table, Some(TCP_LISTEN), Some(&own));
+        let bound = socket_table_ports(&udp_table, None, Some(&own));
         tcp.iter().all(|p| listening.contains(p)) && udp.iter().all(|p| bound.contains(p))
     };
     loop {
@@ -367,10 +370,32 @@ pub fn wait_listening(pid: u32, tcp: &[u16], udp: &[u16], deadline: Instant) -> 
 /// `st` of a listening socket in `/proc/net/tcp` (`TCP_LISTEN` in the kernel's `tcp_states.h`).
 const TCP_LISTEN: &str = "0A";
 
+/// The inodes of the sockets among the file descriptors of `pid` (links `socket:[INODE]`).
+fn socket_inodes(pid: u32) -> BTreeSet<u64> {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return BTreeSet::new();
+    };
+    fds.filter_map(|fd| {
+        let target = std::fs::read_link(fd.ok()?.path()).ok()?;
+        let target = target.to_str()?;
+        target
+            .strip_prefix("socket:[")?
+            .strip_suffix(']')?
+            .parse()
+            .ok()
+    })
+    .collect()
+}
+
 /// The local ports in a `/proc/net/tcp` or `/proc/net/udp` table, of the sockets in state `state`
-/// (any state when `None`). A line reads `sl local_address rem_address st ...`, the addresses
-/// as `HEXADDR:HEXPORT`.
-fn socket_table_ports(table: &str, state: Option<&str>) -> BTreeSet<u16> {
+/// (any state when `None`) whose inode is one of `inodes` (any when `None`). A line reads
+/// `sl local_address rem_address st tx:rx tr:when retrnsmt uid timeout inode ...`, the
+/// addresses as `HEXADDR:HEXPORT`.
+fn socket_table_ports(
+    table: &str,
+    state: Option<&str>,
+    inodes: Option<&BTreeSet<u64>>,
+) -> BTreeSet<u16> {
     table
         .lines()
         .skip(1)
@@ -380,6 +405,12 @@ fn socket_table_ports(table: &str, state: Option<&str>) -> BTreeSet<u16> {
             let st = fields.nth(1)?;
             if state.is_some_and(|want| want != st) {
                 return None;
+            }
+            if let Some(inodes) = inodes {
+                let inode: u64 = fields.nth(5)?.parse().ok()?;
+                if !inodes.contains(&inode) {
+                    return None;
+                }
             }
             let (_, port) = local.rsplit_once(':')?;
             u16::from_str_radix(port, 16).ok()
@@ -530,13 +561,27 @@ mod tests {
   180: 00000000:0035 00000000:0000 07 00000000:00000000 00:00000000 00000000     0        0 81128 2 0000000000000000 0
 ";
         assert_eq!(
-            socket_table_ports(tcp, Some(TCP_LISTEN)),
+            socket_table_ports(tcp, Some(TCP_LISTEN), None),
             BTreeSet::from([80])
         );
-        assert_eq!(socket_table_ports(tcp, None), BTreeSet::from([80, 8080]));
-        assert_eq!(socket_table_ports(udp, None), BTreeSet::from([53]));
-        assert!(socket_table_ports("", None).is_empty());
-        assert!(socket_table_ports("header\n   0: garbage\n", None).is_empty());
+        assert_eq!(
+            socket_table_ports(tcp, None, None),
+            BTreeSet::from([80, 8080])
+        );
+        assert_eq!(socket_table_ports(udp, None, None), BTreeSet::from([53]));
+        assert!(socket_table_ports("", None, None).is_empty());
+        assert!(socket_table_ports("header\n   0: garbage\n", None, None).is_empty());
+        // Only the sockets of the inodes asked for: another process's listener is not ours.
+        let ours = BTreeSet::from([81200, 81128]);
+        assert!(socket_table_ports(tcp, Some(TCP_LISTEN), Some(&ours)).is_empty());
+        assert_eq!(
+            socket_table_ports(tcp, None, Some(&ours)),
+            BTreeSet::from([8080])
+        );
+        assert_eq!(
+            socket_table_ports(udp, None, Some(&ours)),
+            BTreeSet::from([53])
+        );
     }
 
     #[test]
@@ -557,6 +602,17 @@ mod tests {
         // A UDP port is no TCP listener: not there, and the wait ends at its deadline.
         let now = Instant::now() + Duration::from_millis(20);
         assert!(!wait_listening(std::process::id(), &[udp_port], &[], now));
+        // Another process of the same namespace (a replacement server beside the old one)
+        // does not listen because this one does.
+        let mut other = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        let now = Instant::now() + Duration::from_millis(50);
+        let seen = wait_listening(other.id(), &[tcp_port], &[udp_port], now);
+        let _ = other.kill();
+        let _ = other.wait();
+        assert!(!seen, "a listener of another process counted as its own");
     }
 
     #[test]

@@ -1141,6 +1141,11 @@ impl Daemon {
             };
             wanted.insert((namespace, format!("{node}/")), server);
         }
+        // Servers that went away, changed or died. Their replacements (a rollout's replicas,
+        // new names on the same nodePorts, or the same replica with new ports or MESSAGE) start
+        // first and listen beside them (SO_REUSEPORT), as a rolling update's new pods come up
+        // before the old ones go; only then do the old ones drain, so no connection finds a
+        // node with nothing listening.
         let gone: Vec<(String, String)> = control
             .workloads
             .iter()
@@ -1149,13 +1154,12 @@ impl Daemon {
             })
             .map(|(k, _)| k.clone())
             .collect();
-        // All at once: each drains (see `netexec`) for up to SERVER_DRAIN_GRACE.
         let ending: Vec<u32> = gone
             .iter()
             .filter_map(|key| control.workloads.remove(key))
             .map(|(pid, _)| pid)
             .collect();
-        netns::terminate_pids(&ending, SERVER_DRAIN_GRACE);
+        let mut starting = Vec::new();
         for (key, w) in wanted {
             if control.workloads.contains_key(&key) || w.args.is_empty() {
                 continue;
@@ -1164,11 +1168,23 @@ impl Daemon {
             match self.spawn_server(&w.netns, name, &w.args, w.message.clone()) {
                 Ok(pid) => {
                     control.record.add_pid(pid);
+                    starting.push((pid, workload_ports(&w.args), key.1.clone()));
                     control.workloads.insert(key, (pid, w));
                 }
                 Err(e) => problems.push(format!("replica {}: {e}", key.1)),
             }
         }
+        let deadline = Instant::now() + SERVER_START_TIMEOUT;
+        for (pid, (tcp, udp), name) in starting {
+            if !netns::wait_listening(pid, &tcp, &udp, deadline) && netns::pid_alive(pid) {
+                problems.push(format!(
+                    "replica {name}: not listening after {} s",
+                    SERVER_START_TIMEOUT.as_secs()
+                ));
+            }
+        }
+        // All at once: each drains (see `netexec`) for up to SERVER_DRAIN_GRACE.
+        netns::terminate_pids(&ending, SERVER_DRAIN_GRACE);
     }
 
     fn realize_outside(&self, control: &mut Control, state: &State, problems: &mut Vec<String>) {
@@ -1625,6 +1641,30 @@ fn workload_args(state: &State, w: &crate::model::objects::ClusterWorkload) -> V
         .collect()
 }
 
+/// The TCP and UDP ports a workload server's `args` (see [`workload_args`] and the relays'
+/// `--forward`) have it listen on.
+fn workload_ports(args: &[String]) -> (Vec<u16>, Vec<u16>) {
+    let (mut tcp, mut udp) = (BTreeSet::new(), BTreeSet::new());
+    for pair in args.windows(2) {
+        let (flag, value) = (pair[0].as_str(), pair[1].as_str());
+        match flag {
+            "--http" => tcp.extend(value.parse::<u16>()),
+            "--udp" => udp.extend(value.parse::<u16>()),
+            "--forward" => {
+                if let Ok(f) = value.parse::<netexec::Forward>() {
+                    if f.udp {
+                        udp.insert(f.port)
+                    } else {
+                        tcp.insert(f.port)
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+    (tcp.into_iter().collect(), udp.into_iter().collect())
+}
+
 /// A LoadBalancer of a TKG cluster that this request applied, one of whose ports has no nodePort
 /// (`allocateLoadBalancerNodePorts: false` and none named): the SLB reaches a guest's service
 /// only through its nodePort on the nodes, so that port's VIP has no pool member and refuses
@@ -1936,6 +1976,30 @@ fn conntrack_timeouts(config: &ConntrackConfig) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_workload_server_listens_on_its_ports_and_relays() {
+        let args: Vec<String> = [
+            "--http",
+            "8080",
+            "--udp",
+            "53",
+            "--forward",
+            "tcp:30000=172.211.0.66:30000",
+            "--forward",
+            "udp:31053=172.211.0.66:31053",
+            "--http",
+            "30001",
+        ]
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+        assert_eq!(
+            workload_ports(&args),
+            (vec![8080, 30000, 30001], vec![53, 31053])
+        );
+        assert_eq!(workload_ports(&[]), (vec![], vec![]));
+    }
 
     #[test]
     fn each_socket_has_its_own_log_and_record_and_the_default_keeps_its_names() {

@@ -381,6 +381,91 @@ spec:
     );
 }
 
+/// Inside a TKG guest cluster too, a Deployment's template change (here its `MESSAGE`) rolls
+/// its replicas, as Kubernetes does: new replicas, their names carrying the new template's hash,
+/// serve the new spec, and the service's VIP answers every request throughout.
+#[test]
+fn a_guest_template_change_rolls_the_replicas_without_a_gap() {
+    if !require_netns() {
+        return;
+    }
+    let app = |message: &str| {
+        format!(
+            "apiVersion: v1
+kind: Service
+metadata: {{name: groll}}
+spec:
+  type: LoadBalancer
+  selector: {{app: groll}}
+  ports: [{{port: 80, targetPort: 8080}}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: groll}}
+spec:
+  replicas: 2
+  selector: {{matchLabels: {{app: groll}}}}
+  template:
+    metadata: {{labels: {{app: groll}}}}
+    spec:
+      containers:
+      - {{name: c, image: x, ports: [{{containerPort: 8080}}], env: [{{name: MESSAGE, value: {message}}}]}}
+"
+        )
+    };
+    let lab = Lab::up_with("qagroll", &format!("{POOLS}---\n{}", tkc(2)));
+    lab.apply_ok(&app("first"), Some("team"), Some("guest"));
+    let vip = lab
+        .service_vip("groll")
+        .unwrap_or_else(|| panic!("groll has no VIP: {:?}", lab.services()));
+    let curl = |path: &str| {
+        stdout(&lab.exec(
+            "ext/client",
+            &["curl", "-s", "-m", "2", &format!("http://{vip}{path}")],
+        ))
+        .trim()
+        .to_string()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || curl("/") == "first"),
+        "{vip} never answered"
+    );
+    let out_file = format!("/tmp/qagroll-{}.out", std::process::id());
+    // 60 requests, 0.1 s apart, from before the change to well after it.
+    let script = format!(
+        "(for i in $(seq 60); do curl -s -m 1 http://{vip}/hostname || echo -n FAIL; echo; sleep 0.1; done) \
+         > {out_file} 2>&1 < /dev/null &"
+    );
+    assert!(lab.sh("ext/client", &script).status.success());
+    std::thread::sleep(Duration::from_millis(800));
+    lab.apply_ok(&app("second"), Some("team"), Some("guest"));
+    assert!(
+        wait_until(Duration::from_secs(15), || std::fs::read_to_string(
+            &out_file
+        )
+        .is_ok_and(|s| s.lines().count() >= 60)),
+        "the requests did not end"
+    );
+    let answers = std::fs::read_to_string(&out_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&out_file);
+    let lines: Vec<&str> = answers.lines().collect();
+    assert!(
+        lines.iter().all(|l| l.starts_with("groll-")),
+        "a request failed:\n{answers}"
+    );
+    // `groll-<template hash>-<5>`: the first answers from the old template's replicas, the last
+    // from the new one's.
+    let hash = |l: &str| l.rsplit_once('-').map(|(h, _)| h.to_string());
+    let (first, last) = (
+        lines.first().and_then(|l| hash(l)),
+        lines.last().and_then(|l| hash(l)),
+    );
+    assert_ne!(first, last, "the replicas kept their names:\n{answers}");
+    for _ in 0..4 {
+        assert_eq!(curl("/"), "second", "the new MESSAGE is not served");
+    }
+}
+
 /// kube-proxy opens a service's nodePort on every node of a guest cluster: a node without a
 /// replica passes the connection on to one with (`externalTrafficPolicy: Cluster`).
 #[test]

@@ -1306,7 +1306,10 @@ impl Txn<'_> {
                 ),
             ));
         }
-        let names = ipam::replica_names(&key_ns, &d.name, "", d.replicas as usize);
+        // Named after the template as the supervisor's replicas are: a changed template rolls
+        // them (new names; the daemon starts them before the old ones drain), a changed count
+        // keeps the running ones.
+        let names = ipam::replica_names(&key_ns, &d.name, &d.pod_template(), d.replicas as usize);
         let wanted: BTreeSet<&String> = names.iter().collect();
         self.st.cluster_workloads.retain(|(k, n), w| {
             !(k == &key_ns && w.owner.as_deref() == Some(d.name.as_str()) && !wanted.contains(n))
@@ -3379,6 +3382,62 @@ endpoints: [{addresses: [198.51.100.100], targetRef: {name: internet}}]
         let hash = |n: &str| n.rsplit_once('-').map(|(h, _)| h.to_string());
         assert_ne!(hash(&rolled[0].0), hash(&scaled[0].0));
         assert!(rolled.iter().all(|p| hash(&p.0) == hash(&rolled[0].0)));
+    }
+
+    #[test]
+    fn a_guest_template_change_rolls_the_replicas_and_a_replica_count_keeps_them() {
+        let mut store = seeded();
+        let workloads = |store: &Store| -> Vec<(String, u64, Option<String>)> {
+            store
+                .state()
+                .workloads_in("ns-dev", "tkg-cluster-01")
+                .map(|w| {
+                    (
+                        w.name.clone(),
+                        w.created,
+                        w.containers[0].env.get("MESSAGE").cloned(),
+                    )
+                })
+                .collect()
+        };
+        let apply_guest = |store: &mut Store, text: &str, now: u64| {
+            let ms = parse_manifests(text, Some("ns-dev"), Some("tkg-cluster-01")).unwrap();
+            store.apply(ms, now).unwrap()
+        };
+        apply_guest(&mut store, HELLO_KUBERNETES, NOW);
+        let first = workloads(&store);
+        assert_eq!(first.len(), 3);
+        // More replicas: the three running ones stay as they are.
+        let four = HELLO_KUBERNETES.replace("replicas: 3", "replicas: 4");
+        apply_guest(&mut store, &four, NOW + 5);
+        let scaled = workloads(&store);
+        assert_eq!(scaled.len(), 4);
+        assert!(
+            first.iter().all(|w| scaled.contains(w)),
+            "{first:?} -> {scaled:?}"
+        );
+        // A changed MESSAGE: new replicas with new names, none of the old left.
+        let changed = four.replace("I just deployed", "I rolled");
+        let out = apply_guest(&mut store, &changed, NOW + 9);
+        assert_eq!(
+            out[1].to_string(),
+            "deployment.apps/hello-kubernetes configured"
+        );
+        let rolled = workloads(&store);
+        assert_eq!(rolled.len(), 4);
+        for (name, created, message) in &rolled {
+            assert!(
+                scaled.iter().all(|(n, _, _)| n != name),
+                "{scaled:?} -> {rolled:?}"
+            );
+            assert_eq!(*created, NOW + 9);
+            assert!(message
+                .as_deref()
+                .is_some_and(|m| m.starts_with("I rolled")));
+        }
+        let hash = |n: &str| n.rsplit_once('-').map(|(h, _)| h.to_string());
+        assert_ne!(hash(&rolled[0].0), hash(&scaled[0].0));
+        assert!(rolled.iter().all(|w| hash(&w.0) == hash(&rolled[0].0)));
     }
 
     #[test]

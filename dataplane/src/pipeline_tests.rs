@@ -3271,3 +3271,57 @@ fn runts_and_broken_ipv4_headers_are_dropped_as_malformed_and_never_answered() {
         assert!(bed.ctx.tx.is_empty(), "{what}: {:?}", bed.ctx.tx);
     }
 }
+
+/// `ping`'s echo request turned into another ICMP query of `icmp_type` (timestamp, ...), the
+/// ICMP checksum made right for it.
+fn icmp_query(
+    src_mac: MacAddr,
+    src: Ipv4Addr,
+    dst: Ipv4Addr,
+    icmp_type: u8,
+    ident: u16,
+) -> Vec<u8> {
+    let mut b = ping(src_mac, ROUTER_MAC, src, dst, 64, ident);
+    b[34] = icmp_type;
+    b[36..38].fill(0);
+    let sum = checksum::finish(checksum::sum(&b[34..], 0));
+    b[36..38].copy_from_slice(&sum.to_be_bytes());
+    b
+}
+
+#[test]
+fn two_pods_timestamp_queries_with_one_identifier_get_their_own_replies_through_the_snat() {
+    // clockdiff or `nmap -PP` in two pods at once, to one outside host, with the same
+    // identifier: as with echo, the SNAT gives the second its own identifier (Linux conntrack
+    // tracks timestamp, information and address mask queries by it), and each reply goes back.
+    let mut bed = Bed::new();
+    let mut sent = Vec::new();
+    for (port, ip) in [(A1, A1_IP), (A2, A2_IP)] {
+        let request = icmp_query(pod_mac(ip), ip, OUTSIDE_HOST, icmp::TIMESTAMP_REQUEST, 777);
+        assert_eq!(bed.send(port, &request), Verdict::Forward);
+        let (out, frame) = bed.out();
+        assert_eq!(out, UPLINK);
+        let seen = check(&frame);
+        assert_eq!((seen.src, frame[34]), (EGRESS_A, icmp::TIMESTAMP_REQUEST));
+        sent.push(u16::from_be_bytes([frame[38], frame[39]]));
+    }
+    assert_ne!(sent[0], sent[1], "two queries leave with one identifier");
+    for ((port, ip), ident) in [(A2, A2_IP), (A1, A1_IP)]
+        .into_iter()
+        .zip([sent[1], sent[0]])
+    {
+        let reply = icmp_query(
+            UPLINK_PEER_MAC,
+            OUTSIDE_HOST,
+            EGRESS_A,
+            icmp::TIMESTAMP_REPLY,
+            ident,
+        );
+        assert_eq!(bed.send(UPLINK, &reply), Verdict::Forward);
+        let (out, frame) = bed.out();
+        assert_eq!(out, port, "the reply to {ip} goes to its pod");
+        let seen = check(&frame);
+        assert_eq!(seen.dst, ip);
+        assert_eq!(u16::from_be_bytes([frame[38], frame[39]]), 777);
+    }
+}

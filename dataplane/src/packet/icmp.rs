@@ -34,6 +34,36 @@ pub const ADMIN_PROHIBITED: u8 = 13;
 /// Time exceeded code: TTL exceeded in transit.
 pub const TTL_EXCEEDED_IN_TRANSIT: u8 = 0;
 
+/// Timestamp request (RFC 792).
+pub const TIMESTAMP_REQUEST: u8 = 13;
+/// Timestamp reply (RFC 792).
+pub const TIMESTAMP_REPLY: u8 = 14;
+/// Information request (RFC 792).
+pub const INFO_REQUEST: u8 = 15;
+/// Information reply (RFC 792).
+pub const INFO_REPLY: u8 = 16;
+/// Address mask request (RFC 950).
+pub const ADDRESS_MASK_REQUEST: u8 = 17;
+/// Address mask reply (RFC 950).
+pub const ADDRESS_MASK_REPLY: u8 = 18;
+
+/// True for the query messages whose identifier and sequence number sit where echo's do, and
+/// which a NAT tracks and translates by that identifier as it does echo (RFC 5508 section 3.1;
+/// Linux conntrack: echo, timestamp, information and address mask).
+pub const fn is_query(icmp_type: u8) -> bool {
+    matches!(
+        icmp_type,
+        ECHO_REPLY
+            | ECHO_REQUEST
+            | TIMESTAMP_REQUEST
+            | TIMESTAMP_REPLY
+            | INFO_REQUEST
+            | INFO_REPLY
+            | ADDRESS_MASK_REQUEST
+            | ADDRESS_MASK_REPLY
+    )
+}
+
 /// True for the types that quote the packet that caused them and are handled as errors here.
 pub const fn is_error(icmp_type: u8) -> bool {
     matches!(icmp_type, DEST_UNREACHABLE | TIME_EXCEEDED | PARAM_PROBLEM)

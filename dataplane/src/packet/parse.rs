@@ -24,7 +24,7 @@ use std::net::Ipv4Addr;
 
 use super::arp::ArpPacket;
 use super::ethernet::{self, EthernetFrame, ETHERTYPE_ARP, ETHERTYPE_IPV4};
-use super::icmp::{self, IcmpPacket, ECHO_REPLY, ECHO_REQUEST};
+use super::icmp::{self, IcmpPacket};
 use super::ipv4::{self, Ipv4Packet, PROTO_ICMP, PROTO_TCP, PROTO_UDP};
 use super::tcp::TcpSegment;
 use super::udp::UdpDatagram;
@@ -106,7 +106,8 @@ pub enum L4 {
         src_port: u16,
         dst_port: u16,
     },
-    /// Echo request or reply.
+    /// Echo request or reply, or another query with an identifier ([`icmp::is_query`]:
+    /// timestamp, information, address mask), tracked and translated by it as echo is.
     IcmpEcho {
         icmp_type: u8,
         code: u8,
@@ -322,7 +323,7 @@ fn parse_l4(frame: &[u8], l4_offset: usize, protocol: u8, payload: &[u8]) -> Res
             let msg = IcmpPacket::new_checked(payload)?;
             let (icmp_type, code) = (msg.msg_type(), msg.msg_code());
             match icmp_type {
-                ECHO_REQUEST | ECHO_REPLY => L4::IcmpEcho {
+                t if icmp::is_query(t) => L4::IcmpEcho {
                     icmp_type,
                     code,
                     ident: msg.echo_ident(),
@@ -445,9 +446,7 @@ fn parse_inner(frame: &[u8], offset: usize, quote: &[u8]) -> Result<InnerPacket,
     let (src_port, dst_port, has_ports) = match protocol {
         PROTO_TCP | PROTO_UDP if first && l4.len() >= 4 => (get_u16(l4, 0), get_u16(l4, 2), true),
         PROTO_ICMP
-            if first
-                && l4.len() >= icmp::HEADER_LEN
-                && matches!(l4[icmp::field::TYPE], ECHO_REQUEST | ECHO_REPLY) =>
+            if first && l4.len() >= icmp::HEADER_LEN && icmp::is_query(l4[icmp::field::TYPE]) =>
         {
             let ident = get_u16(l4, icmp::field::ECHO_IDENT.start);
             (ident, ident, true)

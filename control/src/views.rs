@@ -156,6 +156,7 @@ fn namespaces(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
                 "t1_transit_ip": t1.map(|g| g.transit_ip),
                 "supervisor": ns.supervisor,
                 "labels": ns.labels,
+                "annotations": ns.annotations,
             })
         })
         .collect();
@@ -197,6 +198,13 @@ fn pods(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
                 "owner": p.owner,
                 "tkg_node": p.tkg_node,
                 "images": p.containers.iter().map(|c| c.image.clone()).collect::<Vec<_>>(),
+                "annotations": p.annotations,
+                // What `describe pod` lists of each container (its env stays out of listings).
+                "containers": p.containers.iter().map(|c| json!({
+                    "name": c.name,
+                    "image": c.image,
+                    "ports": c.ports,
+                })).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -428,7 +436,10 @@ fn services(ctx: &ViewContext, params: &Value) -> Result<Value, RpcError> {
                 "ports": ports.join(","),
                 "created": s.created,
                 "labels": s.labels,
+                "annotations": s.annotations,
                 "selector": s.selector,
+                // Each port as the manifest has it (`describe svc`'s Port, TargetPort, NodePort).
+                "port_specs": s.ports,
                 "endpoints": endpoints,
                 // The SLB's algorithm is the service's; the DLB always hashes (Maglev). Under
                 // ClientIP affinity both hash a client's address for its first connection and

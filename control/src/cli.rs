@@ -15,6 +15,7 @@ use pacific_dataplane::conntrack::ConntrackConfig;
 
 use crate::client::{self, CallError};
 use crate::daemon::{log_path_for, record_path_for, Daemon, DaemonConfig};
+use crate::describe;
 use crate::lab::record::{teardown, LabRecord};
 use crate::model::manifest::Kind;
 use crate::netexec::{self, NetexecConfig};
@@ -72,6 +73,16 @@ enum Cmd {
     },
     /// List objects: namespaces, pods, segments, routes, ports, svc, endpoints, dfw, nat, outside, deployments, tkc, netpol.
     Get(GetArgs),
+    /// Show objects in detail, as kubectl describe: svc, pods or ns (`pacific describe svc web -n ns-dev`).
+    Describe {
+        /// svc (services), pods or ns (namespaces); or KIND/NAME (`svc/web`).
+        kind: String,
+        /// The object's name (none: every one of that kind).
+        name: Option<String>,
+        /// Only this namespace (without it, every namespace's objects of that name).
+        #[arg(short = 'n', long, value_parser = NonEmptyStringValueParser::new())]
+        namespace: Option<String>,
+    },
     /// Create or update objects from YAML manifests (Kubernetes and Pacific kinds).
     #[command(override_usage = "pacific apply [OPTIONS] -f <FILENAME>...")]
     Apply(ApplyArgs),
@@ -520,6 +531,11 @@ fn run(cli: Cli) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Get(args) => get(&socket, &args),
+        Cmd::Describe {
+            kind,
+            name,
+            namespace,
+        } => describe(&socket, &kind, name.as_deref(), namespace.as_ref()),
         Cmd::Apply(args) => {
             let manifest = read_manifests(args.files()?)?;
             let (ns, cluster) = (args.namespace.as_deref(), args.cluster.as_deref());
@@ -1798,11 +1814,11 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
     let mut missing = Vec::new();
     for (method, names) in &wanted {
         let mut result = if names.is_empty() {
-            fetch(socket, args, method, None, namespace)?
+            fetch(socket, &args.kind, method, None, namespace)?
         } else {
             let mut merged: Option<Value> = None;
             for name in names {
-                match fetch(socket, args, method, Some(name), namespace) {
+                match fetch(socket, &args.kind, method, Some(name), namespace) {
                     Ok(r) => match merged.as_mut().and_then(|m| m["items"].as_array_mut()) {
                         Some(items) => items.extend(rows(&r).cloned()),
                         None => merged = Some(r),
@@ -1839,6 +1855,44 @@ fn get(socket: &Path, args: &GetArgs) -> Result<ExitCode, String> {
         eprintln!("{m}");
     }
     Ok(ExitCode::from(1))
+}
+
+/// `describe KIND NAME` (or `KIND/NAME`): the object `get` finds, laid out as kubectl
+/// describes it; several (no NAME, or one name in several namespaces) one after the other.
+fn describe(
+    socket: &Path,
+    kind: &str,
+    name: Option<&str>,
+    namespace: Option<&String>,
+) -> Result<ExitCode, String> {
+    let (kind, name) = match kind.split_once('/') {
+        Some((k, n)) if name.is_none() && !k.is_empty() && !n.is_empty() => (k, Some(n)),
+        Some(_) => {
+            return Err(format!(
+                "{kind:?}: expected KIND NAME or KIND/NAME (`pacific describe svc/web`)"
+            ))
+        }
+        None => (kind, name),
+    };
+    let method = list_method(kind)?;
+    let layout: fn(&Value) -> String = match method {
+        "services.list" => describe::service,
+        "pods.list" => describe::pod,
+        "namespaces.list" => describe::namespace,
+        _ => {
+            return Err(format!(
+                "`pacific describe {kind}`: describe takes svc, pods or ns (`pacific get {kind}` lists them)"
+            ))
+        }
+    };
+    let name = name.map(str::to_string);
+    let result = fetch(socket, kind, method, name.as_ref(), namespace)?;
+    let texts: Vec<String> = rows(&result).map(layout).collect();
+    if texts.is_empty() {
+        no_resources(namespace);
+    }
+    out_raw!("{}", texts.join("\n\n"));
+    Ok(ExitCode::SUCCESS)
 }
 
 /// Prints the listings `get` fetched, in the output asked for.
@@ -1973,7 +2027,7 @@ fn no_resources(namespace: Option<&String>) {
 /// One kind's listing, as the daemon answers it: NAME picked out, a NAME not there an error.
 fn fetch(
     socket: &Path,
-    args: &GetArgs,
+    kind: &str,
     method: &str,
     name: Option<&String>,
     namespace: Option<&String>,
@@ -1996,7 +2050,7 @@ fn fetch(
     }
     if let Some(name) = name {
         if !takes_name && pick.is_none() {
-            return Err(format!("`pacific get {}` takes no NAME", args.kind));
+            return Err(format!("`pacific get {kind}` takes no NAME"));
         }
         if takes_name {
             params["name"] = json!(name);
@@ -2926,6 +2980,9 @@ mod tests {
         ])
         .unwrap();
         assert!(Cli::try_parse_from(["pacific", "get"]).is_err());
+        Cli::try_parse_from(["pacific", "describe", "svc", "web", "-n", "ns-dev"]).unwrap();
+        Cli::try_parse_from(["pacific", "describe", "-n", "ns-dev", "svc/web"]).unwrap();
+        assert!(Cli::try_parse_from(["pacific", "describe"]).is_err());
         // A prefix with a `-` would let one lab's sweep take another's namespaces.
         for bad in ["qd-x", "", "a.b", "thirty_three_characters_long_xxxx"] {
             for cmd in [&["lab", "down"][..], &["lab", "up"], &["daemon"]] {

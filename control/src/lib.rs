@@ -5,6 +5,7 @@ pub mod cli;
 pub mod client;
 pub mod compile;
 pub mod daemon;
+pub mod describe;
 pub mod lab;
 pub mod model;
 pub mod netexec;

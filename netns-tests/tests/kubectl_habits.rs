@@ -505,3 +505,43 @@ fn exec_into_a_deployment_of_several_replicas_picks_one() {
         describe(&out)
     );
 }
+
+/// `kubectl describe`, the first thing a kubectl user types about a service that does not
+/// answer, was `unrecognized subcommand 'describe'`: the seed's wordpress, described as kubectl
+/// lays it out, shows its ClusterIP, VIP and endpoints; a service not there is kubectl's
+/// NotFound, exit 1, as `get` has it.
+#[test]
+fn describe_shows_a_service_as_kubectl_does() {
+    if !require_netns() {
+        return;
+    }
+    let lab = Lab::up("khdesc");
+    let out = lab.pacific(&["describe", "svc", "wordpress", "-n", "ns-dev"]);
+    assert!(out.status.success(), "describe: {}", describe(&out));
+    let text = stdout(&out);
+    let line = |key: &str| {
+        text.lines()
+            .find(|l| l.starts_with(&format!("{key}:")))
+            .map(|l| l[key.len() + 1..].trim().to_string())
+            .unwrap_or_else(|| panic!("no {key}: line in\n{text}"))
+    };
+    assert_eq!(line("Name"), "wordpress", "{text}");
+    assert_eq!(line("Type"), "LoadBalancer", "{text}");
+    assert_eq!(line("IP"), "172.96.1.90", "{text}");
+    assert_eq!(line("LoadBalancer Ingress"), "172.80.88.5", "{text}");
+    assert_eq!(line("Port"), "<unset>  80/TCP", "{text}");
+    assert_eq!(line("NodePort"), "<unset>  32665/TCP", "{text}");
+    // The deployment's one replica, the segment's first pod address.
+    assert_eq!(line("Endpoints"), "172.211.0.18:80", "{text}");
+    // KIND/NAME as kubectl takes it, the same description.
+    let slash = lab.pacific(&["describe", "svc/wordpress", "-n", "ns-dev"]);
+    assert_eq!(stdout(&slash), text, "{}", describe(&slash));
+
+    let missing = lab.pacific(&["describe", "svc", "nosuch", "-n", "ns-dev"]);
+    assert_eq!(missing.status.code(), Some(1), "{}", describe(&missing));
+    assert_eq!(
+        stderr(&missing).trim(),
+        "Error from server (NotFound): services \"nosuch\" not found"
+    );
+    assert!(stdout(&missing).is_empty(), "{}", describe(&missing));
+}

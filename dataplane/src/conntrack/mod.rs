@@ -890,6 +890,10 @@ impl Conntrack {
         if self.table.find(&reply, Hint::NONE).is_some() {
             return Err(InsertError::ReplyTaken);
         }
+        // The first packet's step, taken on the entry before it is linked (what `advance` would do
+        // on it just after, without its lock and reads): `None` for a segment the state machine
+        // refuses, left to `advance` below.
+        let first = self.first_step(conn.original.protocol, tcp_flags, now);
         // A connection that holds the original key already (another worker's, inserted since
         // this packet missed) is found by `link` below.
         let slot = match self.table.allocate() {
@@ -909,11 +913,16 @@ impl Conntrack {
             };
             cold.in_port = conn.in_port;
             cold.lb = conn.lb;
-            cold.slow = SlowState::default();
-            // Alive until the first packet below sets the state's own timeout.
-            let clock = now
-                .saturating_add(self.config.timeouts.generic)
-                .min(EXPIRY_MASK);
+            let (slow, clock) = match first {
+                Some((slow, clock, _)) => (slow, clock),
+                // Alive until the first packet below sets the state's own timeout.
+                None => (
+                    SlowState::default(),
+                    now.saturating_add(self.config.timeouts.generic)
+                        .min(EXPIRY_MASK),
+                ),
+            };
+            cold.slow = slow;
             self.table.fill(
                 slot,
                 &mut cold,
@@ -922,6 +931,7 @@ impl Conntrack {
                 generation,
                 clock,
                 now,
+                u64::from(first.is_some()),
             )
         };
         let undo = |unlink_reply: bool| {
@@ -960,6 +970,17 @@ impl Conntrack {
             }
         }
         self.stats.created.fetch_add(1, Relaxed);
+        if let Some((_, _, opened)) = first {
+            return Ok(Inserted {
+                id,
+                created: true,
+                tracked: Tracked::Pass {
+                    action: conn.actions[0],
+                    generation,
+                    opened,
+                },
+            });
+        }
         // The first packet, on the entry just filled (no lookup), unless another packet of the
         // connection got there first.
         let protocol = conn.original.protocol;
@@ -983,6 +1004,26 @@ impl Conntrack {
             id,
             created: true,
             tracked,
+        })
+    }
+
+    /// What the first packet of a new connection (original direction, nothing counted yet) makes
+    /// of it, as `advance` and `advance_slow` would: the state, the expiry word and `opened`.
+    #[inline]
+    fn first_step(&self, protocol: u8, flags: u8, now: u64) -> Option<(SlowState, u64, i8)> {
+        let t = &self.config.timeouts;
+        let at = |timeout: u64| now.saturating_add(timeout).min(EXPIRY_MASK);
+        let mut slow = SlowState::default();
+        Some(match protocol {
+            PROTO_TCP => {
+                let was_open = slow.tcp.is_open();
+                let state = tcp_transition(&mut slow, Dir::Original, flags, true)?;
+                let opened = i8::from(state.is_open()) - i8::from(was_open);
+                (slow, slow.bits() | at(t.tcp(state)), opened)
+            }
+            PROTO_UDP => (slow, at(t.udp), 0),
+            PROTO_ICMP => (slow, at(t.icmp), 0),
+            _ => (slow, at(t.generic), 0),
         })
     }
 

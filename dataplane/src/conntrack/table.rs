@@ -649,6 +649,7 @@ impl Table {
         generation: u64,
         clock: u64,
         created: u64,
+        original_packets: u64,
     ) -> ConnId {
         let Some(e) = self.entry(slot) else {
             return ConnId {
@@ -664,8 +665,9 @@ impl Table {
                 for (i, &w) in actions[d].iter().enumerate() {
                     e.w[ACTION[d] + i].store(w, Relaxed);
                 }
-                e.w[PACKETS[d]].store(0, Relaxed);
             }
+            e.w[PACKETS[0]].store(original_packets, Relaxed);
+            e.w[PACKETS[1]].store(0, Relaxed);
             e.w[GENERATION].store(generation, Relaxed);
             e.w[CLOCK].store(clock, Relaxed);
             e.w[CREATED].store(created, Relaxed);
@@ -836,6 +838,7 @@ mod tests {
                 1,
                 0,
                 0,
+                0,
             );
             drop(cold);
             t.link(&h, slot, Dir::Original)
@@ -880,6 +883,7 @@ mod tests {
             [[1; 3], [2; 3]],
             5,
             9,
+            0,
             0,
         );
         assert_eq!(t.link(&h, slot, Dir::Original), Ok(()));

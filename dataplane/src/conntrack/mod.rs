@@ -885,11 +885,6 @@ impl Conntrack {
     ) -> Result<Inserted, InsertError> {
         let original = self.table.hash(&conn.original);
         let reply = self.table.hash(&conn.reply);
-        // Checked before anything is allocated, without a lock (`link` checks again under it):
-        // NAT port selection probes here.
-        if self.table.find(&reply, Hint::NONE).is_some() {
-            return Err(InsertError::ReplyTaken);
-        }
         // The first packet's step, taken on the entry before it is linked (what `advance` would do
         // on it just after, without its lock and reads): `None` for a segment the state machine
         // refuses, left to `advance` below.
@@ -899,6 +894,12 @@ impl Conntrack {
         let slot = match self.table.allocate() {
             Some(slot) => slot,
             None => {
+                // A taken reply key (NAT port selection probes here) evicts nothing: checked
+                // without a lock before the eviction, as `link` below checks it under one. With
+                // room, `link` alone finds it (a lookup fewer for every new connection).
+                if self.table.find(&reply, Hint::NONE).is_some() {
+                    return Err(InsertError::ReplyTaken);
+                }
                 self.evict_one(now);
                 self.table.allocate().ok_or_else(|| {
                     self.stats.refused.fetch_add(1, Relaxed);

@@ -661,10 +661,19 @@ type RulesBySource = HashMap<u32, Vec<u32>, ahash::RandomState>;
 /// The rules of one zone and direction, filed by source prefix.
 #[derive(Debug, Default)]
 struct RuleIndex {
-    /// Per prefix length in use: masked source address to rule indices, ascending.
-    by_source: Vec<(u8, RulesBySource)>,
+    /// Per prefix length in use: masked source address to rule indices, ascending, and a
+    /// one-word filter of the addresses it holds ([`source_bit`]): a source whose bit is clear
+    /// is not in the map, without a hash lookup (most lengths miss).
+    by_source: Vec<(u8, u64, RulesBySource)>,
     /// Rules that match any source, ascending.
     any_source: Vec<u32>,
+}
+
+/// The bit of a masked source address in a [`RuleIndex`] filter: the top six bits of a
+/// multiplicative hash.
+#[inline(always)]
+fn source_bit(masked: u32) -> u64 {
+    1 << (masked.wrapping_mul(0x9e37_79b1) >> 26)
 }
 
 impl RuleIndex {
@@ -677,17 +686,17 @@ impl RuleIndex {
             }
             for net in &rule.sources {
                 let len = net.prefix_len();
-                let at = match index.by_source.iter().position(|(l, _)| *l == len) {
+                let at = match index.by_source.iter().position(|(l, _, _)| *l == len) {
                     Some(at) => at,
                     None => {
-                        index.by_source.push((len, HashMap::default()));
+                        index.by_source.push((len, 0, HashMap::default()));
                         index.by_source.len() - 1
                     }
                 };
-                let list = index.by_source[at]
-                    .1
-                    .entry(u32::from(net.network()))
-                    .or_default();
+                let (_, filter, map) = &mut index.by_source[at];
+                let network = u32::from(net.network());
+                *filter |= source_bit(network);
+                let list = map.entry(network).or_default();
                 if list.last() != Some(&(i as u32)) {
                     list.push(i as u32);
                 }
@@ -700,13 +709,17 @@ impl RuleIndex {
     fn first_match(&self, rules: &[DfwRule], q: &DfwQuery) -> Option<usize> {
         let mut best = u32::MAX;
         let src = u32::from(q.src);
-        for (len, map) in &self.by_source {
+        for (len, filter, map) in &self.by_source {
             let mask = if *len == 0 {
                 0
             } else {
                 u32::MAX << (32 - u32::from(*len))
             };
-            if let Some(list) = map.get(&(src & mask)) {
+            let masked = src & mask;
+            if filter & source_bit(masked) == 0 {
+                continue;
+            }
+            if let Some(list) = map.get(&masked) {
                 // Ascending: the first that matches is this list's best.
                 if let Some(&i) = list
                     .iter()

@@ -2039,11 +2039,20 @@ impl Pipeline {
             Some(_) => 1,
             None => 2,
         };
-        let seed = self.conntrack.hash_key(key);
+        // The port sequence's seed, hashed only when the first try (the client's own port) fails.
+        let mut seed = None;
         for attempt in 0..attempts {
-            let snat = path
-                .snat_addr
-                .map(|addr| (addr, nat_port(key, seed, attempt)));
+            let snat = path.snat_addr.map(|addr| {
+                let port = match attempt {
+                    0 => key.src_port,
+                    _ => nat_port(
+                        key,
+                        *seed.get_or_insert_with(|| self.conntrack.hash_key(key)),
+                        attempt,
+                    ),
+                };
+                (addr, port)
+            });
             let (src, src_port) = snat.unwrap_or((key.src, key.src_port));
             let reply = if icmp {
                 FlowKey {

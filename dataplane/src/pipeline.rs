@@ -977,7 +977,7 @@ impl Pipeline {
         // The connection was tracked: whatever follows must not send the frame down the
         // general path, which would track it again. The parse cannot fail (it did not before).
         let key = ff.hash.key();
-        let Some(ip) = parse::parse_ipv4_fast(pkt.frame()) else {
+        let Some(ip) = parse::reparse_ipv4_fast(pkt.frame()) else {
             return Verdict::Drop(DropReason::Malformed);
         };
         let src_mac = mac_at(pkt.frame(), 6);

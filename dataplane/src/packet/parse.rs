@@ -185,25 +185,39 @@ pub fn parse_frame(frame: &[u8]) -> Result<ParsedFrame, WireError> {
 /// no further bounds checks.
 #[inline]
 pub fn parse_ipv4_fast(frame: &[u8]) -> Option<Ipv4Info> {
+    ipv4_fast::<true>(frame)
+}
+
+/// [`parse_ipv4_fast`] again on a frame it took (unchanged since, or cut to its IP total
+/// length): the same fields, without the checks it passed (the header checksum among them).
+/// The fast path's miss reads the frame a second time this way.
+#[inline]
+pub fn reparse_ipv4_fast(frame: &[u8]) -> Option<Ipv4Info> {
+    ipv4_fast::<false>(frame)
+}
+
+#[inline(always)]
+fn ipv4_fast<const CHECK: bool>(frame: &[u8]) -> Option<Ipv4Info> {
     const IP: usize = ethernet::HEADER_LEN;
     const L4_AT: usize = IP + ipv4::HEADER_LEN;
     // Ethernet, IPv4 and the 8 bytes UDP needs (TCP's 20 are checked below).
     let head: &[u8; L4_AT + 8] = frame.get(..L4_AT + 8)?.try_into().ok()?;
     let be16 = |at: usize| u16::from_be_bytes([head[at], head[at + 1]]);
     let be32 = |at: usize| u32::from_be_bytes([head[at], head[at + 1], head[at + 2], head[at + 3]]);
-    if be16(12) != ETHERTYPE_IPV4 || head[IP] != 0x45 {
+    if CHECK && (be16(12) != ETHERTYPE_IPV4 || head[IP] != 0x45) {
         return None;
     }
     let total_len = usize::from(be16(IP + 2));
     // MF or a fragment offset: a fragment.
-    if total_len < ipv4::HEADER_LEN + 8
-        || total_len > frame.len() - IP
-        || be16(IP + 6) & 0x3fff != 0
+    if CHECK
+        && (total_len < ipv4::HEADER_LEN + 8
+            || total_len > frame.len() - IP
+            || be16(IP + 6) & 0x3fff != 0)
     {
         return None;
     }
     let protocol = head[IP + 9];
-    if protocol != PROTO_UDP && protocol != PROTO_TCP {
+    if CHECK && protocol != PROTO_UDP && protocol != PROTO_TCP {
         return None;
     }
     // RFC 1071 section 2: the sum may be taken in either byte order (B: the folded result
@@ -220,7 +234,7 @@ pub fn parse_ipv4_fast(frame: &[u8]) -> Option<Ipv4Info> {
         ]))
     };
     let sum = ne32(IP) + ne32(IP + 4) + ne32(IP + 8) + ne32(IP + 12) + ne32(IP + 16);
-    if sum % 0xffff != 0 {
+    if CHECK && sum % 0xffff != 0 {
         return None;
     }
     let (src_port, dst_port) = (be16(L4_AT), be16(L4_AT + 2));
@@ -232,7 +246,10 @@ pub fn parse_ipv4_fast(frame: &[u8]) -> Option<Ipv4Info> {
                 .try_into()
                 .ok()?;
             let data_offset = usize::from(tcp[12] >> 4) * 4;
-            if data_offset < super::tcp::HEADER_LEN || data_offset > total_len - ipv4::HEADER_LEN {
+            if CHECK
+                && (data_offset < super::tcp::HEADER_LEN
+                    || data_offset > total_len - ipv4::HEADER_LEN)
+            {
                 return None;
             }
             L4::Tcp {

@@ -271,6 +271,10 @@ pub struct Route {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RouteTable {
     hosts: HashMap<Ipv4Addr, Route, ahash::RandomState>,
+    /// A one-word filter of the addresses of `hosts` ([`source_bit`]): a destination whose bit
+    /// is clear has no /32, without a hash lookup. (Routes are only ever added, so it is a
+    /// function of the set of /32s, and two equal tables have equal filters.)
+    host_filter: u64,
     /// Non-/32 routes, longest prefix first.
     prefixes: Vec<Route>,
 }
@@ -278,6 +282,7 @@ pub struct RouteTable {
 impl RouteTable {
     pub fn insert(&mut self, route: Route) {
         if route.prefix.prefix_len() == 32 {
+            self.host_filter |= source_bit(u32::from(route.prefix.network()));
             self.hosts.insert(route.prefix.network(), route);
         } else {
             self.prefixes.retain(|r| r.prefix != route.prefix);
@@ -291,9 +296,11 @@ impl RouteTable {
     }
 
     pub fn lookup(&self, dst: Ipv4Addr) -> Option<&Route> {
-        self.hosts
-            .get(&dst)
-            .or_else(|| self.prefixes.iter().find(|r| r.prefix.contains(dst)))
+        let host = match self.host_filter & source_bit(u32::from(dst)) {
+            0 => None,
+            _ => self.hosts.get(&dst),
+        };
+        host.or_else(|| self.prefixes.iter().find(|r| r.prefix.contains(dst)))
     }
 
     /// Every route, most specific first.
@@ -669,8 +676,8 @@ struct RuleIndex {
     any_source: Vec<u32>,
 }
 
-/// The bit of a masked source address in a [`RuleIndex`] filter: the top six bits of a
-/// multiplicative hash.
+/// The bit of a masked source address in a [`RuleIndex`] filter (and of a /32 in a
+/// [`RouteTable`]'s): the top six bits of a multiplicative hash.
 #[inline(always)]
 fn source_bit(masked: u32) -> u64 {
     1 << (masked.wrapping_mul(0x9e37_79b1) >> 26)

@@ -1545,6 +1545,56 @@ mod tests {
         assert_eq!(state(&ct, &k), TcpState::Established);
     }
 
+    /// A new connection's first packet is stepped on its entry before the entry is linked (the
+    /// insert's `first_step`), not by the general `advance`: what it leaves must be what the
+    /// state machine says of that packet, for every kind of first packet.
+    #[test]
+    fn a_first_packet_leaves_the_state_and_timeout_of_its_kind() {
+        let t = Timeouts::default();
+        let tcp = key([172, 211, 0, 18], 40000, [198, 51, 100, 100], 80);
+        let cases = [
+            (tcp, TCP_SYN, TcpState::SynSent, t.tcp_syn_sent),
+            // Picked up mid-stream (nf_conntrack_tcp_loose): established at once.
+            (tcp, TCP_ACK, TcpState::Established, t.tcp_established),
+            (
+                FlowKey {
+                    protocol: PROTO_UDP,
+                    ..tcp
+                },
+                0,
+                SlowState::default().tcp,
+                t.udp,
+            ),
+            (
+                FlowKey {
+                    protocol: PROTO_ICMP,
+                    ..tcp
+                },
+                0,
+                SlowState::default().tcp,
+                t.icmp,
+            ),
+            (
+                FlowKey {
+                    protocol: 47,
+                    ..tcp
+                },
+                0,
+                SlowState::default().tcp,
+                t.generic,
+            ),
+        ];
+        for (k, flags, tcp_state, timeout) in cases {
+            let ct = Conntrack::new(ConntrackConfig::default());
+            ct.insert(new_conn(k), 1, flags, 1000).unwrap();
+            let conn = info(&ct, &k);
+            assert_eq!(conn.tcp, tcp_state, "{k:?} flags {flags:#x}");
+            assert_eq!(conn.expires_at, 1000 + timeout, "{k:?} flags {flags:#x}");
+            assert_eq!(conn.packets, [1, 0], "{k:?} flags {flags:#x}");
+            assert!(!conn.replied);
+        }
+    }
+
     #[test]
     fn both_directions_find_one_connection_and_it_expires() {
         let ct = Conntrack::new(ConntrackConfig::default());

@@ -1656,14 +1656,8 @@ fn rows(v: &Value) -> impl Iterator<Item = &Value> {
         .flatten()
 }
 
-/// A JSON value as table text: strings bare, null as `<none>`.
-fn s(v: &Value) -> String {
-    match v {
-        Value::Null => "<none>".to_string(),
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
+/// A JSON value as table text: strings bare, null as `<none>` (as `describe` shows it too).
+use crate::describe::text as s;
 
 /// `kubectl`'s AGE: 45s, 12m, 5h, 3d.
 pub fn age(created: u64, now: u64) -> String {
@@ -2274,11 +2268,7 @@ fn endpoints_cell(v: &Value) -> String {
         .as_array()
         .map(|a| a.iter().map(s).collect())
         .unwrap_or_default();
-    match all.len() {
-        0 => "<none>".to_string(),
-        1..=3 => all.join(","),
-        n => format!("{} + {} more...", all[..3].join(","), n - 3),
-    }
+    crate::describe::endpoints_text(&all)
 }
 
 /// The columns of each kind's table, as `kubectl get` lays them out (`-o wide` adds some).

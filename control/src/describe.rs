@@ -62,7 +62,7 @@ fn render(lines: &[Line]) -> String {
 }
 
 /// A JSON value as text: strings bare, null as `<none>`.
-fn text(v: &Value) -> String {
+pub(crate) fn text(v: &Value) -> String {
     match v {
         Value::Null => "<none>".to_string(),
         Value::String(s) => s.clone(),
@@ -91,7 +91,7 @@ fn pairs_joined(v: &Value) -> String {
 }
 
 /// Endpoints as kubectl's describe shows them: up to three `ip:port`, then how many more.
-fn endpoints_text(all: &[String]) -> String {
+pub(crate) fn endpoints_text(all: &[String]) -> String {
     match all.len() {
         0 => "<none>".to_string(),
         1..=3 => all.join(","),
